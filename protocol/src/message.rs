@@ -1,0 +1,187 @@
+//! The messages exchanged between the supervisor and a worker template.
+//!
+//! One connection per template: an inherited Unix socketpair (fd 3 in the worker).
+//! The template speaks first with [`Hello`]; the supervisor answers [`Welcome`]
+//! (accepted, or refused with a reason, e.g. a version mismatch). Then, per execution:
+//!
+//! ```text
+//! supervisor                      template                     child (fork mode)
+//!   Execute  ───────────────────▶  fork ───────────────────────▶ runs the function
+//!            ◀─────────────────── Started {pid}
+//!            ◀──────── relayed ──────────────────────────────── Log*, Result
+//!   Kill?    ───────────────────▶  killpg(child)
+//!            ◀─────────────────── Ended {exit, rusage}  (after the child is reaped)
+//! ```
+//!
+//! In reuse mode the template runs the function itself and sends the same sequence, with
+//! [`ExitKind::InProcess`] in `Ended`. `Ended` is always the last message for an
+//! execution, so the supervisor finalises on it: with the `Result` if one came, and as a
+//! crash with the exit code or signal otherwise.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::ExecutionLimits;
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    Welcome(Welcome),
+    Execute(Execute),
+    /// Kill the execution's process group now (deadline passed, or cancelled). The
+    /// supervisor knows why; the worker only needs to stop it.
+    Kill { execution_id: String },
+    /// Finish (no execution is running) and exit.
+    Shutdown,
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    Hello(Hello),
+    Started(Started),
+    Log(Log),
+    Result(ExecutionResult),
+    Ended(Ended),
+}
+
+/// First message of a template: who it is and which protocol it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    /// The id the supervisor gave this template on its command line.
+    pub worker_id: u64,
+    pub pid: u32,
+    pub isolation: Isolation,
+    /// `sys.version` of the embedded interpreter.
+    pub python_version: String,
+}
+
+/// The supervisor's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    pub accepted: bool,
+    /// Why the template was refused, when it was.
+    pub reason: Option<String>,
+}
+
+/// How executions are isolated from each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Isolation {
+    /// A fresh forked child per execution (the default): nothing leaks between runs.
+    Fork,
+    /// The template runs executions itself (trusted code only): fastest, but state an
+    /// execution leaves in the interpreter can be seen by the next.
+    Reuse,
+}
+
+/// Run one workflow function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execute {
+    pub execution_id: String,
+    /// The workflow's path, used as the code's filename so tracebacks point at it.
+    pub path: String,
+    pub source: String,
+    /// Name of the function to call.
+    pub function: String,
+    /// A JSON object; its keys become keyword arguments.
+    pub params_json: String,
+    /// A JSON object describing the execution (workflow name, org, caller, attempt,
+    /// deadline) for the workflow SDK; `{}` when there is none.
+    pub context_json: String,
+    pub limits: ExecutionLimits,
+}
+
+/// The execution's child process exists (fork mode) or the template began running it
+/// (reuse mode: `pid` is the template's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub execution_id: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+        }
+    }
+}
+
+/// One line of output: `print` (info), `sys.stderr` (error) or a `logging` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Log {
+    pub execution_id: String,
+    /// 0, 1, 2, ... within the execution, in the order the lines were produced.
+    pub seq: u32,
+    /// Microseconds since the Unix epoch.
+    pub timestamp_us: i64,
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// What the function produced. Sent once, before [`Ended`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionResult {
+    pub execution_id: String,
+    pub outcome: Outcome,
+    /// Wall time of the call itself (compile + call + JSON encoding), microseconds.
+    pub duration_us: u64,
+    /// Log lines dropped because the execution passed its log cap.
+    pub logs_dropped: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The return value, as JSON text.
+    Success { result_json: String },
+    /// An exception, or a result that could not be returned (not JSON, too large).
+    Failed(ErrorInfo),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// e.g. `ValueError`, `SyntaxError`, `ResultNotSerializable`.
+    pub error_type: String,
+    pub message: String,
+    /// Python-formatted traceback; empty when there is none.
+    pub traceback: String,
+}
+
+/// How the execution's process ended. The last message for an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub execution_id: String,
+    pub exit: ExitKind,
+    /// Peak resident memory of the child (fork) or of the template so far (reuse).
+    pub peak_memory_bytes: u64,
+    pub user_cpu_us: u64,
+    pub system_cpu_us: u64,
+    /// The template's own resident memory now (for reuse-mode recycling).
+    pub worker_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitKind {
+    /// The child exited with this code.
+    Exited(i32),
+    /// The child was killed by this signal.
+    Signaled(i32),
+    /// Reuse mode: the template ran the execution itself and is still alive.
+    InProcess,
+    /// The child's output broke the protocol (garbage, oversized frame); it was killed.
+    ProtocolError(String),
+}
