@@ -1,0 +1,171 @@
+//! `warden exec FILE`: one workflow through a one-worker pool, no services needed.
+//! Logs stream to stderr as they arrive; the result goes to stdout (or one JSON
+//! object with `--json`). Ctrl-C cancels the execution; a second Ctrl-C kills it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::cli::ExecArgs;
+use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
+use crate::pool::Pool;
+
+/// Exit code for a user mistake (bad flags, missing file).
+pub const EXIT_USAGE: i32 = 2;
+
+/// The process exit code for a terminal status: 0 only for success.
+pub fn exit_code(status: Status) -> i32 {
+    match status {
+        Status::Success => 0,
+        Status::Failed => 1,
+        Status::Timeout => 3,
+        Status::Crashed => 4,
+        Status::Cancelled => 5,
+    }
+}
+
+/// Runs `warden exec`; `Err` is a one-sentence message for a user mistake.
+pub async fn run(args: ExecArgs) -> Result<i32, String> {
+    let source = std::fs::read_to_string(&args.file).map_err(|e| {
+        format!(
+            "cannot read workflow file {}: {e}",
+            args.file.display()
+        )
+    })?;
+    check_params(&args.params)?;
+    let (run_dir, _guard) = args
+        .pool
+        .run_dir()
+        .map_err(|e| format!("cannot create a run directory: {e}"))?;
+    let mut cfg = args.pool.to_config(run_dir);
+    cfg.workers = 1;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let pool = Pool::start(cfg, tx).await.map_err(|e| e.to_string())?;
+
+    let id = format!("exec-{}", std::process::id());
+    pool.submit(Job {
+        execution_id: id.clone(),
+        path: args.file.display().to_string(),
+        source,
+        function: args.function.clone(),
+        params_json: args.params.clone(),
+        context_json: "{}".into(),
+        timeout: None,
+        limits: None,
+    });
+
+    let mut logs = Vec::new();
+    let mut interrupts = 0;
+    let outcome = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(PoolEvent::Log(l)) => {
+                    if !args.json {
+                        eprintln!("[{}] {}", l.level.as_str(), l.message);
+                    }
+                    logs.push(json!({"level": l.level.as_str(), "message": l.message}));
+                }
+                Some(PoolEvent::Finished(o)) => break o,
+                Some(PoolEvent::Started { .. }) => {}
+                None => return Err("the worker pool stopped unexpectedly".into()),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                if interrupts == 1 {
+                    eprintln!("interrupted: cancelling (Ctrl-C again to stop at once)");
+                    pool.cancel(&id);
+                } else {
+                    pool.shutdown(Duration::ZERO).await;
+                }
+            }
+        }
+    };
+    pool.shutdown(Duration::from_secs(1)).await;
+
+    if args.json {
+        println!("{}", to_json(&outcome, logs));
+    } else {
+        print_human(&outcome);
+    }
+    Ok(exit_code(outcome.status))
+}
+
+fn check_params(params: &str) -> Result<(), String> {
+    match serde_json::from_str::<Value>(params) {
+        Ok(Value::Object(_)) => Ok(()),
+        Ok(other) => Err(format!(
+            "--params must be a JSON object such as '{{\"x\": 1}}', not {}",
+            kind(&other)
+        )),
+        Err(e) => Err(format!("--params is not valid JSON ({e}); pass an object such as '{{\"x\": 1}}'")),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The `--json` document: every field is always present (null when not applicable).
+pub fn to_json(o: &ExecutionOutcome, logs: Vec<Value>) -> Value {
+    let result = o
+        .result_json
+        .as_deref()
+        .map(|r| serde_json::from_str::<Value>(r).unwrap_or(Value::String(r.to_string())));
+    json!({
+        "execution_id": o.execution_id,
+        "status": o.status,
+        "result": result,
+        "error_type": o.error.as_ref().map(|e| &e.error_type),
+        "error_message": o.error.as_ref().map(|e| &e.message),
+        "traceback": o.error.as_ref().map(|e| &e.traceback).filter(|t| !t.is_empty()),
+        "duration_ms": o.duration.as_secs_f64() * 1000.0,
+        "peak_memory_bytes": o.peak_memory_bytes,
+        "cpu_seconds": o.cpu_seconds,
+        "exit_code": o.exit_code,
+        "exit_signal": o.exit_signal,
+        "logs": logs,
+        "logs_dropped": o.logs_dropped,
+    })
+}
+
+fn print_human(o: &ExecutionOutcome) {
+    match o.status {
+        Status::Success => {
+            let pretty = o
+                .result_json
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<Value>(r).ok())
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_default();
+            println!("{pretty}");
+        }
+        _ => {
+            if let Some(e) = &o.error {
+                if !e.traceback.is_empty() {
+                    eprint!("{}", e.traceback);
+                    if !e.traceback.ends_with('\n') {
+                        eprintln!();
+                    }
+                }
+                eprintln!("{}: {}: {}", o.status, e.error_type, e.message);
+            } else {
+                eprintln!("{}", o.status);
+            }
+        }
+    }
+    eprintln!(
+        "{} in {:.1} ms, peak memory {:.1} MiB, CPU {:.3} s",
+        o.status,
+        o.duration.as_secs_f64() * 1000.0,
+        o.peak_memory_bytes as f64 / (1024.0 * 1024.0),
+        o.cpu_seconds
+    );
+}

@@ -1,0 +1,23 @@
+//! Warden's supervisor: the `warden` CLI and the `serve` daemon.
+//!
+//! Layout (one concern per module):
+//! - [`outcome`]: what an execution asked for and how it ended (plain data).
+//! - [`pool`]: the worker pool: spawns sandboxed templates, dispatches executions,
+//!   enforces deadlines, cancels, replaces dead templates, drains on shutdown.
+//! - [`store`]: PostgreSQL: schema and migrations, the fixed connection budget, batched
+//!   reads, and the group-commit writer.
+//! - [`intake`]: Redis: the execution stream and its consumer group, dead letters,
+//!   cancel requests, completion and status publishing.
+//! - [`cli`]: the command line (clap), and the subcommands that are not the daemon.
+//! - [`exec_cmd`]: `warden exec`, one workflow through the pool with no services.
+//! - [`bench`]: `warden bench`.
+//! - [`telemetry`]: tracing set-up (human or JSON).
+
+pub mod bench;
+pub mod cli;
+pub mod exec_cmd;
+pub mod intake;
+pub mod outcome;
+pub mod pool;
+pub mod store;
+pub mod telemetry;

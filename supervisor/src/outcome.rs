@@ -1,0 +1,84 @@
+//! What one execution asked for ([`Job`]) and how it ended ([`ExecutionOutcome`]): the
+//! types the pool hands to whoever persists or prints results (the store, `warden exec`,
+//! the benchmark). Plain data, no behaviour beyond naming.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use warden_protocol::{ErrorInfo, ExecutionLimits, Log};
+
+/// One execution to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub execution_id: String,
+    /// Workflow path, used as the code's filename in tracebacks.
+    pub path: String,
+    pub source: String,
+    pub function: String,
+    /// A JSON object (its keys become keyword arguments).
+    pub params_json: String,
+    /// SDK context as a JSON object, `{}` when there is none.
+    pub context_json: String,
+    /// Wall-clock deadline, counted from dispatch. `None`: the pool's default.
+    pub timeout: Option<Duration>,
+    /// `None`: the pool's default limits.
+    pub limits: Option<ExecutionLimits>,
+}
+
+/// The terminal states. Every accepted execution reaches exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Success,
+    Failed,
+    Timeout,
+    Cancelled,
+    Crashed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Failed => "failed",
+            Status::Timeout => "timeout",
+            Status::Cancelled => "cancelled",
+            Status::Crashed => "crashed",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an execution ended, with everything worth recording about it.
+#[derive(Debug, Clone)]
+pub struct ExecutionOutcome {
+    pub execution_id: String,
+    pub status: Status,
+    /// The return value as JSON text (success only).
+    pub result_json: Option<String>,
+    /// Exception or failure details (failed, timeout, crashed, cancelled).
+    pub error: Option<ErrorInfo>,
+    /// When it was handed to a worker (None: cancelled while still queued).
+    pub started_at: Option<SystemTime>,
+    pub finished_at: SystemTime,
+    /// Dispatch to end.
+    pub duration: Duration,
+    pub peak_memory_bytes: u64,
+    pub cpu_seconds: f64,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub logs_dropped: u32,
+}
+
+/// What the pool reports, in order per execution: `Started`, `Log`*, `Finished`.
+#[derive(Debug, Clone)]
+pub enum PoolEvent {
+    Started { execution_id: String, pid: u32 },
+    Log(Log),
+    Finished(ExecutionOutcome),
+}

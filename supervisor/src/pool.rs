@@ -1,0 +1,29 @@
+//! The worker pool: sandboxed template processes, one execution at a time each.
+//!
+//! Layout:
+//! - [`config`]: everything a pool is started with (sizes, deadlines, limits, sandbox).
+//! - [`spawn`]: starting one template process inside its sandbox, with its end of a
+//!   socketpair on fd 3.
+//! - [`connection`]: async frame reading/writing over that socket.
+//! - [`template`]: one task per template process: owns the child and its connection,
+//!   turns frames into events, carries out kills. The only code that signals a template.
+//! - [`dispatcher`]: the single owner of the pool's state: queue, slots, deadlines,
+//!   cancellation, finalisation, replacement of dead templates, drain on shutdown.
+//!   Everything else talks to it by message (nextest's dispatcher/executor split).
+//!
+//! Why a socketpair and not a listening socket: the template inherits its end, so there
+//! is no accept race, no filesystem permission to get right for a worker that runs under
+//! another uid, no way for another local process to connect and pose as a worker, and it
+//! works unchanged inside a new network namespace. The design doc's per-child connection
+//! is replaced by the template relaying its child's frames (validated) on its own
+//! connection: one ordered stream per template, so `Ended` always follows the child's
+//! last frame and the supervisor never has to join two sockets to finalise.
+
+pub mod config;
+pub mod connection;
+pub mod dispatcher;
+pub mod spawn;
+pub mod template;
+
+pub use config::{PoolConfig, PoolError};
+pub use dispatcher::{Pool, PoolStats, ShutdownReport};

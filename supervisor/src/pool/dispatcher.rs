@@ -1,0 +1,912 @@
+//! The pool's single owner: the queue, every slot's state, deadlines, cancellation,
+//! finalisation, replacement of dead templates, and the drain on shutdown.
+//!
+//! It runs as one task. Callers talk to it through [`Pool`] (a cheap, cloneable handle);
+//! template tasks report by [`TemplateEvent`]; results leave as [`PoolEvent`]s on the
+//! channel given at start, in order per execution: `Started`, `Log`*, `Finished`.
+//!
+//! A slot's life (one template process at a time):
+//!
+//! ```text
+//!  Starting ──hello──▶ Idle ──Execute──▶ Busy ──Ended──▶ Idle
+//!     │                  │                 │ deadline/cancel: Kill child (fork) or
+//!     │                  │                 │ the template (reuse); no Ended within
+//!     │                  │                 │ kill_grace: kill the template
+//!     └──────── Gone ────┴──────── Gone ───┴──▶ Down ──back-off──▶ Starting
+//! ```
+//!
+//! Finalisation is driven by `Ended` (the last frame for an execution) or by the
+//! template's death: whichever comes, the execution gets exactly one `Finished`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use warden_protocol::{
+    Ended, ErrorInfo, ExecutionResult, ExitKind, FromWorker, Isolation, Outcome, ToWorker,
+};
+
+use super::config::{PoolConfig, PoolError};
+use super::template::{self, TemplateCmd, TemplateEvent};
+use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
+
+/// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
+/// is called or every handle is dropped.
+#[derive(Clone)]
+pub struct Pool {
+    requests: mpsc::UnboundedSender<Request>,
+    shared: Arc<Shared>,
+}
+
+/// A snapshot of the pool's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub workers: usize,
+    pub ready: usize,
+    pub busy: usize,
+    pub queued: usize,
+    pub completed: u64,
+    pub templates_started: u64,
+    /// Spawn-to-hello time of the most recent template, microseconds.
+    pub last_spawn_to_ready_us: u64,
+}
+
+/// What was left when the pool stopped.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownReport {
+    /// Executions that finished during the drain.
+    pub drained: usize,
+    /// Executions killed or never started because the drain timed out.
+    pub abandoned: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    workers: AtomicUsize,
+    ready: AtomicUsize,
+    busy: AtomicUsize,
+    queued: AtomicUsize,
+    completed: AtomicU64,
+    templates_started: AtomicU64,
+    last_spawn_to_ready_us: AtomicU64,
+}
+
+enum Request {
+    Submit(Job),
+    Cancel(String),
+    Shutdown {
+        drain: Duration,
+        done: oneshot::Sender<ShutdownReport>,
+    },
+}
+
+impl Pool {
+    /// Starts `cfg.workers` templates and returns once every one has said hello (or
+    /// with the first start-up failure, e.g. a missing worker binary).
+    pub async fn start(
+        cfg: PoolConfig,
+        events: mpsc::UnboundedSender<PoolEvent>,
+    ) -> Result<Pool, PoolError> {
+        if cfg.workers == 0 {
+            return Err(PoolError::Config("--workers must be at least 1".into()));
+        }
+        if let Err(source) = std::fs::metadata(&cfg.worker_bin) {
+            return Err(PoolError::WorkerBinary {
+                path: cfg.worker_bin.clone(),
+                source,
+            });
+        }
+        std::fs::create_dir_all(&cfg.run_dir).map_err(|source| PoolError::RunDir {
+            path: cfg.run_dir.clone(),
+            source,
+        })?;
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let (tmpl_tx, tmpl_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let shared = Arc::new(Shared::default());
+        shared.workers.store(cfg.workers, Ordering::Relaxed);
+        let start_timeout = cfg.start_timeout;
+        let cfg = Arc::new(cfg);
+        let mut d = Dispatcher {
+            slots: Vec::with_capacity(cfg.workers),
+            cfg,
+            queue: VecDeque::new(),
+            requests: req_rx,
+            tmpl_tx,
+            tmpl_rx,
+            events,
+            shared: shared.clone(),
+            startup: Some(ready_tx),
+            drain: None,
+            next_generation: 1,
+            drained: 0,
+        };
+        for slot in 0..d.cfg.workers {
+            let (cmds, generation) = d.launch(slot);
+            d.slots.push(Slot {
+                generation,
+                cmds,
+                state: SlotState::Starting,
+                executions: 0,
+                failed_starts: 0,
+            });
+        }
+        tokio::spawn(d.run());
+        match tokio::time::timeout(start_timeout + Duration::from_secs(1), ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Pool {
+                requests: req_tx,
+                shared,
+            }),
+            Ok(Ok(Err(reason))) => Err(PoolError::WorkerStart(reason)),
+            Ok(Err(_)) => Err(PoolError::WorkerStart("the pool stopped while starting".into())),
+            Err(_) => Err(PoolError::WorkerStart(format!(
+                "templates not ready within {start_timeout:?}"
+            ))),
+        }
+    }
+
+    /// Queues an execution. Its events arrive on the pool's event channel.
+    pub fn submit(&self, job: Job) {
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if self.requests.send(Request::Submit(job)).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Cancels a queued or running execution (it ends `cancelled`). Unknown ids are
+    /// ignored: the execution already finished, or never came here.
+    pub fn cancel(&self, execution_id: &str) {
+        let _ = self.requests.send(Request::Cancel(execution_id.to_string()));
+    }
+
+    /// Stops taking work, lets what is queued or running finish for up to `drain`,
+    /// then kills what is left (recorded as `cancelled`) and stops every template.
+    pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
+        let (done, rx) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::Shutdown { drain, done })
+            .is_err()
+        {
+            return ShutdownReport::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Executions that can be accepted now without waiting: free templates minus what
+    /// is already queued.
+    pub fn free_capacity(&self) -> usize {
+        let s = self.stats();
+        s.workers.saturating_sub(s.busy + s.queued)
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let s = &self.shared;
+        PoolStats {
+            workers: s.workers.load(Ordering::Relaxed),
+            ready: s.ready.load(Ordering::Relaxed),
+            busy: s.busy.load(Ordering::Relaxed),
+            queued: s.queued.load(Ordering::Relaxed),
+            completed: s.completed.load(Ordering::Relaxed),
+            templates_started: s.templates_started.load(Ordering::Relaxed),
+            last_spawn_to_ready_us: s.last_spawn_to_ready_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Slot {
+    generation: u64,
+    cmds: mpsc::UnboundedSender<TemplateCmd>,
+    state: SlotState,
+    /// Executions run by the current template (reuse-mode recycling).
+    executions: u32,
+    /// Templates in a row that died before saying hello (for back-off).
+    failed_starts: u32,
+}
+
+enum SlotState {
+    Starting,
+    Idle,
+    Busy(Box<Running>),
+    /// Asked to shut down (recycling or pool shutdown); waiting for it to go.
+    Retiring,
+    /// Dead; a new template starts at this instant (None: not restarted, pool stopping).
+    Down(Option<Instant>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillReason {
+    Timeout,
+    Cancelled,
+    Shutdown,
+}
+
+struct Running {
+    job: Job,
+    dispatched: Instant,
+    started_at: SystemTime,
+    timeout: Duration,
+    deadline: Instant,
+    result: Option<ExecutionResult>,
+    /// Why and when we asked for it to be killed.
+    kill: Option<(KillReason, Instant)>,
+    /// Whether the template itself has been killed over this execution.
+    template_killed: bool,
+}
+
+struct Drain {
+    deadline: Instant,
+    done: Option<oneshot::Sender<ShutdownReport>>,
+    abandoned: usize,
+    /// Set once every template has been asked to stop.
+    stopping: bool,
+}
+
+struct Dispatcher {
+    cfg: Arc<PoolConfig>,
+    slots: Vec<Slot>,
+    queue: VecDeque<Job>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    tmpl_tx: mpsc::UnboundedSender<TemplateEvent>,
+    tmpl_rx: mpsc::UnboundedReceiver<TemplateEvent>,
+    events: mpsc::UnboundedSender<PoolEvent>,
+    shared: Arc<Shared>,
+    startup: Option<oneshot::Sender<Result<(), String>>>,
+    drain: Option<Drain>,
+    next_generation: u64,
+    drained: usize,
+}
+
+impl Dispatcher {
+    async fn run(mut self) {
+        loop {
+            let timer = self.next_timer();
+            tokio::select! {
+                req = self.requests.recv() => match req {
+                    Some(r) => self.on_request(r),
+                    // Every handle dropped: stop now.
+                    None => self.begin_drain(Duration::ZERO, None),
+                },
+                Some(ev) = self.tmpl_rx.recv() => self.on_template(ev),
+                _ = sleep_until_opt(timer) => self.on_timer(Instant::now()),
+            }
+            self.dispatch();
+            self.publish_stats();
+            if self.finish_drain_if_done() {
+                return;
+            }
+        }
+    }
+
+    /// Starts the template task for `slot`; returns its command channel and generation.
+    fn launch(&mut self, slot: usize) -> (mpsc::UnboundedSender<TemplateCmd>, u64) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.templates_started.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(template::run(
+            self.cfg.clone(),
+            slot,
+            generation,
+            self.tmpl_tx.clone(),
+            rx,
+        ));
+        (tx, generation)
+    }
+
+    fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Submit(job) => {
+                if self.drain.is_some() {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    let out = self.outcome_without_run(
+                        &job,
+                        Status::Cancelled,
+                        "Shutdown",
+                        "the worker pool is shutting down and takes no new work",
+                    );
+                    self.finish(out);
+                } else {
+                    self.queue.push_back(job);
+                }
+            }
+            Request::Cancel(id) => self.cancel(&id),
+            Request::Shutdown { drain, done } => self.begin_drain(drain, Some(done)),
+        }
+    }
+
+    fn cancel(&mut self, id: &str) {
+        if let Some(pos) = self.queue.iter().position(|j| j.execution_id == id) {
+            let job = self.queue.remove(pos).expect("position is in range");
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            let out = self.outcome_without_run(
+                &job,
+                Status::Cancelled,
+                "Cancelled",
+                "cancelled before it started",
+            );
+            self.finish(out);
+            return;
+        }
+        let found = self.slots.iter().position(|s| {
+            matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == id && r.kill.is_none())
+        });
+        if let Some(slot) = found {
+            self.kill_running(slot, KillReason::Cancelled, Instant::now());
+        }
+    }
+
+    fn begin_drain(&mut self, drain: Duration, done: Option<oneshot::Sender<ShutdownReport>>) {
+        match &mut self.drain {
+            // A second shutdown request: escalate, the drain ends now.
+            Some(d) => {
+                d.deadline = Instant::now();
+                if d.done.is_none() {
+                    d.done = done;
+                }
+            }
+            None => {
+                self.drain = Some(Drain {
+                    deadline: Instant::now() + drain,
+                    done,
+                    abandoned: 0,
+                    stopping: false,
+                });
+            }
+        }
+        self.on_timer(Instant::now());
+    }
+
+    /// Hands queued jobs to idle templates.
+    fn dispatch(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(slot) = self
+                .slots
+                .iter()
+                .position(|s| matches!(s.state, SlotState::Idle))
+            else {
+                return;
+            };
+            let job = self.queue.pop_front().expect("queue is not empty");
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            let timeout = job.timeout.unwrap_or(self.cfg.timeout);
+            let msg = ToWorker::Execute(warden_protocol::Execute {
+                execution_id: job.execution_id.clone(),
+                path: job.path.clone(),
+                source: job.source.clone(),
+                function: job.function.clone(),
+                params_json: job.params_json.clone(),
+                context_json: job.context_json.clone(),
+                limits: job.limits.clone().unwrap_or_else(|| self.cfg.limits.clone()),
+            });
+            let now = Instant::now();
+            let s = &mut self.slots[slot];
+            // If the template task is gone its Gone event is on the way and will
+            // finalise this execution as crashed.
+            let _ = s.cmds.send(TemplateCmd::Send(msg));
+            s.state = SlotState::Busy(Box::new(Running {
+                job,
+                dispatched: now,
+                started_at: SystemTime::now(),
+                timeout,
+                deadline: now + timeout,
+                result: None,
+                kill: None,
+                template_killed: false,
+            }));
+        }
+    }
+
+    fn on_template(&mut self, ev: TemplateEvent) {
+        match ev {
+            TemplateEvent::Ready {
+                slot,
+                generation,
+                hello,
+                spawn_to_ready,
+            } => {
+                if self.slots[slot].generation != generation {
+                    return;
+                }
+                tracing::debug!(slot, pid = hello.pid, ?spawn_to_ready, "worker ready");
+                self.shared
+                    .last_spawn_to_ready_us
+                    .store(spawn_to_ready.as_micros() as u64, Ordering::Relaxed);
+                let s = &mut self.slots[slot];
+                s.failed_starts = 0;
+                s.executions = 0;
+                if self.drain.as_ref().is_some_and(|d| d.stopping) {
+                    let _ = s.cmds.send(TemplateCmd::Send(ToWorker::Shutdown));
+                    s.state = SlotState::Retiring;
+                } else {
+                    s.state = SlotState::Idle;
+                }
+                self.check_started();
+            }
+            TemplateEvent::Frame {
+                slot,
+                generation,
+                msg,
+            } => {
+                if self.slots[slot].generation == generation {
+                    self.on_frame(slot, msg);
+                }
+            }
+            TemplateEvent::Gone {
+                slot,
+                generation,
+                was_ready,
+                reason,
+                exit_code,
+                exit_signal,
+            } => {
+                if self.slots[slot].generation != generation {
+                    return;
+                }
+                self.on_gone(slot, was_ready, reason, exit_code, exit_signal);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, slot: usize, msg: FromWorker) {
+        let SlotState::Busy(running) = &mut self.slots[slot].state else {
+            return self.protocol_violation(slot, "a frame arrived while no execution was running");
+        };
+        let id = match &msg {
+            FromWorker::Started(m) => &m.execution_id,
+            FromWorker::Log(m) => &m.execution_id,
+            FromWorker::Result(m) => &m.execution_id,
+            FromWorker::Ended(m) => &m.execution_id,
+            FromWorker::Hello(_) => return self.protocol_violation(slot, "a second hello"),
+        };
+        if *id != running.job.execution_id {
+            return self.protocol_violation(slot, "a frame for another execution");
+        }
+        match msg {
+            FromWorker::Started(m) => {
+                let _ = self.events.send(PoolEvent::Started {
+                    execution_id: m.execution_id,
+                    pid: m.pid,
+                });
+            }
+            FromWorker::Log(log) => {
+                let _ = self.events.send(PoolEvent::Log(log));
+            }
+            FromWorker::Result(r) => {
+                if running.result.is_some() {
+                    return self.protocol_violation(slot, "a second result");
+                }
+                running.result = Some(r);
+            }
+            FromWorker::Ended(ended) => {
+                let SlotState::Busy(running) =
+                    std::mem::replace(&mut self.slots[slot].state, SlotState::Idle)
+                else {
+                    unreachable!("checked above")
+                };
+                let out = self.outcome_from_ended(*running, ended.clone());
+                self.finish(out);
+                self.after_execution(slot, &ended);
+            }
+            FromWorker::Hello(_) => unreachable!("handled above"),
+        }
+    }
+
+    /// Reuse mode: retire a template that ran enough executions or grew too big.
+    fn after_execution(&mut self, slot: usize, ended: &Ended) {
+        let cfg = &self.cfg;
+        let s = &mut self.slots[slot];
+        s.executions += 1;
+        if cfg.isolation != Isolation::Reuse {
+            return;
+        }
+        let too_many =
+            cfg.max_executions_per_worker > 0 && s.executions >= cfg.max_executions_per_worker;
+        let too_big = cfg.max_worker_memory > 0 && ended.worker_rss_bytes > cfg.max_worker_memory;
+        if too_many || too_big {
+            tracing::debug!(slot, executions = s.executions, rss = ended.worker_rss_bytes, "recycling worker");
+            let _ = s.cmds.send(TemplateCmd::Send(ToWorker::Shutdown));
+            s.state = SlotState::Retiring;
+        }
+    }
+
+    fn protocol_violation(&mut self, slot: usize, what: &str) {
+        tracing::warn!(slot, what, "worker broke the protocol; killing it");
+        let _ = self.slots[slot].cmds.send(TemplateCmd::Kill);
+    }
+
+    fn on_gone(
+        &mut self,
+        slot: usize,
+        was_ready: bool,
+        reason: String,
+        exit_code: Option<i32>,
+        exit_signal: Option<i32>,
+    ) {
+        let state = std::mem::replace(&mut self.slots[slot].state, SlotState::Down(None));
+        let retiring = matches!(state, SlotState::Retiring);
+        if let SlotState::Busy(running) = state {
+            let out = self.outcome_from_template_death(*running, &reason, exit_code, exit_signal);
+            self.finish(out);
+        }
+        if !was_ready {
+            tracing::error!(slot, %reason, "worker failed to start");
+            if let Some(tx) = self.startup.take() {
+                let _ = tx.send(Err(reason));
+                // The pool is unusable: stop now.
+                self.begin_drain(Duration::ZERO, None);
+                return;
+            }
+            self.slots[slot].failed_starts += 1;
+        } else if !retiring {
+            tracing::warn!(slot, %reason, "worker died; starting a new one");
+        }
+        if self.drain.is_some() {
+            return;
+        }
+        let n = self.slots[slot].failed_starts.min(7);
+        let backoff = if n == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100 << n).min(Duration::from_secs(10))
+        };
+        self.slots[slot].state = SlotState::Down(Some(Instant::now() + backoff));
+        if backoff.is_zero() {
+            self.respawn(slot);
+        }
+    }
+
+    fn respawn(&mut self, slot: usize) {
+        let (cmds, generation) = self.launch(slot);
+        let s = &mut self.slots[slot];
+        s.cmds = cmds;
+        s.generation = generation;
+        s.state = SlotState::Starting;
+    }
+
+    fn check_started(&mut self) {
+        if self.startup.is_some()
+            && self
+                .slots
+                .iter()
+                .all(|s| !matches!(s.state, SlotState::Starting))
+        {
+            let _ = self.startup.take().expect("checked").send(Ok(()));
+        }
+    }
+
+    /// The earliest instant at which `on_timer` has something to do.
+    fn next_timer(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = self.drain.as_ref().map(|d| d.deadline);
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for s in &self.slots {
+            match &s.state {
+                SlotState::Busy(r) => match r.kill {
+                    None => consider(r.deadline),
+                    Some((_, at)) if !r.template_killed => consider(at + self.cfg.kill_grace),
+                    Some(_) => {}
+                },
+                SlotState::Down(Some(at)) => consider(*at),
+                _ => {}
+            }
+        }
+        next
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        let drain_over = self.drain.as_ref().is_some_and(|d| now >= d.deadline);
+        if drain_over {
+            // Whatever is queued never ran: it ends cancelled.
+            while let Some(job) = self.queue.pop_front() {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                let out = self.outcome_without_run(
+                    &job,
+                    Status::Cancelled,
+                    "Shutdown",
+                    "the supervisor shut down before this execution started",
+                );
+                self.finish(out);
+                if let Some(d) = &mut self.drain {
+                    d.abandoned += 1;
+                }
+            }
+        }
+        for slot in 0..self.slots.len() {
+            match &self.slots[slot].state {
+                SlotState::Busy(r) => match r.kill {
+                    None if now >= r.deadline => self.kill_running(slot, KillReason::Timeout, now),
+                    None if drain_over => {
+                        if let Some(d) = &mut self.drain {
+                            d.abandoned += 1;
+                        }
+                        self.kill_running(slot, KillReason::Shutdown, now)
+                    }
+                    Some((_, at)) if !r.template_killed && now >= at + self.cfg.kill_grace => {
+                        tracing::warn!(slot, "worker did not stop its execution in time; killing the worker");
+                        self.kill_template(slot);
+                    }
+                    _ => {}
+                },
+                SlotState::Down(Some(at)) if now >= *at && self.drain.is_none() => {
+                    self.respawn(slot)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn kill_running(&mut self, slot: usize, why: KillReason, now: Instant) {
+        let isolation = self.cfg.isolation;
+        let SlotState::Busy(r) = &mut self.slots[slot].state else {
+            return;
+        };
+        r.kill = Some((why, now));
+        match isolation {
+            // The child is the template's: it kills the child's process group.
+            Isolation::Fork => {
+                let id = r.job.execution_id.clone();
+                let _ = self.slots[slot]
+                    .cmds
+                    .send(TemplateCmd::Send(ToWorker::Kill { execution_id: id }));
+            }
+            // The code runs in the template itself: only killing it stops the code.
+            Isolation::Reuse => self.kill_template(slot),
+        }
+    }
+
+    fn kill_template(&mut self, slot: usize) {
+        if let SlotState::Busy(r) = &mut self.slots[slot].state {
+            r.template_killed = true;
+        }
+        let _ = self.slots[slot].cmds.send(TemplateCmd::Kill);
+    }
+
+    /// True when a drain is complete and the dispatcher may stop.
+    fn finish_drain_if_done(&mut self) -> bool {
+        let Some(d) = &mut self.drain else {
+            return false;
+        };
+        let busy = self
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Busy(_)));
+        if busy || !self.queue.is_empty() {
+            return false;
+        }
+        if !d.stopping {
+            d.stopping = true;
+            for s in &mut self.slots {
+                match s.state {
+                    SlotState::Idle | SlotState::Starting => {
+                        let _ = s.cmds.send(TemplateCmd::Send(ToWorker::Shutdown));
+                        s.state = SlotState::Retiring;
+                    }
+                    SlotState::Down(_) => s.state = SlotState::Down(None),
+                    _ => {}
+                }
+            }
+        }
+        let all_gone = self
+            .slots
+            .iter()
+            .all(|s| matches!(s.state, SlotState::Down(_)));
+        // Templates get until the drain deadline (plus a grace) to exit by themselves.
+        let late = Instant::now() >= d.deadline + self.cfg.kill_grace;
+        if !all_gone && !late {
+            return false;
+        }
+        if late {
+            for s in &self.slots {
+                let _ = s.cmds.send(TemplateCmd::Kill);
+            }
+        }
+        let report = ShutdownReport {
+            drained: self.drained,
+            abandoned: d.abandoned,
+        };
+        if let Some(done) = d.done.take() {
+            let _ = done.send(report);
+        }
+        if let Some(tx) = self.startup.take() {
+            let _ = tx.send(Err("the pool was shut down while starting".into()));
+        }
+        true
+    }
+
+    fn publish_stats(&self) {
+        let mut ready = 0;
+        let mut busy = 0;
+        for s in &self.slots {
+            match s.state {
+                SlotState::Idle => ready += 1,
+                SlotState::Busy(_) => {
+                    ready += 1;
+                    busy += 1
+                }
+                _ => {}
+            }
+        }
+        self.shared.ready.store(ready, Ordering::Relaxed);
+        self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    fn finish(&mut self, out: ExecutionOutcome) {
+        self.shared.completed.fetch_add(1, Ordering::Relaxed);
+        if self.drain.is_some() {
+            self.drained += 1;
+        }
+        let _ = self.events.send(PoolEvent::Finished(out));
+    }
+
+    fn outcome_without_run(
+        &self,
+        job: &Job,
+        status: Status,
+        error_type: &str,
+        message: &str,
+    ) -> ExecutionOutcome {
+        ExecutionOutcome {
+            execution_id: job.execution_id.clone(),
+            status,
+            result_json: None,
+            error: Some(error(error_type, message.to_string())),
+            started_at: None,
+            finished_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            peak_memory_bytes: 0,
+            cpu_seconds: 0.0,
+            exit_code: None,
+            exit_signal: None,
+            logs_dropped: 0,
+        }
+    }
+
+    fn outcome_from_ended(&self, r: Running, ended: Ended) -> ExecutionOutcome {
+        let (exit_code, exit_signal) = match ended.exit {
+            ExitKind::Exited(c) => (Some(c), None),
+            ExitKind::Signaled(s) => (None, Some(s)),
+            _ => (None, None),
+        };
+        let mut out = base_outcome(&r);
+        out.peak_memory_bytes = ended.peak_memory_bytes;
+        out.cpu_seconds = (ended.user_cpu_us + ended.system_cpu_us) as f64 / 1e6;
+        out.exit_code = exit_code;
+        out.exit_signal = exit_signal;
+        if let Some((why, _)) = r.kill {
+            killed(&mut out, why, &r);
+            return out;
+        }
+        if let ExitKind::ProtocolError(reason) = &ended.exit {
+            out.status = Status::Crashed;
+            out.error = Some(error(
+                "ProtocolError",
+                format!("the execution broke the worker protocol and was killed: {reason}"),
+            ));
+            return out;
+        }
+        match r.result {
+            Some(res) => {
+                out.logs_dropped = res.logs_dropped;
+                match res.outcome {
+                    Outcome::Success { result_json } => {
+                        out.status = Status::Success;
+                        out.result_json = Some(result_json);
+                    }
+                    Outcome::Failed(e) => {
+                        out.status = Status::Failed;
+                        out.error = Some(e);
+                    }
+                }
+            }
+            None => {
+                out.status = Status::Crashed;
+                out.error = Some(error("Crashed", crash_message(exit_code, exit_signal)));
+            }
+        }
+        out
+    }
+
+    fn outcome_from_template_death(
+        &self,
+        r: Running,
+        reason: &str,
+        exit_code: Option<i32>,
+        exit_signal: Option<i32>,
+    ) -> ExecutionOutcome {
+        let mut out = base_outcome(&r);
+        out.exit_code = exit_code;
+        out.exit_signal = exit_signal;
+        if let Some((why, _)) = r.kill {
+            killed(&mut out, why, &r);
+            return out;
+        }
+        // Reuse mode: a result may have arrived before the template died.
+        out.status = Status::Crashed;
+        out.error = Some(error(
+            "Crashed",
+            format!("{}; {reason}", crash_message(exit_code, exit_signal)),
+        ));
+        out
+    }
+}
+
+fn base_outcome(r: &Running) -> ExecutionOutcome {
+    ExecutionOutcome {
+        execution_id: r.job.execution_id.clone(),
+        status: Status::Crashed,
+        result_json: None,
+        error: None,
+        started_at: Some(r.started_at),
+        finished_at: SystemTime::now(),
+        duration: r.dispatched.elapsed(),
+        peak_memory_bytes: 0,
+        cpu_seconds: 0.0,
+        exit_code: None,
+        exit_signal: None,
+        logs_dropped: r.result.as_ref().map_or(0, |x| x.logs_dropped),
+    }
+}
+
+fn killed(out: &mut ExecutionOutcome, why: KillReason, r: &Running) {
+    let (status, ty, msg) = match why {
+        KillReason::Timeout => (
+            Status::Timeout,
+            "Timeout",
+            format!(
+                "the execution did not finish within its {:.3} s deadline and was killed",
+                r.timeout.as_secs_f64()
+            ),
+        ),
+        KillReason::Cancelled => (
+            Status::Cancelled,
+            "Cancelled",
+            "cancelled while running; the process was killed".to_string(),
+        ),
+        KillReason::Shutdown => (
+            Status::Cancelled,
+            "Shutdown",
+            "the supervisor shut down and its drain timeout passed; the process was killed"
+                .to_string(),
+        ),
+    };
+    out.status = status;
+    out.error = Some(error(ty, msg));
+}
+
+fn crash_message(exit_code: Option<i32>, exit_signal: Option<i32>) -> String {
+    match (exit_code, exit_signal) {
+        (_, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {sig}"));
+            let hint = match sig {
+                libc::SIGKILL => " (killed: out of memory, or by another process)",
+                libc::SIGSEGV => " (segmentation fault)",
+                libc::SIGXCPU => " (CPU time limit exceeded)",
+                _ => "",
+            };
+            format!("the process was killed by {name}{hint} before returning a result")
+        }
+        (Some(code), None) => {
+            format!("the process exited with code {code} before returning a result")
+        }
+        (None, None) => "the process ended without returning a result".to_string(),
+    }
+}
+
+fn error(error_type: &str, message: String) -> ErrorInfo {
+    ErrorInfo {
+        error_type: error_type.to_string(),
+        message,
+        traceback: String::new(),
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,7 @@
+//! Shared helpers for the end-to-end tests: each test gets its own PostgreSQL database
+//! ([`db`]), its own Redis key prefix ([`redis`]) and its own pool and run directory
+//! ([`pool`]), so tests run in parallel.
+
+pub mod db;
+pub mod pool;
+pub mod redis;
