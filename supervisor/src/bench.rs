@@ -53,7 +53,15 @@ pub async fn run(args: BenchArgs) -> Result<i32, String> {
     };
     println!(
         "{:<6} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10} {:>10}",
-        "mode", "execs/s", "p50 ms", "p99 ms", "1x1 p50 ms", "1x1 p99 ms", "spawn ms", "sup MiB", "wrk MiB"
+        "mode",
+        "execs/s",
+        "p50 ms",
+        "p99 ms",
+        "1x1 p50 ms",
+        "1x1 p99 ms",
+        "spawn ms",
+        "sup MiB",
+        "wrk MiB"
     );
     for &mode in modes {
         let r = bench_mode(&args, mode).await?;
@@ -97,14 +105,16 @@ async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Val
 
     // Warm up (first forks fault in pages).
     for i in 0..(50 * workers) {
-        pool.submit(job(i));
+        pool.submit(job(i))
+            .map_err(|_| "the pool stopped".to_string())?;
     }
     wait_for(&mut events, 50 * workers).await?;
 
     // Throughput: everything queued at once.
     let t0 = Instant::now();
     for i in 0..args.n {
-        pool.submit(job(i));
+        pool.submit(job(i))
+            .map_err(|_| "the pool stopped".to_string())?;
     }
     let mut lat = wait_for(&mut events, args.n).await?;
     let wall = t0.elapsed();
@@ -114,7 +124,8 @@ async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Val
     let mut one = Vec::with_capacity(args.sequential);
     for i in 0..args.sequential {
         let t = Instant::now();
-        pool.submit(job(i));
+        pool.submit(job(i))
+            .map_err(|_| "the pool stopped".to_string())?;
         wait_for(&mut events, 1).await?;
         one.push(t.elapsed());
     }

@@ -19,7 +19,13 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", env = "WARDEN_LOG_LEVEL")]
     pub log_level: String,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "human", env = "WARDEN_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "WARDEN_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -153,7 +159,11 @@ impl PoolArgs {
         cfg.worker_env = self.worker_env.clone();
         // Without a uid of its own, RLIMIT_NPROC would count every process of the
         // user running the supervisor, so it is left off.
-        let nproc = if cfg.worker_uid_base.is_some() { self.max_processes } else { 0 };
+        let nproc = if cfg.worker_uid_base.is_some() {
+            self.max_processes
+        } else {
+            0
+        };
         cfg.limits = ExecutionLimits {
             memory_bytes: self.memory_limit,
             cpu_seconds: self.cpu_limit,
@@ -186,15 +196,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size: use bytes or a number with K, M or G, e.g. 512M"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a size: use bytes or a number with K, M or G, e.g. 512M")
+    })?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1u64,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}` in `{s}`: use K, M or G")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}`: use K, M or G"
+            ))
+        }
     };
     Ok((n * mult as f64) as u64)
 }
@@ -213,10 +227,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (t, 1.0)
     };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration: use seconds (`30`, `1.5`) or `500ms`, `2m`"))?;
+    let n: f64 = num.trim().parse().map_err(|_| {
+        format!("`{s}` is not a duration: use seconds (`30`, `1.5`) or `500ms`, `2m`")
+    })?;
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("`{s}`: a duration must be positive"));
     }

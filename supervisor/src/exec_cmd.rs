@@ -27,12 +27,8 @@ pub fn exit_code(status: Status) -> i32 {
 
 /// Runs `warden exec`; `Err` is a one-sentence message for a user mistake.
 pub async fn run(args: ExecArgs) -> Result<i32, String> {
-    let source = std::fs::read_to_string(&args.file).map_err(|e| {
-        format!(
-            "cannot read workflow file {}: {e}",
-            args.file.display()
-        )
-    })?;
+    let source = std::fs::read_to_string(&args.file)
+        .map_err(|e| format!("cannot read workflow file {}: {e}", args.file.display()))?;
     check_params(&args.params)?;
     let (run_dir, _guard) = args
         .pool
@@ -53,10 +49,13 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
         context_json: "{}".into(),
         timeout: None,
         limits: None,
-    });
+    })
+    .map_err(|_| "the worker pool stopped before it could run the workflow".to_string())?;
 
     let mut logs = Vec::new();
     let mut interrupts = 0;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
     let outcome = loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -70,10 +69,10 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
                 Some(PoolEvent::Started { .. }) => {}
                 None => return Err("the worker pool stopped unexpectedly".into()),
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupted(&mut term) => {
                 interrupts += 1;
                 if interrupts == 1 {
-                    eprintln!("interrupted: cancelling (Ctrl-C again to stop at once)");
+                    eprintln!("interrupted: cancelling (interrupt again to stop at once)");
                     pool.cancel(&id);
                 } else {
                     pool.shutdown(Duration::ZERO).await;
@@ -91,6 +90,14 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
     Ok(exit_code(outcome.status))
 }
 
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted(term: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn check_params(params: &str) -> Result<(), String> {
     match serde_json::from_str::<Value>(params) {
         Ok(Value::Object(_)) => Ok(()),
@@ -98,7 +105,9 @@ fn check_params(params: &str) -> Result<(), String> {
             "--params must be a JSON object such as '{{\"x\": 1}}', not {}",
             kind(&other)
         )),
-        Err(e) => Err(format!("--params is not valid JSON ({e}); pass an object such as '{{\"x\": 1}}'")),
+        Err(e) => Err(format!(
+            "--params is not valid JSON ({e}); pass an object such as '{{\"x\": 1}}'"
+        )),
     }
 }
 

@@ -140,25 +140,36 @@ impl Pool {
                 shared,
             }),
             Ok(Ok(Err(reason))) => Err(PoolError::WorkerStart(reason)),
-            Ok(Err(_)) => Err(PoolError::WorkerStart("the pool stopped while starting".into())),
+            Ok(Err(_)) => Err(PoolError::WorkerStart(
+                "the pool stopped while starting".into(),
+            )),
             Err(_) => Err(PoolError::WorkerStart(format!(
                 "templates not ready within {start_timeout:?}"
             ))),
         }
     }
 
-    /// Queues an execution. Its events arrive on the pool's event channel.
-    pub fn submit(&self, job: Job) {
+    /// Queues an execution; its events arrive on the pool's event channel. A pool that
+    /// has stopped hands the job back, so the caller can record it: nothing accepted is
+    /// ever dropped silently.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        if self.requests.send(Request::Submit(job)).is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        match self.requests.send(Request::Submit(job)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(Request::Submit(job))) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(job)
+            }
+            Err(_) => unreachable!("we sent a Submit"),
         }
     }
 
     /// Cancels a queued or running execution (it ends `cancelled`). Unknown ids are
     /// ignored: the execution already finished, or never came here.
     pub fn cancel(&self, execution_id: &str) {
-        let _ = self.requests.send(Request::Cancel(execution_id.to_string()));
+        let _ = self
+            .requests
+            .send(Request::Cancel(execution_id.to_string()));
     }
 
     /// Stops taking work, lets what is queued or running finish for up to `drain`,
@@ -285,7 +296,9 @@ impl Dispatcher {
         let generation = self.next_generation;
         self.next_generation += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.shared.templates_started.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .templates_started
+            .fetch_add(1, Ordering::Relaxed);
         tokio::spawn(template::run(
             self.cfg.clone(),
             slot,
@@ -379,7 +392,10 @@ impl Dispatcher {
                 function: job.function.clone(),
                 params_json: job.params_json.clone(),
                 context_json: job.context_json.clone(),
-                limits: job.limits.clone().unwrap_or_else(|| self.cfg.limits.clone()),
+                limits: job
+                    .limits
+                    .clone()
+                    .unwrap_or_else(|| self.cfg.limits.clone()),
             });
             let now = Instant::now();
             let s = &mut self.slots[slot];
@@ -506,7 +522,12 @@ impl Dispatcher {
             cfg.max_executions_per_worker > 0 && s.executions >= cfg.max_executions_per_worker;
         let too_big = cfg.max_worker_memory > 0 && ended.worker_rss_bytes > cfg.max_worker_memory;
         if too_many || too_big {
-            tracing::debug!(slot, executions = s.executions, rss = ended.worker_rss_bytes, "recycling worker");
+            tracing::debug!(
+                slot,
+                executions = s.executions,
+                rss = ended.worker_rss_bytes,
+                "recycling worker"
+            );
             let _ = s.cmds.send(TemplateCmd::Send(ToWorker::Shutdown));
             s.state = SlotState::Retiring;
         }
@@ -624,7 +645,10 @@ impl Dispatcher {
                         self.kill_running(slot, KillReason::Shutdown, now)
                     }
                     Some((_, at)) if !r.template_killed && now >= at + self.cfg.kill_grace => {
-                        tracing::warn!(slot, "worker did not stop its execution in time; killing the worker");
+                        tracing::warn!(
+                            slot,
+                            "worker did not stop its execution in time; killing the worker"
+                        );
                         self.kill_template(slot);
                     }
                     _ => {}

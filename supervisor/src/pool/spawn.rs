@@ -100,7 +100,10 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
 
 fn worker_env(cfg: &PoolConfig, workdir: &Path) -> Vec<(String, String)> {
     let mut env = vec![
-        ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+        (
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin".to_string(),
+        ),
         ("HOME".to_string(), workdir.display().to_string()),
         ("TMPDIR".to_string(), workdir.display().to_string()),
         ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),

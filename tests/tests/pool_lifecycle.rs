@@ -1,0 +1,199 @@
+//! The pool's own life: cancellation (queued and running), dead templates replaced,
+//! garbage on a socket, reuse-mode recycling, the drain on shutdown, and start-up
+//! errors a user can cause.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use warden::outcome::Status;
+use warden::pool::{Pool, PoolConfig, PoolError};
+use warden_protocol::Isolation;
+use warden_tests::pool::{job, TestPool};
+
+const SLEEPY: &str = "import time\ndef run(s):\n    time.sleep(s)\n    return s\n";
+const DOUBLE: &str = "def run(x):\n    return {\"y\": x * 2}\n";
+
+#[tokio::test]
+async fn cancel_kills_a_running_execution_and_ends_it_cancelled() {
+    let mut p = TestPool::start(|_| {}).await;
+    p.submit("long", SLEEPY, r#"{"s": 30}"#, None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    p.pool.cancel("long");
+    let f = p.finished().await;
+    assert_eq!(f.outcome.status, Status::Cancelled);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(f.outcome.error.unwrap().error_type, "Cancelled");
+    let f = p.run("next", DOUBLE, r#"{"x": 1}"#).await;
+    assert_eq!(f.outcome.status, Status::Success);
+}
+
+#[tokio::test]
+async fn cancel_of_a_queued_execution_ends_it_without_running() {
+    let mut p = TestPool::start(|_| {}).await;
+    p.submit("first", SLEEPY, r#"{"s": 0.5}"#, None);
+    p.submit("queued", "def run():\n    print('ran')\n", "{}", None);
+    p.pool.cancel("queued");
+    let f = p.finished().await;
+    assert_eq!(f.outcome.execution_id, "queued");
+    assert_eq!(f.outcome.status, Status::Cancelled);
+    assert!(f.outcome.started_at.is_none(), "never started");
+    assert!(f.logs.is_empty());
+    let f = p.finished().await;
+    assert_eq!(
+        (f.outcome.execution_id.as_str(), f.outcome.status),
+        ("first", Status::Success)
+    );
+}
+
+#[tokio::test]
+async fn reuse_mode_crash_kills_the_template_which_is_replaced() {
+    let mut p = TestPool::start(|c| c.isolation = Isolation::Reuse).await;
+    let f = p
+        .run("die", "import os\ndef run():\n    os._exit(7)\n", "{}")
+        .await;
+    assert_eq!(f.outcome.status, Status::Crashed);
+    assert_eq!(f.outcome.exit_code, Some(7));
+    let f = p.run("next", DOUBLE, r#"{"x": 2}"#).await;
+    assert_eq!(f.outcome.status, Status::Success);
+    assert_eq!(p.pool.stats().templates_started, 2);
+}
+
+#[tokio::test]
+async fn garbage_on_a_worker_socket_fails_only_that_execution() {
+    // In reuse mode the code runs in the template, whose fd 3 is its supervisor socket.
+    let mut p = TestPool::start(|c| c.isolation = Isolation::Reuse).await;
+    let src = "import os\ndef run():\n    os.write(3, b'\\x00\\x00\\x00\\x05garbage and more garbage')\n    import time; time.sleep(5)\n";
+    let f = p.run("garbage", src, "{}").await;
+    assert_eq!(f.outcome.status, Status::Crashed);
+    let e = f.outcome.error.unwrap();
+    assert!(e.message.contains("protocol error"), "{}", e.message);
+    let f = p.run("next", DOUBLE, r#"{"x": 3}"#).await;
+    assert_eq!(f.outcome.status, Status::Success);
+}
+
+#[tokio::test]
+async fn oversized_frame_announcement_fails_only_that_execution() {
+    let mut p = TestPool::start(|c| c.isolation = Isolation::Reuse).await;
+    let src = "import os\ndef run():\n    os.write(3, b'\\xff\\xff\\xff\\xff')\n    import time; time.sleep(5)\n";
+    let f = p.run("huge", src, "{}").await;
+    assert_eq!(f.outcome.status, Status::Crashed);
+    assert!(f
+        .outcome
+        .error
+        .unwrap()
+        .message
+        .contains("larger than the maximum"));
+    let f = p.run("next", DOUBLE, r#"{"x": 3}"#).await;
+    assert_eq!(f.outcome.status, Status::Success);
+}
+
+#[tokio::test]
+async fn reuse_mode_recycles_a_template_after_max_executions() {
+    let mut p = TestPool::start(|c| {
+        c.isolation = Isolation::Reuse;
+        c.max_executions_per_worker = 3;
+    })
+    .await;
+    let mut pids = Vec::new();
+    for i in 0..7 {
+        let f = p.run(&format!("r{i}"), DOUBLE, r#"{"x": 1}"#).await;
+        assert_eq!(f.outcome.status, Status::Success);
+        pids.push(f.pid.unwrap());
+    }
+    // Executions 0-2 on the first template, 3-5 on the second, 6 on a third.
+    assert_eq!(pids[0], pids[2]);
+    assert_ne!(pids[2], pids[3]);
+    assert_eq!(pids[3], pids[5]);
+    assert_ne!(pids[5], pids[6]);
+}
+
+#[tokio::test]
+async fn reuse_mode_removes_modules_an_execution_imported() {
+    // Standard-library modules stay loaded (they hold no execution's state and some
+    // C extensions cannot be imported twice); the workflow's own imports go.
+    let mut p = TestPool::start(|c| c.isolation = Isolation::Reuse).await;
+    let first = r#"import os, sys
+def run():
+    with open('mine_helper.py', 'w') as f:
+        f.write('STATE = []\n')
+    sys.path.insert(0, os.getcwd())
+    import mine_helper
+    mine_helper.STATE.append(1)
+    return 'mine_helper' in sys.modules
+"#;
+    let f = p.run("a", first, "{}").await;
+    assert_eq!(
+        f.outcome.result_json.as_deref(),
+        Some("true"),
+        "{:?}",
+        f.outcome.error
+    );
+    let second = r#"import os, sys
+def run():
+    return ['mine_helper' in sys.modules, os.getcwd() in sys.path]
+"#;
+    let f = p.run("b", second, "{}").await;
+    assert_eq!(f.outcome.result_json.as_deref(), Some("[false, false]"));
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_work_finish_within_the_drain() {
+    let mut p = TestPool::start(|_| {}).await;
+    p.submit("short", SLEEPY, r#"{"s": 0.3}"#, None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = p.pool.shutdown(Duration::from_secs(5)).await;
+    let f = p.finished().await;
+    assert_eq!(f.outcome.status, Status::Success);
+    assert_eq!(report.abandoned, 0);
+    assert_eq!(report.drained, 1);
+}
+
+#[tokio::test]
+async fn shutdown_kills_and_records_what_outlives_the_drain() {
+    let mut p = TestPool::start(|_| {}).await;
+    p.submit("long", SLEEPY, r#"{"s": 30}"#, None);
+    p.submit("queued", DOUBLE, r#"{"x": 1}"#, None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let report = p.pool.shutdown(Duration::from_millis(300)).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(report.abandoned, 2);
+    let mut ended = vec![p.finished().await.outcome, p.finished().await.outcome];
+    ended.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
+    assert_eq!(ended[0].execution_id, "long");
+    assert_eq!(ended[0].status, Status::Cancelled);
+    assert_eq!(ended[0].error.as_ref().unwrap().error_type, "Shutdown");
+    assert_eq!(ended[1].execution_id, "queued");
+    assert_eq!(ended[1].status, Status::Cancelled);
+    // Work submitted after shutdown is handed back, never silently dropped.
+    let refused = p.pool.submit(job("late", DOUBLE, "{}", None));
+    assert_eq!(
+        refused.err().map(|j| j.execution_id),
+        Some("late".to_string())
+    );
+}
+
+#[tokio::test]
+async fn missing_worker_binary_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PoolConfig::new(dir.path().join("no-such-worker"), dir.path().join("run"));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = Pool::start(cfg, tx).await.err().expect("start fails");
+    assert!(matches!(err, PoolError::WorkerBinary { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no-such-worker") && msg.contains("--worker-bin"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_is_not_a_worker_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = PoolConfig::new("/bin/true".into(), dir.path().join("run"));
+    cfg.worker_uid_base = None;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = Pool::start(cfg, tx).await.err().expect("start fails");
+    assert!(err.to_string().contains("did not become ready"), "{err}");
+}
