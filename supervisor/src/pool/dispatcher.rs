@@ -152,13 +152,13 @@ impl Pool {
     /// Queues an execution; its events arrive on the pool's event channel. A pool that
     /// has stopped hands the job back, so the caller can record it: nothing accepted is
     /// ever dropped silently.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         match self.requests.send(Request::Submit(job)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(Request::Submit(job))) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(job)
+                Err(Box::new(job))
             }
             Err(_) => unreachable!("we sent a Submit"),
         }
@@ -906,7 +906,7 @@ fn crash_message(exit_code: Option<i32>, exit_signal: Option<i32>) -> String {
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_else(|_| format!("signal {sig}"));
             let hint = match sig {
-                libc::SIGKILL => " (killed: out of memory, or by another process)",
+                libc::SIGKILL => " (by the execution itself, another process, or the kernel's out-of-memory killer)",
                 libc::SIGSEGV => " (segmentation fault)",
                 libc::SIGXCPU => " (CPU time limit exceeded)",
                 _ => "",

@@ -1,0 +1,217 @@
+//! Redis side of the supervisor ("intake"): the execution request stream and its
+//! consumer group, dead letters, cancel requests, and what the supervisor publishes
+//! back (completions, live logs, its own status).
+//!
+//! Layout:
+//! - [`keys`]: every key and channel name, built from one prefix (tests use their own).
+//! - [`request`]: the stream entry format (`id`, `workflow`, `params`, ...) and its parser.
+//! - [`entry`]: a stream entry as read, and byte-safe decoding of read replies.
+//! - [`messages`]: the JSON published for clients: [`Completion`], [`LogLine`],
+//!   [`SupervisorStatus`].
+//! - [`stream`]: [`Intake`], the supervisor's handle: read, reclaim, acknowledge and
+//!   publish, dead-letter, status.
+//! - [`cancel`]: cancel requests (a marker key plus a pub/sub notice) and the
+//!   [`CancelListener`].
+//! - [`client`]: [`IntakeClient`], what the CLI uses: submit, cancel, wait, status.
+//!
+//! # How a request flows
+//!
+//! A client `XADD`s an entry to `warden:executions`. The supervisor reads with
+//! `XREADGROUP GROUP warden <consumer> COUNT <free slots> BLOCK <ms> STREAMS … >`, so the
+//! entry is now *pending* on that consumer. Before dispatching it checks the batch's
+//! cancel markers (one `MGET`). Once the execution's terminal state is committed to
+//! PostgreSQL, one pipeline `XACK`s and `XDEL`s the batch's entries and, for each,
+//! `SET`s its completion key and `PUBLISH`es its completion. An entry is never
+//! acknowledged before its commit, so a supervisor that dies leaves its entries
+//! pending, and [`Intake::reclaim`] (`XAUTOCLAIM`) hands them to a live one. The store
+//! makes a second delivery of an already-committed execution harmless.
+//!
+//! # Redis commands on the steady-state path
+//!
+//! Per batch of N executions (N up to the free worker slots):
+//!
+//! | step                         | round trips | commands        |
+//! |------------------------------|-------------|-----------------|
+//! | read (`XREADGROUP`)          | 1           | 1               |
+//! | cancel check (`MGET`)        | 1           | 1               |
+//! | ack + publish (one pipeline) | 1           | 2 + 2N          |
+//! | live logs (per flush)        | 1           | one per line    |
+//!
+//! The ack pipeline is `XACK` + `XDEL` for the whole batch plus `SET EX` and `PUBLISH`
+//! per execution: the per-execution commands exist because each execution has its
+//! own channel, but they ride in the same round trip. Nothing on this path costs a
+//! round trip per execution. Off the steady path, at fixed intervals: `XAUTOCLAIM`
+//! (reclaim), `XCLAIM … JUSTID` (keep long-running entries claimed), `SET EX` + `SADD`
+//! (status). [`Intake::calls`] counts round trips and commands so tests can hold the
+//! code to this table.
+//!
+//! # Decisions
+//!
+//! - **Acknowledged entries are deleted** (`XDEL` with the `XACK`). The stream then
+//!   holds only work not yet finished, so it cannot grow without bound, `XLEN` minus
+//!   pending is the true backlog, and re-creating the group from id `0` (after a
+//!   `FLUSHALL` or a lost group) never replays finished work. Clients must therefore
+//!   not `XADD … MAXLEN`: trimming could drop unprocessed requests.
+//! - **Reads block on their own connection.** Redis serves one connection's commands
+//!   in order, so an `XREADGROUP … BLOCK` would hold up every acknowledgement queued
+//!   behind it. [`Intake`] keeps two multiplexed connections (blocking reads; all
+//!   else), and a [`CancelListener`] one pub/sub connection: three in total, fixed.
+//! - **A lost group heals itself.** A `NOGROUP` reply (the stream or group vanished,
+//!   e.g. `FLUSHALL` or a Redis restart without persistence) re-creates the group
+//!   and retries, instead of failing the supervisor.
+//! - **Pending is not proof of life.** An entry's idle time grows while its execution
+//!   runs (up to the 24 h maximum timeout), so `XAUTOCLAIM`'s min-idle alone would let
+//!   a live supervisor's long execution be stolen. The owner resets the idle time of
+//!   its in-flight entries with [`Intake::keep_claimed`] at an interval well under the
+//!   reclaim min-idle; what is still idle past it was abandoned.
+//! - **Completions are also kept** (`warden:execution:<id>:completion`, one hour), so
+//!   a client that subscribes after the publish still gets the outcome: clients
+//!   subscribe first, then check the key ([`IntakeClient::wait_for_completion`]).
+//! - **Cancel markers are keys with a TTL**, not members of one set: Redis 7.0 cannot
+//!   expire set members, and a cancel that arrives before the supervisor reads the
+//!   entry must still work when it does.
+//! - **Replies are decoded as bytes** ([`entry`]): a non-UTF-8 field name in one
+//!   entry must not make every read of the batch fail.
+
+pub mod cancel;
+pub mod client;
+pub mod entry;
+pub mod keys;
+pub mod messages;
+pub mod request;
+pub mod stream;
+
+use std::time::Duration;
+
+pub use cancel::{is_cancelled, request_cancel, CancelListener, CancelSignal, CANCEL_TTL};
+pub use client::{IntakeClient, Overview, WaitEvent, Waiter};
+pub use entry::Entry;
+pub use keys::Keys;
+pub use messages::{Completion, Done, LogLine, SupervisorStatus};
+/// The Redis client crate, re-exported so tests and tools use the same version.
+pub use redis;
+pub use request::{parse, Rejected, Request, WorkflowRef};
+pub use stream::{Backlog, ConsumerBacklog, Intake, RedisCalls};
+
+/// Everything that can go wrong talking to Redis, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("invalid Redis URL `{url}`: {source}")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(
+        "cannot reach Redis at {url}: {source}. Is Redis running and listening there? \
+         Start it, or give Warden the right Redis URL"
+    )]
+    Unreachable {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(
+        "timed out after {timeout:?} connecting to Redis at {url}. Is the host right and \
+         the port open?"
+    )]
+    ConnectTimeout { url: String, timeout: Duration },
+    #[error("Redis error while {context}: {source}")]
+    Redis {
+        context: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis did not answer within {after:?} while {context}")]
+    TimedOut { context: String, after: Duration },
+    #[error("unexpected reply from Redis while {context}: {detail}")]
+    UnexpectedReply { context: String, detail: String },
+    #[error("invalid consumer name {name:?}: {reason}")]
+    InvalidConsumer { name: String, reason: String },
+    #[error("invalid execution id {id:?}: {reason}")]
+    InvalidExecutionId { id: String, reason: String },
+    #[error("invalid request: {0}")]
+    InvalidRequest(#[from] Rejected),
+    #[error("gave up after {timeout:?} waiting for execution {execution_id} to complete")]
+    WaitTimedOut {
+        execution_id: String,
+        timeout: Duration,
+    },
+    #[error(
+        "the Redis subscription closed while waiting for execution {execution_id}, and no \
+         completion was recorded"
+    )]
+    SubscriptionClosed { execution_id: String },
+}
+
+impl IntakeError {
+    pub(crate) fn redis(context: impl Into<String>, source: redis::RedisError) -> Self {
+        IntakeError::Redis {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True for failures worth retrying after a pause (connection lost or refused, a
+    /// timeout, Redis loading its dataset): the caller should back off and try again
+    /// rather than give up.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IntakeError::Unreachable { .. }
+            | IntakeError::ConnectTimeout { .. }
+            | IntakeError::TimedOut { .. }
+            | IntakeError::SubscriptionClosed { .. } => true,
+            IntakeError::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || source.is_timeout()
+                    || matches!(
+                        source.code(),
+                        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let redacted = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        // `redis://secret@host`: a lone userinfo is the password.
+        None => "***".to_owned(),
+    };
+    format!("{}{}{}", &url[..scheme_end], redacted, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(redact_url("rediss://pw@h"), "rediss://***@h");
+        assert_eq!(
+            redact_url("unix:///run/redis.sock"),
+            "unix:///run/redis.sock"
+        );
+        assert_eq!(redact_url("garbage"), "garbage");
+    }
+}

@@ -1,0 +1,378 @@
+//! [`IntakeClient`]: the client side, for the CLI (`warden submit`, `cancel`, `status`),
+//! the benchmark and tests: submit requests, cancel them, wait for their completion
+//! while following their logs, and read the supervisors' status.
+//!
+//! Waiting never loses a wake-up: [`IntakeClient::wait_for_completion`] subscribes to
+//! the execution's completion and log channels *first*, and only then looks for a
+//! completion already stored. A completion published before the subscription is in
+//! the key; one published after it arrives on the channel.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubStream};
+use redis::AsyncConnectionConfig;
+use tokio::time::Instant;
+
+use super::cancel;
+use super::keys::Keys;
+use super::messages::{Completion, LogLine, SupervisorStatus};
+use super::request::Request;
+use super::stream::{backlog, Backlog, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use super::{redact_url, IntakeError};
+
+/// A connection for clients. Cheap to clone.
+#[derive(Clone)]
+pub struct IntakeClient {
+    client: redis::Client,
+    conn: MultiplexedConnection,
+    keys: Keys,
+    url: String,
+}
+
+impl std::fmt::Debug for IntakeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntakeClient")
+            .field("url", &self.url)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every supervisor that is alive, and the stream's backlog.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    pub supervisors: Vec<SupervisorStatus>,
+    pub backlog: Backlog,
+}
+
+/// What [`Waiter::next`] yields: log lines as they come, then the completion.
+#[derive(Debug, Clone)]
+pub enum WaitEvent {
+    Log(LogLine),
+    Completed(Completion),
+}
+
+impl IntakeClient {
+    /// Connects and checks that Redis answers.
+    pub async fn connect(redis_url: &str, keys: Keys) -> Result<IntakeClient, IntakeError> {
+        let url = redact_url(redis_url);
+        let client = redis::Client::open(redis_url).map_err(|source| IntakeError::InvalidUrl {
+            url: url.clone(),
+            source,
+        })?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| IntakeError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        Ok(IntakeClient {
+            client,
+            conn,
+            keys,
+            url,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The URL, password redacted.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A connection on which to run other commands.
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
+    /// Validates `request` and adds it to the stream; returns its stream id.
+    pub async fn submit(&self, request: &Request) -> Result<String, IntakeError> {
+        submit(&mut self.conn.clone(), &self.keys, request).await
+    }
+
+    /// Submits many requests in one round trip; returns their stream ids, in order.
+    /// Nothing is submitted if any request is invalid.
+    pub async fn submit_many(&self, requests: &[Request]) -> Result<Vec<String>, IntakeError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        for request in requests {
+            request.validate()?;
+        }
+        let stream = self.keys.stream();
+        let mut pipe = redis::pipe();
+        for request in requests {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(request.to_fields());
+        }
+        pipe.query_async(&mut self.conn.clone()).await.map_err(|e| {
+            IntakeError::redis(
+                format!("submitting {} requests to `{stream}`", requests.len()),
+                e,
+            )
+        })
+    }
+
+    /// Asks for an execution to be cancelled (queued or running).
+    pub async fn cancel(&self, execution_id: &str) -> Result<(), IntakeError> {
+        cancel::request_cancel(&mut self.conn.clone(), &self.keys, execution_id).await
+    }
+
+    /// The stored completion of an execution, if it finished within the last hour.
+    pub async fn completion(&self, execution_id: &str) -> Result<Option<Completion>, IntakeError> {
+        completion(&mut self.conn.clone(), &self.keys, execution_id).await
+    }
+
+    /// Subscribes to the execution's completion and live logs, then checks whether it
+    /// already completed. Read events from the returned [`Waiter`]; it gives up
+    /// `timeout` from now.
+    pub async fn wait_for_completion(
+        &self,
+        execution_id: &str,
+        timeout: Duration,
+    ) -> Result<Waiter, IntakeError> {
+        let deadline = Instant::now() + timeout;
+        let completion_channel = self.keys.completion_channel(execution_id);
+        let log_channel = self.keys.log_channel(execution_id);
+        let context = || format!("subscribing to the completion of execution {execution_id}");
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&completion_channel).await?;
+            pubsub.subscribe(&log_channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        let messages = match tokio::time::timeout(RESPONSE_TIMEOUT, subscribe).await {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(e)) => return Err(IntakeError::redis(context(), e)),
+            Err(_) => {
+                return Err(IntakeError::TimedOut {
+                    context: context(),
+                    after: RESPONSE_TIMEOUT,
+                })
+            }
+        };
+        // Subscribed: anything published from now on reaches us. Only now look for a
+        // completion published before.
+        let ready = self.completion(execution_id).await?;
+        Ok(Waiter {
+            execution_id: execution_id.to_owned(),
+            conn: self.conn.clone(),
+            keys: self.keys.clone(),
+            messages,
+            completion_channel,
+            log_channel,
+            deadline,
+            timeout,
+            ready,
+            finished: false,
+        })
+    }
+
+    /// The supervisors whose status is current, sorted by consumer name. Names whose
+    /// status expired are removed from the set.
+    pub async fn list_supervisors(&self) -> Result<Vec<SupervisorStatus>, IntakeError> {
+        list_supervisors(&mut self.conn.clone(), &self.keys).await
+    }
+
+    /// Supervisors and backlog together.
+    pub async fn status(&self) -> Result<Overview, IntakeError> {
+        let supervisors = self.list_supervisors().await?;
+        let backlog = backlog(&mut self.conn.clone(), &self.keys).await?;
+        Ok(Overview {
+            supervisors,
+            backlog,
+        })
+    }
+}
+
+/// Validates `request` and `XADD`s it to the stream; returns its stream id.
+pub async fn submit<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    request: &Request,
+) -> Result<String, IntakeError> {
+    request.validate()?;
+    let stream = keys.stream();
+    redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg(request.to_fields())
+        .query_async(conn)
+        .await
+        .map_err(|e| {
+            IntakeError::redis(
+                format!(
+                    "submitting execution {} to `{stream}`",
+                    request.execution_id
+                ),
+                e,
+            )
+        })
+}
+
+async fn completion<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    execution_id: &str,
+) -> Result<Option<Completion>, IntakeError> {
+    let key = keys.completion_key(execution_id);
+    let json: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(|e| IntakeError::redis(format!("reading `{key}`"), e))?;
+    json.map(|json| {
+        serde_json::from_str(&json).map_err(|e| IntakeError::UnexpectedReply {
+            context: format!("reading `{key}`"),
+            detail: format!("not a completion: {e}"),
+        })
+    })
+    .transpose()
+}
+
+async fn list_supervisors<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+) -> Result<Vec<SupervisorStatus>, IntakeError> {
+    let set = keys.supervisors();
+    let mut names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&set)
+        .query_async(conn)
+        .await
+        .map_err(|e| IntakeError::redis(format!("reading `{set}`"), e))?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    names.sort();
+    let status_keys: Vec<String> = names.iter().map(|n| keys.supervisor_status(n)).collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&status_keys)
+        .query_async(conn)
+        .await
+        .map_err(|e| IntakeError::redis("reading supervisor status keys", e))?;
+    let mut alive = Vec::new();
+    let mut stale = Vec::new();
+    for (name, value) in names.into_iter().zip(values) {
+        match value.map(|json| serde_json::from_str::<SupervisorStatus>(&json)) {
+            Some(Ok(status)) => alive.push(status),
+            Some(Err(e)) => {
+                tracing::warn!(consumer = %name, error = %e, "unreadable supervisor status")
+            }
+            None => stale.push(name),
+        }
+    }
+    if !stale.is_empty() {
+        // Best effort: a supervisor that comes back simply re-adds itself.
+        let removed: Result<(), _> = redis::cmd("SREM")
+            .arg(&set)
+            .arg(&stale)
+            .query_async(conn)
+            .await;
+        if let Err(e) = removed {
+            tracing::debug!(error = %e, "could not prune stale supervisors");
+        }
+    }
+    Ok(alive)
+}
+
+/// Follows one execution: its log lines as they are published, then its completion.
+pub struct Waiter {
+    execution_id: String,
+    conn: MultiplexedConnection,
+    keys: Keys,
+    messages: PubSubStream,
+    completion_channel: String,
+    log_channel: String,
+    deadline: Instant,
+    timeout: Duration,
+    /// Found in the key when we subscribed: yield it at once.
+    ready: Option<Completion>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("execution_id", &self.execution_id)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Waiter {
+    /// The next log line or the completion; `None` after the completion was yielded.
+    /// Errors with [`IntakeError::WaitTimedOut`] at the deadline.
+    pub async fn next(&mut self) -> Result<Option<WaitEvent>, IntakeError> {
+        if self.finished {
+            return Ok(None);
+        }
+        if let Some(c) = self.ready.take() {
+            self.finished = true;
+            return Ok(Some(WaitEvent::Completed(c)));
+        }
+        loop {
+            let msg = match tokio::time::timeout_at(self.deadline, self.messages.next()).await {
+                Err(_) => {
+                    return Err(IntakeError::WaitTimedOut {
+                        execution_id: self.execution_id.clone(),
+                        timeout: self.timeout,
+                    })
+                }
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    // The connection dropped. The completion may still have been stored.
+                    return match completion(&mut self.conn, &self.keys, &self.execution_id).await? {
+                        Some(c) => {
+                            self.finished = true;
+                            Ok(Some(WaitEvent::Completed(c)))
+                        }
+                        None => Err(IntakeError::SubscriptionClosed {
+                            execution_id: self.execution_id.clone(),
+                        }),
+                    };
+                }
+            };
+            let channel = msg.get_channel_name();
+            let payload = msg.get_payload_bytes();
+            if channel == self.completion_channel {
+                match serde_json::from_slice::<Completion>(payload) {
+                    Ok(c) => {
+                        self.finished = true;
+                        return Ok(Some(WaitEvent::Completed(c)));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring malformed completion message"),
+                }
+            } else if channel == self.log_channel {
+                match serde_json::from_slice::<LogLine>(payload) {
+                    Ok(line) => return Ok(Some(WaitEvent::Log(line))),
+                    Err(e) => tracing::warn!(error = %e, "ignoring malformed log message"),
+                }
+            }
+        }
+    }
+
+    /// Skips the logs and returns the completion.
+    pub async fn completion(mut self) -> Result<Completion, IntakeError> {
+        loop {
+            match self.next().await? {
+                Some(WaitEvent::Completed(c)) => return Ok(c),
+                Some(WaitEvent::Log(_)) => {}
+                None => {
+                    return Err(IntakeError::SubscriptionClosed {
+                        execution_id: self.execution_id,
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Every Redis key and channel name the intake uses, built in one place from one prefix.
+//!
+//! Production runs with the empty prefix, so the names are exactly the ones in
+//! `DESIGN.md` (`warden:executions`, ...). Tests give each test its own prefix
+//! (`t:<hex>:`) so they run in parallel against one shared Redis without seeing each
+//! other's streams, groups, channels or markers, and can delete everything they made
+//! with one `SCAN MATCH <prefix>*`.
+
+/// The consumer group every supervisor joins. Not prefixed: it lives *inside* the
+/// (prefixed) stream key, so it cannot collide across prefixes.
+pub const GROUP: &str = "warden";
+
+/// Key and channel names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Names under `prefix`, which is prepended verbatim (`"t:1f2e:"`, not `"t:1f2e"`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The production names (empty prefix).
+    pub fn production() -> Self {
+        Keys::default()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The execution request stream: `{prefix}warden:executions`.
+    pub fn stream(&self) -> String {
+        format!("{}warden:executions", self.prefix)
+    }
+
+    /// The consumer group on [`Keys::stream`].
+    pub fn group(&self) -> &'static str {
+        GROUP
+    }
+
+    /// Rejected stream entries, with the reason: `{prefix}warden:executions:dead`.
+    pub fn dead_letters(&self) -> String {
+        format!("{}warden:executions:dead", self.prefix)
+    }
+
+    /// Pub/sub channel carrying the one completion message of an execution:
+    /// `{prefix}warden:execution:<id>`.
+    pub fn completion_channel(&self, execution_id: &str) -> String {
+        format!("{}warden:execution:{execution_id}", self.prefix)
+    }
+
+    /// A string key holding the same completion message for a while after it was
+    /// published, so a client that subscribes late still learns the outcome:
+    /// `{prefix}warden:execution:<id>:completion`.
+    pub fn completion_key(&self, execution_id: &str) -> String {
+        format!("{}warden:execution:{execution_id}:completion", self.prefix)
+    }
+
+    /// Pub/sub channel carrying an execution's log lines as they happen:
+    /// `{prefix}warden:execution:<id>:logs`.
+    pub fn log_channel(&self, execution_id: &str) -> String {
+        format!("{}warden:execution:{execution_id}:logs", self.prefix)
+    }
+
+    /// Pub/sub channel of cancel requests; the payload is an execution id:
+    /// `{prefix}warden:cancel`.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}warden:cancel", self.prefix)
+    }
+
+    /// The marker that an execution was cancelled: `{prefix}warden:cancelled:<id>`.
+    ///
+    /// One string key per execution rather than one set or hash: Redis 7.0 cannot
+    /// expire single members or fields, and a marker must expire on its own (a day
+    /// later) without anyone pruning it. Checking a whole batch is still one `MGET`.
+    pub fn cancelled(&self, execution_id: &str) -> String {
+        format!("{}warden:cancelled:{execution_id}", self.prefix)
+    }
+
+    /// One supervisor's status (JSON, short TTL): `{prefix}warden:supervisor:<consumer>`.
+    pub fn supervisor_status(&self, consumer: &str) -> String {
+        format!("{}warden:supervisor:{consumer}", self.prefix)
+    }
+
+    /// The set of consumer names that have published a status: `{prefix}warden:supervisors`.
+    /// Members whose status key has expired are stale and pruned by readers.
+    pub fn supervisors(&self) -> String {
+        format!("{}warden:supervisors", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_names_match_the_design() {
+        let k = Keys::production();
+        assert_eq!(k.stream(), "warden:executions");
+        assert_eq!(k.group(), "warden");
+        assert_eq!(k.dead_letters(), "warden:executions:dead");
+        assert_eq!(k.completion_channel("e1"), "warden:execution:e1");
+        assert_eq!(k.log_channel("e1"), "warden:execution:e1:logs");
+        assert_eq!(k.cancel_channel(), "warden:cancel");
+        assert_eq!(k.cancelled("e1"), "warden:cancelled:e1");
+        assert_eq!(k.supervisor_status("h1"), "warden:supervisor:h1");
+        assert_eq!(k.supervisors(), "warden:supervisors");
+    }
+
+    #[test]
+    fn prefix_is_prepended_to_every_name() {
+        let k = Keys::new("t:ab:");
+        for name in [
+            k.stream(),
+            k.dead_letters(),
+            k.completion_channel("x"),
+            k.completion_key("x"),
+            k.log_channel("x"),
+            k.cancel_channel(),
+            k.cancelled("x"),
+            k.supervisor_status("x"),
+            k.supervisors(),
+        ] {
+            assert!(name.starts_with("t:ab:warden:"), "{name}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The server's own count of the commands one steady-state batch costs, from
+//! `INFO commandstats` deltas: it checks that [`Intake::calls`] (which the other tests
+//! rely on) tells the truth about what reaches Redis.
+//!
+//! Other processes may use the same Redis meanwhile, which can only *add* calls. So
+//! the batch is measured up to [`ROUNDS`] times and the smallest delta per command is compared:
+//! interference makes a delta larger, never smaller.
+//!
+//! [`Intake::calls`]: warden::intake::Intake::calls
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use warden::intake::redis;
+use warden::intake::{Completion, Done, Request, WorkflowRef};
+use warden::outcome::Status;
+use warden_tests::redis::TestRedis;
+
+/// Rounds to try before concluding the extra calls are ours, not someone else's.
+const ROUNDS: usize = 20;
+const MEASURED: [&str; 6] = ["xreadgroup", "mget", "xack", "xdel", "set", "publish"];
+
+async fn command_calls(t: &TestRedis) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut t.conn().await)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_batch_of_100_costs_what_the_counters_say() {
+    const N: usize = 100;
+    let t = TestRedis::new();
+    let intake = t.intake("sup-a").await;
+    let client = t.client().await;
+    let expected: HashMap<&str, u64> = [
+        ("xreadgroup", 1),
+        ("mget", 1),
+        ("xack", 1),
+        ("xdel", 1),
+        ("set", N as u64),
+        ("publish", N as u64),
+    ]
+    .into_iter()
+    .collect();
+    let mut smallest: HashMap<&str, u64> = HashMap::new();
+
+    for round in 0..ROUNDS {
+        let requests: Vec<Request> = (0..N)
+            .map(|i| Request::new(format!("r{round}-{i}"), WorkflowRef::Id(1)))
+            .collect();
+        client.submit_many(&requests).await.expect("submit");
+
+        let before = command_calls(&t).await;
+        let ours_before = intake.calls();
+        let batch = intake.read(N, Duration::ZERO).await.expect("read");
+        assert_eq!(batch.len(), N);
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|e| e.parse().expect("valid").execution_id)
+            .collect();
+        intake.is_cancelled(&ids).await.expect("cancel check");
+        let done: Vec<Done> = batch
+            .iter()
+            .zip(&ids)
+            .map(|(e, id)| Done::new(&e.stream_id, Completion::new(id, Status::Success)))
+            .collect();
+        intake.ack_and_publish(&done).await.expect("ack");
+        let ours = intake.calls() - ours_before;
+        let after = command_calls(&t).await;
+
+        assert_eq!(ours.round_trips, 3);
+        assert_eq!(ours.commands, 4 + 2 * N as u64);
+        for cmd in MEASURED {
+            let delta = after
+                .get(cmd)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(before.get(cmd).copied().unwrap_or(0));
+            let entry = smallest.entry(cmd).or_insert(u64::MAX);
+            *entry = (*entry).min(delta);
+        }
+        if smallest == expected {
+            break;
+        }
+    }
+
+    assert_eq!(
+        smallest, expected,
+        "server-side command counts for one batch of {N}"
+    );
+}

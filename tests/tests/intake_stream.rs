@@ -1,0 +1,564 @@
+//! The execution stream and its consumer group against a real Redis: read limits,
+//! at-least-once delivery (pending entries are reclaimed, acknowledged ones are not),
+//! self-healing after the stream vanishes, work sharing between consumers, publishing
+//! after acknowledgement, and the number of Redis round trips per batch.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use warden::intake::redis;
+use warden::intake::{Completion, Done, Entry, Intake, Request, WorkflowRef};
+use warden::outcome::{ExecutionOutcome, Status};
+use warden_tests::redis::TestRedis;
+
+fn requests(n: usize, tag: &str) -> Vec<Request> {
+    (0..n)
+        .map(|i| {
+            let mut r = Request::new(format!("{tag}-{i}"), WorkflowRef::Id(1));
+            r.params_json = format!(r#"{{"i": {i}}}"#);
+            r
+        })
+        .collect()
+}
+
+fn ids(entries: &[Entry]) -> Vec<String> {
+    entries.iter().map(|e| e.stream_id.clone()).collect()
+}
+
+fn ack_only(entries: &[Entry]) -> Vec<Done> {
+    entries
+        .iter()
+        .map(|e| Done {
+            stream_id: e.stream_id.clone(),
+            completion: None,
+        })
+        .collect()
+}
+
+fn success(execution_id: &str, result: &str) -> ExecutionOutcome {
+    ExecutionOutcome {
+        execution_id: execution_id.to_owned(),
+        status: Status::Success,
+        result_json: Some(result.to_owned()),
+        error: None,
+        started_at: Some(SystemTime::now()),
+        finished_at: SystemTime::now(),
+        duration: Duration::from_millis(3),
+        peak_memory_bytes: 0,
+        cpu_seconds: 0.0,
+        exit_code: None,
+        exit_signal: None,
+        logs_dropped: 0,
+    }
+}
+
+async fn xlen(t: &TestRedis) -> u64 {
+    redis::cmd("XLEN")
+        .arg(t.keys().stream())
+        .query_async(&mut t.conn().await)
+        .await
+        .expect("XLEN")
+}
+
+#[tokio::test]
+async fn reads_never_return_more_than_asked() {
+    let t = TestRedis::new();
+    let intake = t.intake("sup-a").await;
+    t.client()
+        .await
+        .submit_many(&requests(100, "e"))
+        .await
+        .expect("submit");
+
+    assert!(intake
+        .read(0, Duration::ZERO)
+        .await
+        .expect("read 0")
+        .is_empty());
+    let mut seen = HashSet::new();
+    for max in [1, 7, 13, 50, 1000] {
+        let got = intake.read(max, Duration::ZERO).await.expect("read");
+        assert!(got.len() <= max, "asked {max}, got {}", got.len());
+        for e in &got {
+            assert!(
+                seen.insert(e.stream_id.clone()),
+                "{} read twice",
+                e.stream_id
+            );
+        }
+    }
+    assert_eq!(seen.len(), 100);
+    // Drained: a non-blocking read is empty, a blocking one waits about its block.
+    assert!(intake
+        .read(10, Duration::ZERO)
+        .await
+        .expect("read")
+        .is_empty());
+    let started = Instant::now();
+    assert!(intake
+        .read(10, Duration::from_millis(100))
+        .await
+        .expect("read")
+        .is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(90),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_blocking_read_wakes_up_for_a_new_entry() {
+    let t = TestRedis::new();
+    let intake = t.intake("sup-a").await;
+    let client = t.client().await;
+    let reader = tokio::spawn({
+        let intake = intake.clone();
+        async move { intake.read(10, Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    client
+        .submit_many(&requests(1, "late"))
+        .await
+        .expect("submit");
+    // A blocking read on its own connection must not delay the writer connection.
+    intake.publish_logs(&[]).await.expect("no-op");
+    intake
+        .ack_and_publish(&[Done {
+            stream_id: "0-1".into(),
+            completion: None,
+        }])
+        .await
+        .expect("ack while blocked");
+    let got = reader.await.expect("join").expect("read");
+    assert_eq!(got.len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn unacked_entries_are_reclaimed_by_another_consumer_acked_ones_are_not() {
+    let t = TestRedis::new();
+    let a = t.intake("sup-a").await;
+    let b = t.intake("sup-b").await;
+    t.client()
+        .await
+        .submit_many(&requests(10, "e"))
+        .await
+        .expect("submit");
+
+    let read = a.read(10, Duration::ZERO).await.expect("read");
+    assert_eq!(read.len(), 10);
+    let (acked, unacked) = read.split_at(4);
+    a.ack_and_publish(&ack_only(acked)).await.expect("ack");
+
+    // Not idle long enough yet: nothing to take.
+    assert!(b
+        .reclaim(Duration::from_secs(60), 100)
+        .await
+        .expect("reclaim")
+        .is_empty());
+    // Margins are generous: a loaded machine may stall for tens of milliseconds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reclaimed = b
+        .reclaim(Duration::from_millis(250), 100)
+        .await
+        .expect("reclaim");
+    let mut got = ids(&reclaimed);
+    got.sort();
+    let mut want = ids(unacked);
+    want.sort();
+    assert_eq!(
+        got, want,
+        "exactly the unacknowledged entries move to sup-b"
+    );
+    // The reclaimed entries carry their fields.
+    assert_eq!(
+        reclaimed[0].parse().expect("valid").workflow,
+        WorkflowRef::Id(1)
+    );
+
+    // They are b's now, idle time reset: a does not take them back.
+    assert!(a
+        .reclaim(Duration::from_millis(250), 100)
+        .await
+        .expect("reclaim")
+        .is_empty());
+    let backlog = a.stream_backlog().await.expect("backlog");
+    assert_eq!(backlog.pending, 6);
+    let b_pending = backlog
+        .consumers
+        .iter()
+        .find(|c| c.name == "sup-b")
+        .map(|c| c.pending);
+    assert_eq!(b_pending, Some(6));
+
+    // Once acknowledged, nothing is left to reclaim, however long we wait.
+    b.ack_and_publish(&ack_only(&reclaimed)).await.expect("ack");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(a
+        .reclaim(Duration::from_millis(50), 100)
+        .await
+        .expect("reclaim")
+        .is_empty());
+    let backlog = a.stream_backlog().await.expect("backlog");
+    assert_eq!(
+        (backlog.length, backlog.pending),
+        (0, 0),
+        "acked entries are deleted"
+    );
+}
+
+#[tokio::test]
+async fn reclaim_respects_max() {
+    let t = TestRedis::new();
+    let a = t.intake("sup-a").await;
+    let b = t.intake("sup-b").await;
+    t.client()
+        .await
+        .submit_many(&requests(30, "e"))
+        .await
+        .expect("submit");
+    assert_eq!(a.read(30, Duration::ZERO).await.expect("read").len(), 30);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = b
+        .reclaim(Duration::from_millis(250), 12)
+        .await
+        .expect("reclaim");
+    assert_eq!(first.len(), 12);
+    let rest = b
+        .reclaim(Duration::from_millis(250), 100)
+        .await
+        .expect("reclaim");
+    assert_eq!(
+        rest.len(),
+        18,
+        "the rest; the first 12 are not idle any more"
+    );
+}
+
+#[tokio::test]
+async fn keep_claimed_stops_a_live_supervisors_work_from_being_reclaimed() {
+    let t = TestRedis::new();
+    let a = t.intake("sup-a").await;
+    let b = t.intake("sup-b").await;
+    t.client()
+        .await
+        .submit_many(&requests(5, "e"))
+        .await
+        .expect("submit");
+    let in_flight = ids(&a.read(5, Duration::ZERO).await.expect("read"));
+
+    // Touched every 100 ms for 800 ms, longer than min_idle: nothing is taken.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(a.keep_claimed(&in_flight).await.expect("touch"), 5);
+        assert!(b
+            .reclaim(Duration::from_millis(500), 100)
+            .await
+            .expect("reclaim")
+            .is_empty());
+    }
+    // a stops touching (it died): now they are fair game.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        b.reclaim(Duration::from_millis(500), 100)
+            .await
+            .expect("reclaim")
+            .len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_supervisor_recovers_what_it_left_pending() {
+    let t = TestRedis::new();
+    t.client()
+        .await
+        .submit_many(&requests(8, "e"))
+        .await
+        .expect("submit");
+    let before = {
+        let a = t.intake("sup-a").await;
+        let got = a.read(5, Duration::ZERO).await.expect("read");
+        ids(&got)
+        // `a` dies here without acknowledging.
+    };
+    // Meanwhile someone deletes one of its entries from the stream.
+    let _: i64 = redis::cmd("XDEL")
+        .arg(t.keys().stream())
+        .arg(&before[0])
+        .query_async(&mut t.conn().await)
+        .await
+        .expect("XDEL");
+
+    let a2 = t.intake("sup-a").await;
+    let recovered = a2.recover_own(100).await.expect("recover");
+    assert_eq!(
+        ids(&recovered),
+        before[1..],
+        "same entries, in order, without waiting for idle; the deleted one is skipped"
+    );
+    let backlog = a2.stream_backlog().await.expect("backlog");
+    assert_eq!(
+        backlog.pending, 4,
+        "the deleted entry's pending id was acknowledged"
+    );
+    // A small max returns a prefix.
+    assert_eq!(a2.recover_own(2).await.expect("recover").len(), 2);
+    // New entries are still there for `read`.
+    assert_eq!(a2.read(100, Duration::ZERO).await.expect("read").len(), 3);
+}
+
+#[tokio::test]
+async fn read_heals_after_the_stream_is_deleted() {
+    let t = TestRedis::new();
+    let intake = t.intake("sup-a").await;
+    let client = t.client().await;
+    client
+        .submit_many(&requests(2, "old"))
+        .await
+        .expect("submit");
+    let old = intake.read(10, Duration::ZERO).await.expect("read");
+    assert_eq!(old.len(), 2);
+
+    // What FLUSHALL does to us, confined to our prefix.
+    let mut conn = t.conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(t.keys().stream())
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+
+    // A client adds work: XADD re-creates the stream, without the group.
+    client
+        .submit_many(&requests(3, "new"))
+        .await
+        .expect("submit");
+    let got = intake
+        .read(10, Duration::ZERO)
+        .await
+        .expect("read heals NOGROUP");
+    let parsed: Vec<String> = got
+        .iter()
+        .map(|e| e.parse().expect("valid").execution_id)
+        .collect();
+    assert_eq!(parsed, vec!["new-0", "new-1", "new-2"]);
+    // Acks of entries from before the wipe are harmless.
+    intake
+        .ack_and_publish(&ack_only(&old))
+        .await
+        .expect("stale ack");
+    intake.ack_and_publish(&ack_only(&got)).await.expect("ack");
+
+    // Wiped with nothing new: reads and reclaims keep working (and stay empty).
+    let _: () = redis::cmd("DEL")
+        .arg(t.keys().stream())
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    assert!(intake
+        .reclaim(Duration::from_millis(1), 10)
+        .await
+        .expect("reclaim heals")
+        .is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(t.keys().stream())
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    assert!(intake
+        .read(10, Duration::from_millis(20))
+        .await
+        .expect("read heals")
+        .is_empty());
+    client
+        .submit_many(&requests(1, "after"))
+        .await
+        .expect("submit");
+    assert_eq!(
+        intake.read(10, Duration::ZERO).await.expect("read").len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn read_heals_after_the_group_is_destroyed() {
+    let t = TestRedis::new();
+    let intake = t.intake("sup-a").await;
+    t.client()
+        .await
+        .submit_many(&requests(4, "e"))
+        .await
+        .expect("submit");
+    let mut conn = t.conn().await;
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(t.keys().stream())
+        .arg(t.keys().group())
+        .query_async(&mut conn)
+        .await
+        .expect("XGROUP DESTROY");
+    // The group is re-created from id 0: nothing submitted is lost.
+    assert_eq!(
+        intake.read(10, Duration::ZERO).await.expect("read").len(),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_share_200_entries_without_overlap() {
+    let t = TestRedis::new();
+    let a = t.intake("sup-a").await;
+    let b = t.intake("sup-b").await;
+    t.client()
+        .await
+        .submit_many(&requests(200, "e"))
+        .await
+        .expect("submit");
+
+    async fn drain(intake: Intake) -> Vec<String> {
+        let mut mine = Vec::new();
+        loop {
+            let got = intake
+                .read(9, Duration::from_millis(50))
+                .await
+                .expect("read");
+            if got.is_empty() {
+                return mine;
+            }
+            // Work a little so the other consumer gets a turn.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            intake.ack_and_publish(&ack_only(&got)).await.expect("ack");
+            mine.extend(got.iter().map(|e| e.parse().expect("valid").execution_id));
+        }
+    }
+    let (got_a, got_b) = tokio::join!(tokio::spawn(drain(a)), tokio::spawn(drain(b)));
+    let (got_a, got_b) = (got_a.expect("join a"), got_b.expect("join b"));
+    let set_a: HashSet<_> = got_a.iter().cloned().collect();
+    let set_b: HashSet<_> = got_b.iter().cloned().collect();
+    assert_eq!(set_a.len(), got_a.len(), "a saw an entry twice");
+    assert_eq!(set_b.len(), got_b.len(), "b saw an entry twice");
+    assert!(set_a.is_disjoint(&set_b), "an entry went to both consumers");
+    assert_eq!(set_a.len() + set_b.len(), 200);
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both took part: a {} b {}",
+        got_a.len(),
+        got_b.len()
+    );
+    assert_eq!(xlen(&t).await, 0);
+}
+
+#[tokio::test]
+async fn ack_and_publish_reaches_a_subscriber_that_subscribed_first() {
+    let t = TestRedis::new();
+    let intake = t.intake("sup-a").await;
+    let client = t.client().await;
+    client
+        .submit(&Request::new("e-pub", WorkflowRef::Id(1)))
+        .await
+        .expect("submit");
+    let waiter = client
+        .wait_for_completion("e-pub", Duration::from_secs(5))
+        .await
+        .expect("subscribe");
+
+    let entries = intake.read(1, Duration::ZERO).await.expect("read");
+    // Not published before the ack: nothing stored yet.
+    assert!(client.completion("e-pub").await.expect("get").is_none());
+    intake
+        .ack_and_publish(&[Done::from_outcome(
+            &entries[0].stream_id,
+            &success("e-pub", r#"{"total": 3}"#),
+        )])
+        .await
+        .expect("ack and publish");
+
+    let completion = waiter.completion().await.expect("completion");
+    assert_eq!(completion.id, "e-pub");
+    assert_eq!(completion.status, Status::Success);
+    assert_eq!(
+        completion.result.map(|r| r.get().to_owned()).as_deref(),
+        Some(r#"{"total": 3}"#)
+    );
+    // Acknowledged and deleted in the same step.
+    let backlog = intake.stream_backlog().await.expect("backlog");
+    assert_eq!((backlog.length, backlog.pending), (0, 0));
+    // And kept for late subscribers.
+    let stored = client
+        .completion("e-pub")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(stored.status, Status::Success);
+}
+
+/// The steady-state path (read a batch, check cancels, ack + publish after commit) costs
+/// a fixed number of round trips whatever the batch size; its only per-execution
+/// commands are the completion's SET and PUBLISH inside the one ack pipeline.
+#[tokio::test]
+async fn steady_state_round_trips_per_batch_are_constant() {
+    let t = TestRedis::new();
+    let intake = t.intake("sup-a").await;
+    let client = t.client().await;
+    for n in [1usize, 10, 100] {
+        client
+            .submit_many(&requests(n, &format!("b{n}")))
+            .await
+            .expect("submit");
+        let before = intake.calls();
+
+        let batch = intake
+            .read(n, Duration::from_millis(100))
+            .await
+            .expect("read");
+        assert_eq!(batch.len(), n);
+        let exec_ids: Vec<String> = batch
+            .iter()
+            .map(|e| e.parse().expect("valid").execution_id)
+            .collect();
+        let cancelled = intake.is_cancelled(&exec_ids).await.expect("cancel check");
+        assert!(cancelled.iter().all(|c| !c));
+        let done: Vec<Done> = batch
+            .iter()
+            .zip(&exec_ids)
+            .map(|(e, id)| Done::new(&e.stream_id, Completion::new(id, Status::Success)))
+            .collect();
+        intake.ack_and_publish(&done).await.expect("ack");
+
+        let cost = intake.calls() - before;
+        assert_eq!(cost.round_trips, 3, "batch of {n}: {cost:?}");
+        // XREADGROUP + MGET + XACK + XDEL, plus SET and PUBLISH per completion.
+        assert_eq!(cost.commands, 4 + 2 * n as u64, "batch of {n}: {cost:?}");
+    }
+    assert_eq!(xlen(&t).await, 0);
+}
+
+#[tokio::test]
+async fn backlog_reports_waiting_and_pending() {
+    let t = TestRedis::new();
+    let before_group = t.client().await.status().await.expect("status");
+    assert_eq!(before_group.backlog.length, 0);
+    assert!(!before_group.backlog.group_exists);
+
+    let intake = t.intake("sup-a").await;
+    t.client()
+        .await
+        .submit_many(&requests(5, "e"))
+        .await
+        .expect("submit");
+    intake.read(2, Duration::ZERO).await.expect("read");
+    let backlog = intake.stream_backlog().await.expect("backlog");
+    assert!(backlog.group_exists);
+    assert_eq!(backlog.length, 5);
+    assert_eq!(backlog.pending, 2);
+    assert_eq!(backlog.waiting(), 3);
+    assert_eq!(backlog.consumers.len(), 1);
+    assert_eq!(backlog.consumers[0].name, "sup-a");
+    assert_eq!(backlog.consumers[0].pending, 2);
+}
