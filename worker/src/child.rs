@@ -1,0 +1,71 @@
+//! The forked child of one fork-mode execution: sandbox itself, run the function, write
+//! its frames, `_exit`.
+//!
+//! Everything here runs after `fork` in a copy of the template, with the GIL held. The
+//! child never returns into the template's code and never runs destructors or `atexit`
+//! handlers: it leaves with `libc::_exit`, whatever happens. Its frames go to fd 3, which
+//! [`sandbox::isolate_fds`] has pointed at the child's end of the output socket.
+
+use std::os::fd::RawFd;
+
+use pyo3::Python;
+use warden_protocol::{ErrorInfo, Execute, ExecutionResult, Outcome};
+
+use crate::fds::CONNECTION_FD;
+use crate::python::runner::{self, Runner};
+use crate::sandbox;
+
+/// Exit code when the template died before the child could arrange to die with it.
+pub const EXIT_ORPHANED: i32 = 111;
+/// Exit code when the output socket could not be set up or written: nobody will ever
+/// read this child's Result, but the template (if alive) reports the code in `Ended`.
+pub const EXIT_OUTPUT_LOST: i32 = 112;
+
+pub fn run(
+    py: Python<'_>,
+    runner: &Runner,
+    e: &Execute,
+    output_fd: RawFd,
+    template_pid: i32,
+    max_frame: usize,
+) -> ! {
+    // Group first, so that from here on one killpg reaches this process and everything it
+    // starts (the template also sets it from its side; whichever runs first wins). It
+    // cannot fail for a fresh child of a process that is not a session leader's
+    // foreground job being changed, so an error is ignored rather than fatal.
+    let _ = sandbox::enter_own_group();
+    if sandbox::die_with_template(template_pid).is_err() {
+        exit(EXIT_ORPHANED);
+    }
+    if sandbox::isolate_fds(output_fd).is_err() {
+        exit(EXIT_OUTPUT_LOST);
+    }
+    if let Err(reason) = sandbox::apply_limits(&e.limits) {
+        // Refuse to run user code unconfined; say why.
+        let result = ExecutionResult {
+            execution_id: e.execution_id.clone(),
+            outcome: Outcome::Failed(ErrorInfo {
+                error_type: "SandboxError".into(),
+                message: format!("the execution's limits could not be applied: {reason}"),
+                traceback: String::new(),
+            }),
+            duration_us: 0,
+            logs_dropped: 0,
+        };
+        let code = match runner::write_result(CONNECTION_FD, result, max_frame) {
+            Ok(()) => 0,
+            Err(_) => EXIT_OUTPUT_LOST,
+        };
+        exit(code);
+    }
+    match runner.run(py, e, CONNECTION_FD, max_frame) {
+        Ok(()) => exit(0),
+        Err(_) => exit(EXIT_OUTPUT_LOST),
+    }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once; nothing of this copy of the template
+    // (Rust destructors, Python finalisation, stdio buffers) may run in the child.
+    unsafe { libc::_exit(code) }
+}

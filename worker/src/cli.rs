@@ -1,0 +1,150 @@
+//! The command line, parsed by hand (four flags do not justify clap's start-up cost in a
+//! process whose spawn-to-Hello budget is ~15 ms):
+//!
+//! `warden-worker --worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]`
+//!
+//! Both `--flag value` and `--flag=value` are accepted. `--isolation` defaults to `fork`.
+
+use warden_protocol::frame::{DEFAULT_MAX_FRAME, HARD_MAX_FRAME};
+use warden_protocol::Isolation;
+
+pub const USAGE: &str =
+    "usage: warden-worker --worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]\n\
+     The supervisor connection must be open on fd 3.";
+
+/// Smallest accepted `--max-frame`: a frame must hold at least a truncated log line.
+pub const MIN_MAX_FRAME: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub worker_id: u64,
+    pub isolation: Isolation,
+    pub max_frame: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Args),
+    Help,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut worker_id = None;
+    let mut isolation = Isolation::Fork;
+    let mut max_frame = DEFAULT_MAX_FRAME;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--worker-id" => {
+                let v = value("--worker-id")?;
+                worker_id =
+                    Some(v.parse::<u64>().map_err(|_| {
+                        format!("--worker-id must be an unsigned integer, got {v:?}")
+                    })?);
+            }
+            "--isolation" => {
+                isolation = match value("--isolation")?.as_str() {
+                    "fork" => Isolation::Fork,
+                    "reuse" => Isolation::Reuse,
+                    other => {
+                        return Err(format!("--isolation must be fork or reuse, got {other:?}"))
+                    }
+                }
+            }
+            "--max-frame" => {
+                let v = value("--max-frame")?;
+                let n = v
+                    .parse::<usize>()
+                    .map_err(|_| format!("--max-frame must be a byte count, got {v:?}"))?;
+                if !(MIN_MAX_FRAME..=HARD_MAX_FRAME).contains(&n) {
+                    return Err(format!(
+                        "--max-frame must be between {MIN_MAX_FRAME} and {HARD_MAX_FRAME} bytes, got {n}"
+                    ));
+                }
+                max_frame = n;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let worker_id = worker_id.ok_or("--worker-id is required")?;
+    Ok(Command::Run(Args {
+        worker_id,
+        isolation,
+        max_frame,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Command, String> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_every_flag_in_both_spellings() {
+        let want = Command::Run(Args {
+            worker_id: 7,
+            isolation: Isolation::Reuse,
+            max_frame: 65536,
+        });
+        assert_eq!(
+            run(&[
+                "--worker-id",
+                "7",
+                "--isolation",
+                "reuse",
+                "--max-frame",
+                "65536"
+            ]),
+            Ok(want)
+        );
+        let want = Command::Run(Args {
+            worker_id: 7,
+            isolation: Isolation::Reuse,
+            max_frame: 65536,
+        });
+        assert_eq!(
+            run(&["--worker-id=7", "--isolation=reuse", "--max-frame=65536"]),
+            Ok(want)
+        );
+    }
+
+    #[test]
+    fn isolation_and_max_frame_have_defaults() {
+        assert_eq!(
+            run(&["--worker-id", "1"]),
+            Ok(Command::Run(Args {
+                worker_id: 1,
+                isolation: Isolation::Fork,
+                max_frame: DEFAULT_MAX_FRAME,
+            }))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_reason() {
+        assert!(run(&[]).unwrap_err().contains("--worker-id is required"));
+        assert!(run(&["--worker-id", "x"]).unwrap_err().contains("unsigned"));
+        assert!(run(&["--worker-id", "1", "--isolation", "thread"])
+            .unwrap_err()
+            .contains("fork or reuse"));
+        assert!(run(&["--worker-id", "1", "--max-frame", "10"])
+            .unwrap_err()
+            .contains("between"));
+        assert!(run(&["--worker-id"]).unwrap_err().contains("needs a value"));
+        assert!(run(&["--bogus"]).unwrap_err().contains("unknown argument"));
+    }
+}

@@ -1,0 +1,364 @@
+//! Fork-mode executions, as the template sees them: fork a child, relay its frames,
+//! answer the supervisor, and report how the child ended.
+//!
+//! ```text
+//! Execute ─▶ socketpair + fork ─▶ Started ─▶ poll { fd 3, child socket, pidfd }
+//!              fd 3:    Kill → killpg · Shutdown → killpg, exit after Ended · EOF → killpg, exit
+//!              socket:  relay valid frames; garbage → killpg, ProtocolError
+//!              pidfd:   child exited (left a zombie: its pgid stays reserved)
+//!          ─▶ killpg(group) ─▶ wait4 (status, rusage) ─▶ sweep escapees ─▶ drain socket
+//!          ─▶ Ended   (always the last message of the execution)
+//! ```
+//!
+//! The template forks with CPython's fork protocol (`PyOS_BeforeFork` /
+//! `PyOS_AfterFork_*`, as `os.fork` does) while holding the GIL; being single-threaded,
+//! it has no other thread whose locks the child could inherit.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::unistd::{setpgid, Pid};
+use pyo3::Python;
+use warden_protocol::{
+    Ended, ErrorInfo, Execute, ExecutionResult, ExitKind, FrameError, FromWorker, Outcome, Started,
+    ToWorker,
+};
+
+use crate::child;
+use crate::connection::Connection;
+use crate::error::WorkerError;
+use crate::fds;
+use crate::procfs;
+use crate::python::runner::Runner;
+use crate::reap::{self, Usage};
+use crate::relay::{Pumped, Relay};
+
+/// Exit code reported when there is no child status to report: the child could not be
+/// created (then a `Result` explains why) or could not be waited for.
+pub const UNKNOWN_EXIT: i32 = -1;
+
+/// What the template does after an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Next {
+    Continue,
+    /// Shutdown was requested, or the supervisor went away.
+    Exit,
+}
+
+pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Next, WorkerError> {
+    let (ours, theirs) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(err) => return not_started(conn, e, "cannot create the execution's socket", err),
+    };
+    let template_pid = std::process::id() as i32;
+    let pid = match fork_child(
+        runner,
+        e,
+        theirs.as_raw_fd(),
+        template_pid,
+        conn.max_frame(),
+    ) {
+        Ok(pid) => pid,
+        Err(err) => return not_started(conn, e, "cannot fork the execution's child", err),
+    };
+    drop(theirs);
+    // Also set from the child; doing it here too closes the window in which a Kill
+    // would find the child still in the template's group. EACCES/ESRCH mean the child
+    // already did it or is already gone.
+    let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+
+    let mut watch = Watch {
+        e,
+        pid,
+        pidfd: fds::pidfd_open(pid).ok(),
+        socket: Some(ours),
+        relay: Relay::new(&e.execution_id, conn.max_frame()),
+        next: Next::Continue,
+        lost: None,
+    };
+    if let Some(sock) = &watch.socket {
+        if let Err(err) = fds::set_nonblocking(sock.as_raw_fd()) {
+            // A blocking relay could hang on a half-written frame: do not run blind.
+            eprintln!("warden-worker: cannot make the child's socket non-blocking: {err}");
+            reap::kill_group(pid);
+        }
+    }
+    match conn.send(
+        &FromWorker::Started(Started {
+            execution_id: e.execution_id.clone(),
+            pid: pid as u32,
+        }),
+        "sending Started",
+    ) {
+        Ok(()) => watch.watch(conn),
+        Err(err) => {
+            reap::kill_group(pid);
+            watch.lost = Some(Lost::Error(err));
+        }
+    }
+    watch.finish(conn)
+}
+
+/// Forks the execution's child. Only the parent returns.
+fn fork_child(
+    runner: &Runner,
+    e: &Execute,
+    output_fd: RawFd,
+    template_pid: i32,
+    max_frame: usize,
+) -> io::Result<i32> {
+    Python::attach(|py| {
+        // SAFETY: the CPython fork protocol, called with the GIL held as os.fork does.
+        // The template is single-threaded, so no lock can be held by another thread.
+        unsafe { pyo3::ffi::PyOS_BeforeFork() };
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
+            child::run(py, runner, e, output_fd, template_pid, max_frame);
+        }
+        let err = io::Error::last_os_error();
+        unsafe { pyo3::ffi::PyOS_AfterFork_Parent() };
+        if pid < 0 {
+            Err(err)
+        } else {
+            Ok(pid)
+        }
+    })
+}
+
+/// The supervisor connection failed during an execution.
+enum Lost {
+    /// Closed cleanly: the supervisor is gone; exit quietly once the child is reaped.
+    Closed,
+    Error(WorkerError),
+}
+
+/// One running child and everything the template knows about it.
+struct Watch<'a> {
+    e: &'a Execute,
+    pid: i32,
+    /// Readable once the child has exited. `None` if pidfd_open failed (old kernel):
+    /// then the loop polls with a short timeout and asks `waitid`.
+    pidfd: Option<OwnedFd>,
+    /// The template's end of the output socket; `None` once it ended or broke.
+    socket: Option<UnixStream>,
+    relay: Relay,
+    next: Next,
+    lost: Option<Lost>,
+}
+
+impl Watch<'_> {
+    /// Runs until the child has exited.
+    fn watch(&mut self, conn: &mut Connection) {
+        loop {
+            let conn_fd = if self.lost.is_none() {
+                conn.as_raw_fd()
+            } else {
+                -1
+            };
+            let sock_fd = self.socket.as_ref().map_or(-1, |s| s.as_raw_fd());
+            let pid_fd = self.pidfd.as_ref().map_or(-1, |f| f.as_raw_fd());
+            // Negative fds are ignored by poll.
+            let mut fds = [conn_fd, sock_fd, pid_fd].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let timeout = if self.pidfd.is_some() { -1 } else { 10 };
+            // SAFETY: `fds` is a valid array of pollfd for its length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                eprintln!("warden-worker: poll failed, killing the execution: {err}");
+                reap::kill_group(self.pid);
+                let _ = reap::has_exited(self.pid, true);
+                return;
+            }
+            if fds[0].revents != 0 {
+                self.on_supervisor(conn);
+            }
+            if fds[1].revents != 0 {
+                self.on_output(conn);
+            }
+            let exited = if self.pidfd.is_some() {
+                fds[2].revents != 0
+            } else {
+                reap::has_exited(self.pid, false).unwrap_or(true)
+            };
+            if exited {
+                return;
+            }
+        }
+    }
+
+    fn on_supervisor(&mut self, conn: &mut Connection) {
+        let id = &self.e.execution_id;
+        match conn.recv("waiting for an execution to end") {
+            Ok(Some(ToWorker::Kill { execution_id })) if &execution_id == id => {
+                reap::kill_group(self.pid);
+            }
+            Ok(Some(ToWorker::Kill { execution_id })) => {
+                eprintln!("warden-worker: ignoring Kill for {execution_id:?}: running {id:?}");
+            }
+            Ok(Some(ToWorker::Shutdown)) => {
+                reap::kill_group(self.pid);
+                self.next = Next::Exit;
+            }
+            Ok(Some(ToWorker::Execute(other))) => eprintln!(
+                "warden-worker: supervisor bug: Execute {:?} while {id:?} is running; ignored",
+                other.execution_id
+            ),
+            Ok(Some(ToWorker::Welcome(_))) => {
+                eprintln!("warden-worker: ignoring an unexpected Welcome while running {id:?}")
+            }
+            Ok(None) => {
+                reap::kill_group(self.pid);
+                self.lost = Some(Lost::Closed);
+            }
+            Err(err) => {
+                reap::kill_group(self.pid);
+                self.lost = Some(Lost::Error(err));
+            }
+        }
+    }
+
+    fn on_output(&mut self, conn: &mut Connection) {
+        let Some(sock) = self.socket.as_mut() else {
+            return;
+        };
+        let connected = self.lost.is_none();
+        let mut forward = |frames: &[u8]| {
+            if connected {
+                conn.send_raw(frames)
+            } else {
+                Ok(())
+            }
+        };
+        match self.relay.pump(sock, &mut forward) {
+            Ok(Pumped::Progress | Pumped::WouldBlock) => {}
+            Ok(Pumped::Eof) => self.socket = None,
+            Ok(Pumped::Broken) => {
+                reap::kill_group(self.pid);
+                self.socket = None;
+            }
+            Err(err) => {
+                reap::kill_group(self.pid);
+                self.lost = Some(Lost::Error(WorkerError::connection(
+                    "relaying a child's frames",
+                )(FrameError::Io(err))));
+            }
+        }
+    }
+
+    /// Kills what is left, reaps, relays what is still buffered and sends Ended.
+    fn finish(mut self, conn: &mut Connection) -> Result<Next, WorkerError> {
+        // The child is dead but unreaped, so its process-group id cannot have been
+        // reused: this reaches only what it left behind in its group.
+        reap::kill_group(self.pid);
+        let reaped = reap::reap(self.pid);
+        // Release the execution's descriptors before Ended: once the supervisor has
+        // Ended, the template holds only what it held before the execution.
+        self.pidfd = None;
+        // Escapees (setsid, double fork) were reparented to us, the subreaper.
+        reap::sweep();
+        // Every writer of the socket is dead now, so this is bounded by its buffer.
+        if let Some(mut sock) = self.socket.take() {
+            let connected = self.lost.is_none();
+            let mut forward = |frames: &[u8]| {
+                if connected {
+                    conn.send_raw(frames)
+                } else {
+                    Ok(())
+                }
+            };
+            if let Err(err) = self.relay.drain(&mut sock, &mut forward) {
+                self.lost = Some(Lost::Error(WorkerError::connection(
+                    "relaying a child's frames",
+                )(FrameError::Io(err))));
+            }
+        }
+        // Ended means "back to idle": nothing of this execution may still be open when
+        // the supervisor reads it (it checks the template's fds between executions).
+        drop(self.pidfd.take());
+        let (status, usage) = match reaped {
+            Ok(r) => r,
+            Err(err) => {
+                eprintln!("warden-worker: cannot reap child {}: {err}", self.pid);
+                (ExitKind::Exited(UNKNOWN_EXIT), Usage::default())
+            }
+        };
+        let exit = if let Some(reason) = self.relay.violation() {
+            ExitKind::ProtocolError(reason.to_string())
+        } else if let (Some(reason), ExitKind::Exited(_)) = (self.relay.leftover(), &status) {
+            // A child that was killed may well die mid-frame; one that exited on its
+            // own has no excuse for leaving half a frame behind.
+            ExitKind::ProtocolError(reason)
+        } else {
+            status
+        };
+        match self.lost {
+            None => {
+                send_ended(conn, &self.e.execution_id, exit, usage)?;
+                Ok(self.next)
+            }
+            Some(Lost::Closed) => Ok(Next::Exit),
+            Some(Lost::Error(err)) => Err(err),
+        }
+    }
+}
+
+fn send_ended(
+    conn: &mut Connection,
+    execution_id: &str,
+    exit: ExitKind,
+    usage: Usage,
+) -> Result<(), WorkerError> {
+    conn.send(
+        &FromWorker::Ended(Ended {
+            execution_id: execution_id.to_string(),
+            exit,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            user_cpu_us: usage.user_cpu_us,
+            system_cpu_us: usage.system_cpu_us,
+            worker_rss_bytes: procfs::rss_bytes(),
+        }),
+        "sending Ended",
+    )
+}
+
+/// No child could be created. There is no Started (no process exists); a Result says
+/// why and Ended, as always, closes the execution, so the supervisor records a failure
+/// with a reason rather than waiting for a process that will never report.
+fn not_started(
+    conn: &mut Connection,
+    e: &Execute,
+    what: &str,
+    err: io::Error,
+) -> Result<Next, WorkerError> {
+    eprintln!("warden-worker: {what}: {err}");
+    conn.send(
+        &FromWorker::Result(ExecutionResult {
+            execution_id: e.execution_id.clone(),
+            outcome: Outcome::Failed(ErrorInfo {
+                error_type: "WorkerError".into(),
+                message: format!("{what}: {err}"),
+                traceback: String::new(),
+            }),
+            duration_us: 0,
+            logs_dropped: 0,
+        }),
+        "sending a Result",
+    )?;
+    send_ended(
+        conn,
+        &e.execution_id,
+        ExitKind::Exited(UNKNOWN_EXIT),
+        Usage::default(),
+    )?;
+    Ok(Next::Continue)
+}

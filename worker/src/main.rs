@@ -1,0 +1,62 @@
+//! `warden-worker`: one sandboxed worker template of the Warden supervisor.
+//!
+//! The supervisor starts it with its connection already open on fd 3 (a socketpair) and
+//! `--worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]`. The process embeds
+//! CPython once, says Hello, then runs executions one at a time until told to stop.
+//!
+//! Layout:
+//! - [`cli`]: the command line.
+//! - [`template`]: start-up, the handshake and the message loop (one execution at a time).
+//! - [`connection`]: the supervisor connection on fd 3 (blocking frame I/O).
+//! - [`forked`]: fork-mode executions as the template sees them: fork, watch, report.
+//! - [`child`]: what a forked child does before and after the user's function.
+//! - [`sandbox`]: process-level isolation applied in the child (group, parent death,
+//!   file descriptors, rlimits) and the template's clean signal state.
+//! - [`relay`]: validation and forwarding of a child's frames.
+//! - [`reap`]: waiting for children, their resource usage, and killing leftovers.
+//! - [`reuse`]: reuse-mode executions, run by the template itself.
+//! - [`python`]: the embedded interpreter, output capture and the Python runner.
+//! - [`procfs`], [`fds`]: small Linux helpers.
+//! - [`error`]: the worker's error type and its exit codes.
+//!
+//! Single-threaded and without an async runtime on purpose: `fork` is only safe when no
+//! other thread can hold a lock, and `RLIMIT_AS` stays meaningful without per-thread
+//! malloc arenas.
+
+mod child;
+mod cli;
+mod connection;
+mod error;
+mod fds;
+mod forked;
+mod procfs;
+mod python;
+mod reap;
+mod relay;
+mod reuse;
+mod sandbox;
+mod template;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(cli::Command::Run(args)) => args,
+        Ok(cli::Command::Help) => {
+            println!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let e = error::WorkerError::Usage(e);
+            eprintln!("warden-worker: {e}\n{}", cli::USAGE);
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    match template::run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden-worker {}: {e}", args.worker_id);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Reading the template's own state from `/proc`: resident memory and child processes.
+
+use std::fs;
+
+/// Resident set size of this process, in bytes (`/proc/self/statm`, second field).
+/// 0 if it cannot be read: this is a metric, not something to fail an execution over.
+pub fn rss_bytes() -> u64 {
+    let Ok(statm) = fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * page_size()
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+/// Every live or zombie child of this process. Reads `/proc/self/task/*/children`
+/// (children are listed per thread, and reuse-mode user code may have started threads);
+/// falls back to scanning every `/proc/<pid>/stat` for our pid as parent when that file
+/// does not exist (kernels built without CONFIG_PROC_CHILDREN).
+pub fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut found_listing = false;
+    if let Ok(tasks) = fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+                found_listing = true;
+                out.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    if !found_listing {
+        out = children_by_scan();
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn children_by_scan() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(me))
+        .collect()
+}
+
+/// The parent pid from `/proc/<pid>/stat`. The command name (field 2) may contain spaces
+/// and parentheses, so parse from the last `)`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_of_a_running_process_is_positive() {
+        assert!(rss_bytes() > 0);
+    }
+
+    #[test]
+    fn lists_a_spawned_child_both_ways() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(children().contains(&pid));
+        assert!(children_by_scan().contains(&pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -1,0 +1,47 @@
+//! Starting the embedded interpreter, once per template.
+//!
+//! `_warden` is registered as a built-in module before initialisation, then the runner
+//! (`runner.py`) is loaded, which pre-imports everything an execution needs (json,
+//! traceback, linecache, logging, inspect, io) and installs output capture. `asyncio` is
+//! deliberately not imported here: it would add ~25 ms to every template's start-up and
+//! most workflows are synchronous; the runner imports it on first use.
+//!
+//! The interpreter is never finalised: forked children end with `_exit`, and the
+//! template exits without tearing down Python (it holds nothing that needs flushing,
+//! since all output is written unbuffered).
+
+use pyo3::prelude::*;
+
+use crate::error::WorkerError;
+use crate::python::capture::_warden;
+use crate::python::runner::Runner;
+
+pub struct Interpreter {
+    pub runner: Runner,
+    /// `sys.version`, reported in Hello.
+    pub version: String,
+}
+
+pub fn start() -> Result<Interpreter, WorkerError> {
+    // SAFETY-relevant ordering: must run before the interpreter is initialised, which
+    // nothing else in this process does.
+    pyo3::append_to_inittab!(_warden);
+    Python::initialize();
+    Python::attach(|py| -> PyResult<Interpreter> {
+        let runner = Runner::load(py)?;
+        let version = py.import("sys")?.getattr("version")?.extract::<String>()?;
+        Ok(Interpreter { runner, version })
+    })
+    .map_err(|e| WorkerError::Python(Python::attach(|py| describe(py, &e))))
+}
+
+/// `Type: message` plus the traceback, for errors that end the worker.
+pub fn describe(py: Python<'_>, err: &PyErr) -> String {
+    let mut text = err.to_string();
+    if let Some(tb) = err.traceback(py) {
+        if let Ok(formatted) = tb.format() {
+            text = format!("{formatted}{text}");
+        }
+    }
+    text
+}

@@ -1,0 +1,351 @@
+//! Validation and forwarding of a forked child's frames to the supervisor.
+//!
+//! The child runs untrusted code, so its output socket is untrusted input: every frame
+//! must decode to a `Log` or (once) a `Result` for the execution being run, and fit in
+//! the maximum frame size. Valid frames are forwarded as the exact bytes the child
+//! wrote (no re-encode). The first invalid frame marks the relay broken: the caller
+//! kills the child's process group and reports `ExitKind::ProtocolError`, and nothing
+//! more from that child is forwarded.
+//!
+//! The socket is read non-blocking into a buffer and frames are cut out with
+//! [`frame::check`], rather than with a blocking "read one frame": a child that writes
+//! half a frame and then stalls must not stop the template from hearing a `Kill`.
+
+use std::io::{self, ErrorKind, Read};
+
+use warden_protocol::frame::{self, FrameError, PREFIX_LEN};
+use warden_protocol::FromWorker;
+
+/// How much one `pump` reads at most before returning to `poll`. Kept small on purpose:
+/// right after a fork every page the template writes is a copy-on-write fault, and a
+/// zeroed 64 KiB stack buffer alone cost 16 of them per execution.
+const CHUNK: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub struct Relay {
+    execution_id: String,
+    max_frame: usize,
+    buf: Vec<u8>,
+    result_seen: bool,
+    broken: Option<String>,
+}
+
+/// What one [`Relay::pump`] saw on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// Read (and forwarded what was whole), or nothing was ready.
+    Progress,
+    /// Nothing more is buffered right now.
+    WouldBlock,
+    /// The child's end is closed (or the socket failed): stop polling it.
+    Eof,
+    /// A protocol violation: stop polling it, kill the child.
+    Broken,
+}
+
+impl Relay {
+    pub fn new(execution_id: &str, max_frame: usize) -> Relay {
+        Relay {
+            execution_id: execution_id.to_string(),
+            max_frame,
+            buf: Vec::new(),
+            result_seen: false,
+            broken: None,
+        }
+    }
+
+    /// Why the relay stopped, if the child broke the protocol.
+    pub fn violation(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Reads one chunk from `src` (non-blocking) and passes every whole, valid frame to
+    /// `forward` in one call. An error from `forward` means the supervisor is gone and is
+    /// returned as is; problems with the child's bytes are never errors, only [`Pumped::Broken`].
+    pub fn pump<R: Read>(
+        &mut self,
+        src: &mut R,
+        forward: &mut impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<Pumped> {
+        if self.broken.is_some() {
+            return Ok(Pumped::Broken);
+        }
+        let mut chunk = [0u8; CHUNK];
+        let n = loop {
+            match src.read(&mut chunk) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WouldBlock),
+                // ECONNRESET and the like: the child is gone; whatever it left is in `buf`.
+                Err(_) => return Ok(Pumped::Eof),
+            }
+        };
+        if n == 0 {
+            return Ok(Pumped::Eof);
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+
+        let mut used = 0;
+        let mut violation = None;
+        loop {
+            match frame::check(&self.buf[used..], self.max_frame) {
+                Ok(total) => {
+                    let body = &self.buf[used + PREFIX_LEN..used + total];
+                    match validate(body, &self.execution_id, self.result_seen) {
+                        Ok(kind) => {
+                            self.result_seen |= kind == Kind::Result;
+                            used += total;
+                        }
+                        Err(reason) => {
+                            violation = Some(reason);
+                            break;
+                        }
+                    }
+                }
+                Err(FrameError::Incomplete) => break,
+                Err(e) => {
+                    violation = Some(format!("bad frame from the child: {e}"));
+                    break;
+                }
+            }
+        }
+        // Frames before a violation were valid and are forwarded; nothing after it is.
+        if used > 0 {
+            forward(&self.buf[..used])?;
+            self.buf.drain(..used);
+        }
+        if let Some(reason) = violation {
+            self.broken = Some(reason);
+            self.buf = Vec::new();
+            return Ok(Pumped::Broken);
+        }
+        Ok(Pumped::Progress)
+    }
+
+    /// Forwards everything still buffered on the socket, until it would block or ends.
+    /// Only called once the child and everything else that could write to it are dead,
+    /// so this is bounded by the socket buffer.
+    pub fn drain<R: Read>(
+        &mut self,
+        src: &mut R,
+        forward: &mut impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        loop {
+            match self.pump(src, forward)? {
+                Pumped::Progress => continue,
+                Pumped::WouldBlock | Pumped::Eof | Pumped::Broken => return Ok(()),
+            }
+        }
+    }
+
+    /// Describes a partial frame left over when the output ended, if there is one.
+    pub fn leftover(&self) -> Option<String> {
+        if self.broken.is_some() || self.buf.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "the child's output ended in the middle of a frame ({} bytes of an unfinished frame)",
+            self.buf.len()
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Log,
+    Result,
+}
+
+/// Is `body` a frame a child may send for `execution_id` at this point?
+pub fn validate(body: &[u8], execution_id: &str, result_seen: bool) -> Result<Kind, String> {
+    let msg: FromWorker =
+        frame::decode(body).map_err(|e| format!("undecodable frame from the child: {e}"))?;
+    let (kind, id) = match &msg {
+        FromWorker::Log(log) => (Kind::Log, &log.execution_id),
+        FromWorker::Result(result) => (Kind::Result, &result.execution_id),
+        FromWorker::Hello(_) => return Err(forbidden("Hello")),
+        FromWorker::Started(_) => return Err(forbidden("Started")),
+        FromWorker::Ended(_) => return Err(forbidden("Ended")),
+    };
+    if id != execution_id {
+        return Err(format!(
+            "the child sent a frame for execution {id:?} while running {execution_id:?}"
+        ));
+    }
+    if result_seen {
+        return Err("the child sent a frame after its Result".to_string());
+    }
+    Ok(kind)
+}
+
+fn forbidden(what: &str) -> String {
+    format!("the child sent a {what} message, which only the template may send")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_protocol::{ExecutionResult, Log, LogLevel, Outcome, Started};
+
+    const MAX: usize = 1024 * 1024;
+
+    fn log(id: &str, seq: u32) -> Vec<u8> {
+        let msg = FromWorker::Log(Log {
+            execution_id: id.into(),
+            seq,
+            timestamp_us: 1,
+            level: LogLevel::Info,
+            message: format!("line {seq}"),
+        });
+        frame::encode(&msg, MAX).unwrap()
+    }
+
+    fn result(id: &str) -> Vec<u8> {
+        let msg = FromWorker::Result(ExecutionResult {
+            execution_id: id.into(),
+            outcome: Outcome::Success {
+                result_json: "1".into(),
+            },
+            duration_us: 1,
+            logs_dropped: 0,
+        });
+        frame::encode(&msg, MAX).unwrap()
+    }
+
+    /// A reader that hands out its bytes a few at a time and then says WouldBlock once
+    /// before every further chunk, like a non-blocking socket fed by a slow writer.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+        blocked: bool,
+        eof: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.pos == self.data.len() {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(ErrorKind::WouldBlock.into())
+                };
+            }
+            if self.blocked {
+                self.blocked = false;
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            self.blocked = true;
+            let n = self.step.min(self.data.len() - self.pos).min(out.len());
+            out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    fn run(data: Vec<u8>, step: usize, eof: bool) -> (Relay, Vec<u8>) {
+        let mut relay = Relay::new("e1", MAX);
+        let mut src = Trickle {
+            data,
+            pos: 0,
+            step,
+            blocked: false,
+            eof,
+        };
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let got = relay
+                .pump(&mut src, &mut |b: &[u8]| {
+                    out.extend_from_slice(b);
+                    Ok(())
+                })
+                .unwrap();
+            if matches!(got, Pumped::Eof | Pumped::Broken) {
+                break;
+            }
+        }
+        (relay, out)
+    }
+
+    #[test]
+    fn forwards_valid_frames_byte_for_byte_even_when_split_across_reads() {
+        let mut data = log("e1", 0);
+        data.extend(log("e1", 1));
+        data.extend(result("e1"));
+        let (relay, out) = run(data.clone(), 3, true);
+        assert_eq!(out, data);
+        assert_eq!(relay.violation(), None);
+        assert_eq!(relay.leftover(), None);
+    }
+
+    #[test]
+    fn garbage_breaks_the_relay_and_forwards_only_what_came_before() {
+        let mut data = log("e1", 0);
+        let good = data.clone();
+        data.extend(b"\x00\x00\x00\x05hello garbage");
+        data.extend(log("e1", 1));
+        let (relay, out) = run(data, 1000, true);
+        assert_eq!(out, good);
+        assert!(relay.violation().unwrap().contains("undecodable"));
+    }
+
+    #[test]
+    fn an_oversized_length_prefix_is_rejected_before_the_body_arrives() {
+        let (relay, out) = run(vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], 1000, false);
+        assert!(out.is_empty());
+        assert!(relay
+            .violation()
+            .unwrap()
+            .contains("larger than the maximum"));
+    }
+
+    #[test]
+    fn a_frame_for_another_execution_is_a_violation() {
+        let (relay, out) = run(log("other", 0), 1000, true);
+        assert!(out.is_empty());
+        assert!(relay.violation().unwrap().contains("\"other\""));
+    }
+
+    #[test]
+    fn template_only_messages_are_violations() {
+        let started = FromWorker::Started(Started {
+            execution_id: "e1".into(),
+            pid: 1,
+        });
+        let (relay, _) = run(frame::encode(&started, MAX).unwrap(), 1000, true);
+        assert!(relay.violation().unwrap().contains("Started"));
+    }
+
+    #[test]
+    fn nothing_may_follow_the_result() {
+        let mut data = result("e1");
+        let good = data.clone();
+        data.extend(log("e1", 5));
+        let (relay, out) = run(data, 1000, true);
+        assert_eq!(out, good);
+        assert!(relay.violation().unwrap().contains("after its Result"));
+    }
+
+    #[test]
+    fn output_ending_mid_frame_is_reported_as_leftover() {
+        let mut data = log("e1", 0);
+        let whole = data.clone();
+        data.extend(&log("e1", 1)[..6]);
+        let (relay, out) = run(data, 1000, true);
+        assert_eq!(out, whole);
+        assert_eq!(relay.violation(), None);
+        assert!(relay.leftover().unwrap().contains("middle of a frame"));
+    }
+
+    #[test]
+    fn a_supervisor_write_error_is_returned_not_swallowed() {
+        let mut relay = Relay::new("e1", MAX);
+        let mut src = io::Cursor::new(log("e1", 0));
+        let err = relay
+            .pump(&mut src, &mut |_: &[u8]| {
+                Err(io::Error::from(ErrorKind::BrokenPipe))
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    }
+}

@@ -1,0 +1,78 @@
+//! Reuse-mode executions (`--isolation reuse`, trusted code only): the template runs the
+//! function itself, with the same runner and frames as a forked child.
+//!
+//! What is and is not isolated between executions:
+//! - The workflow's namespace is a fresh module each time; the modules an execution
+//!   imported from outside the interpreter's library directories (the workflow's own
+//!   modules, anything on a `sys.path` entry it added) are removed from `sys.modules`
+//!   afterwards, `sys.path` is restored, and output capture is reinstalled. Standard
+//!   library and installed packages it imported stay loaded (some C extensions cannot be
+//!   initialised twice in one process).
+//! - No limits are applied per execution: rlimits are per process and cannot be lowered
+//!   and raised again around one call. The supervisor covers the rest: it enforces
+//!   deadlines by killing the whole template, recycles it on memory growth (it gets
+//!   `worker_rss_bytes` in every Ended) by sending Shutdown, and replaces it if it dies.
+//! - A `Kill` cannot be answered while the function runs (the template is busy running
+//!   it), which is why the supervisor kills the template instead.
+
+use pyo3::Python;
+use warden_protocol::{Ended, Execute, ExitKind, FrameError, FromWorker, Started};
+
+use crate::connection::Connection;
+use crate::error::WorkerError;
+use crate::forked::Next;
+use crate::procfs;
+use crate::python::interpreter::describe;
+use crate::python::runner::Runner;
+use crate::reap::{self, Usage};
+
+use std::os::fd::AsRawFd;
+
+pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Next, WorkerError> {
+    conn.send(
+        &FromWorker::Started(Started {
+            execution_id: e.execution_id.clone(),
+            pid: std::process::id(),
+        }),
+        "sending Started",
+    )?;
+    let before = Usage::of_self();
+    let delivered = Python::attach(|py| {
+        let state = runner.snapshot(py);
+        let delivered = runner.run(py, e, conn.as_raw_fd(), conn.max_frame());
+        match state {
+            Ok(state) => {
+                if let Err(err) = runner.restore(py, state) {
+                    eprintln!(
+                        "warden-worker: cannot restore state after a reuse execution: {}",
+                        describe(py, &err)
+                    );
+                }
+            }
+            Err(err) => eprintln!(
+                "warden-worker: cannot snapshot state before a reuse execution: {}",
+                describe(py, &err)
+            ),
+        }
+        delivered
+    });
+    // Processes the code started and left running do not outlive the execution.
+    reap::sweep();
+    delivered.map_err(|err| WorkerError::Connection {
+        during: "sending an execution's output",
+        source: FrameError::Io(err),
+    })?;
+    let after = Usage::of_self();
+    conn.send(
+        &FromWorker::Ended(Ended {
+            execution_id: e.execution_id.clone(),
+            exit: ExitKind::InProcess,
+            peak_memory_bytes: after.peak_memory_bytes,
+            user_cpu_us: after.user_cpu_us.saturating_sub(before.user_cpu_us),
+            system_cpu_us: after.system_cpu_us.saturating_sub(before.system_cpu_us),
+            worker_rss_bytes: procfs::rss_bytes(),
+        }),
+        "sending Ended",
+    )?;
+    Ok(Next::Continue)
+}

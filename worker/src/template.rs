@@ -1,0 +1,86 @@
+//! The template process: start-up, the handshake, and the message loop.
+//!
+//! Start-up order matters for the ~15 ms spawn-to-Hello budget and for safety: the
+//! standard fds and signal state are made sane, the template becomes a child subreaper
+//! (so nothing an execution starts can escape being killed and reaped), fd 3 is checked
+//! before the comparatively slow interpreter start, and only then is Hello sent.
+//!
+//! The loop handles one execution at a time: `Execute` runs to its `Ended` before the
+//! next message is read (in fork mode the supervisor connection is still watched during
+//! the execution, for Kill and Shutdown; see [`crate::forked`]).
+
+use warden_protocol::{FromWorker, Hello, Isolation, ToWorker, PROTOCOL_VERSION};
+
+use crate::cli::Args;
+use crate::connection::Connection;
+use crate::error::WorkerError;
+use crate::forked::{self, Next};
+use crate::python::interpreter;
+use crate::{fds, reap, reuse, sandbox};
+
+pub fn run(args: &Args) -> Result<(), WorkerError> {
+    fds::ensure_std_fds().map_err(WorkerError::os("opening /dev/null on closed standard fds"))?;
+    sandbox::reset_signals();
+    reap::become_subreaper().map_err(WorkerError::os("becoming a child subreaper"))?;
+    let mut conn = Connection::inherit(args.max_frame)?;
+    let python = interpreter::start()?;
+
+    handshake(&mut conn, args, python.version.clone())?;
+
+    loop {
+        let next = match conn.recv("waiting for work")? {
+            // The supervisor closed the connection: nothing left to do.
+            None => Next::Exit,
+            Some(ToWorker::Execute(e)) => match args.isolation {
+                Isolation::Fork => forked::execute(&python.runner, &mut conn, &e)?,
+                Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
+            },
+            // A Kill racing with the execution's Ended: that execution is already over.
+            Some(ToWorker::Kill { .. }) => Next::Continue,
+            Some(ToWorker::Shutdown) => Next::Exit,
+            Some(ToWorker::Welcome(_)) => {
+                eprintln!("warden-worker: ignoring a second Welcome");
+                Next::Continue
+            }
+        };
+        if next == Next::Exit {
+            reap::sweep();
+            return Ok(());
+        }
+    }
+}
+
+fn handshake(
+    conn: &mut Connection,
+    args: &Args,
+    python_version: String,
+) -> Result<(), WorkerError> {
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: args.worker_id,
+        pid: std::process::id(),
+        isolation: args.isolation,
+        python_version,
+    };
+    conn.send(&FromWorker::Hello(hello), "sending Hello")?;
+    match conn.recv("waiting for Welcome")? {
+        Some(ToWorker::Welcome(w)) if w.accepted && w.protocol_version == PROTOCOL_VERSION => {
+            Ok(())
+        }
+        Some(ToWorker::Welcome(w)) if w.accepted => Err(WorkerError::Refused(format!(
+            "the supervisor speaks protocol {} and this worker {PROTOCOL_VERSION}",
+            w.protocol_version
+        ))),
+        Some(ToWorker::Welcome(w)) => Err(WorkerError::Refused(
+            w.reason.unwrap_or_else(|| "no reason given".into()),
+        )),
+        Some(other) => Err(WorkerError::Unexpected {
+            during: "waiting for Welcome",
+            what: format!("{other:?}"),
+        }),
+        None => Err(WorkerError::Unexpected {
+            during: "waiting for Welcome",
+            what: "the connection closed".into(),
+        }),
+    }
+}
