@@ -32,6 +32,8 @@ pub enum ToWorker {
     Kill { execution_id: String },
     /// Finish (no execution is running) and exit.
     Shutdown,
+    /// The answer to a [`Request`] of the running execution (relayed to the child).
+    Reply(Reply),
 }
 
 /// Worker → supervisor.
@@ -42,6 +44,9 @@ pub enum FromWorker {
     Log(Log),
     Result(ExecutionResult),
     Ended(Ended),
+    /// The running execution asks the supervisor for something (a module the cache
+    /// lost, an SDK read). It blocks until the matching [`Reply`].
+    Request(Request),
 }
 
 /// First message of a template: who it is and which protocol it speaks.
@@ -89,6 +94,9 @@ pub struct Execute {
     /// A JSON object describing the execution (workflow name, org, caller, attempt,
     /// deadline) for the workflow SDK; `{}` when there is none.
     pub context_json: String,
+    /// The module cache's generation the supervisor saw for this batch (0: no module
+    /// cache). A template whose snapshot is older reloads it before running.
+    pub modules_generation: u64,
     pub limits: ExecutionLimits,
 }
 
@@ -184,4 +192,31 @@ pub enum ExitKind {
     InProcess,
     /// The child's output broke the protocol (garbage, oversized frame); it was killed.
     ProtocolError(String),
+}
+
+/// A question from a running execution. `op` names what is asked (`module_miss`,
+/// `config_secret`, `kv_get`, ...); `args_json` is a JSON object. New operations need no
+/// protocol change: an unknown `op` gets an error [`Reply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub execution_id: String,
+    /// Unique within the execution; the reply carries it back.
+    pub request_id: u32,
+    pub op: String,
+    pub args_json: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub execution_id: String,
+    pub request_id: u32,
+    pub outcome: ReplyOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyOutcome {
+    /// The answer, as JSON.
+    Ok { value_json: String },
+    /// Why there is no answer, for a person.
+    Err { message: String },
 }

@@ -38,12 +38,24 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
                     function,
                     params_json,
                     context_json: "{}".into(),
+                    modules_generation: limits.cpu_seconds,
                     limits,
                 })
             }
         ),
         ".*".prop_map(|execution_id| ToWorker::Kill { execution_id }),
         Just(ToWorker::Shutdown),
+        (".*", any::<u32>(), any::<bool>(), ".*").prop_map(|(execution_id, request_id, ok, text)| {
+            ToWorker::Reply(Reply {
+                execution_id,
+                request_id,
+                outcome: if ok {
+                    ReplyOutcome::Ok { value_json: text }
+                } else {
+                    ReplyOutcome::Err { message: text }
+                },
+            })
+        }),
     ]
 }
 
@@ -109,6 +121,14 @@ fn from_worker() -> impl Strategy<Value = FromWorker> {
                 user_cpu_us: b,
                 system_cpu_us: a ^ b,
                 worker_rss_bytes: a / 2,
+            })
+        }),
+        (".*", any::<u32>(), "[a-z_]{1,12}", ".*").prop_map(|(execution_id, request_id, op, args_json)| {
+            FromWorker::Request(Request {
+                execution_id,
+                request_id,
+                op,
+                args_json,
             })
         }),
     ]

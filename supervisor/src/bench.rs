@@ -101,6 +101,7 @@ async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Val
         context_json: "{}".into(),
         timeout: None,
         limits: None,
+        modules_generation: 0,
     };
 
     // Warm up (first forks fault in pages).

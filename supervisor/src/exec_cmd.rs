@@ -49,6 +49,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
         context_json: "{}".into(),
         timeout: None,
         limits: None,
+        modules_generation: 0,
     })
     .map_err(|_| "the worker pool stopped before it could run the workflow".to_string())?;
 
@@ -67,6 +68,11 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
                 }
                 Some(PoolEvent::Finished(o)) => break o,
                 Some(PoolEvent::Started { .. }) => {}
+                // No services here: nothing can answer (module cache, SDK reads).
+                Some(PoolEvent::Request(req)) => pool.reply(crate::pool::unavailable(
+                    &req,
+                    "`warden exec` runs without PostgreSQL and Redis",
+                )),
                 None => return Err("the worker pool stopped unexpectedly".into()),
             },
             _ = interrupted(&mut term) => {

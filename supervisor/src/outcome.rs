@@ -23,6 +23,8 @@ pub struct Job {
     pub timeout: Option<Duration>,
     /// `None`: the pool's default limits.
     pub limits: Option<ExecutionLimits>,
+    /// The module cache generation for this execution (0: no module cache).
+    pub modules_generation: u64,
 }
 
 /// The terminal states. Every accepted execution reaches exactly one.
@@ -75,10 +77,14 @@ pub struct ExecutionOutcome {
     pub logs_dropped: u32,
 }
 
-/// What the pool reports, in order per execution: `Started`, `Log`*, `Finished`.
+/// What the pool reports, in order per execution: `Started`, `Log`* and `Request`*,
+/// `Finished`.
 #[derive(Debug, Clone)]
 pub enum PoolEvent {
     Started { execution_id: String, pid: u32 },
     Log(Log),
+    /// The running execution asks something; answer with [`crate::pool::Pool::reply`].
+    /// It blocks until answered (or until its deadline).
+    Request(warden_protocol::Request),
     Finished(ExecutionOutcome),
 }

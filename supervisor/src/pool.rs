@@ -27,3 +27,14 @@ pub mod template;
 
 pub use config::{PoolConfig, PoolError};
 pub use dispatcher::{Pool, PoolStats, ShutdownReport};
+
+/// The reply for a request nobody here can answer.
+pub fn unavailable(req: &warden_protocol::Request, why: &str) -> warden_protocol::Reply {
+    warden_protocol::Reply {
+        execution_id: req.execution_id.clone(),
+        request_id: req.request_id,
+        outcome: warden_protocol::ReplyOutcome::Err {
+            message: format!("`{}` is not available: {why}", req.op),
+        },
+    }
+}

@@ -112,6 +112,9 @@ impl TestPool {
                 match self.events.recv().await.expect("pool event channel open") {
                     PoolEvent::Started { pid: p, .. } => pid = Some(p),
                     PoolEvent::Log(l) => logs.push(l),
+                    PoolEvent::Request(req) => self
+                        .pool
+                        .reply(warden::pool::unavailable(&req, "test pool")),
                     PoolEvent::Finished(outcome) => {
                         return Finished {
                             outcome,
@@ -138,6 +141,7 @@ pub fn job(id: &str, source: &str, params: &str, timeout: Option<Duration>) -> J
         context_json: "{}".to_string(),
         timeout,
         limits: None,
+        modules_generation: 0,
     }
 }
 

@@ -159,7 +159,7 @@ async fn shutdown_kills_and_records_what_outlives_the_drain() {
     let report = p.pool.shutdown(Duration::from_millis(300)).await;
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(report.abandoned, 2);
-    let mut ended = vec![p.finished().await.outcome, p.finished().await.outcome];
+    let mut ended = [p.finished().await.outcome, p.finished().await.outcome];
     ended.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
     assert_eq!(ended[0].execution_id, "long");
     assert_eq!(ended[0].status, Status::Cancelled);

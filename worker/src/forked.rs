@@ -216,6 +216,8 @@ impl Watch<'_> {
             Ok(Some(ToWorker::Welcome(_))) => {
                 eprintln!("warden-worker: ignoring an unexpected Welcome while running {id:?}")
             }
+            // TODO(module cache / SDK): relay to the child.
+            Ok(Some(ToWorker::Reply(_))) => {}
             Ok(None) => {
                 reap::kill_group(self.pid);
                 self.lost = Some(Lost::Closed);

@@ -166,6 +166,7 @@ pub fn validate(body: &[u8], execution_id: &str, result_seen: bool) -> Result<Ki
         FromWorker::Hello(_) => return Err(forbidden("Hello")),
         FromWorker::Started(_) => return Err(forbidden("Started")),
         FromWorker::Ended(_) => return Err(forbidden("Ended")),
+        FromWorker::Request(_) => return Err(forbidden("Request")),
     };
     if id != execution_id {
         return Err(format!(

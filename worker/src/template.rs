@@ -37,6 +37,8 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
             },
             // A Kill racing with the execution's Ended: that execution is already over.
             Some(ToWorker::Kill { .. }) => Next::Continue,
+            // A reply for an execution that already ended.
+            Some(ToWorker::Reply(_)) => Next::Continue,
             Some(ToWorker::Shutdown) => Next::Exit,
             Some(ToWorker::Welcome(_)) => {
                 eprintln!("warden-worker: ignoring a second Welcome");

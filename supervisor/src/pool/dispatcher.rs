@@ -76,6 +76,7 @@ struct Shared {
 enum Request {
     Submit(Job),
     Cancel(String),
+    Reply(warden_protocol::Reply),
     Shutdown {
         drain: Duration,
         done: oneshot::Sender<ShutdownReport>,
@@ -170,6 +171,12 @@ impl Pool {
         let _ = self
             .requests
             .send(Request::Cancel(execution_id.to_string()));
+    }
+
+    /// Answers a [`PoolEvent::Request`]. A reply for an execution that already ended
+    /// is dropped.
+    pub fn reply(&self, reply: warden_protocol::Reply) {
+        let _ = self.requests.send(Request::Reply(reply));
     }
 
     /// Stops taking work, lets what is queued or running finish for up to `drain`,
@@ -326,6 +333,16 @@ impl Dispatcher {
                 }
             }
             Request::Cancel(id) => self.cancel(&id),
+            Request::Reply(reply) => {
+                let slot = self.slots.iter().position(|s| {
+                    matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == reply.execution_id)
+                });
+                if let Some(slot) = slot {
+                    let _ = self.slots[slot]
+                        .cmds
+                        .send(TemplateCmd::Send(ToWorker::Reply(reply)));
+                }
+            }
             Request::Shutdown { drain, done } => self.begin_drain(drain, Some(done)),
         }
     }
@@ -392,6 +409,7 @@ impl Dispatcher {
                 function: job.function.clone(),
                 params_json: job.params_json.clone(),
                 context_json: job.context_json.clone(),
+                modules_generation: job.modules_generation,
                 limits: job
                     .limits
                     .clone()
@@ -475,6 +493,7 @@ impl Dispatcher {
             FromWorker::Log(m) => &m.execution_id,
             FromWorker::Result(m) => &m.execution_id,
             FromWorker::Ended(m) => &m.execution_id,
+            FromWorker::Request(m) => &m.execution_id,
             FromWorker::Hello(_) => return self.protocol_violation(slot, "a second hello"),
         };
         if *id != running.job.execution_id {
@@ -489,6 +508,9 @@ impl Dispatcher {
             }
             FromWorker::Log(log) => {
                 let _ = self.events.send(PoolEvent::Log(log));
+            }
+            FromWorker::Request(req) => {
+                let _ = self.events.send(PoolEvent::Request(req));
             }
             FromWorker::Result(r) => {
                 if running.result.is_some() {

@@ -161,5 +161,6 @@ fn kind(msg: &FromWorker) -> &'static str {
         FromWorker::Log(_) => "Log",
         FromWorker::Result(_) => "Result",
         FromWorker::Ended(_) => "Ended",
+        FromWorker::Request(_) => "Request",
     }
 }
