@@ -223,6 +223,7 @@ impl Worker {
                     return run;
                 }
                 FromWorker::Hello(h) => panic!("unexpected Hello {h:?}"),
+                FromWorker::Request(r) => panic!("unexpected Request {r:?}"),
             }
         }
     }
@@ -274,6 +275,7 @@ fn kind(msg: &FromWorker) -> &'static str {
         FromWorker::Log(_) => "Log",
         FromWorker::Result(_) => "Result",
         FromWorker::Ended(_) => "Ended",
+        FromWorker::Request(_) => "Request",
     }
 }
 
@@ -329,6 +331,7 @@ pub fn exec(id: &str, source: &str) -> Execute {
         function: "run".to_string(),
         params_json: "{}".to_string(),
         context_json: "{}".to_string(),
+        modules_generation: 0,
         limits: ExecutionLimits::default(),
     }
 }
