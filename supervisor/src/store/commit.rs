@@ -1,0 +1,322 @@
+//! One batch of outcomes in ONE transaction: the execution rows, their logs, and the
+//! daily metrics. The group-commit writer ([`crate::store::writer`]) decides when to call
+//! it and what to do when it fails; this module only knows how to write.
+//!
+//! It is idempotent, which is what lets the writer retry a batch whose COMMIT may or may
+//! not have happened (the connection died waiting for the answer):
+//! - the row upsert only touches rows that are not terminal yet, and says which ones it
+//!   changed;
+//! - logs and metrics are written for exactly those rows, so a replayed execution adds
+//!   neither twice.
+//!
+//! Values PostgreSQL would refuse are made storable first (NUL characters, `\u0000` in
+//! JSON, non-JSON results, out-of-range numbers), so one odd result cannot fail its whole
+//! batch; what is left to fail is the database's own doing (constraints, triggers).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, Utc};
+
+use crate::outcome::Status;
+use crate::store::executions::{json_or_string, strip_nul, ExecutionStatus};
+use crate::store::metrics::{DailyMetrics, Sample};
+use crate::store::writer::Completed;
+use crate::store::{Store, StoreError};
+
+/// What committing one item did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Its terminal state, logs and metrics were written by this transaction.
+    Recorded,
+    /// The execution already had a terminal state (a replay, a duplicate, or a request
+    /// recorded elsewhere): nothing was written for it.
+    AlreadyTerminal { status: Status },
+}
+
+/// Per item: id, whether this statement recorded it, its status before the statement,
+/// and (when recorded) the row's workflow and organization.
+type Answer = (String, bool, Option<String>, Option<i64>, Option<i64>);
+
+/// The arrays of the row upsert, one element per (unique) item.
+#[derive(Default)]
+struct Rows {
+    id: Vec<String>,
+    workflow_id: Vec<Option<i64>>,
+    workflow_name: Vec<Option<String>>,
+    caller: Vec<Option<String>>,
+    org_id: Vec<Option<i64>>,
+    status: Vec<&'static str>,
+    result: Vec<Option<String>>,
+    error_type: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+    traceback: Vec<Option<String>>,
+    started_at: Vec<Option<DateTime<Utc>>>,
+    completed_at: Vec<DateTime<Utc>>,
+    duration_ms: Vec<f64>,
+    peak_memory_bytes: Vec<i64>,
+    cpu_seconds: Vec<f64>,
+    exit_code: Vec<Option<i32>>,
+    exit_signal: Vec<Option<i32>>,
+    logs_dropped: Vec<i32>,
+    stream_id: Vec<Option<String>>,
+}
+
+/// The arrays of the log insert.
+#[derive(Default)]
+struct Logs {
+    execution_id: Vec<String>,
+    seq: Vec<i32>,
+    level: Vec<&'static str>,
+    message: Vec<String>,
+    logged_at: Vec<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Write `items` in one transaction and say, per item in input order, whether it was
+    /// recorded or already terminal. An id repeated within `items` is written once (the
+    /// first); its repeats are answered as already terminal.
+    ///
+    /// On error nothing of the batch is written (the transaction rolls back), except in
+    /// the one ambiguous case of a connection lost during COMMIT, which a retry resolves.
+    pub async fn commit_batch<'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a Completed>,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        let items: Vec<&Completed> = items.into_iter().collect();
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());
+        let mut unique: Vec<&Completed> = Vec::with_capacity(items.len());
+        for &item in &items {
+            let id = strip_nul(&item.outcome.execution_id);
+            if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(id) {
+                slot.insert(unique.len());
+                unique.push(item);
+            }
+        }
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = rows_of(&unique);
+
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(|source| StoreError::Unavailable {
+                what: "begin the batch transaction",
+                source,
+            })?;
+
+        // `prev` reads the snapshot from before the statement: for a row the upsert left
+        // alone it is the terminal status already committed.
+        let answers: Vec<Answer> = sqlx::query_as(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
+                                      $5::text[], $6::text[], $7::text[], $8::text[],
+                                      $9::text[], $10::timestamptz[], $11::timestamptz[],
+                                      $12::float8[], $13::bigint[], $14::float8[],
+                                      $15::int[], $16::int[], $17::int[], $18::text[],
+                                      $19::text[])
+                     AS t(id, workflow_id, workflow_name, org_id, status, result, error_type,
+                          error_message, traceback, started_at, completed_at, duration_ms,
+                          peak_memory_bytes, cpu_seconds, exit_code, exit_signal,
+                          logs_dropped, stream_id, caller)
+             ),
+             up AS (
+                 INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, status,
+                                              result, error_type, error_message, traceback,
+                                              started_at, completed_at, duration_ms,
+                                              peak_memory_bytes, cpu_seconds, exit_code,
+                                              exit_signal, logs_dropped, stream_id, caller)
+                 SELECT id, workflow_id, workflow_name, org_id, status::execution_status,
+                        result::jsonb, error_type, error_message, traceback, started_at,
+                        completed_at, duration_ms, peak_memory_bytes, cpu_seconds, exit_code,
+                        exit_signal, logs_dropped, stream_id, caller
+                 FROM input
+                 ON CONFLICT (id) DO UPDATE SET
+                     status = EXCLUDED.status,
+                     result = EXCLUDED.result,
+                     error_type = EXCLUDED.error_type,
+                     error_message = EXCLUDED.error_message,
+                     traceback = EXCLUDED.traceback,
+                     started_at = COALESCE(EXCLUDED.started_at, e.started_at),
+                     completed_at = EXCLUDED.completed_at,
+                     duration_ms = EXCLUDED.duration_ms,
+                     peak_memory_bytes = EXCLUDED.peak_memory_bytes,
+                     cpu_seconds = EXCLUDED.cpu_seconds,
+                     exit_code = EXCLUDED.exit_code,
+                     exit_signal = EXCLUDED.exit_signal,
+                     logs_dropped = EXCLUDED.logs_dropped,
+                     stream_id = COALESCE(EXCLUDED.stream_id, e.stream_id),
+                     workflow_id = COALESCE(e.workflow_id, EXCLUDED.workflow_id),
+                     workflow_name = COALESCE(e.workflow_name, EXCLUDED.workflow_name),
+                     org_id = COALESCE(e.org_id, EXCLUDED.org_id),
+                     caller = COALESCE(e.caller, EXCLUDED.caller)
+                 WHERE e.status IN ('pending', 'running')
+                 RETURNING e.id, e.workflow_id, e.org_id
+             )
+             SELECT i.id, up.id IS NOT NULL, prev.status::text, up.workflow_id, up.org_id
+             FROM input i
+             LEFT JOIN up ON up.id = i.id
+             LEFT JOIN executions prev ON prev.id = i.id",
+        )
+        .bind(&rows.id)
+        .bind(&rows.workflow_id)
+        .bind(&rows.workflow_name)
+        .bind(&rows.org_id)
+        .bind(&rows.status)
+        .bind(&rows.result)
+        .bind(&rows.error_type)
+        .bind(&rows.error_message)
+        .bind(&rows.traceback)
+        .bind(&rows.started_at)
+        .bind(&rows.completed_at)
+        .bind(&rows.duration_ms)
+        .bind(&rows.peak_memory_bytes)
+        .bind(&rows.cpu_seconds)
+        .bind(&rows.exit_code)
+        .bind(&rows.exit_signal)
+        .bind(&rows.logs_dropped)
+        .bind(&rows.stream_id)
+        .bind(&rows.caller)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::query("write the execution rows"))?;
+
+        let mut outcome_of: Vec<Option<CommitOutcome>> = vec![None; unique.len()];
+        let mut logs = Logs::default();
+        let mut metrics = DailyMetrics::new();
+        for (id, recorded, previous, workflow_id, org_id) in answers {
+            let Some(&i) = index.get(&id) else { continue };
+            let item = unique[i];
+            if recorded {
+                outcome_of[i] = Some(CommitOutcome::Recorded);
+                push_logs(&mut logs, &id, item);
+                metrics.add(&Sample {
+                    day: rows.completed_at[i].date_naive(),
+                    org_id,
+                    workflow_id,
+                    status: item.outcome.status,
+                    duration_ms: rows.duration_ms[i],
+                    cpu_seconds: rows.cpu_seconds[i],
+                    peak_memory_bytes: rows.peak_memory_bytes[i],
+                    time_saved_seconds: item.time_saved_seconds,
+                    value: item.value,
+                });
+            } else {
+                let status = previous
+                    .as_deref()
+                    .and_then(|p| p.parse::<ExecutionStatus>().ok())
+                    .and_then(ExecutionStatus::terminal)
+                    .unwrap_or(item.outcome.status);
+                outcome_of[i] = Some(CommitOutcome::AlreadyTerminal { status });
+            }
+        }
+
+        if !logs.seq.is_empty() {
+            sqlx::query(
+                "INSERT INTO execution_logs (execution_id, seq, level, message, logged_at)
+                 SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[],
+                                      $5::timestamptz[])
+                 ON CONFLICT (execution_id, seq) DO NOTHING",
+            )
+            .bind(&logs.execution_id)
+            .bind(&logs.seq)
+            .bind(&logs.level)
+            .bind(&logs.message)
+            .bind(&logs.logged_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("insert the execution logs"))?;
+        }
+        metrics.upsert(&mut tx).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit the batch"))?;
+
+        // Answer every input item: unique ones from the statement, repeats from their
+        // first occurrence.
+        let mut result = Vec::with_capacity(items.len());
+        let mut answered = vec![false; unique.len()];
+        for item in &items {
+            let i = index[&strip_nul(&item.outcome.execution_id)];
+            let first = outcome_of[i].ok_or_else(|| StoreError::Invalid {
+                what: "commit answer",
+                reason: format!("no answer for execution `{}`", item.outcome.execution_id),
+            })?;
+            result.push(if answered[i] {
+                CommitOutcome::AlreadyTerminal {
+                    status: match first {
+                        CommitOutcome::Recorded => unique[i].outcome.status,
+                        CommitOutcome::AlreadyTerminal { status } => status,
+                    },
+                }
+            } else {
+                answered[i] = true;
+                first
+            });
+        }
+        Ok(result)
+    }
+}
+
+fn rows_of(items: &[&Completed]) -> Rows {
+    let mut r = Rows::default();
+    for item in items {
+        let o = &item.outcome;
+        let logs_past_i32 = item.logs.iter().filter(|l| l.seq > i32::MAX as u32).count();
+        r.id.push(strip_nul(&o.execution_id));
+        r.workflow_id.push(item.workflow_id);
+        r.workflow_name
+            .push(item.workflow_name.as_deref().map(strip_nul));
+        r.org_id.push(item.org_id);
+        r.status.push(o.status.as_str());
+        r.result.push(match (o.status, &o.result_json) {
+            (Status::Success, Some(json)) => Some(json_or_string(json)),
+            _ => None,
+        });
+        let error = o.error.as_ref();
+        r.error_type.push(error.map(|e| strip_nul(&e.error_type)));
+        r.error_message.push(error.map(|e| strip_nul(&e.message)));
+        r.traceback.push(
+            error
+                .filter(|e| !e.traceback.is_empty())
+                .map(|e| strip_nul(&e.traceback)),
+        );
+        r.started_at.push(o.started_at.map(DateTime::<Utc>::from));
+        r.completed_at.push(DateTime::<Utc>::from(o.finished_at));
+        r.duration_ms.push(o.duration.as_secs_f64() * 1000.0);
+        r.peak_memory_bytes
+            .push(i64::try_from(o.peak_memory_bytes).unwrap_or(i64::MAX));
+        r.cpu_seconds.push(if o.cpu_seconds.is_finite() {
+            o.cpu_seconds
+        } else {
+            0.0
+        });
+        r.exit_code.push(o.exit_code);
+        r.exit_signal.push(o.exit_signal);
+        r.logs_dropped
+            .push(i32::try_from(o.logs_dropped as u64 + logs_past_i32 as u64).unwrap_or(i32::MAX));
+        r.stream_id.push(item.stream_id.as_deref().map(strip_nul));
+    }
+    r
+}
+
+/// Queue `item`'s logs for the insert, under the outcome's id (whatever a line itself
+/// claims) so the foreign key holds.
+fn push_logs(logs: &mut Logs, id: &str, item: &Completed) {
+    let fallback = DateTime::<Utc>::from(item.outcome.finished_at);
+    for line in &item.logs {
+        let Ok(seq) = i32::try_from(line.seq) else {
+            continue; // counted in logs_dropped
+        };
+        logs.execution_id.push(id.to_string());
+        logs.seq.push(seq);
+        logs.level.push(line.level.as_str());
+        logs.message.push(strip_nul(&line.message));
+        logs.logged_at.push(
+            DateTime::<Utc>::from_timestamp_micros(line.timestamp_us)
+                .filter(|t| (1900..=9999).contains(&t.year()))
+                .unwrap_or(fallback),
+        );
+    }
+}

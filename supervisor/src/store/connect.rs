@@ -1,0 +1,243 @@
+//! [`Store`]: the supervisor's whole PostgreSQL connection budget, opened once.
+//!
+//! The pool holds exactly `connections` connections (min = max), all opened before
+//! [`Store::connect`] returns, with no idle timeout and no maximum lifetime: once the
+//! daemon is up, `pg_stat_database.sessions` stops growing. Each acquire pings the
+//! connection first (`test_before_acquire`), so a connection killed by a database restart
+//! or `pg_terminate_backend` is discarded and re-opened (the pool keeps `min_connections`
+//! topped up) instead of failing a statement. Callers that hit a connectivity error in
+//! the middle of a statement retry with [`crate::store::retry_with_backoff`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+
+use crate::store::StoreError;
+
+/// How long an acquire (or the start-up connect) waits for a connection. Long enough to
+/// ride out a busy pool or a server that is still starting; short enough that a dead
+/// server is reported (and retried by the caller with back-off) rather than hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLSTATE `invalid_catalog_name`: the database does not exist.
+const DATABASE_MISSING: &str = "3D000";
+/// SQLSTATE `duplicate_database`: someone created it first.
+const DATABASE_EXISTS: &str = "42P04";
+
+/// The supervisor's connection pool. Cheap to clone (clones share the pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    url_redacted: Arc<str>,
+}
+
+impl Store {
+    /// Open exactly `connections` connections to `url` (at least 1) and keep them.
+    ///
+    /// Fails with [`StoreError::DatabaseMissing`] when the server is up but the database
+    /// is not (run `warden migrate`), and [`StoreError::Connect`] when the server cannot
+    /// be reached; both name the URL with its password redacted.
+    pub async fn connect(url: &str, connections: u32) -> Result<Store, StoreError> {
+        let connections = connections.max(1);
+        let options = parse_url(url)?;
+        let url_redacted = redact_url(url);
+        let pool = PgPoolOptions::new()
+            .min_connections(connections)
+            .max_connections(connections)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(true)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            // The pool retries refused connections until its deadline and then only says
+            // it timed out; one direct attempt recovers the actual reason for the message.
+            Err(sqlx::Error::PoolTimedOut) => {
+                let source = match PgConnection::connect_with(&options).await {
+                    Ok(conn) => {
+                        let _ = conn.close().await;
+                        sqlx::Error::PoolTimedOut
+                    }
+                    Err(e) => e,
+                };
+                return Err(connect_error(&options, &url_redacted, source));
+            }
+            Err(source) => return Err(connect_error(&options, &url_redacted, source)),
+        };
+        tracing::info!(url = %url_redacted, connections, "database pool opened");
+        Ok(Store {
+            pool,
+            url_redacted: url_redacted.into(),
+        })
+    }
+
+    /// Create the database named in `url` if it does not exist, connecting to the
+    /// server's `postgres` database to do it. Returns whether it was created.
+    pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+        let options = parse_url(url)?;
+        let url_redacted = redact_url(url);
+        let database = target_database(&options);
+        let admin = options.clone().database("postgres");
+        let mut conn =
+            PgConnection::connect_with(&admin)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url_redacted: url_redacted.clone(),
+                    source,
+                })?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&database)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(StoreError::query("look up the database"))?;
+        let created = if exists {
+            false
+        } else {
+            let statement = format!("CREATE DATABASE {}", quote_ident(&database));
+            match sqlx::query(&statement).execute(&mut conn).await {
+                Ok(_) => true,
+                Err(e) if has_sqlstate(&e, DATABASE_EXISTS) => false,
+                Err(source) => {
+                    return Err(StoreError::Query {
+                        what: "create the database",
+                        source,
+                    })
+                }
+            }
+        };
+        let _ = conn.close().await;
+        if created {
+            tracing::info!(url = %url_redacted, "database created");
+        }
+        Ok(created)
+    }
+
+    /// The underlying pool, for statements this module does not wrap (tests, tools).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The URL this store was opened with, password redacted (for messages).
+    pub fn url_redacted(&self) -> &str {
+        &self.url_redacted
+    }
+
+    /// The fixed number of connections this store was opened with.
+    pub fn connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    /// Close every connection, waiting for checked-out ones to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Parse a `postgres://` URL, tagging the whole connection with `application_name =
+/// warden` so its sessions are easy to find in `pg_stat_activity`.
+fn parse_url(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url.parse().map_err(|source| StoreError::InvalidUrl {
+        url_redacted: redact_url(url),
+        source,
+    })?;
+    Ok(if options.get_application_name().is_none() {
+        options.application_name("warden")
+    } else {
+        options
+    })
+}
+
+/// The database a URL names (PostgreSQL defaults it to the user name).
+fn target_database(options: &PgConnectOptions) -> String {
+    options
+        .get_database()
+        .unwrap_or_else(|| options.get_username())
+        .to_string()
+}
+
+fn connect_error(
+    options: &PgConnectOptions,
+    url_redacted: &str,
+    source: sqlx::Error,
+) -> StoreError {
+    if has_sqlstate(&source, DATABASE_MISSING) {
+        StoreError::DatabaseMissing {
+            url_redacted: url_redacted.to_string(),
+            database: target_database(options),
+        }
+    } else {
+        StoreError::Connect {
+            url_redacted: url_redacted.to_string(),
+            source,
+        }
+    }
+}
+
+fn has_sqlstate(e: &sqlx::Error, code: &str) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|c| c == code)
+}
+
+/// A PostgreSQL identifier in double quotes.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `url` with its password (in the user-info part or a `password=` query parameter)
+/// replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo_end = rest_start + at;
+            if let Some(colon) = out[rest_start..userinfo_end].find(':') {
+                out.replace_range(rest_start + colon + 1..userinfo_end, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let query = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        out = format!("{base}{query}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=p&sslmode=disable"),
+            "postgres://h/db?user=u&password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db"
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! Execution rows: the one-statement [`Store::begin_batch`] that records a batch as
+//! `running` before dispatch, rejected requests, and the read side for `warden list` and
+//! `warden show`. Terminal states are written by the group-commit writer
+//! ([`crate::store::commit`]).
+//!
+//! A row moves `pending`/`running` → one terminal state, once: every statement that
+//! writes a status only touches rows that are not terminal yet, which is what makes a
+//! reclaimed stream message or a replayed batch harmless.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+
+use crate::outcome::Status;
+use crate::store::commit::CommitOutcome;
+use crate::store::writer::Completed;
+use crate::store::{Store, StoreError};
+
+/// The `execution_status` enum of the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecutionStatus {
+    Pending,
+    Running,
+    Success,
+    Failed,
+    Timeout,
+    Cancelled,
+    Crashed,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Pending => "pending",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Success => "success",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Timeout => "timeout",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::Crashed => "crashed",
+        }
+    }
+
+    /// The terminal status, if this is one.
+    pub fn terminal(self) -> Option<Status> {
+        match self {
+            ExecutionStatus::Pending | ExecutionStatus::Running => None,
+            ExecutionStatus::Success => Some(Status::Success),
+            ExecutionStatus::Failed => Some(Status::Failed),
+            ExecutionStatus::Timeout => Some(Status::Timeout),
+            ExecutionStatus::Cancelled => Some(Status::Cancelled),
+            ExecutionStatus::Crashed => Some(Status::Crashed),
+        }
+    }
+}
+
+impl From<Status> for ExecutionStatus {
+    fn from(s: Status) -> ExecutionStatus {
+        match s {
+            Status::Success => ExecutionStatus::Success,
+            Status::Failed => ExecutionStatus::Failed,
+            Status::Timeout => ExecutionStatus::Timeout,
+            Status::Cancelled => ExecutionStatus::Cancelled,
+            Status::Crashed => ExecutionStatus::Crashed,
+        }
+    }
+}
+
+impl std::str::FromStr for ExecutionStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<ExecutionStatus, StoreError> {
+        Ok(match s {
+            "pending" => ExecutionStatus::Pending,
+            "running" => ExecutionStatus::Running,
+            "success" => ExecutionStatus::Success,
+            "failed" => ExecutionStatus::Failed,
+            "timeout" => ExecutionStatus::Timeout,
+            "cancelled" => ExecutionStatus::Cancelled,
+            "crashed" => ExecutionStatus::Crashed,
+            other => {
+                return Err(StoreError::Invalid {
+                    what: "execution status",
+                    reason: format!(
+                        "`{other}` (expected pending, running, success, failed, timeout, \
+                         cancelled or crashed)"
+                    ),
+                })
+            }
+        })
+    }
+}
+
+impl TryFrom<String> for ExecutionStatus {
+    type Error = StoreError;
+
+    fn try_from(s: String) -> Result<ExecutionStatus, StoreError> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for ExecutionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One accepted request of a batch, about to be dispatched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExecution {
+    pub id: String,
+    pub workflow_id: Option<i64>,
+    pub workflow_name: String,
+    pub org_id: Option<i64>,
+    pub caller: Option<String>,
+    /// A JSON document (normally an object). Text that is not JSON is stored as a JSON
+    /// string rather than failing the whole batch.
+    pub params_json: String,
+    /// When the client queued it (`None`: now).
+    pub queued_at: Option<SystemTime>,
+    /// Consumer name of the supervisor that will run it.
+    pub supervisor: String,
+    pub stream_id: Option<String>,
+}
+
+/// What [`Store::begin_batch`] says to do with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Run it. `attempt` is 1 for a new execution, more when a non-terminal row is taken
+    /// up again (its previous supervisor died, the message was reclaimed).
+    Run { attempt: i32 },
+    /// Its terminal state is already committed: acknowledge the message, do not run it.
+    AlreadyDone { status: Status },
+    /// The same id appeared earlier in this batch, which runs it once: acknowledge this
+    /// copy without running it.
+    Duplicate,
+}
+
+/// A request that cannot run (it names no known workflow, its params are not a JSON
+/// object, the message is malformed): recorded as a `failed` execution with a clear
+/// `error_type`, so the client sees why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub id: String,
+    pub workflow_name: Option<String>,
+    pub org_id: Option<i64>,
+    pub caller: Option<String>,
+    /// e.g. `UnknownWorkflow`, `InvalidParams`, `InvalidMessage`.
+    pub error_type: String,
+    pub message: String,
+    pub stream_id: Option<String>,
+}
+
+impl Rejected {
+    /// As an item for the group-commit writer, so the rejection is acknowledged on the
+    /// stream after COMMIT like any other outcome.
+    pub fn into_completed(self) -> Completed {
+        Completed::rejected(self)
+    }
+}
+
+/// Filters for [`Store::list_executions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionFilter {
+    pub status: Option<ExecutionStatus>,
+    pub workflow: Option<String>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+impl Default for ExecutionFilter {
+    fn default() -> ExecutionFilter {
+        ExecutionFilter {
+            status: None,
+            workflow: None,
+            limit: 50,
+        }
+    }
+}
+
+/// One line of `warden list`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ExecutionSummary {
+    pub id: String,
+    pub workflow_name: Option<String>,
+    pub org_id: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub status: ExecutionStatus,
+    pub attempt: i32,
+    pub queued_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<f64>,
+    pub error_type: Option<String>,
+}
+
+/// A whole execution row.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ExecutionRecord {
+    pub id: String,
+    pub workflow_id: Option<i64>,
+    pub workflow_name: Option<String>,
+    pub org_id: Option<i64>,
+    pub caller: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub status: ExecutionStatus,
+    pub params: Option<serde_json::Value>,
+    pub result: Option<serde_json::Value>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub traceback: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<f64>,
+    pub peak_memory_bytes: Option<i64>,
+    pub cpu_seconds: Option<f64>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub attempt: i32,
+    pub supervisor: Option<String>,
+    pub stream_id: Option<String>,
+    pub logs_dropped: i32,
+}
+
+/// One stored log line.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LogLine {
+    pub seq: i32,
+    pub level: String,
+    pub message: String,
+    pub logged_at: DateTime<Utc>,
+}
+
+/// `warden show`: the row and its logs in `seq` order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionDetail {
+    pub execution: ExecutionRecord,
+    pub logs: Vec<LogLine>,
+}
+
+impl Store {
+    /// Record a batch as `running` in ONE statement and say, per request (in input
+    /// order), whether to run it.
+    ///
+    /// New ids are inserted with attempt 1. An id whose row exists but is not terminal
+    /// (a reclaimed message) is taken over: attempt + 1, this supervisor and stream id,
+    /// a fresh `started_at`. An id whose row is terminal is left alone and reported as
+    /// [`Begin::AlreadyDone`].
+    pub async fn begin_batch(&self, rows: &[NewExecution]) -> Result<Vec<Begin>, StoreError> {
+        // ON CONFLICT DO UPDATE cannot touch a row twice in one statement, so repeats of
+        // an id within the batch are answered here and left out.
+        // Ids are stored without NUL characters (PostgreSQL text cannot hold them), here
+        // and in the writer alike.
+        let keys: Vec<String> = rows.iter().map(|r| strip_nul(&r.id)).collect();
+        let mut seen = HashSet::with_capacity(rows.len());
+        let mut unique: Vec<&NewExecution> = Vec::with_capacity(rows.len());
+        let mut ids: Vec<&str> = Vec::with_capacity(rows.len());
+        for (row, key) in rows.iter().zip(&keys) {
+            if seen.insert(key.as_str()) {
+                unique.push(row);
+                ids.push(key);
+            }
+        }
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        let workflow_ids: Vec<Option<i64>> = unique.iter().map(|r| r.workflow_id).collect();
+        let names: Vec<String> = unique.iter().map(|r| strip_nul(&r.workflow_name)).collect();
+        let org_ids: Vec<Option<i64>> = unique.iter().map(|r| r.org_id).collect();
+        let callers: Vec<Option<String>> = unique
+            .iter()
+            .map(|r| r.caller.as_deref().map(strip_nul))
+            .collect();
+        let params: Vec<String> = unique
+            .iter()
+            .map(|r| json_or_string(&r.params_json))
+            .collect();
+        let queued: Vec<Option<DateTime<Utc>>> = unique
+            .iter()
+            .map(|r| r.queued_at.map(DateTime::<Utc>::from))
+            .collect();
+        let supervisors: Vec<String> = unique.iter().map(|r| strip_nul(&r.supervisor)).collect();
+        let stream_ids: Vec<Option<String>> = unique
+            .iter()
+            .map(|r| r.stream_id.as_deref().map(strip_nul))
+            .collect();
+
+        // `prev` reads the snapshot from before this statement: for rows the upsert left
+        // alone (terminal ones) it is their committed status.
+        let found: Vec<(String, Option<i32>, Option<String>)> = sqlx::query_as(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
+                                      $5::text[], $6::text[], $7::timestamptz[], $8::text[],
+                                      $9::text[])
+                     AS t(id, workflow_id, workflow_name, org_id, caller, params, queued_at,
+                          supervisor, stream_id)
+             ),
+             up AS (
+                 INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, caller,
+                                              status, params, queued_at, started_at,
+                                              supervisor, stream_id)
+                 SELECT id,
+                        -- A workflow deleted since the batch was loaded is not an error.
+                        (SELECT w.id FROM workflows w WHERE w.id = input.workflow_id),
+                        workflow_name, org_id, caller, 'running',
+                        params::jsonb, COALESCE(queued_at, now()), now(), supervisor, stream_id
+                 FROM input
+                 ON CONFLICT (id) DO UPDATE SET
+                     status = 'running',
+                     attempt = e.attempt + 1,
+                     started_at = now(),
+                     supervisor = EXCLUDED.supervisor,
+                     stream_id = COALESCE(EXCLUDED.stream_id, e.stream_id),
+                     workflow_id = COALESCE(e.workflow_id, EXCLUDED.workflow_id),
+                     org_id = COALESCE(e.org_id, EXCLUDED.org_id)
+                 WHERE e.status IN ('pending', 'running')
+                 RETURNING e.id, e.attempt
+             )
+             SELECT i.id, up.attempt, prev.status::text
+             FROM input i
+             LEFT JOIN up ON up.id = i.id
+             LEFT JOIN executions prev ON prev.id = i.id",
+        )
+        .bind(&ids)
+        .bind(&workflow_ids)
+        .bind(&names)
+        .bind(&org_ids)
+        .bind(&callers)
+        .bind(&params)
+        .bind(&queued)
+        .bind(&supervisors)
+        .bind(&stream_ids)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("record the batch as running"))?;
+
+        let mut answers = std::collections::HashMap::with_capacity(found.len());
+        for (id, attempt, previous) in found {
+            let begin = match (attempt, previous) {
+                (Some(attempt), _) => Begin::Run { attempt },
+                (None, Some(previous)) => match previous.parse::<ExecutionStatus>()?.terminal() {
+                    Some(status) => Begin::AlreadyDone { status },
+                    // Not updated yet not terminal: cannot happen (the WHERE admits every
+                    // non-terminal status); be loud rather than run it twice.
+                    None => {
+                        return Err(StoreError::Invalid {
+                            what: "begin_batch answer",
+                            reason: format!("execution `{id}` is `{previous}` but was not taken"),
+                        })
+                    }
+                },
+                (None, None) => {
+                    return Err(StoreError::Invalid {
+                        what: "begin_batch answer",
+                        reason: format!("execution `{id}` was neither inserted nor found"),
+                    })
+                }
+            };
+            answers.insert(id, begin);
+        }
+        let mut first = HashSet::with_capacity(rows.len());
+        rows.iter()
+            .zip(&keys)
+            .map(|(row, key)| {
+                if !first.insert(key.as_str()) {
+                    return Ok(Begin::Duplicate);
+                }
+                answers
+                    .get(key)
+                    .copied()
+                    .ok_or_else(|| StoreError::Invalid {
+                        what: "begin_batch answer",
+                        reason: format!("no answer for execution `{}`", row.id),
+                    })
+            })
+            .collect()
+    }
+
+    /// Record a rejected request now, in its own transaction (row and daily metrics),
+    /// unless the id already has a terminal state. Returns whether it was recorded.
+    /// Prefer [`Rejected::into_completed`] through the writer when the stream message
+    /// must be acknowledged after COMMIT.
+    pub async fn record_rejected(&self, r: &Rejected) -> Result<bool, StoreError> {
+        let item = Completed::rejected(r.clone());
+        let outcome = self.commit_batch([&item]).await?;
+        Ok(outcome.first() == Some(&CommitOutcome::Recorded))
+    }
+
+    /// Executions, newest first.
+    pub async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> Result<Vec<ExecutionSummary>, StoreError> {
+        sqlx::query_as(
+            "SELECT id, workflow_name, org_id, status::text AS status, attempt, queued_at,
+                    completed_at, duration_ms, error_type
+             FROM executions
+             WHERE ($1::text IS NULL OR status = $1::execution_status)
+               AND ($2::text IS NULL OR workflow_name = $2)
+             ORDER BY queued_at DESC, id
+             LIMIT $3",
+        )
+        .bind(filter.status.map(ExecutionStatus::as_str))
+        .bind(filter.workflow.as_deref())
+        .bind(filter.limit.max(0))
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("list executions"))
+    }
+
+    /// One execution and its logs in `seq` order; `None` if there is no such id.
+    pub async fn show_execution(&self, id: &str) -> Result<Option<ExecutionDetail>, StoreError> {
+        let execution: Option<ExecutionRecord> = sqlx::query_as(
+            "SELECT id, workflow_id, workflow_name, org_id, caller, status::text AS status,
+                    params, result, error_type, error_message, traceback, queued_at,
+                    started_at, completed_at, duration_ms, peak_memory_bytes, cpu_seconds,
+                    exit_code, exit_signal, attempt, supervisor, stream_id, logs_dropped
+             FROM executions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(StoreError::query("read the execution"))?;
+        let Some(execution) = execution else {
+            return Ok(None);
+        };
+        let logs = sqlx::query_as(
+            "SELECT seq, level, message, logged_at FROM execution_logs
+             WHERE execution_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("read the execution's logs"))?;
+        Ok(Some(ExecutionDetail { execution, logs }))
+    }
+}
+
+/// PostgreSQL text cannot hold NUL; replace it rather than fail a whole batch.
+pub(crate) fn strip_nul(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// JSON text that `::jsonb` will accept: `text` itself when it is JSON without a
+/// `\u0000` escape (jsonb rejects those), the same document with NULs replaced when it
+/// has one, and `text` as a JSON string otherwise.
+pub(crate) fn json_or_string(text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) if text.contains("\\u0000") => {
+            serde_json::to_string(&without_nul(value)).unwrap_or_else(|_| "null".to_string())
+        }
+        Ok(_) => text.to_string(),
+        Err(_) => serde_json::Value::String(strip_nul(text)).to_string(),
+    }
+}
+
+fn without_nul(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(strip_nul(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (strip_nul(&k), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_or_string;
+
+    #[test]
+    fn json_is_made_storable() {
+        assert_eq!(json_or_string(r#"{"a":1}"#), r#"{"a":1}"#);
+        assert_eq!(json_or_string("not json"), r#""not json""#);
+        assert_eq!(
+            json_or_string(r#"{"a":"x\u0000y"}"#),
+            "{\"a\":\"x\u{FFFD}y\"}"
+        );
+    }
+}

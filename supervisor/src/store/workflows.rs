@@ -1,0 +1,335 @@
+//! Workflows and organizations: `warden push` (upsert by organization and name),
+//! `warden workflows` (list), and [`Store::load_for_batch`], the single query the intake
+//! makes per batch to resolve every workflow the batch names.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::store::{Store, StoreError};
+
+/// How a request names a workflow: by id (the request's `workflow` is all digits) or by
+/// name within an organization (`None`: a global workflow).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WorkflowRef {
+    Id(i64),
+    Name { org: Option<String>, name: String },
+}
+
+impl WorkflowRef {
+    /// Interpret a request's `workflow` and `org` fields. An all-digit `workflow` is an
+    /// id (and `org` is then not part of the lookup: compare [`Workflow::org`] yourself
+    /// if it must match); anything else is a name. An empty `org` means none.
+    pub fn parse(workflow: &str, org: Option<&str>) -> WorkflowRef {
+        if !workflow.is_empty() && workflow.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(id) = workflow.parse() {
+                return WorkflowRef::Id(id);
+            }
+        }
+        WorkflowRef::Name {
+            org: org.filter(|o| !o.is_empty()).map(str::to_string),
+            name: workflow.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkflowRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkflowRef::Id(id) => write!(f, "#{id}"),
+            WorkflowRef::Name {
+                org: Some(org),
+                name,
+            } => write!(f, "{org}/{name}"),
+            WorkflowRef::Name { org: None, name } => f.write_str(name),
+        }
+    }
+}
+
+/// An active workflow, everything needed to run it and account for it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Workflow {
+    pub id: i64,
+    pub org_id: Option<i64>,
+    /// The organization's name (`None`: global).
+    pub org: Option<String>,
+    pub name: String,
+    pub path: String,
+    pub function_name: String,
+    pub source: String,
+    pub default_timeout_ms: Option<i32>,
+    pub time_saved_seconds: f64,
+    pub value: f64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What `warden push` sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowSpec {
+    /// Organization name, created if new. `None`: a global workflow.
+    pub org: Option<String>,
+    pub name: String,
+    pub path: String,
+    pub function_name: String,
+    pub source: String,
+    pub default_timeout_ms: Option<i32>,
+    /// ROI per successful execution; `None` keeps the stored value (0 for a new one).
+    pub time_saved_seconds: Option<f64>,
+    pub value: Option<f64>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushAction {
+    Created,
+    Updated,
+    /// Already stored exactly like this (also re-activates nothing: it was active).
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushResult {
+    pub id: i64,
+    pub org_id: Option<i64>,
+    pub action: PushAction,
+}
+
+/// One line of `warden workflows` (no source).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct WorkflowSummary {
+    pub id: i64,
+    pub org: Option<String>,
+    pub name: String,
+    pub path: String,
+    pub function_name: String,
+    pub default_timeout_ms: Option<i32>,
+    pub active: bool,
+    pub time_saved_seconds: f64,
+    pub value: f64,
+    pub updated_at: DateTime<Utc>,
+}
+
+const WORKFLOW_COLUMNS: &str = "w.id, w.org_id, o.name AS org, w.name, w.path, w.function_name, \
+     w.source, w.default_timeout_ms, w.time_saved_seconds, w.value, w.updated_at";
+
+impl Store {
+    /// The id of the organization called `name`, creating it if needed.
+    pub async fn org_get_or_create(&self, name: &str) -> Result<i64, StoreError> {
+        if name.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "organization name",
+                reason: "it is empty".to_string(),
+            });
+        }
+        // The insert's RETURNING is empty when the name exists; the second branch then
+        // finds it (it existed before this statement's snapshot).
+        sqlx::query_scalar(
+            "WITH ins AS (
+                 INSERT INTO organizations (name) VALUES ($1)
+                 ON CONFLICT (name) DO NOTHING RETURNING id
+             )
+             SELECT id FROM ins
+             UNION ALL
+             SELECT id FROM organizations WHERE name = $1
+             LIMIT 1",
+        )
+        .bind(name)
+        .fetch_one(self.pool())
+        .await
+        .map_err(StoreError::query("get or create the organization"))
+    }
+
+    /// Create the workflow, or update the one with the same organization and name
+    /// (keeping its id). A pushed workflow is active.
+    pub async fn push_workflow(&self, spec: &WorkflowSpec) -> Result<PushResult, StoreError> {
+        validate(spec)?;
+        let org_id = match spec.org.as_deref().filter(|o| !o.is_empty()) {
+            Some(org) => Some(self.org_get_or_create(org).await?),
+            None => None,
+        };
+        // `up` returns a row only when something was inserted or changed; otherwise the
+        // second branch reports the existing row as unchanged. `xmax = 0` tells an
+        // inserted row from an updated one.
+        let (id, created, changed): (i64, bool, bool) = sqlx::query_as(
+            "WITH up AS (
+                 INSERT INTO workflows AS w (org_id, name, path, function_name, source,
+                                             default_timeout_ms, time_saved_seconds, value)
+                 VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 0), COALESCE($8, 0))
+                 ON CONFLICT (org_id, name) DO UPDATE SET
+                     path = EXCLUDED.path,
+                     function_name = EXCLUDED.function_name,
+                     source = EXCLUDED.source,
+                     default_timeout_ms = EXCLUDED.default_timeout_ms,
+                     time_saved_seconds = COALESCE($7, w.time_saved_seconds),
+                     value = COALESCE($8, w.value),
+                     active = true,
+                     updated_at = now()
+                 WHERE (w.path, w.function_name, w.source, w.default_timeout_ms,
+                        w.time_saved_seconds, w.value, w.active)
+                       IS DISTINCT FROM
+                       (EXCLUDED.path, EXCLUDED.function_name, EXCLUDED.source,
+                        EXCLUDED.default_timeout_ms, COALESCE($7, w.time_saved_seconds),
+                        COALESCE($8, w.value), true)
+                 RETURNING w.id, (w.xmax = 0) AS created
+             )
+             SELECT id, created, true FROM up
+             UNION ALL
+             SELECT id, false, false FROM workflows
+             WHERE org_id IS NOT DISTINCT FROM $1 AND name = $2 AND NOT EXISTS (SELECT 1 FROM up)",
+        )
+        .bind(org_id)
+        .bind(&spec.name)
+        .bind(&spec.path)
+        .bind(&spec.function_name)
+        .bind(&spec.source)
+        .bind(spec.default_timeout_ms)
+        .bind(spec.time_saved_seconds)
+        .bind(spec.value)
+        .fetch_one(self.pool())
+        .await
+        .map_err(StoreError::query("push the workflow"))?;
+        let action = match (created, changed) {
+            (true, _) => PushAction::Created,
+            (false, true) => PushAction::Updated,
+            (false, false) => PushAction::Unchanged,
+        };
+        tracing::info!(id, name = %spec.name, org = ?spec.org, ?action, "workflow pushed");
+        Ok(PushResult { id, org_id, action })
+    }
+
+    /// Every workflow (active or not), by organization then name.
+    pub async fn list_workflows(&self) -> Result<Vec<WorkflowSummary>, StoreError> {
+        sqlx::query_as(
+            "SELECT w.id, o.name AS org, w.name, w.path, w.function_name, w.default_timeout_ms,
+                    w.active, w.time_saved_seconds, w.value, w.updated_at
+             FROM workflows w LEFT JOIN organizations o ON o.id = w.org_id
+             ORDER BY o.name NULLS FIRST, w.name",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("list workflows"))
+    }
+
+    /// Resolve every reference of a batch in ONE query. References that name no active
+    /// workflow are absent from the map (the caller records those requests as
+    /// `UnknownWorkflow`). A name without an organization finds only a global workflow.
+    pub async fn load_for_batch(
+        &self,
+        refs: &[WorkflowRef],
+    ) -> Result<HashMap<WorkflowRef, Workflow>, StoreError> {
+        let wanted: HashSet<&WorkflowRef> = refs.iter().collect();
+        let mut ids: Vec<i64> = Vec::new();
+        let mut orgs: Vec<Option<&str>> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        for r in &wanted {
+            match r {
+                // PostgreSQL text cannot hold NUL, so no stored workflow has it: skip the
+                // reference rather than fail the batch's query.
+                WorkflowRef::Name { org, name }
+                    if name.contains('\0') || org.as_ref().is_some_and(|o| o.contains('\0')) => {}
+                WorkflowRef::Id(id) => ids.push(*id),
+                WorkflowRef::Name { org, name } => {
+                    orgs.push(org.as_deref());
+                    names.push(name);
+                }
+            }
+        }
+        if ids.is_empty() && names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS}
+             FROM workflows w LEFT JOIN organizations o ON o.id = w.org_id
+             WHERE w.active
+               AND (w.id = ANY($1)
+                    OR EXISTS (SELECT 1 FROM UNNEST($2::text[], $3::text[]) AS r(org, name)
+                               WHERE r.name = w.name AND r.org IS NOT DISTINCT FROM o.name))"
+        );
+        let rows: Vec<Workflow> = sqlx::query_as(&sql)
+            .bind(&ids)
+            .bind(&orgs)
+            .bind(&names)
+            .fetch_all(self.pool())
+            .await
+            .map_err(StoreError::query("load the batch's workflows"))?;
+        let mut found = HashMap::with_capacity(wanted.len());
+        for w in rows {
+            let by_name = WorkflowRef::Name {
+                org: w.org.clone(),
+                name: w.name.clone(),
+            };
+            if wanted.contains(&by_name) {
+                found.insert(by_name, w.clone());
+            }
+            let by_id = WorkflowRef::Id(w.id);
+            if wanted.contains(&by_id) {
+                found.insert(by_id, w);
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn validate(spec: &WorkflowSpec) -> Result<(), StoreError> {
+    let invalid = |reason: &str| {
+        Err(StoreError::Invalid {
+            what: "workflow",
+            reason: format!("`{}`: {reason}", spec.name),
+        })
+    };
+    if spec.name.is_empty() {
+        return invalid("the name is empty");
+    }
+    if spec.name.bytes().all(|b| b.is_ascii_digit()) {
+        return invalid("an all-digit name would be read as a workflow id");
+    }
+    if spec.function_name.is_empty() {
+        return invalid("the function name is empty");
+    }
+    if spec.default_timeout_ms.is_some_and(|t| t <= 0) {
+        return invalid("the default timeout must be positive");
+    }
+    let has_nul = [&spec.name, &spec.path, &spec.function_name, &spec.source]
+        .iter()
+        .any(|s| s.contains('\0'));
+    if has_nul {
+        return invalid("text contains a NUL character");
+    }
+    if [spec.time_saved_seconds, spec.value]
+        .iter()
+        .flatten()
+        .any(|v| !v.is_finite())
+    {
+        return invalid("ROI values must be finite numbers");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkflowRef;
+
+    #[test]
+    fn parses_ids_and_names() {
+        assert_eq!(WorkflowRef::parse("42", Some("acme")), WorkflowRef::Id(42));
+        assert_eq!(
+            WorkflowRef::parse("report", Some("acme")),
+            WorkflowRef::Name {
+                org: Some("acme".into()),
+                name: "report".into()
+            }
+        );
+        assert_eq!(
+            WorkflowRef::parse("report", Some("")),
+            WorkflowRef::Name {
+                org: None,
+                name: "report".into()
+            }
+        );
+        // Too large for an id: a name.
+        assert!(matches!(
+            WorkflowRef::parse("99999999999999999999", None),
+            WorkflowRef::Name { .. }
+        ));
+    }
+}

@@ -1,0 +1,192 @@
+//! `begin_batch`: new executions run with attempt 1, a non-terminal one taken up again
+//! runs with the next attempt, a committed one is reported done (acknowledge, don't
+//! run). Rejected requests become `failed` rows; `list` and `show` read them back.
+
+use std::time::Duration;
+
+use warden::outcome::Status;
+use warden::store::{
+    Begin, Disposition, ExecutionFilter, ExecutionStatus, NewExecution, Rejected, Writer,
+    WriterConfig,
+};
+use warden_tests::db::fixtures::{completed, new_execution};
+use warden_tests::db::TestDb;
+
+#[tokio::test]
+async fn begin_batch_runs_new_retries_non_terminal_and_skips_committed() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+
+    let batch: Vec<NewExecution> = ["a", "b", "c"]
+        .iter()
+        .map(|id| new_execution(id, None))
+        .collect();
+    let first = s.begin_batch(&batch).await.unwrap();
+    assert_eq!(first, vec![Begin::Run { attempt: 1 }; 3]);
+
+    // "c" finishes and is committed by the writer.
+    let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
+    writer
+        .submit(completed("c", Status::Timeout, 2, None, None))
+        .await
+        .unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Recorded);
+
+    // The supervisor died; the messages are reclaimed (with a new one, "d", and "a"
+    // twice in the same batch).
+    let mut again: Vec<NewExecution> = ["a", "b", "c", "d", "a"]
+        .iter()
+        .map(|id| NewExecution {
+            supervisor: "sup-2".to_string(),
+            ..new_execution(id, None)
+        })
+        .collect();
+    again[3].params_json = "not json".to_string();
+    let second = s.begin_batch(&again).await.unwrap();
+    assert_eq!(
+        second,
+        vec![
+            Begin::Run { attempt: 2 },
+            Begin::Run { attempt: 2 },
+            Begin::AlreadyDone {
+                status: Status::Timeout
+            },
+            Begin::Run { attempt: 1 },
+            Begin::Duplicate,
+        ]
+    );
+    let third = s.begin_batch(&again[..1]).await.unwrap();
+    assert_eq!(third, vec![Begin::Run { attempt: 3 }]);
+
+    let a = s.show_execution("a").await.unwrap().unwrap().execution;
+    assert_eq!(a.status, ExecutionStatus::Running);
+    assert_eq!(a.supervisor.as_deref(), Some("sup-2"));
+    assert_eq!(a.params, Some(serde_json::json!({"n": 1})));
+    assert!(a.started_at.is_some());
+    // Params that are not JSON are kept, as a JSON string, rather than failing the batch.
+    let d = s.show_execution("d").await.unwrap().unwrap().execution;
+    assert_eq!(d.params, Some(serde_json::json!("not json")));
+    // The committed row was not touched.
+    let c = s.show_execution("c").await.unwrap().unwrap();
+    assert_eq!(c.execution.status, ExecutionStatus::Timeout);
+    assert_eq!(c.execution.attempt, 1);
+    assert_eq!(c.logs.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![0, 1]);
+
+    drop(writer);
+    assert!(
+        committed.recv().await.is_none(),
+        "writer finishes when its handles are gone"
+    );
+}
+
+#[tokio::test]
+async fn begin_batch_takes_odd_input_without_failing_the_batch() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+    // A NUL in an id (stored with U+FFFD, as the writer does), and a workflow id that
+    // does not exist (deleted since the batch was loaded): recorded, not an error.
+    let rows = vec![
+        new_execution("x\0y", None),
+        new_execution("gone", Some(987_654)),
+        new_execution("ok", None),
+    ];
+    let begun = s.begin_batch(&rows).await.unwrap();
+    assert_eq!(begun, vec![Begin::Run { attempt: 1 }; 3]);
+    let gone = s.show_execution("gone").await.unwrap().unwrap().execution;
+    assert_eq!(gone.workflow_id, None);
+
+    let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
+    writer
+        .submit(completed("x\0y", Status::Success, 1, None, None))
+        .await
+        .unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Recorded);
+    let again = s.begin_batch(&rows[..1]).await.unwrap();
+    assert_eq!(
+        again,
+        vec![Begin::AlreadyDone {
+            status: Status::Success
+        }]
+    );
+}
+
+#[tokio::test]
+async fn rejected_requests_are_recorded_failed_and_listed() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+
+    let direct = Rejected {
+        id: "r1".to_string(),
+        workflow_name: Some("nope".to_string()),
+        org_id: None,
+        caller: Some("client".to_string()),
+        error_type: "UnknownWorkflow".to_string(),
+        message: "no workflow named `nope`".to_string(),
+        stream_id: Some("5-0".to_string()),
+    };
+    assert!(s.record_rejected(&direct).await.unwrap());
+    assert!(
+        !s.record_rejected(&direct).await.unwrap(),
+        "terminal rows are not rewritten"
+    );
+
+    // Through the writer, so it is acknowledged after COMMIT like any outcome.
+    let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
+    let via_writer = Rejected {
+        id: "r2".to_string(),
+        error_type: "InvalidParams".to_string(),
+        message: "params must be a JSON object".to_string(),
+        stream_id: Some("6-0".to_string()),
+        ..direct.clone()
+    };
+    writer.submit(via_writer.into_completed()).await.unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(10), committed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c[0].stream_id.as_deref(), Some("6-0"));
+    assert_eq!(
+        (c[0].status, c[0].disposition),
+        (Status::Failed, Disposition::Recorded)
+    );
+
+    let r2 = s.show_execution("r2").await.unwrap().unwrap().execution;
+    assert_eq!(r2.status, ExecutionStatus::Failed);
+    assert_eq!(r2.error_type.as_deref(), Some("InvalidParams"));
+    assert_eq!(r2.workflow_name.as_deref(), Some("nope"));
+
+    // Rejections count as failures in the day's total.
+    let failed: i64 = warden::store::sqlx::query_scalar(
+        "SELECT failed FROM daily_metrics WHERE org_id = 0 AND workflow_id = 0",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(failed, 2);
+
+    let all = s
+        .list_executions(&ExecutionFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    let filtered = s
+        .list_executions(&ExecutionFilter {
+            status: Some(ExecutionStatus::Running),
+            ..ExecutionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(filtered.is_empty());
+    let by_name = s
+        .list_executions(&ExecutionFilter {
+            workflow: Some("nope".to_string()),
+            limit: 1,
+            ..ExecutionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_name.len(), 1);
+    assert!(s.show_execution("missing").await.unwrap().is_none());
+}
