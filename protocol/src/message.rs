@@ -29,7 +29,9 @@ pub enum ToWorker {
     Execute(Execute),
     /// Kill the execution's process group now (deadline passed, or cancelled). The
     /// supervisor knows why; the worker only needs to stop it.
-    Kill { execution_id: String },
+    Kill {
+        execution_id: String,
+    },
     /// Finish (no execution is running) and exit.
     Shutdown,
     /// The answer to a [`Request`] of the running execution (relayed to the child).
@@ -150,6 +152,10 @@ pub struct ExecutionResult {
     pub duration_us: u64,
     /// Log lines dropped because the execution passed its log cap.
     pub logs_dropped: u32,
+    /// The SDK writes the execution buffered (config, kv, ROI), as a JSON array, applied
+    /// by the supervisor in the transaction that records the result, only on success.
+    /// Empty when there are none.
+    pub sdk_writes_json: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,17 +7,26 @@ use warden_protocol::frame::{self, FrameError, DEFAULT_MAX_FRAME, PREFIX_LEN};
 use warden_protocol::*;
 
 fn limits() -> impl Strategy<Value = ExecutionLimits> {
-    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
-        |(memory_bytes, cpu_seconds, open_files, max_log_lines, max_log_bytes)| ExecutionLimits {
-            memory_bytes,
-            cpu_seconds,
-            open_files,
-            processes: open_files / 2,
-            max_log_lines,
-            max_log_bytes,
-            max_result_bytes: max_log_bytes / 3,
-        },
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(memory_bytes, cpu_seconds, open_files, max_log_lines, max_log_bytes)| {
+                ExecutionLimits {
+                    memory_bytes,
+                    cpu_seconds,
+                    open_files,
+                    processes: open_files / 2,
+                    max_log_lines,
+                    max_log_bytes,
+                    max_result_bytes: max_log_bytes / 3,
+                }
+            },
+        )
 }
 
 fn to_worker() -> impl Strategy<Value = ToWorker> {
@@ -45,17 +54,19 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
         ),
         ".*".prop_map(|execution_id| ToWorker::Kill { execution_id }),
         Just(ToWorker::Shutdown),
-        (".*", any::<u32>(), any::<bool>(), ".*").prop_map(|(execution_id, request_id, ok, text)| {
-            ToWorker::Reply(Reply {
-                execution_id,
-                request_id,
-                outcome: if ok {
-                    ReplyOutcome::Ok { value_json: text }
-                } else {
-                    ReplyOutcome::Err { message: text }
-                },
-            })
-        }),
+        (".*", any::<u32>(), any::<bool>(), ".*").prop_map(
+            |(execution_id, request_id, ok, text)| {
+                ToWorker::Reply(Reply {
+                    execution_id,
+                    request_id,
+                    outcome: if ok {
+                        ReplyOutcome::Ok { value_json: text }
+                    } else {
+                        ReplyOutcome::Err { message: text }
+                    },
+                })
+            }
+        ),
     ]
 }
 
@@ -77,15 +88,24 @@ fn from_worker() -> impl Strategy<Value = FromWorker> {
         Just(LogLevel::Critical),
     ];
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<u32>(), any::<bool>(), ".*").prop_map(
-            |(v, id, pid, fork, py)| FromWorker::Hello(Hello {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<bool>(),
+            ".*"
+        )
+            .prop_map(|(v, id, pid, fork, py)| FromWorker::Hello(Hello {
                 protocol_version: v,
                 worker_id: id,
                 pid,
-                isolation: if fork { Isolation::Fork } else { Isolation::Reuse },
+                isolation: if fork {
+                    Isolation::Fork
+                } else {
+                    Isolation::Reuse
+                },
                 python_version: py,
-            })
-        ),
+            })),
         (".*", any::<u32>())
             .prop_map(|(execution_id, pid)| FromWorker::Started(Started { execution_id, pid })),
         (".*", any::<u32>(), any::<i64>(), level, ".*").prop_map(
@@ -97,22 +117,25 @@ fn from_worker() -> impl Strategy<Value = FromWorker> {
                 message,
             })
         ),
-        (".*", ".*", any::<u64>(), any::<bool>(), ".*").prop_map(|(execution_id, text, d, ok, tb)| {
-            FromWorker::Result(ExecutionResult {
-                execution_id,
-                outcome: if ok {
-                    Outcome::Success { result_json: text }
-                } else {
-                    Outcome::Failed(ErrorInfo {
-                        error_type: "ValueError".into(),
-                        message: text,
-                        traceback: tb,
-                    })
-                },
-                duration_us: d,
-                logs_dropped: (d % 7) as u32,
-            })
-        }),
+        (".*", ".*", any::<u64>(), any::<bool>(), ".*").prop_map(
+            |(execution_id, text, d, ok, tb)| {
+                FromWorker::Result(ExecutionResult {
+                    execution_id,
+                    outcome: if ok {
+                        Outcome::Success { result_json: text }
+                    } else {
+                        Outcome::Failed(ErrorInfo {
+                            error_type: "ValueError".into(),
+                            message: text,
+                            traceback: tb,
+                        })
+                    },
+                    duration_us: d,
+                    logs_dropped: (d % 7) as u32,
+                    sdk_writes_json: if ok { String::new() } else { "[]".into() },
+                })
+            }
+        ),
         (".*", exit_kind(), any::<u64>(), any::<u64>()).prop_map(|(execution_id, exit, a, b)| {
             FromWorker::Ended(Ended {
                 execution_id,
@@ -123,14 +146,16 @@ fn from_worker() -> impl Strategy<Value = FromWorker> {
                 worker_rss_bytes: a / 2,
             })
         }),
-        (".*", any::<u32>(), "[a-z_]{1,12}", ".*").prop_map(|(execution_id, request_id, op, args_json)| {
-            FromWorker::Request(Request {
-                execution_id,
-                request_id,
-                op,
-                args_json,
-            })
-        }),
+        (".*", any::<u32>(), "[a-z_]{1,12}", ".*").prop_map(
+            |(execution_id, request_id, op, args_json)| {
+                FromWorker::Request(Request {
+                    execution_id,
+                    request_id,
+                    op,
+                    args_json,
+                })
+            }
+        ),
     ]
 }
 
@@ -205,7 +230,10 @@ fn oversized_length_is_refused_before_reading_the_body() {
     let buf = (max as u32 + 1).to_be_bytes();
     assert!(matches!(
         frame::check(&buf, max),
-        Err(FrameError::TooLarge { len: 1025, max: 1024 })
+        Err(FrameError::TooLarge {
+            len: 1025,
+            max: 1024
+        })
     ));
     // A 4 GiB announcement over a stream errors at once, without allocating it.
     let mut r = &[0xffu8, 0xff, 0xff, 0xff, 1, 2, 3][..];
@@ -246,7 +274,8 @@ fn inner_length_larger_than_the_frame_is_a_decode_error() {
 
 #[test]
 fn trailing_bytes_in_a_frame_are_rejected() {
-    let mut body = frame::encode(&ToWorker::Shutdown, DEFAULT_MAX_FRAME).unwrap()[PREFIX_LEN..].to_vec();
+    let mut body =
+        frame::encode(&ToWorker::Shutdown, DEFAULT_MAX_FRAME).unwrap()[PREFIX_LEN..].to_vec();
     body.push(0);
     assert!(matches!(
         frame::decode::<ToWorker>(&body),

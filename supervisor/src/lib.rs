@@ -8,6 +8,7 @@
 //!   reads, and the group-commit writer.
 //! - [`intake`]: Redis: the execution stream and its consumer group, dead letters,
 //!   cancel requests, completion and status publishing.
+//! - [`serve`]: the daemon: intake → pool → group-commit writer → acknowledgement.
 //! - [`cli`]: the command line (clap), and the subcommands that are not the daemon.
 //! - [`exec_cmd`]: `warden exec`, one workflow through the pool with no services.
 //! - [`bench`]: `warden bench`.
@@ -19,5 +20,6 @@ pub mod exec_cmd;
 pub mod intake;
 pub mod outcome;
 pub mod pool;
+pub mod serve;
 pub mod store;
 pub mod telemetry;

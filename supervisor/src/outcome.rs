@@ -75,13 +75,19 @@ pub struct ExecutionOutcome {
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
     pub logs_dropped: u32,
+    /// SDK writes to apply with the result (JSON array; empty: none). Applied only when
+    /// the status is `success`.
+    pub sdk_writes_json: String,
 }
 
 /// What the pool reports, in order per execution: `Started`, `Log`* and `Request`*,
 /// `Finished`.
 #[derive(Debug, Clone)]
 pub enum PoolEvent {
-    Started { execution_id: String, pid: u32 },
+    Started {
+        execution_id: String,
+        pid: u32,
+    },
     Log(Log),
     /// The running execution asks something; answer with [`crate::pool::Pool::reply`].
     /// It blocks until answered (or until its deadline).

@@ -252,6 +252,7 @@ pub mod fixtures {
             exit_code: (status == Status::Crashed).then_some(1),
             exit_signal: (status == Status::Timeout).then_some(9),
             logs_dropped: 0,
+            sdk_writes_json: String::new(),
         }
     }
 

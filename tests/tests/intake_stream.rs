@@ -49,6 +49,7 @@ fn success(execution_id: &str, result: &str) -> ExecutionOutcome {
         exit_code: None,
         exit_signal: None,
         logs_dropped: 0,
+        sdk_writes_json: String::new(),
     }
 }
 

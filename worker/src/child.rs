@@ -51,6 +51,7 @@ pub fn run(
             }),
             duration_us: 0,
             logs_dropped: 0,
+            sdk_writes_json: String::new(),
         };
         let code = match runner::write_result(CONNECTION_FD, result, max_frame) {
             Ok(()) => 0,

@@ -353,6 +353,7 @@ fn not_started(
             }),
             duration_us: 0,
             logs_dropped: 0,
+            sdk_writes_json: String::new(),
         }),
         "sending a Result",
     )?;

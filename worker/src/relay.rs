@@ -209,6 +209,7 @@ mod tests {
             },
             duration_us: 1,
             logs_dropped: 0,
+            sdk_writes_json: String::new(),
         });
         frame::encode(&msg, MAX).unwrap()
     }

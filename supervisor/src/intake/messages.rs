@@ -265,6 +265,7 @@ mod tests {
             exit_code: None,
             exit_signal: None,
             logs_dropped: 0,
+            sdk_writes_json: String::new(),
         }
     }
 

@@ -806,6 +806,7 @@ impl Dispatcher {
             exit_code: None,
             exit_signal: None,
             logs_dropped: 0,
+            sdk_writes_json: String::new(),
         }
     }
 
@@ -835,6 +836,7 @@ impl Dispatcher {
         match r.result {
             Some(res) => {
                 out.logs_dropped = res.logs_dropped;
+                out.sdk_writes_json = res.sdk_writes_json;
                 match res.outcome {
                     Outcome::Success { result_json } => {
                         out.status = Status::Success;
@@ -892,6 +894,7 @@ fn base_outcome(r: &Running) -> ExecutionOutcome {
         exit_code: None,
         exit_signal: None,
         logs_dropped: r.result.as_ref().map_or(0, |x| x.logs_dropped),
+        sdk_writes_json: String::new(),
     }
 }
 

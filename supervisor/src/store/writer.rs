@@ -92,6 +92,7 @@ impl Completed {
                 exit_code: None,
                 exit_signal: None,
                 logs_dropped: 0,
+                sdk_writes_json: String::new(),
             },
             logs: Vec::new(),
             workflow_id: None,
@@ -137,6 +138,7 @@ impl Completed {
                 logs_dropped: o
                     .logs_dropped
                     .saturating_add(u32::try_from(self.logs.len()).unwrap_or(u32::MAX)),
+                sdk_writes_json: String::new(),
             },
             logs: Vec::new(),
             workflow_id: None,

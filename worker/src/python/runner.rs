@@ -61,6 +61,7 @@ impl Runner {
             outcome,
             duration_us,
             logs_dropped: report.logs_dropped,
+            sdk_writes_json: String::new(),
         };
         write_result(fd, result, max_frame)
     }
@@ -173,6 +174,7 @@ pub fn write_result(fd: RawFd, mut result: ExecutionResult, max_frame: usize) ->
                 }),
                 duration_us,
                 logs_dropped,
+                sdk_writes_json: String::new(),
             };
             frame::encode(&FromWorker::Result(fallback), max_frame)
                 .map_err(|e| io::Error::other(e.to_string()))?
@@ -224,6 +226,7 @@ mod tests {
                 },
                 duration_us: 1,
                 logs_dropped: 0,
+                sdk_writes_json: String::new(),
             },
             4096,
         );
@@ -248,6 +251,7 @@ mod tests {
                 }),
                 duration_us: 1,
                 logs_dropped: 0,
+                sdk_writes_json: String::new(),
             },
             4096,
         );
