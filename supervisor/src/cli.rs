@@ -15,9 +15,10 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "warden", version, about, long_about = None)]
 pub struct Cli {
-    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
-    #[arg(long, global = true, default_value = "info", env = "WARDEN_LOG_LEVEL")]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it). Default:
+    /// info for `serve`, warn for the other commands.
+    #[arg(long, global = true, env = "WARDEN_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// Log format on stderr.
     #[arg(
         long,
@@ -40,6 +41,43 @@ pub enum Command {
     Exec(ExecArgs),
     /// Measure the pool: executions/s, latency percentiles, spawn time and RSS.
     Bench(crate::bench::BenchArgs),
+    /// Run the supervisor daemon: take executions from the Redis stream, run them in
+    /// the worker pool, and record them in PostgreSQL. SIGTERM/SIGINT drain; a second
+    /// signal stops at once.
+    Serve(crate::cmd::serve::ServeArgs),
+    /// Create the database if needed and bring its schema up to date.
+    Migrate {
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
+    /// Store and list workflows.
+    Workflow {
+        #[command(subcommand)]
+        cmd: crate::cmd::workflow::WorkflowCmd,
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
+    /// Queue an execution of a workflow (and, with --wait, follow it to its end).
+    Submit(crate::cmd::submit::SubmitArgs),
+    /// List executions, or show one with its logs.
+    Executions {
+        #[command(subcommand)]
+        cmd: crate::cmd::executions::ExecutionsCmd,
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
+    /// Cancel a queued or running execution (it ends `cancelled`).
+    Cancel {
+        /// The execution's id.
+        id: String,
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
+    /// Live supervisors, their workers, and the stream's backlog.
+    Status {
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
 }
 
 #[derive(Debug, Args)]

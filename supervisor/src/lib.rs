@@ -10,12 +10,15 @@
 //!   cancel requests, completion and status publishing.
 //! - [`serve`]: the daemon: intake → pool → group-commit writer → acknowledgement.
 //! - [`cli`]: the command line (clap), and the subcommands that are not the daemon.
+//! - [`cmd`]: the subcommands that use the services (serve, migrate, workflow, submit,
+//!   executions, cancel, status), one file each.
 //! - [`exec_cmd`]: `warden exec`, one workflow through the pool with no services.
 //! - [`bench`]: `warden bench`.
 //! - [`telemetry`]: tracing set-up (human or JSON).
 
 pub mod bench;
 pub mod cli;
+pub mod cmd;
 pub mod exec_cmd;
 pub mod intake;
 pub mod outcome;

@@ -7,10 +7,22 @@ use warden::cli::{Cli, Command};
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    warden::telemetry::init(&cli.log_level, cli.log_format);
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    warden::telemetry::init(level, cli.log_format);
     let result = match cli.command {
         Command::Exec(args) => warden::exec_cmd::run(args).await,
         Command::Bench(args) => warden::bench::run(args).await,
+        Command::Serve(args) => warden::cmd::serve::run(args).await,
+        Command::Migrate { conn } => warden::cmd::migrate::run(conn).await,
+        Command::Workflow { cmd, conn } => warden::cmd::workflow::run(conn, cmd).await,
+        Command::Submit(args) => warden::cmd::submit::run(args).await,
+        Command::Executions { cmd, conn } => warden::cmd::executions::run(conn, cmd).await,
+        Command::Cancel { id, conn } => warden::cmd::cancel::run(conn, id).await,
+        Command::Status { conn } => warden::cmd::status::run(conn).await,
     };
     match result {
         Ok(code) => std::process::exit(code),

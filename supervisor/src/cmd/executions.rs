@@ -1,0 +1,116 @@
+//! `warden executions list|show`: what ran, how it ended, and its logs.
+
+use clap::Subcommand;
+
+use super::ConnArgs;
+use crate::store::{ExecutionFilter, ExecutionStatus};
+
+#[derive(Debug, Subcommand)]
+pub enum ExecutionsCmd {
+    /// Recent executions, newest first.
+    List {
+        /// Only this status: pending, running, success, failed, timeout, cancelled, crashed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this workflow (name).
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One execution: status, result or error, resources, and its logs.
+    Show { id: String },
+}
+
+pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, String> {
+    let store = conn.store().await?;
+    let code = match cmd {
+        ExecutionsCmd::List {
+            status,
+            workflow,
+            limit,
+        } => {
+            let status = status
+                .map(|s| {
+                    ExecutionStatus::try_from(s.clone()).map_err(|_| {
+                        format!("unknown status `{s}`: use pending, running, success, failed, timeout, cancelled or crashed")
+                    })
+                })
+                .transpose()?;
+            let rows = store
+                .list_executions(&ExecutionFilter {
+                    status,
+                    workflow,
+                    limit,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{:<38} {:<20} {:<10} {:>7} {:>10}  error", "id", "workflow", "status", "attempt", "ms");
+            for r in rows {
+                println!(
+                    "{:<38} {:<20} {:<10} {:>7} {:>10}  {}",
+                    r.id,
+                    r.workflow_name.as_deref().unwrap_or("-"),
+                    r.status,
+                    r.attempt,
+                    r.duration_ms.map(|d| format!("{d:.1}")).unwrap_or_default(),
+                    r.error_type.as_deref().unwrap_or(""),
+                );
+            }
+            0
+        }
+        ExecutionsCmd::Show { id } => {
+            let Some(d) = store.show_execution(&id).await.map_err(|e| e.to_string())? else {
+                return Err(format!("no execution with id `{id}`"));
+            };
+            let e = &d.execution;
+            println!("id:        {}", e.id);
+            println!("workflow:  {}", e.workflow_name.as_deref().unwrap_or("-"));
+            println!("status:    {} (attempt {})", e.status, e.attempt);
+            println!("queued:    {}", e.queued_at);
+            if let Some(t) = e.started_at {
+                println!("started:   {t}");
+            }
+            if let Some(t) = e.completed_at {
+                println!("completed: {t}");
+            }
+            if let Some(ms) = e.duration_ms {
+                println!(
+                    "resources: {ms:.1} ms, CPU {:.3} s, peak memory {:.1} MiB",
+                    e.cpu_seconds.unwrap_or(0.0),
+                    e.peak_memory_bytes.unwrap_or(0) as f64 / 1048576.0
+                );
+            }
+            if let Some(c) = e.exit_code {
+                println!("exit code: {c}");
+            }
+            if let Some(s) = e.exit_signal {
+                println!("signal:    {s}");
+            }
+            if let Some(p) = &e.params {
+                println!("params:    {p}");
+            }
+            if let Some(r) = &e.result {
+                println!("result:    {r}");
+            }
+            if let Some(t) = &e.error_type {
+                println!("error:     {t}: {}", e.error_message.as_deref().unwrap_or(""));
+            }
+            if let Some(tb) = e.traceback.as_deref().filter(|t| !t.is_empty()) {
+                println!("traceback:\n{tb}");
+            }
+            if !d.logs.is_empty() {
+                println!("logs:");
+                for l in &d.logs {
+                    println!("  {:>4} [{}] {}", l.seq, l.level, l.message);
+                }
+            }
+            if e.logs_dropped > 0 {
+                println!("  ({} more lines dropped by the log cap)", e.logs_dropped);
+            }
+            0
+        }
+    };
+    store.close().await;
+    Ok(code)
+}

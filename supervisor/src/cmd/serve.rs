@@ -1,0 +1,75 @@
+//! `warden serve`: flags → [`crate::serve::ServeConfig`], signals → the drain.
+
+use std::time::Duration;
+
+use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use super::ConnArgs;
+use crate::cli::{parse_duration, PoolArgs};
+use crate::serve::{serve, ServeConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// PostgreSQL connections, all opened at start-up and kept (plus none per
+    /// execution, ever).
+    #[arg(long, default_value_t = 2)]
+    pub db_connections: u32,
+    /// This supervisor's name in the stream's consumer group (default: host-pid).
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// Most executions written in one transaction.
+    #[arg(long, default_value_t = 256)]
+    pub commit_batch: usize,
+    /// Longest a result waits for others to share its transaction.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub commit_delay: Duration,
+    /// Results held in memory while PostgreSQL is unreachable; intake pauses past it.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_pending_results: usize,
+    /// Entries another (dead) supervisor left unfinished this long are taken over.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub reclaim_idle: Duration,
+}
+
+pub async fn run(args: ServeArgs) -> Result<i32, String> {
+    let (run_dir, _guard) = args
+        .pool
+        .run_dir()
+        .map_err(|e| format!("cannot create a run directory: {e}"))?;
+    let mut cfg = ServeConfig::new(
+        args.pool.to_config(run_dir),
+        args.conn.database_url.clone(),
+        args.conn.redis_url.clone(),
+    );
+    cfg.key_prefix = args.conn.key_prefix.clone();
+    cfg.db_connections = args.db_connections.max(1);
+    if let Some(c) = args.consumer {
+        cfg.consumer = c;
+    }
+    cfg.writer.max_batch = args.commit_batch.max(1);
+    cfg.writer.max_delay = args.commit_delay;
+    cfg.writer.max_pending = args.max_pending_results.max(1);
+    cfg.drain_timeout = args.pool.drain_timeout;
+    cfg.reclaim_idle = args.reclaim_idle;
+
+    let (tx, rx) = watch::channel(0u32);
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    serve(cfg, rx).await.map_err(|e| e.to_string())?;
+    Ok(0)
+}

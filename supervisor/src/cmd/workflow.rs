@@ -1,0 +1,95 @@
+//! `warden workflow push|list`: store workflows (source and how to run them).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::ConnArgs;
+use crate::store::{PushAction, WorkflowSpec};
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCmd {
+    /// Store a workflow from a Python file (updates it when the name exists).
+    Push {
+        /// The workflow's Python file.
+        file: PathBuf,
+        /// Its name, unique within its organization.
+        #[arg(long)]
+        name: String,
+        /// The function to call.
+        #[arg(long, default_value = "run")]
+        function: String,
+        /// Default deadline of its executions (`30`, `500ms`, `2m`).
+        #[arg(long, value_parser = crate::cli::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Organization (created if new); none: a global workflow.
+        #[arg(long)]
+        org: Option<String>,
+        /// Seconds of human work one successful execution saves (ROI metrics).
+        #[arg(long)]
+        time_saved: Option<f64>,
+        /// Value of one successful execution (ROI metrics).
+        #[arg(long)]
+        value: Option<f64>,
+    },
+    /// List stored workflows.
+    List,
+}
+
+pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
+    let store = conn.store().await?;
+    match cmd {
+        WorkflowCmd::Push {
+            file,
+            name,
+            function,
+            timeout,
+            org,
+            time_saved,
+            value,
+        } => {
+            let source = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read workflow file {}: {e}", file.display()))?;
+            let path = file
+                .file_name()
+                .map(|f| format!("workflows/{}", f.to_string_lossy()))
+                .unwrap_or_else(|| format!("workflows/{name}.py"));
+            let spec = WorkflowSpec {
+                org,
+                name: name.clone(),
+                path,
+                function_name: function,
+                source,
+                default_timeout_ms: timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32),
+                time_saved_seconds: time_saved,
+                value,
+            };
+            let r = store.push_workflow(&spec).await.map_err(|e| e.to_string())?;
+            let what = match r.action {
+                PushAction::Created => "created",
+                PushAction::Updated => "updated",
+                PushAction::Unchanged => "unchanged",
+            };
+            println!("workflow {name} {what} (id {})", r.id);
+        }
+        WorkflowCmd::List => {
+            let all = store.list_workflows().await.map_err(|e| e.to_string())?;
+            println!("{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}", "id", "org", "name", "path", "function", "timeout");
+            for w in all {
+                println!(
+                    "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
+                    w.id,
+                    w.org.as_deref().unwrap_or("-"),
+                    w.name,
+                    w.path,
+                    w.function_name,
+                    w.default_timeout_ms
+                        .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                        .unwrap_or_else(|| "default".into()),
+                );
+            }
+        }
+    }
+    store.close().await;
+    Ok(0)
+}

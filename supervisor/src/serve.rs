@@ -1,0 +1,341 @@
+//! `warden serve`: the daemon. Intake from the Redis stream, the worker pool, and the
+//! group-commit writer, joined by one loop.
+//!
+//! ```text
+//!  reader task ──Vec<Dispatch>──▶ main loop ──Job──▶ pool ──PoolEvent──▶ main loop
+//!   (XREADGROUP, one query for        │                                     │
+//!    the batch's workflows, one       │ logs (live, batched PUBLISH)        │ Completed
+//!    MGET of cancel markers, one      ▼                                     ▼
+//!    INSERT marking them running)   Redis                       writer (1 tx per batch)
+//!                                                                           │ Committed
+//!                                                         acker task ◀──────┘
+//!                                                         (XACK+XDEL+PUBLISH, 1 pipeline)
+//! ```
+//!
+//! - **Capacity.** The reader takes as many stream entries as there are free worker
+//!   slots (a semaphore with one permit per worker; the main loop returns a permit when
+//!   an execution finishes), so the stream, not memory, holds the backlog and other
+//!   supervisors can take what this one cannot.
+//! - **Back-pressure.** While the database is away the writer keeps results in memory
+//!   up to its bound; `submit` then waits, the main loop stops returning permits, and
+//!   intake pauses. Nothing is acknowledged before it is committed.
+//! - **Shutdown.** The first signal stops intake and drains the pool for
+//!   `--drain-timeout` (what is still running is then killed and recorded `cancelled`);
+//!   a second signal kills at once. The writer then commits what it holds and the acker
+//!   acknowledges it before the process exits.
+
+pub mod acker;
+pub mod inflight;
+pub mod prepare;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::intake::stream::{KEEP_CLAIMED_EVERY, RECLAIM_MIN_IDLE};
+use crate::intake::{Intake, Keys, SupervisorStatus};
+use crate::outcome::{ExecutionOutcome, PoolEvent, Status};
+use crate::pool::{Pool, PoolConfig};
+use crate::store::{Store, Writer, WriterConfig};
+use inflight::Inflight;
+
+/// Everything `serve` needs; the CLI builds it from flags, tests build it directly.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub pool: PoolConfig,
+    pub database_url: String,
+    pub redis_url: String,
+    /// Prefix of every Redis key ("" in production; tests use their own).
+    pub key_prefix: String,
+    /// PostgreSQL connections, all opened at start-up.
+    pub db_connections: u32,
+    /// This supervisor's consumer name in the stream's group.
+    pub consumer: String,
+    pub writer: WriterConfig,
+    pub drain_timeout: Duration,
+    /// Entries idle this long on another (dead) consumer are taken over.
+    pub reclaim_idle: Duration,
+    /// How long one XREADGROUP waits for new entries.
+    pub read_block: Duration,
+}
+
+impl ServeConfig {
+    pub fn new(pool: PoolConfig, database_url: String, redis_url: String) -> Self {
+        Self {
+            pool,
+            database_url,
+            redis_url,
+            key_prefix: String::new(),
+            db_connections: 2,
+            consumer: default_consumer(),
+            writer: WriterConfig::default(),
+            drain_timeout: Duration::from_secs(30),
+            reclaim_idle: RECLAIM_MIN_IDLE,
+            read_block: Duration::from_millis(200),
+        }
+    }
+}
+
+/// `<host>-<pid>`: unique per live supervisor, stable for its lifetime.
+pub fn default_consumer() -> String {
+    format!(
+        "{}-{}",
+        crate::intake::messages::hostname(),
+        std::process::id()
+    )
+}
+
+/// What `serve` did, for its final log line and for tests.
+#[derive(Debug, Clone, Default)]
+pub struct ServeReport {
+    pub executions: u64,
+    pub by_status: std::collections::BTreeMap<String, u64>,
+}
+
+/// A start-up failure, as one sentence for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServeError(pub String);
+
+/// Runs the daemon until `signals` reports 1 (drain) or 2 (stop now) — the binary feeds
+/// it SIGTERM/SIGINT; tests feed it directly.
+pub async fn serve(
+    cfg: ServeConfig,
+    mut signals: watch::Receiver<u32>,
+) -> Result<ServeReport, ServeError> {
+    let store = Store::connect(&cfg.database_url, cfg.db_connections)
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    store
+        .check_schema()
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    let keys = Keys::new(cfg.key_prefix.clone());
+    let intake = Intake::connect(&cfg.redis_url, keys, cfg.consumer.clone())
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    intake
+        .ensure_group()
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    let mut cancels = intake
+        .cancel_listener()
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+
+    let (pool_tx, mut pool_events) = mpsc::unbounded_channel();
+    let pool = Pool::start(cfg.pool.clone(), pool_tx)
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    let (writer, committed) = Writer::spawn(store.clone(), cfg.writer.clone());
+    let pending_acks = acker::PendingAcks::default();
+    let acker = tokio::spawn(acker::run(intake.clone(), committed, pending_acks.clone()));
+
+    let permits = Arc::new(Semaphore::new(cfg.pool.workers));
+    let (stop_reader, reader_stopped) = watch::channel(false);
+    let (dispatch_tx, mut dispatches) = mpsc::channel(4);
+    let reader = tokio::spawn(
+        prepare::Reader {
+            intake: intake.clone(),
+            store: store.clone(),
+            writer: writer.clone(),
+            acks: pending_acks.clone(),
+            permits: permits.clone(),
+            out: dispatch_tx,
+            consumer: cfg.consumer.clone(),
+            reclaim_idle: cfg.reclaim_idle,
+            read_block: cfg.read_block,
+            default_timeout: cfg.pool.timeout,
+            stop: reader_stopped,
+        }
+        .run(),
+    );
+    tracing::info!(
+        consumer = %cfg.consumer,
+        workers = cfg.pool.workers,
+        db_connections = cfg.db_connections,
+        "serving"
+    );
+
+    let mut inflight = Inflight::default();
+    let mut report = ServeReport::default();
+    let mut live_logs = Vec::new();
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut log_tick = tokio::time::interval(Duration::from_millis(20));
+    let mut last_keep = Instant::now();
+    let mut rate = RateWindow::default();
+    let started = chrono::Utc::now();
+    let mut draining: Option<tokio::task::JoinHandle<()>> = None;
+
+    loop {
+        tokio::select! {
+            changed = signals.changed(), if draining.as_ref().is_none_or(|_| *signals.borrow() < 2) => {
+                let level = if changed.is_err() { 2 } else { *signals.borrow_and_update() };
+                if level >= 1 && draining.is_none() {
+                    tracing::info!(drain = ?cfg.drain_timeout, in_flight = inflight.len(), "shutting down: intake stopped, draining");
+                    let _ = stop_reader.send(true);
+                    let p = pool.clone();
+                    let drain = if level >= 2 { Duration::ZERO } else { cfg.drain_timeout };
+                    draining = Some(tokio::spawn(async move { p.shutdown(drain).await; }));
+                } else if level >= 2 {
+                    tracing::warn!("second signal: killing what is still running");
+                    let p = pool.clone();
+                    tokio::spawn(async move { p.shutdown(Duration::ZERO).await; });
+                }
+            }
+            Some(batch) = dispatches.recv() => {
+                for d in batch {
+                    inflight.insert(d.job.execution_id.clone(), d.meta);
+                    if let Err(job) = pool.submit(d.job) {
+                        // The pool stopped between read and submit: record it, never drop it.
+                        let out = refused(&job.execution_id);
+                        finish(&mut inflight, &writer, &pending_acks, &permits, out, &mut report).await;
+                    }
+                }
+            }
+            Some(ev) = pool_events.recv() => match ev {
+                PoolEvent::Started { .. } => {}
+                PoolEvent::Request(req) => {
+                    pool.reply(crate::pool::unavailable(&req, "this supervisor does not serve it"));
+                }
+                PoolEvent::Log(log) => {
+                    live_logs.push(log.clone());
+                    inflight.log(log);
+                }
+                PoolEvent::Finished(out) => {
+                    finish(&mut inflight, &writer, &pending_acks, &permits, out, &mut report).await;
+                }
+            },
+            Some(sig) = cancels.recv() => match sig {
+                crate::intake::CancelSignal::Cancel(id) => {
+                    if inflight.contains(&id) {
+                        tracing::info!(execution = %id, "cancel requested");
+                        pool.cancel(&id);
+                    }
+                }
+                crate::intake::CancelSignal::Resubscribed => {
+                    // Cancels sent while we were not listening are still marked.
+                    let ids = inflight.ids();
+                    if let Ok(flags) = intake.is_cancelled(&ids).await {
+                        for (id, c) in ids.iter().zip(flags) {
+                            if c { pool.cancel(id); }
+                        }
+                    }
+                }
+            },
+            _ = log_tick.tick(), if !live_logs.is_empty() => {
+                if let Err(e) = intake.publish_logs(&live_logs).await {
+                    tracing::debug!(error = %e, "live log publish failed (logs are still stored)");
+                }
+                live_logs.clear();
+            }
+            _ = status_tick.tick() => {
+                let stats = pool.stats();
+                let mut st = SupervisorStatus::for_this_process(cfg.consumer.clone(), stats.workers as u32);
+                st.workers_busy = stats.busy as u32;
+                st.executions_completed = report.executions;
+                st.executions_per_sec = rate.per_sec(report.executions);
+                st.started_at = started;
+                if let Err(e) = intake.publish_status(&st).await {
+                    tracing::debug!(error = %e, "status publish failed");
+                }
+                if last_keep.elapsed() >= KEEP_CLAIMED_EVERY {
+                    last_keep = Instant::now();
+                    let sids = inflight.stream_ids();
+                    if !sids.is_empty() {
+                        if let Err(e) = intake.keep_claimed(&sids).await {
+                            tracing::warn!(error = %e, "could not refresh claims on running entries");
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(d) = &draining {
+            if d.is_finished() && inflight.is_empty() && pool_events.is_empty() {
+                break;
+            }
+        }
+    }
+
+    let _ = reader.await;
+    drop(writer);
+    // The writer commits what it holds, then closes its channel; the acker drains it.
+    let _ = acker.await;
+    let _ = intake.retire_status().await;
+    store.close().await;
+    tracing::info!(executions = report.executions, statuses = ?report.by_status, "stopped");
+    Ok(report)
+}
+
+/// Hands a finished execution to the writer (which may wait: that is the
+/// back-pressure) and frees its worker permit.
+async fn finish(
+    inflight: &mut Inflight,
+    writer: &crate::store::WriterHandle,
+    acks: &acker::PendingAcks,
+    permits: &Semaphore,
+    out: ExecutionOutcome,
+    report: &mut ServeReport,
+) {
+    report.executions += 1;
+    *report
+        .by_status
+        .entry(out.status.as_str().to_string())
+        .or_default() += 1;
+    let Some((meta, logs)) = inflight.remove(&out.execution_id) else {
+        tracing::warn!(execution = %out.execution_id, "finished execution was not in flight");
+        return;
+    };
+    permits.add_permits(1);
+    acks.expect(&meta.stream_id, &out);
+    let item = meta.into_completed(out, logs);
+    if let Err(e) = writer.submit(item).await {
+        tracing::error!(error = %e, "the result writer stopped; the execution stays pending in the stream and will be reclaimed");
+    }
+}
+
+fn refused(id: &str) -> ExecutionOutcome {
+    ExecutionOutcome {
+        execution_id: id.to_string(),
+        status: Status::Cancelled,
+        result_json: None,
+        error: Some(warden_protocol::ErrorInfo {
+            error_type: "Shutdown".into(),
+            message: "the supervisor was shutting down and did not start this execution".into(),
+            traceback: String::new(),
+        }),
+        started_at: None,
+        finished_at: std::time::SystemTime::now(),
+        duration: Duration::ZERO,
+        peak_memory_bytes: 0,
+        cpu_seconds: 0.0,
+        exit_code: None,
+        exit_signal: None,
+        logs_dropped: 0,
+        sdk_writes_json: String::new(),
+    }
+}
+
+/// Executions per second over the last few status ticks.
+#[derive(Default)]
+struct RateWindow {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl RateWindow {
+    fn per_sec(&mut self, total: u64) -> f64 {
+        let now = Instant::now();
+        self.samples.push_back((now, total));
+        while self.samples.len() > 5 {
+            self.samples.pop_front();
+        }
+        let (t0, n0) = self.samples[0];
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt <= 0.0 {
+            0.0
+        } else {
+            (total - n0) as f64 / dt
+        }
+    }
+}

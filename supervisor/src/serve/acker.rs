@@ -1,0 +1,90 @@
+//! Acknowledging committed executions: for every transaction the writer commits, one
+//! Redis pipeline acknowledges (and deletes) their stream entries and publishes their
+//! completions. Runs only on what the writer reports as committed, so an entry is never
+//! acknowledged before its terminal state is in PostgreSQL. While Redis is away it
+//! retries the same batch (every command in it is safe to repeat); entries left
+//! unacknowledged by a crash are reclaimed and found already done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::intake::{Completion, Done, Intake};
+use crate::outcome::{ExecutionOutcome, Status};
+use crate::store::{Backoff, Committed, Disposition};
+
+/// The completion to publish for each execution handed to the writer, by execution id.
+#[derive(Clone, Default)]
+pub struct PendingAcks(Arc<Mutex<HashMap<String, Done>>>);
+
+impl PendingAcks {
+    /// Remembers what to publish once `out` is committed.
+    pub fn expect(&self, stream_id: &str, out: &ExecutionOutcome) {
+        self.expect_done(&out.execution_id, Done::from_outcome(stream_id, out));
+    }
+
+    pub fn expect_done(&self, execution_id: &str, done: Done) {
+        self.0
+            .lock()
+            .expect("acks lock")
+            .insert(execution_id.to_string(), done);
+    }
+
+    fn take(&self, execution_id: &str) -> Option<Done> {
+        self.0.lock().expect("acks lock").remove(execution_id)
+    }
+}
+
+/// Runs until the writer closes its channel (after it committed everything it held).
+pub async fn run(
+    intake: Intake,
+    mut committed: mpsc::Receiver<Vec<Committed>>,
+    pending: PendingAcks,
+) {
+    while let Some(batch) = committed.recv().await {
+        let dones: Vec<Done> = batch
+            .into_iter()
+            .filter_map(|c| done_for(&pending, c))
+            .collect();
+        ack_with_retry(&intake, &dones).await;
+    }
+}
+
+/// Acknowledges `dones`, retrying with back-off until Redis takes them.
+pub async fn ack_with_retry(intake: &Intake, dones: &[Done]) {
+    if dones.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    while let Err(e) = intake.ack_and_publish(dones).await {
+        let wait = backoff.next_delay();
+        tracing::warn!(error = %e, retry_in = ?wait, n = dones.len(), "cannot acknowledge committed executions yet");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
+    let expected = pending.take(&c.execution_id);
+    let stream_id = expected
+        .as_ref()
+        .map(|d| d.stream_id.clone())
+        .or(c.stream_id.clone())?;
+    match (expected, c.disposition) {
+        (Some(done), Disposition::Recorded) => Some(done),
+        // What is in the database wins: publish that status, not ours.
+        (_, Disposition::AlreadyTerminal) | (None, _) => Some(Done::new(
+            stream_id,
+            Completion::new(c.execution_id, c.status),
+        )),
+        (Some(_), Disposition::Isolated) => {
+            let mut completion = Completion::new(c.execution_id, Status::Failed);
+            completion.error_type = Some("StoreError".into());
+            completion.error_message = Some(
+                "the outcome could not be stored as it was; see `warden executions show`".into(),
+            );
+            Some(Done::new(stream_id, completion))
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! What the main loop remembers about each execution between dispatch and its end:
+//! where it came from (stream entry), what to account it to (workflow, org, ROI), and
+//! the log lines it produced so far (written with its result, in one transaction).
+
+use std::collections::HashMap;
+
+use warden_protocol::Log;
+
+use crate::outcome::ExecutionOutcome;
+use crate::store::Completed;
+
+/// Per-execution facts the writer needs besides the outcome.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub stream_id: String,
+    pub workflow_id: Option<i64>,
+    pub org_id: Option<i64>,
+    pub workflow_name: String,
+    pub caller: Option<String>,
+    pub time_saved_seconds: f64,
+    pub value: f64,
+}
+
+impl Meta {
+    pub fn into_completed(self, outcome: ExecutionOutcome, logs: Vec<Log>) -> Completed {
+        let mut c = Completed::new(outcome);
+        c.logs = logs;
+        c.workflow_id = self.workflow_id;
+        c.org_id = self.org_id;
+        c.time_saved_seconds = self.time_saved_seconds;
+        c.value = self.value;
+        c.stream_id = Some(self.stream_id);
+        c.workflow_name = Some(self.workflow_name);
+        c.caller = self.caller;
+        c
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Inflight {
+    map: HashMap<String, (Meta, Vec<Log>)>,
+}
+
+impl Inflight {
+    pub fn insert(&mut self, id: String, meta: Meta) {
+        self.map.insert(id, (meta, Vec::new()));
+    }
+
+    /// Keeps a log line for its execution (lines for unknown ids are dropped: the
+    /// execution already ended).
+    pub fn log(&mut self, log: Log) {
+        if let Some((_, logs)) = self.map.get_mut(&log.execution_id) {
+            logs.push(log);
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<(Meta, Vec<Log>)> {
+        self.map.remove(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.map.contains_key(id)
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+
+    pub fn stream_ids(&self) -> Vec<String> {
+        self.map
+            .values()
+            .map(|(m, _)| m.stream_id.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

@@ -1,0 +1,383 @@
+//! The reader task: takes stream entries as worker slots free up and turns a batch of
+//! them into dispatchable jobs with a fixed number of round trips per *batch*:
+//!
+//! 1. one `XREADGROUP` (or, periodically, `XAUTOCLAIM` of entries idle on dead
+//!    consumers; once at start-up, this consumer's own pending entries);
+//! 2. one query loading every workflow the batch names;
+//! 3. one `MGET` of cancel markers (cancelled while still queued: never run);
+//! 4. one statement recording the batch `running`, which also says which ids are
+//!    already finished (a replay after a crash) or duplicated.
+//!
+//! Entries that cannot run (malformed, unknown workflow) are dead-lettered with the
+//! reason and recorded `failed` through the writer, so they are acknowledged only
+//! after that row is committed, like any other outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::acker::{ack_with_retry, PendingAcks};
+use super::inflight::Meta;
+use crate::intake::{self, Completion, Done, Entry, Intake, Request};
+use crate::outcome::{ExecutionOutcome, Job, Status};
+use crate::store::{
+    Backoff, Begin, Completed, NewExecution, Store, Workflow, WorkflowRef, WriterHandle,
+};
+
+/// One execution ready for the pool, with what the writer will need afterwards.
+#[derive(Debug)]
+pub struct Dispatch {
+    pub job: Job,
+    pub meta: Meta,
+}
+
+pub struct Reader {
+    pub intake: Intake,
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub acks: PendingAcks,
+    /// One permit per free worker slot.
+    pub permits: Arc<Semaphore>,
+    pub out: mpsc::Sender<Vec<Dispatch>>,
+    pub consumer: String,
+    pub reclaim_idle: Duration,
+    pub read_block: Duration,
+    pub default_timeout: Duration,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Reader {
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut recovered = false;
+        let mut last_reclaim = Instant::now();
+        loop {
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p,
+                _ = self.stop.wait_for(|s| *s) => return,
+            };
+            let Ok(permit) = permit else { return };
+            permit.forget();
+            let mut n = 1;
+            while let Ok(p) = self.permits.try_acquire() {
+                p.forget();
+                n += 1;
+            }
+            let read = if !recovered {
+                self.intake.recover_own(n).await
+            } else if last_reclaim.elapsed() >= self.reclaim_idle / 4 {
+                last_reclaim = Instant::now();
+                match self.intake.reclaim(self.reclaim_idle, n).await {
+                    Ok(v) if v.is_empty() => self.intake.read(n, self.read_block).await,
+                    other => other,
+                }
+            } else {
+                self.intake.read(n, self.read_block).await
+            };
+            match read {
+                Err(e) => {
+                    self.permits.add_permits(n);
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot read the execution stream");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stop.wait_for(|s| *s) => return,
+                    }
+                }
+                Ok(entries) => {
+                    recovered = true;
+                    backoff.reset();
+                    if *self.stop.borrow() {
+                        // Left pending: a live supervisor (or this one, restarted) takes them.
+                        return;
+                    }
+                    let dispatches = self.prepare(entries).await;
+                    self.permits.add_permits(n - dispatches.len().min(n));
+                    if !dispatches.is_empty() && self.out.send(dispatches).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns a batch of entries into jobs; everything that will not run is recorded or
+    /// acknowledged here.
+    async fn prepare(&mut self, entries: Vec<Entry>) -> Vec<Dispatch> {
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        let mut requests: Vec<(String, Request)> = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        let mut ack_only = Vec::new();
+        let mut records = Vec::new();
+        for e in &entries {
+            match e.parse() {
+                Ok(r) => requests.push((e.stream_id.clone(), r)),
+                Err(rej) => dead.push((rej, e.fields.as_slice())),
+            }
+        }
+        for (rej, _) in &dead {
+            match &rej.execution_id {
+                Some(id) => {
+                    self.acks.expect_done(id, Done::rejected(rej));
+                    records.push(Completed::rejected(crate::store::Rejected {
+                        id: id.clone(),
+                        workflow_name: None,
+                        org_id: None,
+                        caller: None,
+                        error_type: intake::messages::INVALID_REQUEST.into(),
+                        message: rej.reason.clone(),
+                        stream_id: Some(rej.stream_id.clone()),
+                    }));
+                }
+                None => ack_only.push(Done::rejected(rej)),
+            }
+        }
+
+        let refs: Vec<WorkflowRef> = requests.iter().map(|(_, r)| store_ref(r)).collect();
+        let workflows = self.load_workflows(&refs).await;
+        let ids: Vec<&str> = requests
+            .iter()
+            .map(|(_, r)| r.execution_id.as_str())
+            .collect();
+        let cancelled = self
+            .intake
+            .is_cancelled(&ids)
+            .await
+            .unwrap_or_else(|_| vec![false; ids.len()]);
+
+        let mut unknown = Vec::new();
+        let mut runnable: Vec<(String, Request, Workflow)> = Vec::new();
+        for (((sid, req), r), was_cancelled) in requests.into_iter().zip(refs).zip(cancelled) {
+            match workflows.get(&r) {
+                None => unknown.push((sid, req, r)),
+                Some(wf) if was_cancelled => {
+                    let meta = meta_for(&sid, &req, wf);
+                    let out = not_run(&req.execution_id, "cancelled before it started");
+                    self.acks.expect(&sid, &out);
+                    records.push(meta.into_completed(out, Vec::new()));
+                }
+                Some(wf) => runnable.push((sid, req, wf.clone())),
+            }
+        }
+        for (sid, req, r) in &unknown {
+            let reason = format!(
+                "no active workflow {r}{}: push it with `warden workflow push`",
+                req.org
+                    .as_deref()
+                    .map(|o| format!(" in organization {o}"))
+                    .unwrap_or_default()
+            );
+            let rej = intake::Rejected {
+                stream_id: sid.clone(),
+                execution_id: Some(req.execution_id.clone()),
+                reason: reason.clone(),
+            };
+            let mut done = Done::rejected(&rej);
+            if let Some(c) = done.completion.as_mut() {
+                c.error_type = Some("UnknownWorkflow".into());
+            }
+            self.acks.expect_done(&req.execution_id, done);
+            records.push(Completed::rejected(crate::store::Rejected {
+                id: req.execution_id.clone(),
+                workflow_name: Some(r.to_string()),
+                org_id: None,
+                caller: req.caller.clone(),
+                error_type: "UnknownWorkflow".into(),
+                message: reason,
+                stream_id: Some(sid.clone()),
+            }));
+        }
+        let mut dead_fields: Vec<(intake::Rejected, Vec<(Vec<u8>, Vec<u8>)>)> =
+            dead.iter().map(|(r, f)| (r.clone(), f.to_vec())).collect();
+        let by_sid: HashMap<&str, &Entry> =
+            entries.iter().map(|e| (e.stream_id.as_str(), e)).collect();
+        for (sid, req, _) in &unknown {
+            if let Some(e) = by_sid.get(sid.as_str()) {
+                dead_fields.push((
+                    intake::Rejected {
+                        stream_id: sid.clone(),
+                        execution_id: Some(req.execution_id.clone()),
+                        reason: "unknown workflow".into(),
+                    },
+                    e.fields.clone(),
+                ));
+            }
+        }
+        if !dead_fields.is_empty() {
+            let batch: Vec<(&intake::Rejected, &[(Vec<u8>, Vec<u8>)])> =
+                dead_fields.iter().map(|(r, f)| (r, f.as_slice())).collect();
+            if let Err(e) = self.intake.dead_letter_batch(&batch).await {
+                tracing::warn!(error = %e, "could not write dead letters (the executions are still recorded failed)");
+            }
+        }
+
+        let rows: Vec<NewExecution> = runnable
+            .iter()
+            .map(|(sid, req, wf)| NewExecution {
+                id: req.execution_id.clone(),
+                workflow_id: Some(wf.id),
+                workflow_name: wf.name.clone(),
+                org_id: wf.org_id,
+                caller: req.caller.clone(),
+                params_json: req.params_json.clone(),
+                queued_at: stream_time(sid),
+                supervisor: self.consumer.clone(),
+                stream_id: Some(sid.clone()),
+            })
+            .collect();
+        let begins = self.begin(&rows).await;
+        let mut out = Vec::new();
+        for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
+            match begin {
+                Begin::Run { attempt } => {
+                    out.push(dispatch(sid, req, &wf, attempt, self.default_timeout))
+                }
+                Begin::AlreadyDone { status } => ack_only.push(Done::new(
+                    sid,
+                    Completion::new(req.execution_id.clone(), status),
+                )),
+                Begin::Duplicate => ack_only.push(Done {
+                    stream_id: sid,
+                    completion: None,
+                }),
+            }
+        }
+
+        for item in records {
+            if self.writer.submit(item).await.is_err() {
+                tracing::error!(
+                    "the result writer stopped; entries stay pending and will be reclaimed"
+                );
+            }
+        }
+        ack_with_retry(&self.intake, &ack_only).await;
+        out
+    }
+
+    async fn load_workflows(&self, refs: &[WorkflowRef]) -> HashMap<WorkflowRef, Workflow> {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match self.store.load_for_batch(refs).await {
+                Ok(m) => return m,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot load workflows; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn begin(&self, rows: &[NewExecution]) -> Vec<Begin> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match self.store.begin_batch(rows).await {
+                Ok(b) => return b,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot record the batch as running; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+fn store_ref(r: &Request) -> WorkflowRef {
+    match &r.workflow {
+        intake::WorkflowRef::Id(id) => WorkflowRef::Id(*id),
+        intake::WorkflowRef::Name(name) => WorkflowRef::Name {
+            org: r.org.clone(),
+            name: name.clone(),
+        },
+    }
+}
+
+fn meta_for(sid: &str, req: &Request, wf: &Workflow) -> Meta {
+    Meta {
+        stream_id: sid.to_string(),
+        workflow_id: Some(wf.id),
+        org_id: wf.org_id,
+        workflow_name: wf.name.clone(),
+        caller: req.caller.clone(),
+        time_saved_seconds: wf.time_saved_seconds,
+        value: wf.value,
+    }
+}
+
+fn dispatch(
+    sid: String,
+    req: Request,
+    wf: &Workflow,
+    attempt: i32,
+    default_timeout: Duration,
+) -> Dispatch {
+    let timeout = req
+        .timeout
+        .or(wf
+            .default_timeout_ms
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms as u64)))
+        .unwrap_or(default_timeout);
+    let context = json!({
+        "execution_id": req.execution_id,
+        "workflow": wf.name,
+        "workflow_id": wf.id,
+        "org": wf.org_id.map(|id| json!({"id": id, "name": wf.org})),
+        "caller": req.caller,
+        "attempt": attempt,
+        "timeout_seconds": timeout.as_secs_f64(),
+        "delivery_id": req.delivery_id,
+    });
+    let meta = meta_for(&sid, &req, wf);
+    Dispatch {
+        job: Job {
+            execution_id: req.execution_id,
+            path: wf.path.clone(),
+            source: wf.source.clone(),
+            function: wf.function_name.clone(),
+            params_json: req.params_json,
+            context_json: context.to_string(),
+            timeout: Some(timeout),
+            limits: None,
+            modules_generation: 0,
+        },
+        meta,
+    }
+}
+
+/// When the client added the entry: a stream id starts with its milliseconds.
+fn stream_time(sid: &str) -> Option<SystemTime> {
+    let ms: u64 = sid.split('-').next()?.parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn not_run(id: &str, why: &str) -> ExecutionOutcome {
+    ExecutionOutcome {
+        execution_id: id.to_string(),
+        status: Status::Cancelled,
+        result_json: None,
+        error: Some(warden_protocol::ErrorInfo {
+            error_type: "Cancelled".into(),
+            message: why.into(),
+            traceback: String::new(),
+        }),
+        started_at: None,
+        finished_at: SystemTime::now(),
+        duration: Duration::ZERO,
+        peak_memory_bytes: 0,
+        cpu_seconds: 0.0,
+        exit_code: None,
+        exit_signal: None,
+        logs_dropped: 0,
+        sdk_writes_json: String::new(),
+    }
+}
