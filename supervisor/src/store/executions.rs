@@ -132,8 +132,8 @@ pub enum Begin {
     Run { attempt: i32 },
     /// Its terminal state is already committed: acknowledge the message, do not run it.
     AlreadyDone { status: Status },
-    /// The same id appeared earlier in this batch, which runs it once: acknowledge this
-    /// copy without running it.
+    /// The same id appeared earlier in this batch, or is running from another stream
+    /// entry: acknowledge this copy without running it.
     Duplicate,
 }
 
@@ -314,7 +314,12 @@ impl Store {
                      stream_id = COALESCE(EXCLUDED.stream_id, e.stream_id),
                      workflow_id = COALESCE(e.workflow_id, EXCLUDED.workflow_id),
                      org_id = COALESCE(e.org_id, EXCLUDED.org_id)
+                 -- Only the same stream entry is taken over (it was reclaimed from a
+                 -- supervisor that died). Another entry with a non-terminal id is a
+                 -- duplicate submission while the first copy runs: never run it twice.
                  WHERE e.status IN ('pending', 'running')
+                   AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
+                        OR e.stream_id = EXCLUDED.stream_id)
                  RETURNING e.id, e.attempt
              )
              SELECT i.id, up.attempt, prev.status::text
@@ -341,14 +346,8 @@ impl Store {
                 (Some(attempt), _) => Begin::Run { attempt },
                 (None, Some(previous)) => match previous.parse::<ExecutionStatus>()?.terminal() {
                     Some(status) => Begin::AlreadyDone { status },
-                    // Not updated yet not terminal: cannot happen (the WHERE admits every
-                    // non-terminal status); be loud rather than run it twice.
-                    None => {
-                        return Err(StoreError::Invalid {
-                            what: "begin_batch answer",
-                            reason: format!("execution `{id}` is `{previous}` but was not taken"),
-                        })
-                    }
+                    // Not terminal and not taken: another stream entry runs this id.
+                    None => Begin::Duplicate,
                 },
                 (None, None) => {
                     return Err(StoreError::Invalid {
