@@ -12,10 +12,12 @@
 //!                                                         (XACK+XDEL+PUBLISH, 1 pipeline)
 //! ```
 //!
-//! - **Capacity.** The reader takes as many stream entries as there are free worker
-//!   slots (a semaphore with one permit per worker; the main loop returns a permit when
-//!   an execution finishes), so the stream, not memory, holds the backlog and other
-//!   supervisors can take what this one cannot.
+//! - **Capacity.** The reader takes as many stream entries as there are free places: one
+//!   per worker plus a bounded prefetch (a semaphore; the main loop returns a permit when
+//!   an execution finishes). The stream, not memory, holds the backlog, and other
+//!   supervisors can take what this one cannot. While the pool is well fed, reads are at
+//!   least `read_linger` apart, so under load each batch (and its one transaction)
+//!   covers many executions; a lone request is read at once.
 //! - **Back-pressure.** While the database is away the writer keeps results in memory
 //!   up to its bound; `submit` then waits, the main loop stops returning permits, and
 //!   intake pauses. Nothing is acknowledged before it is committed.
@@ -58,11 +60,18 @@ pub struct ServeConfig {
     pub reclaim_idle: Duration,
     /// How long one XREADGROUP waits for new entries.
     pub read_block: Duration,
+    /// Entries taken ahead of free workers (they wait in the pool's queue), so that a
+    /// batch's reads and writes cover many executions.
+    pub prefetch: usize,
+    /// While the pool is well fed, the shortest time between two reads: entries that
+    /// arrive meanwhile share the next batch (and its one transaction).
+    pub read_linger: Duration,
 }
 
 impl ServeConfig {
     pub fn new(pool: PoolConfig, database_url: String, redis_url: String) -> Self {
         Self {
+            prefetch: 32 * pool.workers.max(1),
             pool,
             database_url,
             redis_url,
@@ -73,6 +82,7 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(30),
             reclaim_idle: RECLAIM_MIN_IDLE,
             read_block: Duration::from_millis(200),
+            read_linger: Duration::from_millis(20),
         }
     }
 }
@@ -91,6 +101,9 @@ pub fn default_consumer() -> String {
 pub struct ServeReport {
     pub executions: u64,
     pub by_status: std::collections::BTreeMap<String, u64>,
+    /// Redis round trips and commands of the intake, reader and acker (not the cancel
+    /// subscription, which only receives).
+    pub redis: crate::intake::RedisCalls,
 }
 
 /// A start-up failure, as one sentence for the operator.
@@ -132,7 +145,9 @@ pub async fn serve(
     let pending_acks = acker::PendingAcks::default();
     let acker = tokio::spawn(acker::run(intake.clone(), committed, pending_acks.clone()));
 
-    let permits = Arc::new(Semaphore::new(cfg.pool.workers));
+    // One permit per execution this supervisor holds (running or queued in the pool).
+    let capacity = cfg.pool.workers + cfg.prefetch;
+    let permits = Arc::new(Semaphore::new(capacity));
     let (stop_reader, reader_stopped) = watch::channel(false);
     let (dispatch_tx, mut dispatches) = mpsc::channel(4);
     let reader = tokio::spawn(
@@ -142,6 +157,8 @@ pub async fn serve(
             writer: writer.clone(),
             acks: pending_acks.clone(),
             permits: permits.clone(),
+            capacity,
+            read_linger: cfg.read_linger,
             out: dispatch_tx,
             consumer: cfg.consumer.clone(),
             reclaim_idle: cfg.reclaim_idle,
@@ -263,6 +280,7 @@ pub async fn serve(
     // The writer commits what it holds, then closes its channel; the acker drains it.
     let _ = acker.await;
     let _ = intake.retire_status().await;
+    report.redis = intake.calls();
     store.close().await;
     tracing::info!(executions = report.executions, statuses = ?report.by_status, "stopped");
     Ok(report)

@@ -26,9 +26,14 @@ pub struct ServeArgs {
     /// Most executions written in one transaction.
     #[arg(long, default_value_t = 256)]
     pub commit_batch: usize,
-    /// Longest a result waits for others to share its transaction.
-    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    /// Under load, at most one result transaction per this interval (results arriving
+    /// meanwhile share it). After a quiet spell a result is committed at once.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub commit_delay: Duration,
+    /// Stream entries taken ahead of free workers (waiting in this supervisor's queue),
+    /// so each batch's reads and writes cover many executions. Default: 32 per worker.
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Results held in memory while PostgreSQL is unreachable; intake pauses past it.
     #[arg(long, default_value_t = 10_000)]
     pub max_pending_results: usize,
@@ -57,6 +62,9 @@ pub async fn run(args: ServeArgs) -> Result<i32, String> {
     cfg.writer.max_pending = args.max_pending_results.max(1);
     cfg.drain_timeout = args.pool.drain_timeout;
     cfg.reclaim_idle = args.reclaim_idle;
+    if let Some(p) = args.prefetch {
+        cfg.prefetch = p;
+    }
 
     let (tx, rx) = watch::channel(0u32);
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

@@ -39,8 +39,12 @@ pub struct Reader {
     pub store: Store,
     pub writer: WriterHandle,
     pub acks: PendingAcks,
-    /// One permit per free worker slot.
+    /// One permit per free place (worker or prefetch).
     pub permits: Arc<Semaphore>,
+    /// Permits in all.
+    pub capacity: usize,
+    /// See [`crate::serve::ServeConfig::read_linger`].
+    pub read_linger: Duration,
     pub out: mpsc::Sender<Vec<Dispatch>>,
     pub consumer: String,
     pub reclaim_idle: Duration,
@@ -94,10 +98,19 @@ impl Reader {
                         // Left pending: a live supervisor (or this one, restarted) takes them.
                         return;
                     }
+                    let read_at = Instant::now();
+                    let got_some = !entries.is_empty();
                     let dispatches = self.prepare(entries).await;
                     self.permits.add_permits(n - dispatches.len().min(n));
                     if !dispatches.is_empty() && self.out.send(dispatches).await.is_err() {
                         return;
+                    }
+                    // Busy (more than half the places taken): let the next batch gather.
+                    if got_some && self.permits.available_permits() < self.capacity / 2 {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until((read_at + self.read_linger).into()) => {}
+                            _ = self.stop.wait_for(|s| *s) => return,
+                        }
                     }
                 }
             }
@@ -139,7 +152,6 @@ impl Reader {
         }
 
         let refs: Vec<WorkflowRef> = requests.iter().map(|(_, r)| store_ref(r)).collect();
-        let workflows = self.load_workflows(&refs).await;
         let ids: Vec<&str> = requests
             .iter()
             .map(|(_, r)| r.execution_id.as_str())
@@ -149,6 +161,32 @@ impl Reader {
             .is_cancelled(&ids)
             .await
             .unwrap_or_else(|_| vec![false; ids.len()]);
+        // One transaction: load the batch's workflows, and record the runnable ones (a
+        // workflow found, not cancelled) running, in the order of `requests`.
+        let consumer = self.consumer.clone();
+        let (workflows, begins) = self
+            .prepare_in_db(&refs, |wfs| {
+                requests
+                    .iter()
+                    .zip(&refs)
+                    .zip(&cancelled)
+                    .filter_map(|(((sid, req), r), was_cancelled)| {
+                        let wf = wfs.get(r).filter(|_| !*was_cancelled)?;
+                        Some(NewExecution {
+                            id: req.execution_id.clone(),
+                            workflow_id: Some(wf.id),
+                            workflow_name: wf.name.clone(),
+                            org_id: wf.org_id,
+                            caller: req.caller.clone(),
+                            params_json: req.params_json.clone(),
+                            queued_at: stream_time(sid),
+                            supervisor: consumer.clone(),
+                            stream_id: Some(sid.clone()),
+                        })
+                    })
+                    .collect()
+            })
+            .await;
 
         let mut unknown = Vec::new();
         let mut runnable: Vec<(String, Request, Workflow)> = Vec::new();
@@ -216,21 +254,6 @@ impl Reader {
             }
         }
 
-        let rows: Vec<NewExecution> = runnable
-            .iter()
-            .map(|(sid, req, wf)| NewExecution {
-                id: req.execution_id.clone(),
-                workflow_id: Some(wf.id),
-                workflow_name: wf.name.clone(),
-                org_id: wf.org_id,
-                caller: req.caller.clone(),
-                params_json: req.params_json.clone(),
-                queued_at: stream_time(sid),
-                supervisor: self.consumer.clone(),
-                stream_id: Some(sid.clone()),
-            })
-            .collect();
-        let begins = self.begin(&rows).await;
         let mut out = Vec::new();
         for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
             match begin {
@@ -259,31 +282,23 @@ impl Reader {
         out
     }
 
-    async fn load_workflows(&self, refs: &[WorkflowRef]) -> HashMap<WorkflowRef, Workflow> {
+    /// [`Store::prepare_batch`], retried with back-off while the database is away (the
+    /// entries stay pending in the stream meanwhile, so nothing is lost).
+    async fn prepare_in_db<F>(
+        &self,
+        refs: &[WorkflowRef],
+        rows: F,
+    ) -> (HashMap<WorkflowRef, Workflow>, Vec<Begin>)
+    where
+        F: Fn(&HashMap<WorkflowRef, Workflow>) -> Vec<NewExecution>,
+    {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            match self.store.load_for_batch(refs).await {
-                Ok(m) => return m,
+            match self.store.prepare_batch(refs, &rows).await {
+                Ok((workflows, _, begins)) => return (workflows, begins),
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot load workflows; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
-
-    async fn begin(&self, rows: &[NewExecution]) -> Vec<Begin> {
-        if rows.is_empty() {
-            return Vec::new();
-        }
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            match self.store.begin_batch(rows).await {
-                Ok(b) => return b,
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot record the batch as running; retrying");
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot load the batch's workflows or record it running; retrying");
                     tokio::time::sleep(wait).await;
                 }
             }

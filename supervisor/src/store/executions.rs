@@ -7,7 +7,7 @@
 //! writes a status only touches rows that are not terminal yet, which is what makes a
 //! reclaimed stream message or a replayed batch harmless.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::outcome::Status;
 use crate::store::commit::CommitOutcome;
 use crate::store::writer::Completed;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Workflow, WorkflowRef};
 
 /// The `execution_status` enum of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -240,6 +240,37 @@ pub struct ExecutionDetail {
 }
 
 impl Store {
+    /// The intake's per-batch database work in ONE transaction: load every workflow the
+    /// batch names, then record the runnable ones `running` ([`Store::begin_batch`]).
+    /// `rows` turns the loaded workflows into the rows to begin (requests naming no
+    /// workflow are left out by the caller). Returns the workflows and, in `rows`'
+    /// order, what to do with each.
+    pub async fn prepare_batch<F>(
+        &self,
+        refs: &[WorkflowRef],
+        rows: F,
+    ) -> Result<(HashMap<WorkflowRef, Workflow>, Vec<NewExecution>, Vec<Begin>), StoreError>
+    where
+        F: FnOnce(&HashMap<WorkflowRef, Workflow>) -> Vec<NewExecution>,
+    {
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(StoreError::query("begin the batch transaction"))?;
+        let workflows = Self::load_for_batch_on(&mut tx, refs).await?;
+        let new = rows(&workflows);
+        let begins = if new.is_empty() {
+            Vec::new()
+        } else {
+            Self::begin_batch_on(&mut tx, &new).await?
+        };
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit the batch transaction"))?;
+        Ok((workflows, new, begins))
+    }
+
     /// Record a batch as `running` in ONE statement and say, per request (in input
     /// order), whether to run it.
     ///
@@ -248,6 +279,19 @@ impl Store {
     /// a fresh `started_at`. An id whose row is terminal is left alone and reported as
     /// [`Begin::AlreadyDone`].
     pub async fn begin_batch(&self, rows: &[NewExecution]) -> Result<Vec<Begin>, StoreError> {
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::query("acquire a connection"))?;
+        Self::begin_batch_on(&mut conn, rows).await
+    }
+
+    /// [`Store::begin_batch`] on a given connection (or transaction).
+    pub async fn begin_batch_on(
+        conn: &mut sqlx::PgConnection,
+        rows: &[NewExecution],
+    ) -> Result<Vec<Begin>, StoreError> {
         // ON CONFLICT DO UPDATE cannot touch a row twice in one statement, so repeats of
         // an id within the batch are answered here and left out.
         // Ids are stored without NUL characters (PostgreSQL text cannot hold them), here
@@ -336,7 +380,7 @@ impl Store {
         .bind(&queued)
         .bind(&supervisors)
         .bind(&stream_ids)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::query("record the batch as running"))?;
 

@@ -217,6 +217,19 @@ impl Store {
         &self,
         refs: &[WorkflowRef],
     ) -> Result<HashMap<WorkflowRef, Workflow>, StoreError> {
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::query("acquire a connection"))?;
+        Self::load_for_batch_on(&mut conn, refs).await
+    }
+
+    /// [`Store::load_for_batch`] on a given connection (or transaction).
+    pub async fn load_for_batch_on(
+        conn: &mut sqlx::PgConnection,
+        refs: &[WorkflowRef],
+    ) -> Result<HashMap<WorkflowRef, Workflow>, StoreError> {
         let wanted: HashSet<&WorkflowRef> = refs.iter().collect();
         let mut ids: Vec<i64> = Vec::new();
         let mut orgs: Vec<Option<&str>> = Vec::new();
@@ -249,7 +262,7 @@ impl Store {
             .bind(&ids)
             .bind(&orgs)
             .bind(&names)
-            .fetch_all(self.pool())
+            .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::query("load the batch's workflows"))?;
         let mut found = HashMap::with_capacity(wanted.len());

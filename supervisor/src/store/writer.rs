@@ -167,7 +167,8 @@ fn truncate(s: &mut String, max: usize) {
 pub struct WriterConfig {
     /// Most items per transaction.
     pub max_batch: usize,
-    /// Longest an item waits for others to join its batch.
+    /// While busy, the shortest time between two commits (items arriving meanwhile
+    /// share the next one). An item that arrives after a quiet spell is written at once.
     pub max_delay: Duration,
     /// Most items inside the writer (queued or being written) before `submit` waits.
     pub max_pending: usize,
@@ -182,7 +183,7 @@ impl Default for WriterConfig {
     fn default() -> WriterConfig {
         WriterConfig {
             max_batch: 256,
-            max_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
             max_pending: 10_000,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
@@ -363,6 +364,7 @@ impl Writer {
     async fn run(mut self) {
         tracing::debug!(config = ?self.config, "store writer started");
         let mut closed = false;
+        let mut last_write: Option<Instant> = None;
         while !closed {
             // Wait for the first item of a batch, or for a parked item's next try.
             let first = match self.next_parked_try() {
@@ -377,8 +379,15 @@ impl Writer {
             };
             let Some(first) = first else { break };
             let mut batch = vec![first];
-            // Group commit: take whatever else arrives within max_delay.
-            let deadline = Instant::now() + self.config.max_delay;
+            // Group commit, adaptive: after a quiet spell the batch is what is already
+            // queued, written at once (a lone caller waits for no one); while busy, at
+            // most one commit per max_delay, so transactions per execution fall as the
+            // load rises.
+            let now = Instant::now();
+            let deadline = last_write
+                .map(|t| t + self.config.max_delay)
+                .filter(|d| *d > now)
+                .unwrap_or(now);
             while batch.len() < self.config.max_batch {
                 match self.rx.try_recv() {
                     Ok(envelope) => {
@@ -402,6 +411,7 @@ impl Writer {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            last_write = Some(Instant::now());
             self.write(batch).await;
             if self
                 .next_parked_try()

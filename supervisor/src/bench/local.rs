@@ -1,0 +1,107 @@
+//! `warden bench --local`: N trivial executions through the pool alone.
+//!
+//! Two measurements per mode: *throughput* (all N queued at once; latency is dispatch
+//! to result) and *one at a time* (submit, wait, repeat; latency is submit to result as
+//! the caller sees it, i.e. the pool's whole overhead for a function that does nothing).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use warden_protocol::Isolation;
+
+use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs, TRIVIAL};
+use crate::outcome::{Job, PoolEvent, Status};
+use crate::pool::Pool;
+
+pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Value, String> {
+    let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
+    let mut cfg = args.pool.to_config(run_dir);
+    cfg.isolation = mode;
+    // Recycling is part of reuse mode's cost; keep the configured value.
+    let workers = cfg.workers;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let pool = Pool::start(cfg, tx).await.map_err(|e| e.to_string())?;
+    let spawn_ms = pool.stats().last_spawn_to_ready_us as f64 / 1000.0;
+
+    let job = |i: usize| Job {
+        execution_id: format!("b{i}"),
+        path: "bench/trivial.py".into(),
+        source: TRIVIAL.into(),
+        function: "run".into(),
+        params_json: format!("{{\"x\": {i}}}"),
+        context_json: "{}".into(),
+        timeout: None,
+        limits: None,
+        modules_generation: 0,
+    };
+
+    // Warm up (first forks fault in pages).
+    for i in 0..(50 * workers) {
+        pool.submit(job(i))
+            .map_err(|_| "the pool stopped".to_string())?;
+    }
+    wait_for(&mut events, 50 * workers).await?;
+
+    // Throughput: everything queued at once.
+    let t0 = Instant::now();
+    for i in 0..args.n {
+        pool.submit(job(i))
+            .map_err(|_| "the pool stopped".to_string())?;
+    }
+    let mut lat = wait_for(&mut events, args.n).await?;
+    let wall = t0.elapsed();
+    let workers_rss = children_rss_bytes();
+
+    // One at a time: the caller's view of the pool's overhead.
+    let mut one = Vec::with_capacity(args.sequential);
+    for i in 0..args.sequential {
+        let t = Instant::now();
+        pool.submit(job(i))
+            .map_err(|_| "the pool stopped".to_string())?;
+        wait_for(&mut events, 1).await?;
+        one.push(t.elapsed());
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+
+    lat.sort();
+    one.sort();
+    Ok(json!({
+        "mode": match mode { Isolation::Fork => "fork", Isolation::Reuse => "reuse" },
+        "n": args.n,
+        "workers": workers,
+        "executions_per_s": args.n as f64 / wall.as_secs_f64(),
+        "latency_ms_p50": pct(&lat, 50.0),
+        "latency_ms_p99": pct(&lat, 99.0),
+        "one_at_a_time_ms_p50": pct(&one, 50.0),
+        "one_at_a_time_ms_p99": pct(&one, 99.0),
+        "spawn_to_ready_ms": spawn_ms,
+        "supervisor_rss_mib": self_rss_bytes() as f64 / 1048576.0,
+        "workers_rss_mib": workers_rss as f64 / 1048576.0,
+    }))
+}
+
+/// Waits for `n` finished executions; every one must succeed (a benchmark of failures
+/// measures nothing).
+async fn wait_for(
+    events: &mut mpsc::UnboundedReceiver<PoolEvent>,
+    n: usize,
+) -> Result<Vec<Duration>, String> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match events.recv().await {
+            Some(PoolEvent::Finished(o)) => {
+                if o.status != Status::Success {
+                    return Err(format!(
+                        "benchmark execution {} ended {}: {:?}",
+                        o.execution_id, o.status, o.error
+                    ));
+                }
+                out.push(o.duration);
+            }
+            Some(_) => {}
+            None => return Err("the pool stopped during the benchmark".into()),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,283 @@
+//! `warden bench` end to end: a real `serve` (in this process), a scratch database and a
+//! private Redis key prefix. Per isolation mode:
+//!
+//! 1. *throughput*: N requests pipelined into the stream at once; each latency is from
+//!    its submit to its completion being published, which happens only after its
+//!    result is committed and its entry acknowledged;
+//! 2. *one at a time*: submit, wait for the completion, repeat (the p50 a lone caller
+//!    sees).
+//!
+//! PostgreSQL figures come from `pg_stat_database` of the scratch database, read on one
+//! side connection opened before the run (its own statements are subtracted); Redis
+//! figures from the supervisor's own command counter.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::watch;
+use warden_protocol::Isolation;
+
+use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs, TRIVIAL};
+use crate::intake::{IntakeClient, Keys, Request, WorkflowRef};
+use crate::serve::{serve, ServeConfig};
+use crate::store::sqlx::{self, Connection, PgConnection};
+use crate::store::{Store, WorkflowSpec};
+
+pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Value, String> {
+    let db_url = scratch_database(&args.conn.database_url).await?;
+    let store = Store::connect(&db_url, 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .push_workflow(&WorkflowSpec {
+            org: None,
+            name: "trivial".into(),
+            path: "bench/trivial.py".into(),
+            function_name: "run".into(),
+            source: TRIVIAL.into(),
+            default_timeout_ms: None,
+            time_saved_seconds: None,
+            value: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    store.close().await;
+
+    let mode_name = match mode {
+        Isolation::Fork => "fork",
+        Isolation::Reuse => "reuse",
+    };
+    let prefix = format!("bench:{}:{mode_name}:", std::process::id());
+    let keys = Keys::new(prefix.clone());
+    let client = IntakeClient::connect(&args.conn.redis_url, keys.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
+    let mut pool = args.pool.to_config(run_dir);
+    pool.isolation = mode;
+    let mut cfg = ServeConfig::new(pool, db_url.clone(), args.conn.redis_url.clone());
+    cfg.key_prefix = prefix.clone();
+    cfg.consumer = format!("bench-{mode_name}");
+    let mut side = PgConnection::connect(&db_url)
+        .await
+        .map_err(|e| format!("side connection: {e}"))?;
+    let (s0, _) = stats(&mut side).await?;
+    let (signals, handle) = {
+        let (tx, rx) = watch::channel(0);
+        (tx, tokio::spawn(serve(cfg, rx)))
+    };
+
+    let mut completions = Completions::subscribe(&args.conn.redis_url, &keys).await?;
+    // Warm up: templates started, connections open, first forks paid.
+    let warm = ids("w", 200.min(args.n.max(1)));
+    submit(&client, &warm).await?;
+    completions.wait(&warm, Duration::from_secs(120)).await?;
+
+    let (s1, x1) = stats(&mut side).await?;
+    let t0 = Instant::now();
+    let batch = ids("t", args.n);
+    let submitted = Instant::now();
+    submit(&client, &batch).await?;
+    let arrived = completions.wait(&batch, Duration::from_secs(600)).await?;
+    let wall = t0.elapsed();
+    let mut lat: Vec<Duration> = arrived
+        .values()
+        .map(|t| t.duration_since(submitted))
+        .collect();
+    lat.sort();
+    let workers_rss = children_rss_bytes();
+    let sup_rss = self_rss_bytes();
+
+    let mut one = Vec::with_capacity(args.sequential);
+    for id in ids("s", args.sequential) {
+        let t = Instant::now();
+        submit(&client, std::slice::from_ref(&id)).await?;
+        completions
+            .wait(std::slice::from_ref(&id), Duration::from_secs(60))
+            .await?;
+        one.push(t.elapsed());
+    }
+    one.sort();
+    let (s2, x2) = stats(&mut side).await?;
+    let _ = signals.send(1);
+    let report = handle
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let executions = (args.n + args.sequential) as f64;
+    // Each `stats` call is 2 statements of our own (flush + read), each a transaction.
+    let own_xacts = 2.0;
+    let redis_per_exec = report.redis.commands as f64 / (executions + warm.len() as f64);
+
+    Ok(json!({
+        "mode": mode_name,
+        "end_to_end": true,
+        "n": args.n,
+        "workers": args.pool.workers,
+        "executions_per_s": args.n as f64 / wall.as_secs_f64(),
+        "latency_ms_p50": pct(&lat, 50.0),
+        "latency_ms_p99": pct(&lat, 99.0),
+        "one_at_a_time_ms_p50": pct(&one, 50.0),
+        "one_at_a_time_ms_p99": pct(&one, 99.0),
+        "pg_sessions_at_startup": s1 - s0 - 1,
+        "pg_sessions_opened_during_run": s2 - s1,
+        "pg_xact_per_execution": ((x2 - x1) as f64 - own_xacts) / executions,
+        "redis_commands_per_execution": redis_per_exec,
+        "redis_round_trips_per_execution": report.redis.round_trips as f64 / (executions + warm.len() as f64),
+        "supervisor_rss_mib": sup_rss as f64 / 1048576.0,
+        "workers_rss_mib": workers_rss as f64 / 1048576.0,
+    }))
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    (0..n)
+        .map(|i| format!("{prefix}{i}-{}", &run[..8]))
+        .collect()
+}
+
+async fn submit(client: &IntakeClient, ids: &[String]) -> Result<(), String> {
+    let reqs: Vec<Request> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut r = Request::new(id.clone(), WorkflowRef::Name("trivial".into()));
+            r.params_json = format!("{{\"x\": {i}}}");
+            r
+        })
+        .collect();
+    for chunk in reqs.chunks(1000) {
+        client.submit_many(chunk).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `(sessions, xact_commit)` of the current database, after flushing our own counters.
+async fn stats(conn: &mut PgConnection) -> Result<(i64, i64), String> {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Other backends flush their counters at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sqlx::query_as(
+        "SELECT sessions, xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// `<db>_bench` next to the configured database, dropped and created afresh.
+async fn scratch_database(url: &str) -> Result<String, String> {
+    let (base, rest) = url
+        .rsplit_once('/')
+        .ok_or_else(|| format!("cannot find the database name in {url}"))?;
+    let (name, query) = match rest.split_once('?') {
+        Some((n, q)) => (n, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    let scratch = format!("{}_bench", if name.is_empty() { "warden" } else { name });
+    let mut admin = PgConnection::connect(&format!("{base}/postgres{query}"))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach PostgreSQL at {}: {e}",
+                crate::store::redact_url(url)
+            )
+        })?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{scratch}\" WITH (FORCE)"
+    ))
+    .execute(&mut admin)
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = admin.close().await;
+    let scratch_url = format!("{base}/{scratch}{query}");
+    Store::create_database_if_missing(&scratch_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let store = Store::connect(&scratch_url, 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    store.close().await;
+    Ok(scratch_url)
+}
+
+/// Every completion published under the prefix, as it arrives.
+struct Completions {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    seen: HashMap<String, Instant>,
+}
+
+impl Completions {
+    async fn subscribe(redis_url: &str, keys: &Keys) -> Result<Self, String> {
+        let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
+        let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+        let pattern = keys.completion_channel("*");
+        pubsub
+            .psubscribe(&pattern)
+            .await
+            .map_err(|e| e.to_string())?;
+        let strip = pattern.trim_end_matches('*').to_string();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut msgs = pubsub.into_on_message();
+            while let Some(m) = msgs.next().await {
+                let channel = m.get_channel_name().to_string();
+                if channel.ends_with(":logs") {
+                    continue;
+                }
+                if let Some(id) = channel.strip_prefix(&strip) {
+                    if tx.send((id.to_string(), Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            rx,
+            seen: HashMap::new(),
+        })
+    }
+
+    /// Waits until every id in `ids` has completed; returns their arrival times.
+    async fn wait(
+        &mut self,
+        ids: &[String],
+        within: Duration,
+    ) -> Result<HashMap<String, Instant>, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(t) = self.seen.remove(id) {
+                out.insert(id.clone(), t);
+            }
+        }
+        while out.len() < ids.len() {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((id, t))) => {
+                    if wanted.contains(id.as_str()) {
+                        out.insert(id, t);
+                    } else {
+                        self.seen.insert(id, t);
+                    }
+                }
+                Ok(None) => return Err("the completion subscription closed".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "only {} of {} executions completed in {within:?}",
+                        out.len(),
+                        ids.len()
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
