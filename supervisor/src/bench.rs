@@ -55,36 +55,46 @@ pub async fn run(args: BenchArgs) -> Result<i32, String> {
         Modes::Reuse => &[Isolation::Reuse],
         Modes::Both => &[Isolation::Fork, Isolation::Reuse],
     };
-    println!(
-        "{:<6} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10} {:>10}",
-        "mode",
-        "execs/s",
-        "p50 ms",
-        "p99 ms",
-        "1x1 p50 ms",
-        "1x1 p99 ms",
-        "spawn ms",
-        "sup MiB",
-        "wrk MiB"
-    );
+    let columns: &[(&str, &str)] = if args.local {
+        &[
+            ("execs/s", "executions_per_s"),
+            ("p50 ms", "latency_ms_p50"),
+            ("p99 ms", "latency_ms_p99"),
+            ("1x1 p50", "one_at_a_time_ms_p50"),
+            ("1x1 p99", "one_at_a_time_ms_p99"),
+            ("spawn ms", "spawn_to_ready_ms"),
+            ("sup MiB", "supervisor_rss_mib"),
+            ("wrk MiB", "workers_rss_mib"),
+        ]
+    } else {
+        &[
+            ("execs/s", "executions_per_s"),
+            ("p50 ms", "latency_ms_p50"),
+            ("p99 ms", "latency_ms_p99"),
+            ("1x1 p50", "one_at_a_time_ms_p50"),
+            ("1x1 p99", "one_at_a_time_ms_p99"),
+            ("xact/ex", "pg_xact_per_execution_under_load"),
+            ("sessions", "pg_sessions_opened_during_run"),
+            ("redis/ex", "redis_commands_per_execution"),
+            ("sup MiB", "supervisor_rss_mib"),
+        ]
+    };
+    let mut header = format!("{:<6}", "mode");
+    for (title, _) in columns {
+        header.push_str(&format!(" {title:>10}"));
+    }
+    println!("{header}");
     for &mode in modes {
         let r = if args.local {
             local::bench_mode(&args, mode).await?
         } else {
             service::bench_mode(&args, mode).await?
         };
-        println!(
-            "{:<6} {:>9.0} {:>9.3} {:>9.3} {:>11.3} {:>11.3} {:>11.1} {:>10.1} {:>10.1}",
-            r["mode"].as_str().unwrap_or(""),
-            r["executions_per_s"].as_f64().unwrap_or(0.0),
-            r["latency_ms_p50"].as_f64().unwrap_or(0.0),
-            r["latency_ms_p99"].as_f64().unwrap_or(0.0),
-            r["one_at_a_time_ms_p50"].as_f64().unwrap_or(0.0),
-            r["one_at_a_time_ms_p99"].as_f64().unwrap_or(0.0),
-            r["spawn_to_ready_ms"].as_f64().unwrap_or(0.0),
-            r["supervisor_rss_mib"].as_f64().unwrap_or(0.0),
-            r["workers_rss_mib"].as_f64().unwrap_or(0.0),
-        );
+        let mut line = format!("{:<6}", r["mode"].as_str().unwrap_or(""));
+        for (_, key) in columns {
+            line.push_str(&format!(" {:>10.3}", r[*key].as_f64().unwrap_or(0.0)));
+        }
+        println!("{line}");
         println!("{r}");
     }
     Ok(0)

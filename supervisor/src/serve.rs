@@ -15,9 +15,9 @@
 //! - **Capacity.** The reader takes as many stream entries as there are free places: one
 //!   per worker plus a bounded prefetch (a semaphore; the main loop returns a permit when
 //!   an execution finishes). The stream, not memory, holds the backlog, and other
-//!   supervisors can take what this one cannot. While the pool is well fed, reads are at
-//!   least `read_linger` apart, so under load each batch (and its one transaction)
-//!   covers many executions; a lone request is read at once.
+//!   supervisors can take what this one cannot. Under load the reader waits until half
+//!   its places are free before reading again, so each batch (and its one transaction)
+//!   covers many executions whatever the rate; a lone request is read at once.
 //! - **Back-pressure.** While the database is away the writer keeps results in memory
 //!   up to its bound; `submit` then waits, the main loop stops returning permits, and
 //!   intake pauses. Nothing is acknowledged before it is committed.
@@ -39,6 +39,7 @@ use crate::intake::stream::{KEEP_CLAIMED_EVERY, RECLAIM_MIN_IDLE};
 use crate::intake::{Intake, Keys, SupervisorStatus};
 use crate::outcome::{ExecutionOutcome, PoolEvent, Status};
 use crate::pool::{Pool, PoolConfig};
+use crate::sdk::Sdk;
 use crate::store::{Store, Writer, WriterConfig};
 use inflight::Inflight;
 
@@ -63,15 +64,18 @@ pub struct ServeConfig {
     /// Entries taken ahead of free workers (they wait in the pool's queue), so that a
     /// batch's reads and writes cover many executions.
     pub prefetch: usize,
-    /// While the pool is well fed, the shortest time between two reads: entries that
-    /// arrive meanwhile share the next batch (and its one transaction).
+    /// Under load, the reader waits for half its places to free up before reading
+    /// again, but at most this long after its last read.
     pub read_linger: Duration,
+    /// The key that opens secret config values (`--secret-key-file` or
+    /// `WARDEN_SECRET_KEY`); `None`: executions that read a secret get a clear error.
+    pub secret_key: Option<crate::sdk::SecretKey>,
 }
 
 impl ServeConfig {
     pub fn new(pool: PoolConfig, database_url: String, redis_url: String) -> Self {
         Self {
-            prefetch: 32 * pool.workers.max(1),
+            prefetch: 64 * pool.workers.max(1),
             pool,
             database_url,
             redis_url,
@@ -82,7 +86,8 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(30),
             reclaim_idle: RECLAIM_MIN_IDLE,
             read_block: Duration::from_millis(200),
-            read_linger: Duration::from_millis(20),
+            read_linger: Duration::from_millis(50),
+            secret_key: None,
         }
     }
 }
@@ -136,12 +141,22 @@ pub async fn serve(
         .cancel_listener()
         .await
         .map_err(|e| ServeError(e.to_string()))?;
+    let sdk = Sdk::start(
+        store.clone(),
+        intake.client(),
+        intake.keys().clone(),
+        cfg.secret_key.clone(),
+    )
+    .await
+    .map_err(|e| ServeError(e.to_string()))?;
 
     let (pool_tx, mut pool_events) = mpsc::unbounded_channel();
     let pool = Pool::start(cfg.pool.clone(), pool_tx)
         .await
         .map_err(|e| ServeError(e.to_string()))?;
     let (writer, committed) = Writer::spawn(store.clone(), cfg.writer.clone());
+    // Config changes of committed executions reach the cache before their completions.
+    let committed = sdk.after_commit(committed);
     let pending_acks = acker::PendingAcks::default();
     let acker = tokio::spawn(acker::run(intake.clone(), committed, pending_acks.clone()));
 
@@ -156,6 +171,7 @@ pub async fn serve(
             store: store.clone(),
             writer: writer.clone(),
             acks: pending_acks.clone(),
+            sdk: sdk.clone(),
             permits: permits.clone(),
             capacity,
             read_linger: cfg.read_linger,
@@ -213,14 +229,28 @@ pub async fn serve(
             }
             Some(ev) = pool_events.recv() => match ev {
                 PoolEvent::Started { .. } => {}
+                PoolEvent::Request(req) if Sdk::handles(&req.op) => {
+                    // The org is what this supervisor dispatched, never what the request says.
+                    match inflight.org_id(&req.execution_id) {
+                        Some(org_id) => {
+                            let p = pool.clone();
+                            sdk.handle(req, org_id, move |reply| p.reply(reply));
+                        }
+                        None => pool.reply(crate::pool::unavailable(&req, "the execution is not running here")),
+                    }
+                }
                 PoolEvent::Request(req) => {
                     pool.reply(crate::pool::unavailable(&req, "this supervisor does not serve it"));
                 }
-                PoolEvent::Log(log) => {
+                PoolEvent::Log(mut log) => {
+                    sdk.on_log(&mut log);
                     live_logs.push(log.clone());
                     inflight.log(log);
                 }
-                PoolEvent::Finished(out) => {
+                PoolEvent::Finished(mut out) => {
+                    // Redacted and checked before it reaches the writer or the acker.
+                    let org_id = inflight.org_id(&out.execution_id).flatten();
+                    sdk.on_finished(&mut out, org_id);
                     finish(&mut inflight, &writer, &pending_acks, &permits, out, &mut report).await;
                 }
             },

@@ -91,6 +91,8 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
     let workers_rss = children_rss_bytes();
     let sup_rss = self_rss_bytes();
 
+    let (_, x2) = stats(&mut side).await?;
+
     let mut one = Vec::with_capacity(args.sequential);
     for id in ids("s", args.sequential) {
         let t = Instant::now();
@@ -101,7 +103,7 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
         one.push(t.elapsed());
     }
     one.sort();
-    let (s2, x2) = stats(&mut side).await?;
+    let (s3, x3) = stats(&mut side).await?;
     let _ = signals.send(1);
     let report = handle
         .await
@@ -110,6 +112,7 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
     let executions = (args.n + args.sequential) as f64;
     // Each `stats` call is 2 statements of our own (flush + read), each a transaction.
     let own_xacts = 2.0;
+    let per = |dx: i64, n: usize| (dx as f64 - own_xacts) / n.max(1) as f64;
     let redis_per_exec = report.redis.commands as f64 / (executions + warm.len() as f64);
 
     Ok(json!({
@@ -123,8 +126,9 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
         "one_at_a_time_ms_p50": pct(&one, 50.0),
         "one_at_a_time_ms_p99": pct(&one, 99.0),
         "pg_sessions_at_startup": s1 - s0 - 1,
-        "pg_sessions_opened_during_run": s2 - s1,
-        "pg_xact_per_execution": ((x2 - x1) as f64 - own_xacts) / executions,
+        "pg_sessions_opened_during_run": s3 - s1,
+        "pg_xact_per_execution_under_load": per(x2 - x1, args.n),
+        "pg_xact_per_execution_one_at_a_time": per(x3 - x2, args.sequential),
         "redis_commands_per_execution": redis_per_exec,
         "redis_round_trips_per_execution": report.redis.round_trips as f64 / (executions + warm.len() as f64),
         "supervisor_rss_mib": sup_rss as f64 / 1048576.0,

@@ -16,6 +16,8 @@ pub struct ServeArgs {
     pub pool: PoolArgs,
     #[command(flatten)]
     pub conn: ConnArgs,
+    #[command(flatten)]
+    pub secret: crate::sdk::SecretKeyArgs,
     /// PostgreSQL connections, all opened at start-up and kept (plus none per
     /// execution, ever).
     #[arg(long, default_value_t = 2)]
@@ -28,10 +30,10 @@ pub struct ServeArgs {
     pub commit_batch: usize,
     /// Under load, at most one result transaction per this interval (results arriving
     /// meanwhile share it). After a quiet spell a result is committed at once.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "40ms", value_parser = parse_duration)]
     pub commit_delay: Duration,
     /// Stream entries taken ahead of free workers (waiting in this supervisor's queue),
-    /// so each batch's reads and writes cover many executions. Default: 32 per worker.
+    /// so each batch's reads and writes cover many executions. Default: 64 per worker.
     #[arg(long)]
     pub prefetch: Option<usize>,
     /// Results held in memory while PostgreSQL is unreachable; intake pauses past it.
@@ -53,6 +55,7 @@ pub async fn run(args: ServeArgs) -> Result<i32, String> {
         args.conn.redis_url.clone(),
     );
     cfg.key_prefix = args.conn.key_prefix.clone();
+    cfg.secret_key = args.secret.load().map_err(|e| e.to_string())?;
     cfg.db_connections = args.db_connections.max(1);
     if let Some(c) = args.consumer {
         cfg.consumer = c;

@@ -58,6 +58,12 @@ impl Inflight {
         self.map.remove(id)
     }
 
+    /// The organization of an execution in flight (`Some(None)`: it has none; `None`:
+    /// not in flight).
+    pub fn org_id(&self, id: &str) -> Option<Option<i64>> {
+        self.map.get(id).map(|(m, _)| m.org_id)
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.map.contains_key(id)
     }

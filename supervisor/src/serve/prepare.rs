@@ -39,6 +39,8 @@ pub struct Reader {
     pub store: Store,
     pub writer: WriterHandle,
     pub acks: PendingAcks,
+    /// Config for the executions' contexts; event deliveries.
+    pub sdk: crate::sdk::Sdk,
     /// One permit per free place (worker or prefetch).
     pub permits: Arc<Semaphore>,
     /// Permits in all.
@@ -58,7 +60,17 @@ impl Reader {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut recovered = false;
         let mut last_reclaim = Instant::now();
+        // When the last read brought more than one entry, work is arriving faster than
+        // one at a time: gather before reading again (see `gather`).
+        let mut busy_since: Option<Instant> = None;
         loop {
+            if let Some(read_at) = busy_since {
+                let gathered = gather(&self.permits, self.capacity, read_at + self.read_linger);
+                tokio::select! {
+                    _ = gathered => {}
+                    _ = self.stop.wait_for(|s| *s) => return,
+                }
+            }
             let permit = tokio::select! {
                 p = self.permits.clone().acquire_owned() => p,
                 _ = self.stop.wait_for(|s| *s) => return,
@@ -98,19 +110,11 @@ impl Reader {
                         // Left pending: a live supervisor (or this one, restarted) takes them.
                         return;
                     }
-                    let read_at = Instant::now();
-                    let got_some = !entries.is_empty();
+                    busy_since = (entries.len() > 1).then(Instant::now);
                     let dispatches = self.prepare(entries).await;
                     self.permits.add_permits(n - dispatches.len().min(n));
                     if !dispatches.is_empty() && self.out.send(dispatches).await.is_err() {
                         return;
-                    }
-                    // Busy (more than half the places taken): let the next batch gather.
-                    if got_some && self.permits.available_permits() < self.capacity / 2 {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until((read_at + self.read_linger).into()) => {}
-                            _ = self.stop.wait_for(|s| *s) => return,
-                        }
                     }
                 }
             }
@@ -254,12 +258,43 @@ impl Reader {
             }
         }
 
+        // The SDK's part: the event deliveries this batch starts (one statement, only if
+        // there are any) and the configs of its organizations (one Redis read).
+        let runs = || {
+            runnable
+                .iter()
+                .zip(&begins)
+                .filter(|(_, b)| matches!(b, Begin::Run { .. }))
+                .map(|(r, _)| r)
+        };
+        let deliveries: Vec<crate::store::NewDelivery> = runs()
+            .filter_map(|(_, req, _)| {
+                Some(crate::store::NewDelivery {
+                    delivery_id: req.delivery_id.clone()?,
+                    execution_id: req.execution_id.clone(),
+                })
+            })
+            .collect();
+        self.sdk.begin_deliveries(&deliveries).await;
+        let configs = if runs().next().is_some() {
+            self.sdk
+                .configs_for_batch(runs().map(|(_, _, wf)| wf.org_id))
+                .await
+        } else {
+            crate::sdk::cache::ConfigSnapshot::default()
+        };
+
         let mut out = Vec::new();
         for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
             match begin {
-                Begin::Run { attempt } => {
-                    out.push(dispatch(sid, req, &wf, attempt, self.default_timeout))
-                }
+                Begin::Run { attempt } => out.push(dispatch(
+                    sid,
+                    req,
+                    &wf,
+                    attempt,
+                    self.default_timeout,
+                    &configs,
+                )),
                 Begin::AlreadyDone { status } => ack_only.push(Done::new(
                     sid,
                     Completion::new(req.execution_id.clone(), status),
@@ -306,6 +341,19 @@ impl Reader {
     }
 }
 
+/// Under load, waits until half of the reader's places are free again, so that the next
+/// read (and its one transaction) covers many executions, but not past `until` (the last
+/// read plus `read_linger`), so a slow trickle is not held back. The half still taken
+/// keeps the workers fed meanwhile.
+async fn gather(permits: &Semaphore, capacity: usize, until: Instant) {
+    let half = (capacity / 2).max(1) as u32;
+    tokio::select! {
+        // Acquired only to learn that they are free; released at once.
+        _ = permits.acquire_many(half) => {}
+        _ = tokio::time::sleep_until(until.into()) => {}
+    }
+}
+
 fn store_ref(r: &Request) -> WorkflowRef {
     match &r.workflow {
         intake::WorkflowRef::Id(id) => WorkflowRef::Id(*id),
@@ -334,6 +382,7 @@ fn dispatch(
     wf: &Workflow,
     attempt: i32,
     default_timeout: Duration,
+    configs: &crate::sdk::cache::ConfigSnapshot,
 ) -> Dispatch {
     let timeout = req
         .timeout
@@ -360,7 +409,13 @@ fn dispatch(
             source: wf.source.clone(),
             function: wf.function_name.clone(),
             params_json: req.params_json,
-            context_json: context.to_string(),
+            context_json: crate::sdk::Sdk::context_json(
+                &context.to_string(),
+                configs,
+                wf.org_id,
+                wf.time_saved_seconds,
+                wf.value,
+            ),
             timeout: Some(timeout),
             limits: None,
             modules_generation: 0,

@@ -2,14 +2,20 @@
 //!
 //! The pool holds exactly `connections` connections (min = max), all opened before
 //! [`Store::connect`] returns, with no idle timeout and no maximum lifetime: once the
-//! daemon is up, `pg_stat_database.sessions` stops growing. Each acquire pings the
-//! connection first (`test_before_acquire`), so a connection killed by a database restart
-//! or `pg_terminate_backend` is discarded and re-opened (the pool keeps `min_connections`
-//! topped up) instead of failing a statement. Callers that hit a connectivity error in
+//! daemon is up, `pg_stat_database.sessions` stops growing. An acquire pings a connection
+//! that has been idle for more than [`PING_IF_IDLE`], so a connection killed by a
+//! database restart or `pg_terminate_backend` while quiet is discarded and re-opened
+//! (the pool keeps `min_connections` topped up) instead of failing a statement. A busy
+//! connection is not pinged on every acquire (that was a round trip per statement); if it
+//! dies under load, the statement fails, sqlx drops the connection, and the caller
+//! retries. Callers that hit a connectivity error in
 //! the middle of a statement retry with [`crate::store::retry_with_backoff`].
 
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Connections idle at least this long are pinged before use.
+pub const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -48,7 +54,16 @@ impl Store {
             .max_connections(connections)
             .idle_timeout(None)
             .max_lifetime(None)
-            .test_before_acquire(true)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < PING_IF_IDLE {
+                        return Ok(true);
+                    }
+                    // A failed ping discards this connection and opens another.
+                    Ok(conn.ping().await.is_ok())
+                })
+            })
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await;

@@ -167,8 +167,8 @@ fn truncate(s: &mut String, max: usize) {
 pub struct WriterConfig {
     /// Most items per transaction.
     pub max_batch: usize,
-    /// While busy, the shortest time between two commits (items arriving meanwhile
-    /// share the next one). An item that arrives after a quiet spell is written at once.
+    /// While results arrive concurrently, the shortest time between two commits (items
+    /// arriving meanwhile share the next one). A lone item is written at once.
     pub max_delay: Duration,
     /// Most items inside the writer (queued or being written) before `submit` waits.
     pub max_pending: usize,
@@ -183,7 +183,7 @@ impl Default for WriterConfig {
     fn default() -> WriterConfig {
         WriterConfig {
             max_batch: 256,
-            max_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(40),
             max_pending: 10_000,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
@@ -365,6 +365,7 @@ impl Writer {
         tracing::debug!(config = ?self.config, "store writer started");
         let mut closed = false;
         let mut last_write: Option<Instant> = None;
+        let mut last_batch = 0;
         while !closed {
             // Wait for the first item of a batch, or for a parked item's next try.
             let first = match self.next_parked_try() {
@@ -379,12 +380,14 @@ impl Writer {
             };
             let Some(first) = first else { break };
             let mut batch = vec![first];
-            // Group commit, adaptive: after a quiet spell the batch is what is already
-            // queued, written at once (a lone caller waits for no one); while busy, at
-            // most one commit per max_delay, so transactions per execution fall as the
-            // load rises.
+            // Group commit, adaptive. While results arrive concurrently (the last batch
+            // held more than one), at most one commit per max_delay: transactions per
+            // execution fall as the load rises. Otherwise (a lone caller, a quiet
+            // spell) the batch is what is already queued, written at once: waiting
+            // would only add latency, since nothing else is coming.
             let now = Instant::now();
             let deadline = last_write
+                .filter(|_| last_batch > 1)
                 .map(|t| t + self.config.max_delay)
                 .filter(|d| *d > now)
                 .unwrap_or(now);
@@ -412,6 +415,7 @@ impl Writer {
                 }
             }
             last_write = Some(Instant::now());
+            last_batch = batch.len();
             self.write(batch).await;
             if self
                 .next_parked_try()
