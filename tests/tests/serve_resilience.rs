@@ -21,12 +21,25 @@ fn requests(prefix: &str, n: usize, workflow: &str) -> Vec<Request> {
 }
 
 /// Terminal rows in the database (through the store the test already holds, so that
-/// polling opens no sessions of its own).
+/// polling opens no sessions of its own). A poll that meets a connection the test just
+/// killed is tried again, as the service itself does.
 async fn terminal(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM executions WHERE status NOT IN ('pending', 'running')")
+    let mut tries = 0;
+    loop {
+        match sqlx::query_scalar(
+            "SELECT count(*) FROM executions WHERE status NOT IN ('pending', 'running')",
+        )
         .fetch_one(db.store.pool())
         .await
-        .unwrap()
+        {
+            Ok(n) => return n,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("poll failed ({e}); trying again");
+            }
+            Err(e) => panic!("cannot poll the test database: {e}"),
+        }
+    }
 }
 
 async fn wait_terminal(db: &TestDb, n: i64, within: Duration) {
