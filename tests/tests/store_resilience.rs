@@ -34,11 +34,20 @@ async fn begin(db: &TestDb, ids: &[String]) {
     }
 }
 
+/// One number from the test database. The test kills connections on purpose; a query
+/// that meets one of them is tried again, as the service does.
 async fn scalar(db: &TestDb, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap()
+    let mut tries = 0;
+    loop {
+        match sqlx::query_scalar(sql).fetch_one(db.store.pool()).await {
+            Ok(n) => return n,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("{sql}: {e}; trying again");
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
 }
 
 /// Rows, logs and metrics all agree with `n` executions recorded once, `logs` lines each.
