@@ -7,10 +7,12 @@
 //!   transactions per execution (from `pg_stat_database`) and Redis commands per
 //!   execution.
 //!
-//! Both run each isolation mode in turn and print a table, then one JSON line per mode.
+//! Both run each workload ([`workload`]: the trivial function, the SDK workload) in
+//! each isolation mode in turn and print a table, then one JSON line per run.
 
 pub mod local;
 pub mod service;
+pub mod workload;
 
 use std::time::Duration;
 
@@ -36,6 +38,10 @@ pub struct BenchArgs {
     /// Which isolation modes to measure.
     #[arg(long, value_enum, default_value = "both")]
     pub modes: Modes,
+    /// What each execution runs: `trivial` (returns at once), `sdk` (5 config.get,
+    /// 5 kv.set and 20 log lines), or `both`, one after the other.
+    #[arg(long, value_enum, default_value = "trivial")]
+    pub workload: workload::Workloads,
     #[command(flatten)]
     pub pool: PoolArgs,
     #[command(flatten)]
@@ -65,6 +71,7 @@ pub async fn run(args: BenchArgs) -> Result<i32, String> {
             ("spawn ms", "spawn_to_ready_ms"),
             ("sup MiB", "supervisor_rss_mib"),
             ("wrk MiB", "workers_rss_mib"),
+            ("wrk rd/ex", "worker_redis_commands_per_execution"),
         ]
     } else {
         &[
@@ -76,26 +83,30 @@ pub async fn run(args: BenchArgs) -> Result<i32, String> {
             ("xact/ex", "pg_xact_per_execution_under_load"),
             ("sessions", "pg_sessions_opened_during_run"),
             ("redis/ex", "redis_commands_per_execution"),
+            ("cache/ex", "module_cache_redis_commands_per_execution"),
+            ("wrk rd/ex", "worker_redis_commands_per_execution"),
             ("sup MiB", "supervisor_rss_mib"),
         ]
     };
-    let mut header = format!("{:<6}", "mode");
+    let mut header = format!("{:<8} {:<6}", "workload", "mode");
     for (title, _) in columns {
         header.push_str(&format!(" {title:>10}"));
     }
     println!("{header}");
-    for &mode in modes {
-        let r = if args.local {
-            local::bench_mode(&args, mode).await?
-        } else {
-            service::bench_mode(&args, mode).await?
-        };
-        let mut line = format!("{:<6}", r["mode"].as_str().unwrap_or(""));
-        for (_, key) in columns {
-            line.push_str(&format!(" {:>10.3}", r[*key].as_f64().unwrap_or(0.0)));
+    for &wl in args.workload.list() {
+        for &mode in modes {
+            let r = if args.local {
+                local::bench_mode(&args, mode, wl).await?
+            } else {
+                service::bench_mode(&args, mode, wl).await?
+            };
+            let mut line = format!("{:<8} {:<6}", wl.name(), r["mode"].as_str().unwrap_or(""));
+            for (_, key) in columns {
+                line.push_str(&format!(" {:>10.3}", r[*key].as_f64().unwrap_or(0.0)));
+            }
+            println!("{line}");
+            println!("{r}");
         }
-        println!("{line}");
-        println!("{r}");
     }
     Ok(0)
 }

@@ -50,6 +50,14 @@ pub enum Command {
         #[command(flatten)]
         conn: crate::cmd::ConnArgs,
     },
+    /// Store, list and remove the workspace's shared Python modules, which workflows
+    /// import (`from shared.tickets import open_ticket`).
+    Module {
+        #[command(subcommand)]
+        cmd: crate::cmd::module::ModuleCmd,
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
     /// Store and list workflows.
     Workflow {
         #[command(subcommand)]
@@ -75,6 +83,21 @@ pub enum Command {
     },
     /// Live supervisors, their workers, and the stream's backlog.
     Status {
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
+    /// Set, delete and list the config workflows read (`warden.config`), global or per
+    /// organization; secrets are stored encrypted and shown as `***`.
+    Config {
+        #[command(subcommand)]
+        cmd: crate::cmd::config::ConfigCmd,
+        #[command(flatten)]
+        conn: crate::cmd::ConnArgs,
+    },
+    /// Inspect the per-organization key-value store workflows use (`warden.kv`).
+    Kv {
+        #[command(subcommand)]
+        cmd: crate::cmd::kv::KvCmd,
         #[command(flatten)]
         conn: crate::cmd::ConnArgs,
     },

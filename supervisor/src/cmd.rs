@@ -5,8 +5,11 @@
 //! user (printed as `error: ...`, exit code 2).
 
 pub mod cancel;
+pub mod config;
 pub mod executions;
+pub mod kv;
 pub mod migrate;
+pub mod module;
 pub mod serve;
 pub mod status;
 pub mod submit;
@@ -29,7 +32,12 @@ pub struct ConnArgs {
     )]
     pub database_url: String,
     /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
     /// Prefix for every Redis key, to share one Redis between installations (and tests).
     #[arg(long, env = "WARDEN_KEY_PREFIX", default_value = "")]

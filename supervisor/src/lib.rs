@@ -9,9 +9,13 @@
 //! - [`intake`]: Redis: the execution stream and its consumer group, dead letters,
 //!   cancel requests, completion and status publishing.
 //! - [`serve`]: the daemon: intake → pool → group-commit writer → acknowledgement.
+//! - [`modules`]: the workspace module cache: `workspace_modules` kept in step with
+//!   Redis (full sync, LISTEN/NOTIFY, per-batch generation check, worker misses).
+//! - [`sdk`]: the workflow SDK's supervisor side: config and secrets, kv reads,
+//!   buffered writes, redaction.
 //! - [`cli`]: the command line (clap), and the subcommands that are not the daemon.
 //! - [`cmd`]: the subcommands that use the services (serve, migrate, workflow, submit,
-//!   executions, cancel, status), one file each.
+//!   executions, cancel, status, config, kv), one file each.
 //! - [`exec_cmd`]: `warden exec`, one workflow through the pool with no services.
 //! - [`bench`]: `warden bench`.
 //! - [`telemetry`]: tracing set-up (human or JSON).
@@ -21,8 +25,10 @@ pub mod cli;
 pub mod cmd;
 pub mod exec_cmd;
 pub mod intake;
+pub mod modules;
 pub mod outcome;
 pub mod pool;
+pub mod sdk;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

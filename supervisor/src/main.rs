@@ -18,11 +18,14 @@ async fn main() {
         Command::Bench(args) => warden::bench::run(args).await,
         Command::Serve(args) => warden::cmd::serve::run(args).await,
         Command::Migrate { conn } => warden::cmd::migrate::run(conn).await,
+        Command::Module { cmd, conn } => warden::cmd::module::run(conn, cmd).await,
         Command::Workflow { cmd, conn } => warden::cmd::workflow::run(conn, cmd).await,
         Command::Submit(args) => warden::cmd::submit::run(args).await,
         Command::Executions { cmd, conn } => warden::cmd::executions::run(conn, cmd).await,
         Command::Cancel { id, conn } => warden::cmd::cancel::run(conn, id).await,
         Command::Status { conn } => warden::cmd::status::run(conn).await,
+        Command::Config { cmd, conn } => warden::cmd::config::run(conn, cmd).await,
+        Command::Kv { cmd, conn } => warden::cmd::kv::run(conn, cmd).await,
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -21,6 +21,11 @@
 //! - **Back-pressure.** While the database is away the writer keeps results in memory
 //!   up to its bound; `submit` then waits, the main loop stops returning permits, and
 //!   intake pauses. Nothing is acknowledged before it is committed.
+//! - **Module cache.** At start-up the workspace's modules are synced from PostgreSQL to
+//!   Redis, and kept in step (LISTEN/NOTIFY) by crate::modules::ModuleSync, whose
+//!   LISTEN connection is the one database connection beyond `db_connections`. Each
+//!   batch carries the cache's generation (one GET); workers' `module_miss` requests
+//!   are answered from the database here.
 //! - **Shutdown.** The first signal stops intake and drains the pool for
 //!   `--drain-timeout` (what is still running is then killed and recorded `cancelled`);
 //!   a second signal kills at once. The writer then commits what it holds and the acker
@@ -37,6 +42,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::intake::stream::{KEEP_CLAIMED_EVERY, RECLAIM_MIN_IDLE};
 use crate::intake::{Intake, Keys, SupervisorStatus};
+use crate::modules::{ModuleCache, ModuleSync};
 use crate::outcome::{ExecutionOutcome, PoolEvent, Status};
 use crate::pool::{Pool, PoolConfig};
 use crate::sdk::Sdk;
@@ -109,6 +115,9 @@ pub struct ServeReport {
     /// Redis round trips and commands of the intake, reader and acker (not the cancel
     /// subscription, which only receives).
     pub redis: crate::intake::RedisCalls,
+    /// Those of the module cache's keeper (one GET per batch in the steady state;
+    /// start-up and change syncs besides).
+    pub module_cache_redis: crate::intake::RedisCalls,
 }
 
 /// A start-up failure, as one sentence for the operator.
@@ -150,8 +159,26 @@ pub async fn serve(
     .await
     .map_err(|e| ServeError(e.to_string()))?;
 
+    // The module cache: filled from the database now, then kept in step (LISTEN).
+    let module_cache = ModuleCache::connect(&cfg.redis_url, intake.keys().clone())
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    let modules = ModuleSync::new(store.clone(), module_cache);
+    let (stop_modules, modules_stopped) = watch::channel(false);
+    let module_follower = modules
+        .start(&cfg.database_url, modules_stopped)
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    // Workers read the cache from the same Redis (unless told otherwise, e.g. a Unix
+    // socket for network-isolated workers); never from the database.
+    let mut pool_cfg = cfg.pool.clone();
+    pool_cfg
+        .redis_url
+        .get_or_insert_with(|| cfg.redis_url.clone());
+    pool_cfg.key_prefix = cfg.key_prefix.clone();
+
     let (pool_tx, mut pool_events) = mpsc::unbounded_channel();
-    let pool = Pool::start(cfg.pool.clone(), pool_tx)
+    let pool = Pool::start(pool_cfg, pool_tx)
         .await
         .map_err(|e| ServeError(e.to_string()))?;
     let (writer, committed) = Writer::spawn(store.clone(), cfg.writer.clone());
@@ -172,6 +199,7 @@ pub async fn serve(
             writer: writer.clone(),
             acks: pending_acks.clone(),
             sdk: sdk.clone(),
+            modules: modules.clone(),
             permits: permits.clone(),
             capacity,
             read_linger: cfg.read_linger,
@@ -238,6 +266,12 @@ pub async fn serve(
                         }
                         None => pool.reply(crate::pool::unavailable(&req, "the execution is not running here")),
                     }
+                }
+                PoolEvent::Request(req) if req.op == crate::modules::MISS_OP => {
+                    // A worker lost a module (or the whole cache): re-cache it from the
+                    // database, off the main loop, then let the import go on.
+                    let (m, p) = (modules.clone(), pool.clone());
+                    tokio::spawn(async move { p.reply(m.answer(&req).await) });
                 }
                 PoolEvent::Request(req) => {
                     pool.reply(crate::pool::unavailable(&req, "this supervisor does not serve it"));
@@ -311,6 +345,9 @@ pub async fn serve(
     let _ = acker.await;
     let _ = intake.retire_status().await;
     report.redis = intake.calls();
+    let _ = stop_modules.send(true);
+    let _ = module_follower.await;
+    report.module_cache_redis = modules.cache().calls();
     store.close().await;
     tracing::info!(executions = report.executions, statuses = ?report.by_status, "stopped");
     Ok(report)

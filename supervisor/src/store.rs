@@ -9,12 +9,17 @@
 //! - [`migrate`]: the embedded migrations (`supervisor/migrations/`), applying them and
 //!   refusing to serve on an out-of-date schema.
 //! - [`workflows`]: workflow upsert/list and the one-query [`Store::load_for_batch`].
-//! - [`configs`]: config values and organizations, listed whole to fill the Redis cache.
+//! - [`configs`]: config values (secrets sealed) and organizations, read to fill the
+//!   Redis config cache; the SDK's config writes.
+//! - [`kv`]: the per-organization key-value store of the SDK (reads; writes are applied
+//!   by [`commit`]).
+//! - [`deliveries`]: event deliveries, created on intake; their status is written by
+//!   [`commit`].
 //! - [`executions`]: the one-statement [`Store::begin_batch`] that marks a batch
 //!   `running` (and says which ids were already finished), rejected requests, and the
 //!   read side (`list`, `show`).
-//! - [`commit`]: one batch of outcomes in one transaction (rows, logs, daily metrics),
-//!   idempotent so a replay never records twice.
+//! - [`commit`]: one batch of outcomes in one transaction (rows, logs, SDK writes,
+//!   delivery statuses, daily metrics), idempotent so a replay never records twice.
 //! - [`metrics`]: the per-(day, org, workflow) aggregation done in Rust before the
 //!   metrics upsert.
 //! - [`writer`]: the group-commit writer task: collects outcomes, writes them with
@@ -28,7 +33,9 @@
 pub mod commit;
 pub mod configs;
 pub mod connect;
+pub mod deliveries;
 pub mod executions;
+pub mod kv;
 pub mod metrics;
 pub mod migrate;
 pub mod retry;
@@ -38,12 +45,14 @@ pub mod writer;
 pub use sqlx;
 
 pub use commit::CommitOutcome;
-pub use configs::{ConfigEntry, ConfigKind, Organization};
+pub use configs::{ConfigEntry, ConfigKind, ConfigRow, Organization};
 pub use connect::{redact_url, Store};
+pub use deliveries::{Delivery, NewDelivery};
 pub use executions::{
     Begin, ExecutionDetail, ExecutionFilter, ExecutionRecord, ExecutionStatus, ExecutionSummary,
     LogLine, NewExecution, Rejected,
 };
+pub use kv::KvEntry;
 pub use migrate::{SchemaStatus, MIGRATOR};
 pub use retry::{retry_with_backoff, Backoff};
 pub use workflows::{PushAction, PushResult, Workflow, WorkflowRef, WorkflowSpec, WorkflowSummary};

@@ -312,3 +312,29 @@ pub mod fixtures {
         }
     }
 }
+
+/// Runs a read against the test database, trying again when it fails: tests kill
+/// backends on purpose, and (as in the service) the first statement on a killed
+/// connection fails and the next gets a fresh one.
+pub async fn retry<T, F, Fut>(what: &str, mut read: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match read().await {
+            Ok(v) => return v,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("{what}: {e}; trying again");
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// One number from the test database's store connections (see [`retry`]).
+pub async fn scalar(db: &TestDb, sql: &str) -> i64 {
+    retry(sql, || sqlx::query_scalar(sql).fetch_one(db.store.pool())).await
+}

@@ -24,7 +24,12 @@ pub struct TestServe {
 }
 
 /// A service config for `db` and `redis`, with `workers` workers.
-pub fn config(db: &TestDb, redis: &TestRedis, dir: &tempfile::TempDir, consumer: &str) -> ServeConfig {
+pub fn config(
+    db: &TestDb,
+    redis: &TestRedis,
+    dir: &tempfile::TempDir,
+    consumer: &str,
+) -> ServeConfig {
     let mut pool = warden::pool::PoolConfig::new(worker_bin(), dir.path().join(consumer));
     pool.workers = 2;
     pool.worker_uid_base = unique_uid_base();
@@ -43,7 +48,10 @@ impl TestServe {
     pub async fn start(configure: impl FnOnce(&mut ServeConfig)) -> TestServe {
         let db = TestDb::new().await;
         let redis = TestRedis::new();
-        let dir = tempfile::Builder::new().prefix("warden-serve-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("warden-serve-")
+            .tempdir()
+            .unwrap();
         let mut cfg = config(&db, &redis, &dir, "s1");
         configure(&mut cfg);
         let client = redis.client().await;
@@ -134,7 +142,10 @@ impl Drop for TestServe {
 /// Starts `serve(cfg)` on the current runtime; returns its trigger and task.
 pub fn spawn(
     cfg: ServeConfig,
-) -> (watch::Sender<u32>, JoinHandle<Result<ServeReport, ServeError>>) {
+) -> (
+    watch::Sender<u32>,
+    JoinHandle<Result<ServeReport, ServeError>>,
+) {
     let (tx, rx) = watch::channel(0);
     (tx, tokio::spawn(serve(cfg, rx)))
 }

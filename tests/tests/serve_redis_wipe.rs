@@ -13,8 +13,12 @@ use warden_tests::serve::TestServe;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_keeps_working_after_its_redis_keys_are_wiped() {
     let mut s = TestServe::start(|_| {}).await;
-    s.push("sleepy", "import time\ndef run(i):\n    time.sleep(0.02)\n    return i\n", None)
-        .await;
+    s.push(
+        "sleepy",
+        "import time\ndef run(i):\n    time.sleep(0.02)\n    return i\n",
+        None,
+    )
+    .await;
     let reqs: Vec<_> = (0..200)
         .map(|i| TestServe::request(&format!("a{i}"), "sleepy", &format!("{{\"i\": {i}}}")))
         .collect();
@@ -24,11 +28,17 @@ async fn service_keeps_working_after_its_redis_keys_are_wiped() {
     let keys = s.redis.scan_keys();
     assert!(!keys.is_empty());
     let mut conn = s.redis.conn().await;
-    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 
     // New work after the wipe runs.
     for i in 0..20 {
-        let c = s.run(&format!("b{i}"), "sleepy", &format!("{{\"i\": {i}}}")).await;
+        let c = s
+            .run(&format!("b{i}"), "sleepy", &format!("{{\"i\": {i}}}"))
+            .await;
         assert_eq!(c.status, Status::Success, "b{i}");
     }
     s.stop().await;
@@ -46,5 +56,8 @@ async fn service_keeps_working_after_its_redis_keys_are_wiped() {
         .fetch_one(s.db.store.pool())
         .await
         .unwrap();
-    assert!(done > 0 && done <= 200, "{done} of the first batch were taken and finished");
+    assert!(
+        done > 0 && done <= 200,
+        "{done} of the first batch were taken and finished"
+    );
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use warden::intake::{IntakeClient, Request};
 use warden::store::sqlx;
-use warden_tests::db::{sessions, TestDb};
+use warden_tests::db::{scalar, sessions, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::redis::TestRedis;
 use warden_tests::serve::{config, spawn, TestServe};
@@ -16,30 +16,24 @@ const QUICK: &str = "def run(i):\n    return {'i': i}\n";
 
 fn requests(prefix: &str, n: usize, workflow: &str) -> Vec<Request> {
     (0..n)
-        .map(|i| TestServe::request(&format!("{prefix}{i}"), workflow, &format!("{{\"i\": {i}}}")))
+        .map(|i| {
+            TestServe::request(
+                &format!("{prefix}{i}"),
+                workflow,
+                &format!("{{\"i\": {i}}}"),
+            )
+        })
         .collect()
 }
 
-/// Terminal rows in the database (through the store the test already holds, so that
-/// polling opens no sessions of its own). A poll that meets a connection the test just
-/// killed is tried again, as the service itself does.
+/// Terminal rows in the database, through the store the test already holds, so that
+/// polling opens no sessions of its own.
 async fn terminal(db: &TestDb) -> i64 {
-    let mut tries = 0;
-    loop {
-        match sqlx::query_scalar(
-            "SELECT count(*) FROM executions WHERE status NOT IN ('pending', 'running')",
-        )
-        .fetch_one(db.store.pool())
-        .await
-        {
-            Ok(n) => return n,
-            Err(e) if tries < 5 => {
-                tries += 1;
-                eprintln!("poll failed ({e}); trying again");
-            }
-            Err(e) => panic!("cannot poll the test database: {e}"),
-        }
-    }
+    scalar(
+        db,
+        "SELECT count(*) FROM executions WHERE status NOT IN ('pending', 'running')",
+    )
+    .await
 }
 
 async fn wait_terminal(db: &TestDb, n: i64, within: Duration) {
@@ -50,7 +44,10 @@ async fn wait_terminal(db: &TestDb, n: i64, within: Duration) {
             assert_eq!(t, n, "more terminal rows than executions");
             return;
         }
-        assert!(Instant::now() < deadline, "only {t} of {n} executions finished");
+        assert!(
+            Instant::now() < deadline,
+            "only {t} of {n} executions finished"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -96,7 +93,10 @@ async fn a_thousand_executions_open_no_sessions_beyond_the_budget() {
     cfg.db_connections = 2;
     let (signals, handle) = spawn(cfg);
     let client = redis.client().await;
-    client.submit_many(&requests("b", 1000, "quick")).await.unwrap();
+    client
+        .submit_many(&requests("b", 1000, "quick"))
+        .await
+        .unwrap();
     wait_terminal(&db, 1000, Duration::from_secs(120)).await;
     signals.send(1).unwrap();
     let report = handle.await.unwrap().unwrap();
@@ -104,9 +104,11 @@ async fn a_thousand_executions_open_no_sessions_beyond_the_budget() {
 
     let after = sessions(&mut side).await;
     // The test's own polling reuses `db.store`'s connections, opened before `before`.
+    // The budget is the pool's 2 plus the module cache's one LISTEN connection (the
+    // design allows exactly that one more).
     assert!(
-        after - before <= 2,
-        "sessions grew by {} over 1000 executions (budget 2)",
+        after - before <= 3,
+        "sessions grew by {} over 1000 executions (budget 2 + 1 LISTEN)",
         after - before
     );
     assert_eq!(metric_count(&db).await, 1000);
@@ -120,7 +122,10 @@ async fn killed_database_connections_lose_nothing_and_record_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let (signals, handle) = spawn(config(&db, &redis, &dir, "resilient"));
     let client = redis.client().await;
-    client.submit_many(&requests("k", 1000, "quick")).await.unwrap();
+    client
+        .submit_many(&requests("k", 1000, "quick"))
+        .await
+        .unwrap();
 
     let mut killed = 0;
     for _ in 0..3 {
@@ -139,10 +144,11 @@ async fn killed_database_connections_lose_nothing_and_record_nothing_twice() {
     assert_eq!(report.executions, 1000, "each execution ran once");
     assert_eq!(metric_count(&db).await, 1000, "each execution counted once");
     let mut conn = db.connection().await;
-    let success: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE status = 'success'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let success: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM executions WHERE status = 'success'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(success, 1000);
 }
 
@@ -150,37 +156,63 @@ async fn killed_database_connections_lose_nothing_and_record_nothing_twice() {
 async fn two_supervisors_share_one_stream() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
-    push(&db, "sleepy", "import time\ndef run(i):\n    time.sleep(0.005)\n    return i\n").await;
+    push(
+        &db,
+        "sleepy",
+        "import time\ndef run(i):\n    time.sleep(0.005)\n    return i\n",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (sig1, h1) = spawn(config(&db, &redis, &dir, "one"));
     let (sig2, h2) = spawn(config(&db, &redis, &dir, "two"));
     let client = redis.client().await;
-    client.submit_many(&requests("t", 400, "sleepy")).await.unwrap();
+    client
+        .submit_many(&requests("t", 400, "sleepy"))
+        .await
+        .unwrap();
     wait_terminal(&db, 400, Duration::from_secs(120)).await;
     sig1.send(1).unwrap();
     sig2.send(1).unwrap();
     let (r1, r2) = (h1.await.unwrap().unwrap(), h2.await.unwrap().unwrap());
     assert_eq!(r1.executions + r2.executions, 400, "{r1:?} {r2:?}");
-    assert!(r1.executions > 20 && r2.executions > 20, "both took work: {r1:?} {r2:?}");
+    assert!(
+        r1.executions > 20 && r2.executions > 20,
+        "both took work: {r1:?} {r2:?}"
+    );
     let mut conn = db.connection().await;
-    let by: Vec<(String, i64)> = sqlx::query_as("SELECT supervisor, count(*) FROM executions GROUP BY 1 ORDER BY 1")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(by, vec![("one".to_string(), r1.executions as i64), ("two".to_string(), r2.executions as i64)]);
+    let by: Vec<(String, i64)> =
+        sqlx::query_as("SELECT supervisor, count(*) FROM executions GROUP BY 1 ORDER BY 1")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        by,
+        vec![
+            ("one".to_string(), r1.executions as i64),
+            ("two".to_string(), r2.executions as i64)
+        ]
+    );
 }
 
 /// The real binary, so it can be SIGKILLed.
 fn serve_process(db: &TestDb, redis: &TestRedis, consumer: &str, uid_base: Option<u32>) -> Child {
     let mut cmd = Command::new(warden_bin());
-    cmd.args(["serve", "--workers", "2", "--consumer", consumer, "--reclaim-idle", "2s"])
-        .arg("--worker-bin")
-        .arg(worker_bin())
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", &redis.url)
-        .env("WARDEN_KEY_PREFIX", &redis.prefix)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "serve",
+        "--workers",
+        "2",
+        "--consumer",
+        consumer,
+        "--reclaim-idle",
+        "2s",
+    ])
+    .arg("--worker-bin")
+    .arg(worker_bin())
+    .env("DATABASE_URL", &db.url)
+    .env("REDIS_URL", &redis.url)
+    .env("WARDEN_KEY_PREFIX", &redis.prefix)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     match uid_base {
         Some(b) => cmd.arg("--worker-uid-base").arg(b.to_string()),
         None => cmd.arg("--worker-uid-base").arg("0"),
@@ -192,15 +224,26 @@ fn serve_process(db: &TestDb, redis: &TestRedis, consumer: &str, uid_base: Optio
 async fn sigkilled_supervisor_restarts_and_every_execution_commits_once() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
-    push(&db, "sleepy", "import time\ndef run(i):\n    time.sleep(0.01)\n    return i\n").await;
+    push(
+        &db,
+        "sleepy",
+        "import time\ndef run(i):\n    time.sleep(0.01)\n    return i\n",
+    )
+    .await;
     let client: IntakeClient = redis.client().await;
-    client.submit_many(&requests("x", 300, "sleepy")).await.unwrap();
+    client
+        .submit_many(&requests("x", 300, "sleepy"))
+        .await
+        .unwrap();
     let uids = unique_uid_base();
 
     let mut first = serve_process(&db, &redis, "crashy", uids);
     let deadline = Instant::now() + Duration::from_secs(60);
     while terminal(&db).await < 80 {
-        assert!(Instant::now() < deadline, "the first supervisor made no progress");
+        assert!(
+            Instant::now() < deadline,
+            "the first supervisor made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.kill().unwrap(); // SIGKILL: no drain, no flush, nothing.
@@ -216,11 +259,16 @@ async fn sigkilled_supervisor_restarts_and_every_execution_commits_once() {
     )
     .unwrap();
     assert!(second.wait().unwrap().success());
-    assert_eq!(metric_count(&db).await, 300, "each execution counted exactly once");
+    assert_eq!(
+        metric_count(&db).await,
+        300,
+        "each execution counted exactly once"
+    );
     let mut conn = db.connection().await;
-    let success: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE status = 'success'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let success: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM executions WHERE status = 'success'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(success, 300);
 }

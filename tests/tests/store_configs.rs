@@ -14,9 +14,20 @@ async fn configs_are_set_typed_listed_and_deleted() {
     s.set_config(Some("acme"), "region", &json!("us"), ConfigKind::String)
         .await
         .unwrap();
-    s.set_config(Some("acme"), "token", &json!("hunter2"), ConfigKind::Secret)
+    // Secrets are stored sealed (see sdk_config.rs); the store only checks the shape.
+    let key = warden::sdk::SecretKey::parse(&"ab".repeat(32), "test").unwrap();
+    let sealed = serde_json::to_value(
+        key.seal(warden::sdk::Scope::Org(1), "token", "hunter2")
+            .unwrap(),
+    )
+    .unwrap();
+    s.set_config(Some("acme"), "token", &sealed, ConfigKind::Secret)
         .await
         .unwrap();
+    assert!(s
+        .set_config(Some("acme"), "token", &json!("hunter2"), ConfigKind::Secret)
+        .await
+        .is_err());
     s.set_config(Some("acme"), "region", &json!("ap"), ConfigKind::String)
         .await
         .unwrap();
@@ -35,7 +46,7 @@ async fn configs_are_set_typed_listed_and_deleted() {
         vec![
             (None, "region", &json!("eu")),
             (Some("acme"), "region", &json!("ap")),
-            (Some("acme"), "token", &json!("hunter2")),
+            (Some("acme"), "token", &sealed),
         ]
     );
     assert!(

@@ -13,7 +13,7 @@ use warden::store::{
     Committed, Disposition, ExecutionStatus, NewExecution, Store, Writer, WriterConfig,
 };
 use warden_tests::db::fixtures::{completed, new_execution, STATUSES};
-use warden_tests::db::{server_url, TestDb};
+use warden_tests::db::{scalar, server_url, TestDb};
 
 async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Vec<Committed>>, n: usize) -> Vec<Committed> {
     let mut all = Vec::with_capacity(n);
@@ -31,22 +31,6 @@ async fn begin(db: &TestDb, ids: &[String]) {
     let rows: Vec<NewExecution> = ids.iter().map(|id| new_execution(id, None)).collect();
     for chunk in rows.chunks(250) {
         db.store.begin_batch(chunk).await.unwrap();
-    }
-}
-
-/// One number from the test database. The test kills connections on purpose; a query
-/// that meets one of them is tried again, as the service does.
-async fn scalar(db: &TestDb, sql: &str) -> i64 {
-    let mut tries = 0;
-    loop {
-        match sqlx::query_scalar(sql).fetch_one(db.store.pool()).await {
-            Ok(n) => return n,
-            Err(e) if tries < 5 => {
-                tries += 1;
-                eprintln!("{sql}: {e}; trying again");
-            }
-            Err(e) => panic!("{sql}: {e}"),
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use warden::store::{
 };
 use warden_protocol::{Log, LogLevel};
 use warden_tests::db::fixtures::{completed, new_execution, outcome, STATUSES};
-use warden_tests::db::{xact_commit, TestDb};
+use warden_tests::db::{retry, xact_commit, TestDb};
 
 /// Receive committed batches until `n` items have been reported.
 async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Vec<Committed>>, n: usize) -> Vec<Committed> {
@@ -84,7 +84,7 @@ async fn a_thousand_outcomes_commit_in_a_few_transactions_with_exact_metrics() {
     }
 
     // The set-up's statistics are still pending in its backends: make them exit (and
-    // flush) now, so they are not counted below. `db.store` reconnects when next used.
+    // flush) now, so they are not counted below.
     db.terminate_backends().await;
     db.wait_for_backends_at_most(0).await;
 
@@ -140,12 +140,13 @@ async fn a_thousand_outcomes_commit_in_a_few_transactions_with_exact_metrics() {
     assert_eq!(seen.len(), N);
     assert!(seen.values().all(|&n| n == 1));
 
-    // Rows: all terminal, per-status counts as submitted.
-    let counts: Vec<(String, i64)> =
+    // Rows: all terminal, per-status counts as submitted. (The first read meets the
+    // store connections killed above, so it may need a second try.)
+    let counts: Vec<(String, i64)> = retry("count rows by status", || {
         sqlx::query_as("SELECT status::text, count(*) FROM executions GROUP BY 1 ORDER BY 1")
             .fetch_all(db.store.pool())
-            .await
-            .unwrap();
+    })
+    .await;
     let counts: HashMap<String, i64> = counts.into_iter().collect();
     for s in STATUSES {
         assert_eq!(counts[s.as_str()], (N / 5) as i64, "{s}");

@@ -4,7 +4,8 @@
 //! Everything here runs after `fork` in a copy of the template, with the GIL held. The
 //! child never returns into the template's code and never runs destructors or `atexit`
 //! handlers: it leaves with `libc::_exit`, whatever happens. Its frames go to fd 3, which
-//! [`sandbox::isolate_fds`] has pointed at the child's end of the output socket.
+//! [`sandbox::isolate_fds`] has pointed at the child's end of the output socket; the
+//! replies to its requests come back on the same socket ([`crate::request`]).
 
 use std::os::fd::RawFd;
 
@@ -13,6 +14,7 @@ use warden_protocol::{ErrorInfo, Execute, ExecutionResult, Outcome};
 
 use crate::fds::CONNECTION_FD;
 use crate::python::runner::{self, Runner};
+use crate::request::Side;
 use crate::sandbox;
 
 /// Exit code when the template died before the child could arrange to die with it.
@@ -59,7 +61,7 @@ pub fn run(
         };
         exit(code);
     }
-    match runner.run(py, e, CONNECTION_FD, max_frame) {
+    match runner.run(py, e, CONNECTION_FD, Side::Child, max_frame) {
         Ok(()) => exit(0),
         Err(_) => exit(EXIT_OUTPUT_LOST),
     }

@@ -1,7 +1,11 @@
-//! The command line, parsed by hand (four flags do not justify clap's start-up cost in a
-//! process whose spawn-to-Hello budget is ~15 ms):
+//! The command line, parsed by hand (a handful of flags do not justify clap's start-up
+//! cost in a process whose spawn-to-Hello budget is ~15 ms):
 //!
-//! `warden-worker --worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]`
+//! `warden-worker --worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]
+//!  [--redis-url <url> [--key-prefix <prefix>]]`
+//!
+//! `--redis-url` is where the module cache is (read only; never a database). Without it
+//! the import hook is installed but serves nothing.
 //!
 //! Both `--flag value` and `--flag=value` are accepted. `--isolation` defaults to `fork`.
 
@@ -10,6 +14,7 @@ use warden_protocol::Isolation;
 
 pub const USAGE: &str =
     "usage: warden-worker --worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]\n\
+     \x20      [--redis-url <url> [--key-prefix <prefix>]]\n\
      The supervisor connection must be open on fd 3.";
 
 /// Smallest accepted `--max-frame`: a frame must hold at least a truncated log line.
@@ -20,9 +25,13 @@ pub struct Args {
     pub worker_id: u64,
     pub isolation: Isolation,
     pub max_frame: usize,
+    /// The module cache's Redis, if there is one.
+    pub redis_url: Option<String>,
+    /// Prefix of the module cache's keys (empty in production).
+    pub key_prefix: String,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Run(Args),
     Help,
@@ -32,6 +41,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut worker_id = None;
     let mut isolation = Isolation::Fork;
     let mut max_frame = DEFAULT_MAX_FRAME;
+    let mut redis_url = None;
+    let mut key_prefix = String::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -74,6 +85,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 }
                 max_frame = n;
             }
+            "--redis-url" => {
+                let v = value("--redis-url")?;
+                if v.is_empty() {
+                    return Err("--redis-url must not be empty".into());
+                }
+                redis_url = Some(v);
+            }
+            "--key-prefix" => key_prefix = value("--key-prefix")?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -82,6 +101,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         worker_id,
         isolation,
         max_frame,
+        redis_url,
+        key_prefix,
     }))
 }
 
@@ -99,6 +120,8 @@ mod tests {
             worker_id: 7,
             isolation: Isolation::Reuse,
             max_frame: 65536,
+            redis_url: Some("redis://h:1".into()),
+            key_prefix: "t:1:".into(),
         });
         assert_eq!(
             run(&[
@@ -107,17 +130,22 @@ mod tests {
                 "--isolation",
                 "reuse",
                 "--max-frame",
-                "65536"
+                "65536",
+                "--redis-url",
+                "redis://h:1",
+                "--key-prefix",
+                "t:1:"
             ]),
-            Ok(want)
+            Ok(want.clone())
         );
-        let want = Command::Run(Args {
-            worker_id: 7,
-            isolation: Isolation::Reuse,
-            max_frame: 65536,
-        });
         assert_eq!(
-            run(&["--worker-id=7", "--isolation=reuse", "--max-frame=65536"]),
+            run(&[
+                "--worker-id=7",
+                "--isolation=reuse",
+                "--max-frame=65536",
+                "--redis-url=redis://h:1",
+                "--key-prefix=t:1:"
+            ]),
             Ok(want)
         );
     }
@@ -130,6 +158,8 @@ mod tests {
                 worker_id: 1,
                 isolation: Isolation::Fork,
                 max_frame: DEFAULT_MAX_FRAME,
+                redis_url: None,
+                key_prefix: String::new(),
             }))
         );
     }
@@ -146,5 +176,8 @@ mod tests {
             .contains("between"));
         assert!(run(&["--worker-id"]).unwrap_err().contains("needs a value"));
         assert!(run(&["--bogus"]).unwrap_err().contains("unknown argument"));
+        assert!(run(&["--worker-id", "1", "--redis-url", ""])
+            .unwrap_err()
+            .contains("must not be empty"));
     }
 }

@@ -4,7 +4,9 @@
 //! ```text
 //! Execute ─▶ socketpair + fork ─▶ Started ─▶ poll { fd 3, child socket, pidfd }
 //!              fd 3:    Kill → killpg · Shutdown → killpg, exit after Ended · EOF → killpg, exit
-//!              socket:  relay valid frames; garbage → killpg, ProtocolError
+//!                       Reply (this execution) → queued for the child's socket
+//!              socket:  relay valid frames (Log, Request, Result); garbage → killpg,
+//!                       ProtocolError; writable → write queued Replies
 //!              pidfd:   child exited (left a zombie: its pgid stays reserved)
 //!          ─▶ killpg(group) ─▶ wait4 (status, rusage) ─▶ sweep escapees ─▶ drain socket
 //!          ─▶ Ended   (always the last message of the execution)
@@ -14,15 +16,15 @@
 //! `PyOS_AfterFork_*`, as `os.fork` does) while holding the GIL; being single-threaded,
 //! it has no other thread whose locks the child could inherit.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::unistd::{setpgid, Pid};
 use pyo3::Python;
 use warden_protocol::{
-    Ended, ErrorInfo, Execute, ExecutionResult, ExitKind, FrameError, FromWorker, Outcome, Started,
-    ToWorker,
+    frame, Ended, ErrorInfo, Execute, ExecutionResult, ExitKind, FrameError, FromWorker, Outcome,
+    Started, ToWorker,
 };
 
 use crate::child;
@@ -33,6 +35,10 @@ use crate::procfs;
 use crate::python::runner::Runner;
 use crate::reap::{self, Usage};
 use crate::relay::{Pumped, Relay};
+
+/// Replies queued for a child beyond this (or two frames, if larger) mean it is not
+/// reading them.
+const MAX_QUEUED_REPLIES: usize = 1024 * 1024;
 
 /// Exit code reported when there is no child status to report: the child could not be
 /// created (then a `Result` explains why) or could not be waited for.
@@ -75,6 +81,8 @@ pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Ne
         pidfd: fds::pidfd_open(pid).ok(),
         socket: Some(ours),
         relay: Relay::new(&e.execution_id, conn.max_frame()),
+        replies: Vec::new(),
+        max_frame: conn.max_frame(),
         next: Next::Continue,
         lost: None,
     };
@@ -145,6 +153,10 @@ struct Watch<'a> {
     /// The template's end of the output socket; `None` once it ended or broke.
     socket: Option<UnixStream>,
     relay: Relay,
+    /// Encoded Replies not yet written to the child's socket (it is non-blocking: a child
+    /// that does not read its replies must not stall the template).
+    replies: Vec<u8>,
+    max_frame: usize,
     next: Next,
     lost: Option<Lost>,
 }
@@ -166,6 +178,9 @@ impl Watch<'_> {
                 events: libc::POLLIN,
                 revents: 0,
             });
+            if !self.replies.is_empty() {
+                fds[1].events |= libc::POLLOUT;
+            }
             let timeout = if self.pidfd.is_some() { -1 } else { 10 };
             // SAFETY: `fds` is a valid array of pollfd for its length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -182,8 +197,11 @@ impl Watch<'_> {
             if fds[0].revents != 0 {
                 self.on_supervisor(conn);
             }
-            if fds[1].revents != 0 {
+            if fds[1].revents & !libc::POLLOUT != 0 {
                 self.on_output(conn);
+            }
+            if fds[1].revents & libc::POLLOUT != 0 {
+                self.write_replies();
             }
             let exited = if self.pidfd.is_some() {
                 fds[2].revents != 0
@@ -216,7 +234,10 @@ impl Watch<'_> {
             Ok(Some(ToWorker::Welcome(_))) => {
                 eprintln!("warden-worker: ignoring an unexpected Welcome while running {id:?}")
             }
-            // TODO(module cache / SDK): relay to the child.
+            Ok(Some(ToWorker::Reply(reply))) if &reply.execution_id == id => {
+                self.queue_reply(ToWorker::Reply(reply))
+            }
+            // The answer to a request of an execution that already ended.
             Ok(Some(ToWorker::Reply(_))) => {}
             Ok(None) => {
                 reap::kill_group(self.pid);
@@ -225,6 +246,54 @@ impl Watch<'_> {
             Err(err) => {
                 reap::kill_group(self.pid);
                 self.lost = Some(Lost::Error(err));
+            }
+        }
+    }
+
+    /// Queues a Reply for the child and writes what the socket takes now.
+    fn queue_reply(&mut self, reply: ToWorker) {
+        if self.socket.is_none() {
+            return;
+        }
+        match frame::encode(&reply, self.max_frame) {
+            Ok(bytes) => self.replies.extend_from_slice(&bytes),
+            Err(err) => {
+                // The supervisor sent it, so it fit a frame; this cannot really happen.
+                eprintln!("warden-worker: cannot re-encode a reply for the child: {err}");
+                return;
+            }
+        }
+        // One reply per request, so only a child that sends requests and never reads the
+        // answers gets here; it must not make the template hold unbounded memory.
+        if self.replies.len() > MAX_QUEUED_REPLIES.max(2 * self.max_frame) {
+            self.relay
+                .fail("the child does not read the replies to its requests".into());
+            reap::kill_group(self.pid);
+            self.replies = Vec::new();
+            return;
+        }
+        self.write_replies();
+    }
+
+    /// Writes queued Replies until the socket would block.
+    fn write_replies(&mut self) {
+        let Some(sock) = self.socket.as_mut() else {
+            self.replies = Vec::new();
+            return;
+        };
+        while !self.replies.is_empty() {
+            match sock.write(&self.replies) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.replies.drain(..n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                // EPIPE and the like: the child closed its end; nobody will read them.
+                Err(_) => {
+                    self.replies = Vec::new();
+                    break;
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
 //! `warden-worker`: one sandboxed worker template of the Warden supervisor.
 //!
 //! The supervisor starts it with its connection already open on fd 3 (a socketpair) and
-//! `--worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]`. The process embeds
+//! `--worker-id <u64> --isolation fork|reuse [--max-frame <bytes>] [--redis-url <url>
+//! [--key-prefix <prefix>]]`. The process embeds
 //! CPython once, says Hello, then runs executions one at a time until told to stop.
 //!
 //! Layout:
@@ -13,6 +14,10 @@
 //! - [`sandbox`]: process-level isolation applied in the child (group, parent death,
 //!   file descriptors, rlimits) and the template's clean signal state.
 //! - [`relay`]: validation and forwarding of a child's frames.
+//! - [`request`]: one blocking Request/Reply exchange with the supervisor (the child's
+//!   socket in fork mode, fd 3 in reuse mode).
+//! - [`modules`]: the workspace module cache: the Rust import hook serving a snapshot
+//!   of Redis, and the template's loading of it.
 //! - [`reap`]: waiting for children, their resource usage, and killing leftovers.
 //! - [`reuse`]: reuse-mode executions, run by the template itself.
 //! - [`python`]: the embedded interpreter, output capture and the Python runner.
@@ -29,10 +34,12 @@ mod connection;
 mod error;
 mod fds;
 mod forked;
+mod modules;
 mod procfs;
 mod python;
 mod reap;
 mod relay;
+mod request;
 mod reuse;
 mod sandbox;
 mod template;

@@ -1,8 +1,8 @@
 //! Validation and forwarding of a forked child's frames to the supervisor.
 //!
 //! The child runs untrusted code, so its output socket is untrusted input: every frame
-//! must decode to a `Log` or (once) a `Result` for the execution being run, and fit in
-//! the maximum frame size. Valid frames are forwarded as the exact bytes the child
+//! must decode to a `Log`, a `Request` or (once, last) a `Result` for the execution being
+//! run, and fit in the maximum frame size. Valid frames are forwarded as the exact bytes the child
 //! wrote (no re-encode). The first invalid frame marks the relay broken: the caller
 //! kills the child's process group and reports `ExitKind::ProtocolError`, and nothing
 //! more from that child is forwarded.
@@ -57,6 +57,15 @@ impl Relay {
     /// Why the relay stopped, if the child broke the protocol.
     pub fn violation(&self) -> Option<&str> {
         self.broken.as_deref()
+    }
+
+    /// Marks the child as having broken the protocol in a way only the caller can see
+    /// (it does not read the replies to its requests). The first reason is kept.
+    pub fn fail(&mut self, reason: String) {
+        if self.broken.is_none() {
+            self.broken = Some(reason);
+            self.buf = Vec::new();
+        }
     }
 
     /// Reads one chunk from `src` (non-blocking) and passes every whole, valid frame to
@@ -154,6 +163,8 @@ impl Relay {
 pub enum Kind {
     Log,
     Result,
+    /// The child asks the supervisor something; the template relays the Reply back.
+    Request,
 }
 
 /// Is `body` a frame a child may send for `execution_id` at this point?
@@ -163,10 +174,10 @@ pub fn validate(body: &[u8], execution_id: &str, result_seen: bool) -> Result<Ki
     let (kind, id) = match &msg {
         FromWorker::Log(log) => (Kind::Log, &log.execution_id),
         FromWorker::Result(result) => (Kind::Result, &result.execution_id),
+        FromWorker::Request(request) => (Kind::Request, &request.execution_id),
         FromWorker::Hello(_) => return Err(forbidden("Hello")),
         FromWorker::Started(_) => return Err(forbidden("Started")),
         FromWorker::Ended(_) => return Err(forbidden("Ended")),
-        FromWorker::Request(_) => return Err(forbidden("Request")),
     };
     if id != execution_id {
         return Err(format!(
@@ -316,6 +327,30 @@ mod tests {
         });
         let (relay, _) = run(frame::encode(&started, MAX).unwrap(), 1000, true);
         assert!(relay.violation().unwrap().contains("Started"));
+    }
+
+    #[test]
+    fn requests_for_the_running_execution_are_forwarded_and_others_are_violations() {
+        let req = |id: &str| {
+            frame::encode(
+                &FromWorker::Request(warden_protocol::Request {
+                    execution_id: id.into(),
+                    request_id: 1,
+                    op: "module_miss".into(),
+                    args_json: "{}".into(),
+                }),
+                MAX,
+            )
+            .unwrap()
+        };
+        let mut data = req("e1");
+        data.extend(result("e1"));
+        let (relay, out) = run(data.clone(), 7, true);
+        assert_eq!(out, data);
+        assert_eq!(relay.violation(), None);
+        let (relay, out) = run(req("e2"), 1000, true);
+        assert!(out.is_empty());
+        assert!(relay.violation().unwrap().contains("\"e2\""));
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //!   deadlines by killing the whole template, recycles it on memory growth (it gets
 //!   `worker_rss_bytes` in every Ended) by sending Shutdown, and replaces it if it dies.
 //! - A `Kill` cannot be answered while the function runs (the template is busy running
-//!   it), which is why the supervisor kills the template instead.
+//!   it), which is why the supervisor kills the template instead. The exception is a
+//!   function waiting in `_warden.request`: the template is then reading its connection,
+//!   so a Kill for the execution ends the template there and then, and a Shutdown makes
+//!   the request fail and the template exit after the execution.
 
 use pyo3::Python;
 use warden_protocol::{Ended, Execute, ExitKind, FrameError, FromWorker, Started};
@@ -23,8 +26,10 @@ use crate::error::WorkerError;
 use crate::forked::Next;
 use crate::procfs;
 use crate::python::interpreter::describe;
+use crate::python::request;
 use crate::python::runner::Runner;
 use crate::reap::{self, Usage};
+use crate::request::{Interrupted, Side};
 
 use std::os::fd::AsRawFd;
 
@@ -39,7 +44,7 @@ pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Ne
     let before = Usage::of_self();
     let delivered = Python::attach(|py| {
         let state = runner.snapshot(py);
-        let delivered = runner.run(py, e, conn.as_raw_fd(), conn.max_frame());
+        let delivered = runner.run(py, e, conn.as_raw_fd(), Side::Template, conn.max_frame());
         match state {
             Ok(state) => {
                 if let Err(err) = runner.restore(py, state) {
@@ -58,6 +63,11 @@ pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Ne
     });
     // Processes the code started and left running do not outlive the execution.
     reap::sweep();
+    // A request of this execution saw the supervisor go away or ask us to stop.
+    let interrupted = request::take_interruption();
+    if interrupted == Some(Interrupted::Closed) {
+        return Ok(Next::Exit);
+    }
     delivered.map_err(|err| WorkerError::Connection {
         during: "sending an execution's output",
         source: FrameError::Io(err),
@@ -74,5 +84,8 @@ pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Ne
         }),
         "sending Ended",
     )?;
-    Ok(Next::Continue)
+    match interrupted {
+        Some(Interrupted::Shutdown) => Ok(Next::Exit),
+        _ => Ok(Next::Continue),
+    }
 }

@@ -3,20 +3,25 @@
 //! Start-up order matters for the ~15 ms spawn-to-Hello budget and for safety: the
 //! standard fds and signal state are made sane, the template becomes a child subreaper
 //! (so nothing an execution starts can escape being killed and reaped), fd 3 is checked
-//! before the comparatively slow interpreter start, and only then is Hello sent.
+//! before the comparatively slow interpreter start, and only then is Hello sent. The
+//! module cache's first snapshot is loaded right after the handshake.
 //!
-//! The loop handles one execution at a time: `Execute` runs to its `Ended` before the
+//! The loop handles one execution at a time: the module snapshot is brought up to the
+//! `Execute`'s generation (see [`crate::modules::sync`]), then it runs to its `Ended` before the
 //! next message is read (in fork mode the supervisor connection is still watched during
 //! the execution, for Kill and Shutdown; see [`crate::forked`]).
 
+use pyo3::Python;
 use warden_protocol::{FromWorker, Hello, Isolation, ToWorker, PROTOCOL_VERSION};
 
 use crate::cli::Args;
 use crate::connection::Connection;
 use crate::error::WorkerError;
 use crate::forked::{self, Next};
+use crate::modules::source::RedisSource;
+use crate::modules::sync::{self, Prepared};
 use crate::python::interpreter;
-use crate::{fds, reap, reuse, sandbox};
+use crate::{fds, modules, reap, reuse, sandbox};
 
 pub fn run(args: &Args) -> Result<(), WorkerError> {
     fds::ensure_std_fds().map_err(WorkerError::os("opening /dev/null on closed standard fds"))?;
@@ -26,15 +31,26 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
     let python = interpreter::start()?;
 
     handshake(&mut conn, args, python.version.clone())?;
+    // After Hello: a slow or absent Redis must not delay (or fail) the handshake.
+    let cache = args
+        .redis_url
+        .as_deref()
+        .map(|url| RedisSource::new(url, &args.key_prefix));
+    Python::attach(|py| modules::sync::start(py, cache, args.isolation))?;
 
     loop {
         let next = match conn.recv("waiting for work")? {
             // The supervisor closed the connection: nothing left to do.
             None => Next::Exit,
-            Some(ToWorker::Execute(e)) => match args.isolation {
-                Isolation::Fork => forked::execute(&python.runner, &mut conn, &e)?,
-                Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
-            },
+            Some(ToWorker::Execute(e)) => {
+                match Python::attach(|py| sync::prepare(py, &mut conn, &e, args.isolation))? {
+                    Prepared::Skip(next) => next,
+                    Prepared::Run => match args.isolation {
+                        Isolation::Fork => forked::execute(&python.runner, &mut conn, &e)?,
+                        Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
+                    },
+                }
+            }
             // A Kill racing with the execution's Ended: that execution is already over.
             Some(ToWorker::Kill { .. }) => Next::Continue,
             // A reply for an execution that already ended.

@@ -10,30 +10,45 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use warden_protocol::Isolation;
 
-use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs, TRIVIAL};
+use super::workload::Workload;
+use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
+use crate::modules::bench::LocalModules;
 use crate::outcome::{Job, PoolEvent, Status};
 use crate::pool::Pool;
 
-pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Value, String> {
+pub async fn bench_mode(
+    args: &BenchArgs,
+    mode: Isolation,
+    workload: Workload,
+) -> Result<serde_json::Value, String> {
     let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
     let mut cfg = args.pool.to_config(run_dir);
     cfg.isolation = mode;
+    let modules = match workload {
+        Workload::Modules => Some(LocalModules::start(&args.conn.redis_url).await?),
+        _ => None,
+    };
+    if let Some(m) = &modules {
+        m.configure(&mut cfg);
+    }
+    let modules_generation = modules.as_ref().map_or(0, |m| m.generation);
     // Recycling is part of reuse mode's cost; keep the configured value.
     let workers = cfg.workers;
     let (tx, mut events) = mpsc::unbounded_channel();
     let pool = Pool::start(cfg, tx).await.map_err(|e| e.to_string())?;
     let spawn_ms = pool.stats().last_spawn_to_ready_us as f64 / 1000.0;
 
+    let context = workload.local_context();
     let job = |i: usize| Job {
         execution_id: format!("b{i}"),
-        path: "bench/trivial.py".into(),
-        source: TRIVIAL.into(),
+        path: format!("bench/{}.py", workload.name()),
+        source: workload.source().into(),
         function: "run".into(),
         params_json: format!("{{\"x\": {i}}}"),
-        context_json: "{}".into(),
+        context_json: context.clone(),
         timeout: None,
         limits: None,
-        modules_generation: 0,
+        modules_generation,
     };
 
     // Warm up (first forks fault in pages).
@@ -44,6 +59,7 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
     wait_for(&mut events, 50 * workers).await?;
 
     // Throughput: everything queued at once.
+    let worker_commands_before = modules.as_ref().and_then(LocalModules::worker_commands);
     let t0 = Instant::now();
     for i in 0..args.n {
         pool.submit(job(i))
@@ -62,12 +78,23 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
         wait_for(&mut events, 1).await?;
         one.push(t.elapsed());
     }
+    // Redis commands the workers sent for the measured executions (the modules
+    // workload: the target is none, templates serve imports from their snapshot).
+    let worker_redis = modules
+        .as_ref()
+        .and_then(LocalModules::worker_commands)
+        .zip(worker_commands_before)
+        .map(|(after, before)| (after - before) as f64 / (args.n + args.sequential) as f64);
     pool.shutdown(Duration::from_secs(5)).await;
+    if let Some(m) = modules {
+        m.finish().await;
+    }
 
     lat.sort();
     one.sort();
     Ok(json!({
         "mode": match mode { Isolation::Fork => "fork", Isolation::Reuse => "reuse" },
+        "workload": workload.name(),
         "n": args.n,
         "workers": workers,
         "executions_per_s": args.n as f64 / wall.as_secs_f64(),
@@ -78,6 +105,7 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
         "spawn_to_ready_ms": spawn_ms,
         "supervisor_rss_mib": self_rss_bytes() as f64 / 1048576.0,
         "workers_rss_mib": workers_rss as f64 / 1048576.0,
+        "worker_redis_commands_per_execution": worker_redis,
     }))
 }
 

@@ -19,13 +19,19 @@ use serde_json::json;
 use tokio::sync::watch;
 use warden_protocol::Isolation;
 
-use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs, TRIVIAL};
+use super::workload::Workload;
+use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
 use crate::intake::{IntakeClient, Keys, Request, WorkflowRef};
+use crate::modules::bench::CountingProxy;
 use crate::serve::{serve, ServeConfig};
 use crate::store::sqlx::{self, Connection, PgConnection};
 use crate::store::{Store, WorkflowSpec};
 
-pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Value, String> {
+pub async fn bench_mode(
+    args: &BenchArgs,
+    mode: Isolation,
+    workload: Workload,
+) -> Result<serde_json::Value, String> {
     let db_url = scratch_database(&args.conn.database_url).await?;
     let store = Store::connect(&db_url, 1)
         .await
@@ -33,16 +39,17 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
     store
         .push_workflow(&WorkflowSpec {
             org: None,
-            name: "trivial".into(),
-            path: "bench/trivial.py".into(),
+            name: workload.name().into(),
+            path: format!("bench/{}.py", workload.name()),
             function_name: "run".into(),
-            source: TRIVIAL.into(),
+            source: workload.source().into(),
             default_timeout_ms: None,
             time_saved_seconds: None,
             value: None,
         })
         .await
         .map_err(|e| e.to_string())?;
+    workload.setup(&store).await?;
     store.close().await;
 
     let mode_name = match mode {
@@ -58,6 +65,15 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
     let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
     let mut pool = args.pool.to_config(run_dir);
     pool.isolation = mode;
+    // The modules workload: workers read the module cache through a proxy that counts
+    // their commands (the target is none per execution in the steady state).
+    let proxy = match workload {
+        Workload::Modules => CountingProxy::start(&args.conn.redis_url).await,
+        _ => None,
+    };
+    if let Some(p) = &proxy {
+        pool.redis_url = Some(p.url.clone());
+    }
     let mut cfg = ServeConfig::new(pool, db_url.clone(), args.conn.redis_url.clone());
     cfg.key_prefix = prefix.clone();
     cfg.consumer = format!("bench-{mode_name}");
@@ -73,14 +89,15 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
     let mut completions = Completions::subscribe(&args.conn.redis_url, &keys).await?;
     // Warm up: templates started, connections open, first forks paid.
     let warm = ids("w", 200.min(args.n.max(1)));
-    submit(&client, &warm).await?;
+    submit(&client, &warm, workload).await?;
     completions.wait(&warm, Duration::from_secs(120)).await?;
 
     let (s1, x1) = stats(&mut side).await?;
+    let worker_commands_before = proxy.as_ref().map(CountingProxy::commands);
     let t0 = Instant::now();
     let batch = ids("t", args.n);
     let submitted = Instant::now();
-    submit(&client, &batch).await?;
+    submit(&client, &batch, workload).await?;
     let arrived = completions.wait(&batch, Duration::from_secs(600)).await?;
     let wall = t0.elapsed();
     let mut lat: Vec<Duration> = arrived
@@ -96,13 +113,18 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
     let mut one = Vec::with_capacity(args.sequential);
     for id in ids("s", args.sequential) {
         let t = Instant::now();
-        submit(&client, std::slice::from_ref(&id)).await?;
+        submit(&client, std::slice::from_ref(&id), workload).await?;
         completions
             .wait(std::slice::from_ref(&id), Duration::from_secs(60))
             .await?;
         one.push(t.elapsed());
     }
     one.sort();
+    let worker_redis = proxy
+        .as_ref()
+        .map(CountingProxy::commands)
+        .zip(worker_commands_before)
+        .map(|(after, before)| (after - before) as f64 / (args.n + args.sequential) as f64);
     let (s3, x3) = stats(&mut side).await?;
     let _ = signals.send(1);
     let report = handle
@@ -117,6 +139,7 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
 
     Ok(json!({
         "mode": mode_name,
+        "workload": workload.name(),
         "end_to_end": true,
         "n": args.n,
         "workers": args.pool.workers,
@@ -130,6 +153,11 @@ pub async fn bench_mode(args: &BenchArgs, mode: Isolation) -> Result<serde_json:
         "pg_xact_per_execution_under_load": per(x2 - x1, args.n),
         "pg_xact_per_execution_one_at_a_time": per(x3 - x2, args.sequential),
         "redis_commands_per_execution": redis_per_exec,
+        // The module cache: the supervisor's (a GET per batch, plus start-up) and the
+        // workers' (measured executions only; null when not counted).
+        "module_cache_redis_commands_per_execution":
+            report.module_cache_redis.commands as f64 / (executions + warm.len() as f64),
+        "worker_redis_commands_per_execution": worker_redis,
         "redis_round_trips_per_execution": report.redis.round_trips as f64 / (executions + warm.len() as f64),
         "supervisor_rss_mib": sup_rss as f64 / 1048576.0,
         "workers_rss_mib": workers_rss as f64 / 1048576.0,
@@ -143,12 +171,12 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-async fn submit(client: &IntakeClient, ids: &[String]) -> Result<(), String> {
+async fn submit(client: &IntakeClient, ids: &[String], workload: Workload) -> Result<(), String> {
     let reqs: Vec<Request> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            let mut r = Request::new(id.clone(), WorkflowRef::Name("trivial".into()));
+            let mut r = Request::new(id.clone(), WorkflowRef::Name(workload.name().into()));
             r.params_json = format!("{{\"x\": {i}}}");
             r
         })

@@ -45,7 +45,10 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("{:<38} {:<20} {:<10} {:>7} {:>10}  error", "id", "workflow", "status", "attempt", "ms");
+            println!(
+                "{:<38} {:<20} {:<10} {:>7} {:>10}  error",
+                "id", "workflow", "status", "attempt", "ms"
+            );
             for r in rows {
                 println!(
                     "{:<38} {:<20} {:<10} {:>7} {:>10}  {}",
@@ -94,7 +97,10 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, String> {
                 println!("result:    {r}");
             }
             if let Some(t) = &e.error_type {
-                println!("error:     {t}: {}", e.error_message.as_deref().unwrap_or(""));
+                println!(
+                    "error:     {t}: {}",
+                    e.error_message.as_deref().unwrap_or("")
+                );
             }
             if let Some(tb) = e.traceback.as_deref().filter(|t| !t.is_empty()) {
                 println!("traceback:\n{tb}");

@@ -8,7 +8,10 @@ pub async fn run(conn: ConnArgs) -> Result<i32, String> {
         .await
         .map_err(|e| e.to_string())?
     {
-        println!("created database {}", crate::store::redact_url(&conn.database_url));
+        println!(
+            "created database {}",
+            crate::store::redact_url(&conn.database_url)
+        );
     }
     let store = conn.store().await?;
     store.migrate().await.map_err(|e| e.to_string())?;

@@ -9,7 +9,10 @@ pub async fn run(conn: ConnArgs) -> Result<i32, String> {
     if o.supervisors.is_empty() {
         println!("no live supervisor (start one with `warden serve`)");
     } else {
-        println!("{:<32} {:>8} {:>6} {:>6} {:>12} {:>9}", "supervisor", "workers", "busy", "idle", "completed", "execs/s");
+        println!(
+            "{:<32} {:>8} {:>6} {:>6} {:>12} {:>9}",
+            "supervisor", "workers", "busy", "idle", "completed", "execs/s"
+        );
         for s in &o.supervisors {
             println!(
                 "{:<32} {:>8} {:>6} {:>6} {:>12} {:>9.1}",
@@ -27,7 +30,11 @@ pub async fn run(conn: ConnArgs) -> Result<i32, String> {
         "stream: {} waiting, {} in progress{}",
         b.waiting(),
         b.pending,
-        if b.group_exists { "" } else { " (no supervisor has read it yet)" }
+        if b.group_exists {
+            ""
+        } else {
+            " (no supervisor has read it yet)"
+        }
     );
     Ok(0)
 }

@@ -45,8 +45,13 @@ pub struct SubmitArgs {
 
 pub async fn run(args: SubmitArgs) -> Result<i32, String> {
     let params = params_json(args.params.as_deref(), &args.param)?;
-    let workflow = if !args.workflow.is_empty() && args.workflow.bytes().all(|b| b.is_ascii_digit()) {
-        WorkflowRef::Id(args.workflow.parse().map_err(|_| "workflow id is too large".to_string())?)
+    let workflow = if !args.workflow.is_empty() && args.workflow.bytes().all(|b| b.is_ascii_digit())
+    {
+        WorkflowRef::Id(
+            args.workflow
+                .parse()
+                .map_err(|_| "workflow id is too large".to_string())?,
+        )
     } else {
         WorkflowRef::Name(args.workflow.clone())
     };
@@ -92,7 +97,9 @@ pub fn params_json(params: Option<&str>, pairs: &[String]) -> Result<String, Str
         return match serde_json::from_str::<Value>(p) {
             Ok(Value::Object(_)) => Ok(p.to_string()),
             Ok(_) => Err("--params must be a JSON object such as '{\"x\": 1}'".into()),
-            Err(e) => Err(format!("--params is not valid JSON ({e}); pass an object such as '{{\"x\": 1}}'")),
+            Err(e) => Err(format!(
+                "--params is not valid JSON ({e}); pass an object such as '{{\"x\": 1}}'"
+            )),
         };
     }
     let mut obj = Map::new();
@@ -113,7 +120,11 @@ mod tests {
 
     #[test]
     fn params_from_pairs_parse_json_values() {
-        let p = params_json(None, &["n=3".into(), "name=bob".into(), "tags=[\"a\"]".into()]).unwrap();
+        let p = params_json(
+            None,
+            &["n=3".into(), "name=bob".into(), "tags=[\"a\"]".into()],
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&p).unwrap();
         assert_eq!(v, serde_json::json!({"n": 3, "name": "bob", "tags": ["a"]}));
         assert!(params_json(None, &["novalue".into()]).is_err());

@@ -1,6 +1,6 @@
 //! `warden workflow push|list`: store workflows (source and how to run them).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
@@ -9,13 +9,16 @@ use crate::store::{PushAction, WorkflowSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCmd {
-    /// Store a workflow from a Python file (updates it when the name exists).
+    /// Store a workflow from a Python file (updates it when the name exists), or every
+    /// `.py` file of a directory, each named after its file.
     Push {
-        /// The workflow's Python file.
+        /// The workflow's Python file, or a directory of them (`tickets.py` becomes the
+        /// workflow `tickets`; the other flags apply to each).
         file: PathBuf,
-        /// Its name, unique within its organization.
+        /// Its name, unique within its organization (default: the file name without
+        /// `.py`; not with a directory).
         #[arg(long)]
-        name: String,
+        name: Option<String>,
         /// The function to call.
         #[arg(long, default_value = "run")]
         function: String,
@@ -48,33 +51,41 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
             time_saved,
             value,
         } => {
-            let source = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read workflow file {}: {e}", file.display()))?;
-            let path = file
-                .file_name()
-                .map(|f| format!("workflows/{}", f.to_string_lossy()))
-                .unwrap_or_else(|| format!("workflows/{name}.py"));
-            let spec = WorkflowSpec {
-                org,
-                name: name.clone(),
-                path,
-                function_name: function,
-                source,
-                default_timeout_ms: timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32),
-                time_saved_seconds: time_saved,
-                value,
-            };
-            let r = store.push_workflow(&spec).await.map_err(|e| e.to_string())?;
-            let what = match r.action {
-                PushAction::Created => "created",
-                PushAction::Updated => "updated",
-                PushAction::Unchanged => "unchanged",
-            };
-            println!("workflow {name} {what} (id {})", r.id);
+            for (file, name) in workflow_files(&file, name)? {
+                let source = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read workflow file {}: {e}", file.display()))?;
+                let path = file
+                    .file_name()
+                    .map(|f| format!("workflows/{}", f.to_string_lossy()))
+                    .unwrap_or_else(|| format!("workflows/{name}.py"));
+                let spec = WorkflowSpec {
+                    org: org.clone(),
+                    name: name.clone(),
+                    path,
+                    function_name: function.clone(),
+                    source,
+                    default_timeout_ms: timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32),
+                    time_saved_seconds: time_saved,
+                    value,
+                };
+                let r = store
+                    .push_workflow(&spec)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let what = match r.action {
+                    PushAction::Created => "created",
+                    PushAction::Updated => "updated",
+                    PushAction::Unchanged => "unchanged",
+                };
+                println!("workflow {name} {what} (id {})", r.id);
+            }
         }
         WorkflowCmd::List => {
             let all = store.list_workflows().await.map_err(|e| e.to_string())?;
-            println!("{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}", "id", "org", "name", "path", "function", "timeout");
+            println!(
+                "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
+                "id", "org", "name", "path", "function", "timeout"
+            );
             for w in all {
                 println!(
                     "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
@@ -92,4 +103,46 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
     }
     store.close().await;
     Ok(0)
+}
+
+/// The files a push stores, with their workflow names: `file` itself, or every `.py`
+/// file directly in it when it is a directory (sorted, named after the file).
+fn workflow_files(file: &Path, name: Option<String>) -> Result<Vec<(PathBuf, String)>, String> {
+    let stem = |f: &Path| {
+        f.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if !file.is_dir() {
+        let name = name.unwrap_or_else(|| stem(file));
+        if name.is_empty() {
+            return Err(format!(
+                "cannot name a workflow after {}: give --name",
+                file.display()
+            ));
+        }
+        return Ok(vec![(file.to_path_buf(), name)]);
+    }
+    if name.is_some() {
+        return Err(
+            "--name names one workflow; a directory's workflows are named after their files".into(),
+        );
+    }
+    let entries = std::fs::read_dir(file)
+        .map_err(|e| format!("cannot read directory {}: {e}", file.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "py"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no .py files in {}", file.display()));
+    }
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let name = stem(&f);
+            (f, name)
+        })
+        .collect())
 }

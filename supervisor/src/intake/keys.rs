@@ -87,6 +87,38 @@ impl Keys {
         format!("{}warden:supervisor:{consumer}", self.prefix)
     }
 
+    /// One config scope's cached values (`global` or `org:<id>`), as JSON with the
+    /// generation it was filled at: `{prefix}warden:config:<scope>`. Filled from the
+    /// database by the supervisor (crate::sdk::cache), expiring on its own.
+    pub fn config_cache(&self, scope: &str) -> String {
+        format!("{}warden:config:{scope}", self.prefix)
+    }
+
+    /// Hash of config generations, one field per scope: `{prefix}warden:config:generations`.
+    /// Bumped after every committed config change; a cached scope whose generation is not
+    /// the current one is a miss. Never expires (it is a few bytes per organization).
+    pub fn config_generations(&self) -> String {
+        format!("{}warden:config:generations", self.prefix)
+    }
+
+    /// One workspace module's cached source: a hash `{content, hash}` at
+    /// `{prefix}warden:module:<path>` (crate::modules::cache). Workers read it; only the
+    /// supervisor writes it.
+    pub fn module(&self, path: &str) -> String {
+        format!("{}warden:module:{path}", self.prefix)
+    }
+
+    /// The set of every cached module path: `{prefix}warden:module:index`.
+    pub fn module_index(&self) -> String {
+        format!("{}warden:module:index", self.prefix)
+    }
+
+    /// The module cache's generation (a number, changed on every change the supervisor
+    /// makes to the cache; missing = the cache was wiped): `{prefix}warden:module:generation`.
+    pub fn module_generation(&self) -> String {
+        format!("{}warden:module:generation", self.prefix)
+    }
+
     /// The set of consumer names that have published a status: `{prefix}warden:supervisors`.
     /// Members whose status key has expired are stale and pruned by readers.
     pub fn supervisors(&self) -> String {
@@ -110,6 +142,15 @@ mod tests {
         assert_eq!(k.cancelled("e1"), "warden:cancelled:e1");
         assert_eq!(k.supervisor_status("h1"), "warden:supervisor:h1");
         assert_eq!(k.supervisors(), "warden:supervisors");
+        // The worker builds the same names (worker/src/modules/keys.rs).
+        assert_eq!(
+            k.module("shared/tickets.py"),
+            "warden:module:shared/tickets.py"
+        );
+        assert_eq!(k.module_index(), "warden:module:index");
+        assert_eq!(k.module_generation(), "warden:module:generation");
+        assert_eq!(k.config_cache("org:7"), "warden:config:org:7");
+        assert_eq!(k.config_generations(), "warden:config:generations");
     }
 
     #[test]
@@ -125,6 +166,11 @@ mod tests {
             k.cancelled("x"),
             k.supervisor_status("x"),
             k.supervisors(),
+            k.module("a.py"),
+            k.module_index(),
+            k.module_generation(),
+            k.config_cache("global"),
+            k.config_generations(),
         ] {
             assert!(name.starts_with("t:ab:warden:"), "{name}");
         }

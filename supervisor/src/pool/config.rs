@@ -38,6 +38,13 @@ pub struct PoolConfig {
     /// After asking a template to kill its child, how long to wait for `Ended` before
     /// killing the template itself.
     pub kill_grace: Duration,
+    /// Where the workers read the module cache (`--redis-url`). `None`: no module cache
+    /// (the workers' import hook serves nothing). Never a database URL. With
+    /// `network_isolation`, give a `unix://` URL: TCP is unreachable from a new network
+    /// namespace.
+    pub redis_url: Option<String>,
+    /// Prefix of the module cache's keys (`--key-prefix`; "" in production).
+    pub key_prefix: String,
 }
 
 impl PoolConfig {
@@ -58,6 +65,8 @@ impl PoolConfig {
             max_frame: warden_protocol::frame::DEFAULT_MAX_FRAME,
             start_timeout: Duration::from_secs(20),
             kill_grace: Duration::from_secs(2),
+            redis_url: None,
+            key_prefix: String::new(),
         }
     }
 }

@@ -340,7 +340,7 @@ impl Dispatcher {
                 if let Some(slot) = slot {
                     let _ = self.slots[slot]
                         .cmds
-                        .send(TemplateCmd::Send(ToWorker::Reply(reply)));
+                        .send(TemplateCmd::Send(Box::new(ToWorker::Reply(reply))));
                 }
             }
             Request::Shutdown { drain, done } => self.begin_drain(drain, Some(done)),
@@ -419,7 +419,7 @@ impl Dispatcher {
             let s = &mut self.slots[slot];
             // If the template task is gone its Gone event is on the way and will
             // finalise this execution as crashed.
-            let _ = s.cmds.send(TemplateCmd::Send(msg));
+            let _ = s.cmds.send(TemplateCmd::Send(Box::new(msg)));
             s.state = SlotState::Busy(Box::new(Running {
                 job,
                 dispatched: now,
@@ -452,7 +452,7 @@ impl Dispatcher {
                 s.failed_starts = 0;
                 s.executions = 0;
                 if self.drain.as_ref().is_some_and(|d| d.stopping) {
-                    let _ = s.cmds.send(TemplateCmd::Send(ToWorker::Shutdown));
+                    let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
                     s.state = SlotState::Retiring;
                 } else {
                     s.state = SlotState::Idle;
@@ -550,7 +550,7 @@ impl Dispatcher {
                 rss = ended.worker_rss_bytes,
                 "recycling worker"
             );
-            let _ = s.cmds.send(TemplateCmd::Send(ToWorker::Shutdown));
+            let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
             s.state = SlotState::Retiring;
         }
     }
@@ -695,7 +695,9 @@ impl Dispatcher {
                 let id = r.job.execution_id.clone();
                 let _ = self.slots[slot]
                     .cmds
-                    .send(TemplateCmd::Send(ToWorker::Kill { execution_id: id }));
+                    .send(TemplateCmd::Send(Box::new(ToWorker::Kill {
+                        execution_id: id,
+                    })));
             }
             // The code runs in the template itself: only killing it stops the code.
             Isolation::Reuse => self.kill_template(slot),
@@ -726,7 +728,7 @@ impl Dispatcher {
             for s in &mut self.slots {
                 match s.state {
                     SlotState::Idle | SlotState::Starting => {
-                        let _ = s.cmds.send(TemplateCmd::Send(ToWorker::Shutdown));
+                        let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
                         s.state = SlotState::Retiring;
                     }
                     SlotState::Down(_) => s.state = SlotState::Down(None),

@@ -63,6 +63,7 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
         })
         .arg("--max-frame")
         .arg(cfg.max_frame.to_string())
+        .args(module_cache_args(cfg))
         .current_dir(&workdir)
         .env_clear()
         .stdin(Stdio::null())
@@ -96,6 +97,20 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
         pid,
         workdir,
     })
+}
+
+/// `--redis-url URL --key-prefix P` when the pool has a module cache. Redis is the only
+/// store a worker reads; the database URL never leaves the supervisor.
+fn module_cache_args(cfg: &PoolConfig) -> Vec<String> {
+    match &cfg.redis_url {
+        Some(url) => vec![
+            "--redis-url".into(),
+            url.clone(),
+            "--key-prefix".into(),
+            cfg.key_prefix.clone(),
+        ],
+        None => Vec::new(),
+    }
 }
 
 fn worker_env(cfg: &PoolConfig, workdir: &Path) -> Vec<(String, String)> {

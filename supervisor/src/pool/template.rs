@@ -20,7 +20,7 @@ use super::spawn::spawn_template;
 /// From the dispatcher to a template task.
 #[derive(Debug)]
 pub enum TemplateCmd {
-    Send(ToWorker),
+    Send(Box<ToWorker>),
     /// SIGKILL the template's whole process group.
     Kill,
 }

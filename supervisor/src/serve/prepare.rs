@@ -6,7 +6,9 @@
 //! 2. one query loading every workflow the batch names;
 //! 3. one `MGET` of cancel markers (cancelled while still queued: never run);
 //! 4. one statement recording the batch `running`, which also says which ids are
-//!    already finished (a replay after a crash) or duplicated.
+//!    already finished (a replay after a crash) or duplicated;
+//! 5. one `GET` of the module cache's generation, carried by every job of the batch (a
+//!    wiped cache is refilled first: crate::modules::ModuleSync::check).
 //!
 //! Entries that cannot run (malformed, unknown workflow) are dead-lettered with the
 //! reason and recorded `failed` through the writer, so they are acknowledged only
@@ -41,6 +43,8 @@ pub struct Reader {
     pub acks: PendingAcks,
     /// Config for the executions' contexts; event deliveries.
     pub sdk: crate::sdk::Sdk,
+    /// The module cache, checked once per batch.
+    pub modules: crate::modules::ModuleSync,
     /// One permit per free place (worker or prefetch).
     pub permits: Arc<Semaphore>,
     /// Permits in all.
@@ -234,7 +238,7 @@ impl Reader {
                 stream_id: Some(sid.clone()),
             }));
         }
-        let mut dead_fields: Vec<(intake::Rejected, Vec<(Vec<u8>, Vec<u8>)>)> =
+        let mut dead_fields: Vec<(intake::Rejected, Vec<intake::entry::Field>)> =
             dead.iter().map(|(r, f)| (r.clone(), f.to_vec())).collect();
         let by_sid: HashMap<&str, &Entry> =
             entries.iter().map(|e| (e.stream_id.as_str(), e)).collect();
@@ -251,7 +255,7 @@ impl Reader {
             }
         }
         if !dead_fields.is_empty() {
-            let batch: Vec<(&intake::Rejected, &[(Vec<u8>, Vec<u8>)])> =
+            let batch: Vec<(&intake::Rejected, &[intake::entry::Field])> =
                 dead_fields.iter().map(|(r, f)| (r, f.as_slice())).collect();
             if let Err(e) = self.intake.dead_letter_batch(&batch).await {
                 tracing::warn!(error = %e, "could not write dead letters (the executions are still recorded failed)");
@@ -284,6 +288,13 @@ impl Reader {
             crate::sdk::cache::ConfigSnapshot::default()
         };
 
+        // One GET per batch; templates behind it reload before running if it moved.
+        let modules_generation = if runs().next().is_some() {
+            self.modules.check().await
+        } else {
+            0
+        };
+
         let mut out = Vec::new();
         for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
             match begin {
@@ -304,6 +315,10 @@ impl Reader {
                     completion: None,
                 }),
             }
+        }
+
+        for d in &mut out {
+            d.job.modules_generation = modules_generation;
         }
 
         for item in records {

@@ -1,24 +1,38 @@
-//! One batch of outcomes in ONE transaction: the execution rows, their logs, and the
-//! daily metrics. The group-commit writer ([`crate::store::writer`]) decides when to call
-//! it and what to do when it fails; this module only knows how to write.
+//! One batch of outcomes in ONE transaction: the execution rows, their logs, the SDK
+//! writes of the successful ones (config, kv, ROI), the status of their event
+//! deliveries, and the daily metrics. The group-commit writer ([`crate::store::writer`])
+//! decides when to call it and what to do when it fails; this module only knows how to
+//! write.
 //!
 //! It is idempotent, which is what lets the writer retry a batch whose COMMIT may or may
 //! not have happened (the connection died waiting for the answer):
 //! - the row upsert only touches rows that are not terminal yet, and says which ones it
 //!   changed;
-//! - logs and metrics are written for exactly those rows, so a replayed execution adds
-//!   neither twice.
+//! - logs, SDK writes and metrics are written for exactly those rows, so a replayed
+//!   execution adds none of them twice; the delivery status is set by the same
+//!   statement as the row (a data-modifying CTE), so it changes exactly when the row
+//!   does.
+//!
+//! SDK writes (crate::sdk::writes) are applied only for rows recorded `success`, after
+//! the batch's writes are collapsed per (organization, key) in batch order (the last
+//! execution to finish wins, as it would one transaction at a time) and sorted, so two
+//! supervisors lock the same rows in the same order. They are parsed before the
+//! transaction begins: malformed writes fail the batch as a data error without a round
+//! trip, and the writer isolates the item that carries them.
 //!
 //! Values PostgreSQL would refuse are made storable first (NUL characters, `\u0000` in
 //! JSON, non-JSON results, out-of-range numbers), so one odd result cannot fail its whole
 //! batch; what is left to fail is the database's own doing (constraints, triggers).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::outcome::Status;
+use crate::sdk::writes::{Change, SdkWrites};
+use crate::store::configs::apply_config_writes;
 use crate::store::executions::{json_or_string, strip_nul, ExecutionStatus};
+use crate::store::kv::apply_kv_writes;
 use crate::store::metrics::{DailyMetrics, Sample};
 use crate::store::writer::Completed;
 use crate::store::{Store, StoreError};
@@ -96,6 +110,23 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = rows_of(&unique);
+        // Parsed before BEGIN: a malformed payload costs no round trip.
+        let mut writes: Vec<Option<SdkWrites>> = Vec::with_capacity(unique.len());
+        for item in &unique {
+            let o = &item.outcome;
+            writes.push(
+                if o.status == Status::Success && !o.sdk_writes_json.is_empty() {
+                    Some(
+                        SdkWrites::parse(&o.sdk_writes_json).map_err(|e| StoreError::Invalid {
+                            what: "SDK writes",
+                            reason: format!("execution `{}`: {e}", o.execution_id),
+                        })?,
+                    )
+                } else {
+                    None
+                },
+            );
+        }
 
         let mut tx = self
             .pool()
@@ -152,7 +183,13 @@ impl Store {
                      org_id = COALESCE(e.org_id, EXCLUDED.org_id),
                      caller = COALESCE(e.caller, EXCLUDED.caller)
                  WHERE e.status IN ('pending', 'running')
-                 RETURNING e.id, e.workflow_id, e.org_id
+                 RETURNING e.id, e.workflow_id, e.org_id, e.status
+             ),
+             delivered AS (
+                 UPDATE deliveries d SET
+                     status = up.status::text, updated_at = now(), completed_at = now()
+                 FROM up
+                 WHERE d.execution_id = up.id
              )
              SELECT i.id, up.id IS NOT NULL, prev.status::text, up.workflow_id, up.org_id
              FROM input i
@@ -185,10 +222,16 @@ impl Store {
         let mut outcome_of: Vec<Option<CommitOutcome>> = vec![None; unique.len()];
         let mut logs = Logs::default();
         let mut metrics = DailyMetrics::new();
+        // Collapsed per (org, key): the later item in the batch wins.
+        let mut config_writes: BTreeMap<(Option<i64>, String), Change> = BTreeMap::new();
+        let mut kv_writes: BTreeMap<(Option<i64>, String), (Change, String)> = BTreeMap::new();
+        let mut recorded_order: Vec<(usize, Option<i64>)> = Vec::new();
         for (id, recorded, previous, workflow_id, org_id) in answers {
             let Some(&i) = index.get(&id) else { continue };
             let item = unique[i];
             if recorded {
+                recorded_order.push((i, org_id));
+                let roi = writes[i].as_ref().and_then(|w| w.roi);
                 outcome_of[i] = Some(CommitOutcome::Recorded);
                 push_logs(&mut logs, &id, item);
                 metrics.add(&Sample {
@@ -199,8 +242,9 @@ impl Store {
                     duration_ms: rows.duration_ms[i],
                     cpu_seconds: rows.cpu_seconds[i],
                     peak_memory_bytes: rows.peak_memory_bytes[i],
-                    time_saved_seconds: item.time_saved_seconds,
-                    value: item.value,
+                    time_saved_seconds: roi
+                        .map_or(item.time_saved_seconds, |r| r.time_saved_seconds),
+                    value: roi.map_or(item.value, |r| r.value),
                 });
             } else {
                 let status = previous
@@ -227,6 +271,29 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::query("insert the execution logs"))?;
+        }
+        // Batch order, not the statement's answer order, decides which write wins.
+        recorded_order.sort_unstable_by_key(|&(i, _)| i);
+        for (i, org_id) in recorded_order {
+            let Some(w) = writes[i].take() else { continue };
+            let id = strip_nul(&unique[i].outcome.execution_id);
+            for (key, change) in w.config {
+                config_writes.insert((org_id, key), change);
+            }
+            for (key, change) in w.kv {
+                kv_writes.insert((org_id, key), (change, id.clone()));
+            }
+        }
+        if !config_writes.is_empty() {
+            let config_writes: Vec<_> = config_writes.into_iter().collect();
+            apply_config_writes(&mut tx, &config_writes).await?;
+        }
+        if !kv_writes.is_empty() {
+            let kv_writes: Vec<_> = kv_writes
+                .into_iter()
+                .map(|(k, (change, by))| (k, change, by))
+                .collect();
+            apply_kv_writes(&mut tx, &kv_writes).await?;
         }
         metrics.upsert(&mut tx).await?;
         tx.commit()

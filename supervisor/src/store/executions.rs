@@ -249,7 +249,14 @@ impl Store {
         &self,
         refs: &[WorkflowRef],
         rows: F,
-    ) -> Result<(HashMap<WorkflowRef, Workflow>, Vec<NewExecution>, Vec<Begin>), StoreError>
+    ) -> Result<
+        (
+            HashMap<WorkflowRef, Workflow>,
+            Vec<NewExecution>,
+            Vec<Begin>,
+        ),
+        StoreError,
+    >
     where
         F: FnOnce(&HashMap<WorkflowRef, Workflow>) -> Vec<NewExecution>,
     {
@@ -265,7 +272,9 @@ impl Store {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::query("relax durability of the batch transaction"))?;
+            .map_err(StoreError::query(
+                "relax durability of the batch transaction",
+            ))?;
         let workflows = Self::load_for_batch_on(&mut tx, refs).await?;
         let new = rows(&workflows);
         let begins = if new.is_empty() {

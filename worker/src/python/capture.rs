@@ -1,4 +1,4 @@
-//! Output capture, Rust half: the `_warden` native module and the per-execution log sink.
+//! Output capture, Rust half: `_warden.emit_log` and the per-execution log sink.
 //!
 //! `runner.py` turns `print`, `sys.stderr` and `logging` into `_warden.emit_log(level,
 //! line)` calls; this module numbers the lines, applies the execution's log caps,
@@ -16,6 +16,9 @@ use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
 use warden_protocol::{frame, ExecutionLimits, FromWorker, Log, LogLevel};
 
 use crate::fds;
@@ -205,26 +208,27 @@ fn parse_level(level: &str) -> Option<LogLevel> {
     })
 }
 
-/// The native module Python code sees as `_warden`.
-#[pyo3::pymodule]
-pub mod _warden {
-    use pyo3::exceptions::PyValueError;
-    use pyo3::prelude::*;
-    use pyo3::types::PyString;
+/// Writes an already-encoded frame to `fd` under the log sink's lock, so that it cannot
+/// interleave with a Log line another thread is writing to the same fd (see
+/// [`crate::python::request`]).
+pub fn write_frame(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+    let _guard = sink();
+    fds::write_all(fd, bytes)
+}
 
-    /// Emits one log line for the running execution. `level` is one of debug, info,
-    /// warning, error, critical. Strings that are not valid UTF-8 (lone surrogates) are
-    /// sent with replacement characters rather than failing the caller's `print`.
-    #[pyfunction]
-    fn emit_log(level: &str, message: &Bound<'_, PyString>) -> PyResult<()> {
-        let level = super::parse_level(level).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "unknown log level {level:?} (expected debug, info, warning, error or critical)"
-            ))
-        })?;
-        super::emit(level, &message.to_string_lossy());
-        Ok(())
-    }
+/// `_warden.emit_log(level, message)`: emits one log line for the running execution.
+/// `level` is one of debug, info, warning, error, critical. Strings that are not valid
+/// UTF-8 (lone surrogates) are sent with replacement characters rather than failing the
+/// caller's `print`.
+#[pyo3::pyfunction]
+pub fn emit_log(level: &str, message: &Bound<'_, PyString>) -> PyResult<()> {
+    let level = parse_level(level).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown log level {level:?} (expected debug, info, warning, error or critical)"
+        ))
+    })?;
+    emit(level, &message.to_string_lossy());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use pyo3::prelude::*;
 
 use crate::error::WorkerError;
-use crate::python::capture::_warden;
+use crate::python::native::_warden;
 use crate::python::runner::Runner;
 
 pub struct Interpreter {
@@ -28,6 +28,9 @@ pub fn start() -> Result<Interpreter, WorkerError> {
     pyo3::append_to_inittab!(_warden);
     Python::initialize();
     Python::attach(|py| -> PyResult<Interpreter> {
+        // Before the runner, whose start-up ends by freezing the collector's view of
+        // everything loaded so far (the SDK included).
+        crate::python::sdk::install(py)?;
         let runner = Runner::load(py)?;
         let version = py.import("sys")?.getattr("version")?.extract::<String>()?;
         Ok(Interpreter { runner, version })

@@ -292,7 +292,18 @@ async def _await(awaitable):
 
 
 def _failed(exc, path):
-    return (False, _type_name(type(exc)), _safe_str(exc), _format_traceback(exc, path))
+    return (False, _type_name(type(exc)), _message(exc), _format_traceback(exc, path))
+
+
+def _message(exc):
+    """``str(exc)``, except that a SyntaxError (say, in a workspace module the workflow
+    imports) names its whole path, not only the file's basename as its ``str`` does."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        try:
+            return f"{exc.msg} ({exc.filename}, line {exc.lineno})"
+        except BaseException:
+            pass
+    return _safe_str(exc)
 
 
 def _format_traceback(exc, path):
@@ -380,8 +391,12 @@ _LIBRARY_DIRS = None
 def _is_library(module):
     """Is this module part of the interpreter or its installed packages? Those are kept
     when a reuse-mode execution ends: they hold no workflow state worth discarding, and
-    some C extensions (numpy, for one) cannot be initialised twice in a process."""
+    some C extensions (numpy, for one) cannot be initialised twice in a process.
+    Workspace modules (served by the module cache's finder) never are: the next
+    execution may run under a newer generation of them."""
     global _LIBRARY_DIRS
+    if isinstance(getattr(module, "__loader__", None), _warden.WorkspaceFinder):
+        return False
     spec = getattr(module, "__spec__", None)
     origin = getattr(spec, "origin", None) if spec is not None else None
     if origin in ("built-in", "frozen"):

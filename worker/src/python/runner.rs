@@ -17,7 +17,8 @@ use warden_protocol::{
 };
 
 use crate::fds;
-use crate::python::capture;
+use crate::python::{capture, request};
+use crate::request::Side;
 
 const RUNNER_SOURCE: &str = include_str!("runner.py");
 
@@ -43,15 +44,27 @@ impl Runner {
     }
 
     /// Runs `e` and writes its Log frames, then its Result, to `fd`. An error means the
-    /// fd's reader is gone (the Result could not be delivered).
-    pub fn run(&self, py: Python<'_>, e: &Execute, fd: RawFd, max_frame: usize) -> io::Result<()> {
+    /// fd's reader is gone (the Result could not be delivered). Requests the code makes
+    /// (`_warden.request`) go out on the same fd, from `side`.
+    pub fn run(
+        &self,
+        py: Python<'_>,
+        e: &Execute,
+        fd: RawFd,
+        side: Side,
+        max_frame: usize,
+    ) -> io::Result<()> {
         capture::begin(fd, &e.execution_id, &e.limits, max_frame);
+        request::begin(fd, side, &e.execution_id, max_frame);
         let _ = self.call(py, "begin_output", ());
         let started = Instant::now();
+        crate::python::sdk::begin(py, e);
         let outcome = self.execute(py, e);
+        let sdk_writes_json = crate::python::sdk::finish(py);
         let duration_us = started.elapsed().as_micros() as u64;
         // Partial last lines belong before the Result.
         let _ = self.call(py, "finish_output", ());
+        request::end();
         let report = capture::end();
         if let Some(err) = report.write_error {
             return Err(err);
@@ -61,7 +74,7 @@ impl Runner {
             outcome,
             duration_us,
             logs_dropped: report.logs_dropped,
-            sdk_writes_json: String::new(),
+            sdk_writes_json,
         };
         write_result(fd, result, max_frame)
     }

@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 use warden_protocol::frame::DEFAULT_MAX_FRAME;
 use warden_protocol::{
     io as frame_io, Ended, ErrorInfo, Execute, ExecutionLimits, ExecutionResult, ExitKind,
-    FromWorker, Hello, Log, LogLevel, Outcome, Started, ToWorker, Welcome, PROTOCOL_VERSION,
+    FromWorker, Hello, Log, LogLevel, Outcome, Reply, ReplyOutcome, Request, Started, ToWorker,
+    Welcome, PROTOCOL_VERSION,
 };
+
+pub mod redis_cache;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_warden-worker");
 
@@ -31,6 +34,8 @@ pub struct Options {
     /// not apply to root).
     pub uid: Option<u32>,
     pub max_frame: Option<usize>,
+    /// `--redis-url` and `--key-prefix` (the module cache).
+    pub redis: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -40,6 +45,7 @@ impl Default for Options {
             worker_id: 1,
             uid: None,
             max_frame: None,
+            redis: None,
         }
     }
 }
@@ -77,6 +83,12 @@ pub fn spawn(opts: &Options) -> Spawned {
         .stderr(Stdio::piped());
     if let Some(max) = opts.max_frame {
         cmd.arg("--max-frame").arg(max.to_string());
+    }
+    if let Some((url, prefix)) = &opts.redis {
+        cmd.arg("--redis-url")
+            .arg(url)
+            .arg("--key-prefix")
+            .arg(prefix);
     }
     if let Some(uid) = opts.uid {
         cmd.uid(uid).gid(uid);
@@ -197,8 +209,29 @@ impl Worker {
         }
     }
 
-    /// Collects messages up to and including the Ended of `id`.
+    /// Collects messages up to and including the Ended of `id`; a Request fails the test.
     pub fn collect(&mut self, id: &str) -> Run {
+        self.collect_answering(id, |req| panic!("unexpected Request {req:?}"))
+    }
+
+    /// Sends Execute and collects everything up to its Ended, answering each Request with
+    /// what `answer` returns.
+    pub fn execute_answering(
+        &mut self,
+        e: Execute,
+        answer: impl FnMut(&Request) -> ReplyOutcome,
+    ) -> Run {
+        let id = e.execution_id.clone();
+        self.send(&ToWorker::Execute(e));
+        self.collect_answering(&id, answer)
+    }
+
+    /// Like [`Worker::collect`], answering Requests with `answer`.
+    pub fn collect_answering(
+        &mut self,
+        id: &str,
+        mut answer: impl FnMut(&Request) -> ReplyOutcome,
+    ) -> Run {
         let mut run = Run::default();
         loop {
             let msg = self.recv();
@@ -223,7 +256,16 @@ impl Worker {
                     return run;
                 }
                 FromWorker::Hello(h) => panic!("unexpected Hello {h:?}"),
-                FromWorker::Request(r) => panic!("unexpected Request {r:?}"),
+                FromWorker::Request(r) => {
+                    assert_eq!(r.execution_id, id);
+                    let outcome = answer(&r);
+                    self.send(&ToWorker::Reply(Reply {
+                        execution_id: r.execution_id.clone(),
+                        request_id: r.request_id,
+                        outcome,
+                    }));
+                    run.requests.push(r);
+                }
             }
         }
     }
@@ -287,6 +329,8 @@ pub struct Run {
     pub logs: Vec<Log>,
     pub result: Option<ExecutionResult>,
     pub ended: Option<Ended>,
+    /// Requests the execution made, in order (each was answered).
+    pub requests: Vec<Request>,
 }
 
 impl Run {
@@ -344,6 +388,12 @@ pub fn with_params(mut e: Execute, params_json: &str) -> Execute {
 pub fn with_limits(mut e: Execute, f: impl FnOnce(&mut ExecutionLimits)) -> Execute {
     f(&mut e.limits);
     e
+}
+
+pub fn ok_reply(value_json: &str) -> ReplyOutcome {
+    ReplyOutcome::Ok {
+        value_json: value_json.to_string(),
+    }
 }
 
 /// A trivial function that succeeds: used after crashes to show the template survived.

@@ -1,0 +1,120 @@
+//! What the benchmark runs: the trivial function (the pool's and the pipeline's own
+//! overhead), and the SDK workload, a function that uses the workflow SDK the way a
+//! typical workflow does: 5 `config.get` (answered from the context, no round trip),
+//! 5 `kv.set` (buffered, applied in the result transaction) and 20 log lines; and the
+//! modules workload, a function importing 10 workspace modules (crate::modules::bench).
+
+use crate::sdk::cache::{ConfigSnapshot, ScopeConfig};
+use crate::sdk::{Scope, Sdk};
+use crate::store::{ConfigKind, Store};
+
+pub use super::TRIVIAL;
+
+pub const SDK: &str = r#"from warden import config, kv, log
+
+KEYS = ("region", "retries", "endpoint", "batch_size", "feature")
+
+def run(x):
+    settings = {k: config.get(k) for k in KEYS}
+    for i in range(5):
+        kv.set(f"bench:{x}:{i}", {"x": x, "i": i})
+    for i in range(20):
+        log.info("step", i=i, x=x, region=settings["region"])
+    return {"y": x * 2, "retries": settings["retries"]}
+"#;
+
+/// The global config the SDK workload reads.
+const CONFIG: [(&str, &str); 5] = [
+    ("region", "\"eu-west-1\""),
+    ("retries", "3"),
+    ("endpoint", "\"https://api.example.com\""),
+    ("batch_size", "100"),
+    ("feature", "true"),
+];
+
+/// One workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Trivial,
+    Sdk,
+    /// Imports 10 workspace modules (crate::modules::bench).
+    Modules,
+}
+
+/// Which workloads to measure (`--workload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workloads {
+    Trivial,
+    Sdk,
+    Both,
+    /// The trivial workload, then the one importing 10 workspace modules.
+    Modules,
+    /// Every workload.
+    All,
+}
+
+impl Workloads {
+    pub fn list(self) -> &'static [Workload] {
+        match self {
+            Workloads::Trivial => &[Workload::Trivial],
+            Workloads::Sdk => &[Workload::Sdk],
+            Workloads::Both => &[Workload::Trivial, Workload::Sdk],
+            Workloads::Modules => &[Workload::Trivial, Workload::Modules],
+            Workloads::All => &[Workload::Trivial, Workload::Sdk, Workload::Modules],
+        }
+    }
+}
+
+impl Workload {
+    /// Also the workflow's name in the scratch database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Trivial => "trivial",
+            Workload::Sdk => "sdk",
+            Workload::Modules => "modules",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Workload::Trivial => TRIVIAL,
+            Workload::Sdk => SDK,
+            Workload::Modules => crate::modules::bench::WORKFLOW,
+        }
+    }
+
+    /// Stores what the workload reads (the SDK workload's global config, the modules
+    /// workload's modules).
+    pub async fn setup(self, store: &Store) -> Result<(), String> {
+        if self == Workload::Modules {
+            crate::modules::bench::setup(store).await?;
+        }
+        if self == Workload::Sdk {
+            for (key, value) in CONFIG {
+                let value: serde_json::Value =
+                    serde_json::from_str(value).map_err(|e| e.to_string())?;
+                store
+                    .set_config(None, key, &value, ConfigKind::of(&value))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The context `serve` would send, for `--local` (no services).
+    pub fn local_context(self) -> String {
+        if self != Workload::Sdk {
+            return "{}".into();
+        }
+        let values = CONFIG
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), serde_json::from_str(v).ok()?)))
+            .collect();
+        let snapshot = ConfigSnapshot::from_scopes([(
+            Scope::Global,
+            ScopeConfig::new(values, Default::default()),
+        )]);
+        Sdk::context_json(r#"{"workflow":"sdk"}"#, &snapshot, None, 0.0, 0.0)
+    }
+}

@@ -1,0 +1,152 @@
+//! `warden config set|delete|list`: the configuration workflows read with
+//! `warden.config.get`, global or per organization; secrets sealed with the secret key
+//! and shown as `***`. A change invalidates the supervisors' Redis cache once it is
+//! committed, so the next batch they prepare sees it.
+
+use clap::Subcommand;
+
+use super::ConnArgs;
+use crate::sdk::{admin, Scope, SecretKeyArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Set KEY to VALUE, globally or for an organization (created if new).
+    ///
+    /// VALUE is JSON when it parses as JSON (`3`, `true`, `{"a":1}`, `"quoted"`),
+    /// otherwise the text itself. With --secret it is stored encrypted and only ever
+    /// shown as `***`.
+    Set {
+        key: String,
+        value: String,
+        /// The organization (default: the global config, which organizations override).
+        #[arg(long)]
+        org: Option<String>,
+        /// Store the value encrypted (needs the secret key).
+        #[arg(long)]
+        secret: bool,
+        #[command(flatten)]
+        key_args: SecretKeyArgs,
+    },
+    /// Delete KEY, globally or for an organization.
+    Delete {
+        key: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// List config values (secrets as `***`), of one organization or all.
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+pub async fn run(conn: ConnArgs, cmd: ConfigCmd) -> Result<i32, String> {
+    let store = conn.store().await?;
+    let result = run_on(&conn, &store, cmd).await;
+    store.close().await;
+    result
+}
+
+async fn run_on(
+    conn: &ConnArgs,
+    store: &crate::store::Store,
+    cmd: ConfigCmd,
+) -> Result<i32, String> {
+    match cmd {
+        ConfigCmd::Set {
+            key,
+            value,
+            org,
+            secret,
+            key_args,
+        } => {
+            let secret_key = if secret {
+                key_args.load().map_err(|e| e.to_string())?
+            } else {
+                None
+            };
+            let scope = admin::set(
+                store,
+                org.as_deref(),
+                &key,
+                &value,
+                secret,
+                secret_key.as_ref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            invalidate(conn, scope).await;
+            println!(
+                "{} {key} set{}",
+                describe(org.as_deref()),
+                if secret { " (secret)" } else { "" }
+            );
+        }
+        ConfigCmd::Delete { key, org } => {
+            let existed = store
+                .delete_config(org.as_deref(), &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !existed {
+                return Err(match org.as_deref() {
+                    Some(o) => format!("organization {o} has no config key {key}"),
+                    None => format!("there is no global config key {key}"),
+                });
+            }
+            let scope = match org.as_deref() {
+                Some(name) => match store.org_id(name).await.map_err(|e| e.to_string())? {
+                    Some(id) => Scope::Org(id),
+                    None => return Ok(0),
+                },
+                None => Scope::Global,
+            };
+            invalidate(conn, scope).await;
+            println!("{} {key} deleted", describe(org.as_deref()));
+        }
+        ConfigCmd::List { org } => {
+            if let Some(name) = org.as_deref() {
+                if store
+                    .org_id(name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
+                    return Err(format!("there is no organization {name}"));
+                }
+            }
+            let all = store.list_configs().await.map_err(|e| e.to_string())?;
+            println!("{:<16} {:<32} {:<7} value", "org", "key", "kind");
+            for c in all
+                .iter()
+                .filter(|c| org.is_none() || c.org.as_deref() == org.as_deref())
+            {
+                println!(
+                    "{:<16} {:<32} {:<7} {}",
+                    c.org.as_deref().unwrap_or("-"),
+                    c.key,
+                    c.kind.as_str(),
+                    admin::display_value(c)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn describe(org: Option<&str>) -> String {
+    match org {
+        Some(o) => format!("organization {o}:"),
+        None => "global:".to_string(),
+    }
+}
+
+/// The change is committed either way; a cache that cannot be told expires on its own.
+async fn invalidate(conn: &ConnArgs, scope: Scope) {
+    if let Err(e) = admin::invalidate(&conn.redis_url, &conn.keys(), scope).await {
+        eprintln!(
+            "warning: saved, but the supervisors' config cache could not be invalidated ({e}); \
+             they will see the change within {} s",
+            crate::sdk::cache::CACHE_TTL.as_secs()
+        );
+    }
+}

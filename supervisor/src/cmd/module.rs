@@ -1,0 +1,157 @@
+//! `warden module push|list|rm`: the workspace's shared Python modules, which workflows
+//! import (`from shared.tickets import open_ticket`).
+//!
+//! The database is the source of truth; a push or a removal also brings the Redis
+//! module cache up to date before the command returns, so an execution that starts
+//! after it always sees the new code. (Every running supervisor also hears of the
+//! change through PostgreSQL's NOTIFY and updates the cache itself, which covers a
+//! Redis that the command cannot reach.)
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::ConnArgs;
+use crate::modules::{files, store, ModuleCache, ModuleSync, PushAction};
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum ModuleCmd {
+    /// Store `.py` files, or whole directories of them.
+    ///
+    /// Paths stay relative to the current directory: `warden module push shared` stores
+    /// `shared/__init__.py`, `shared/tickets.py`, ... Unchanged files (same content
+    /// hash) are skipped. The Redis module cache is updated before the command returns.
+    Push {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Store everything under this package path (`--prefix lib` → `lib/shared/...`).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// List stored modules.
+    List,
+    /// Remove modules.
+    ///
+    /// A path (`shared/tickets.py`), or a directory (`shared`) for everything under it.
+    Rm {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+pub async fn run(conn: ConnArgs, cmd: ModuleCmd) -> Result<i32, String> {
+    let store = conn.store().await?;
+    let code = match cmd {
+        ModuleCmd::Push { paths, prefix } => push(&conn, &store, &paths, prefix.as_deref()).await,
+        ModuleCmd::List => list(&store).await,
+        ModuleCmd::Rm { paths } => remove(&conn, &store, &paths).await,
+    };
+    store.close().await;
+    code
+}
+
+async fn push(
+    conn: &ConnArgs,
+    store: &Store,
+    paths: &[PathBuf],
+    prefix: Option<&str>,
+) -> Result<i32, String> {
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
+    let collected = files::collect(paths, prefix, &cwd).map_err(|e| e.to_string())?;
+    for (file, why) in &collected.skipped {
+        eprintln!("warning: skipped {}: {why}", file.display());
+    }
+    if collected.files.is_empty() {
+        return Err("no .py files to push".into());
+    }
+    let results = store::push(store, &collected.files)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut changed = Vec::new();
+    for (path, action) in &results {
+        let what = match action {
+            PushAction::Created => "created",
+            PushAction::Updated => "updated",
+            PushAction::Unchanged => "unchanged",
+        };
+        println!("{what:<9} {path}");
+        if *action != PushAction::Unchanged {
+            changed.push(path.clone());
+        }
+    }
+    let n = |a: PushAction| results.iter().filter(|(_, x)| *x == a).count();
+    println!(
+        "{} created, {} updated, {} unchanged",
+        n(PushAction::Created),
+        n(PushAction::Updated),
+        n(PushAction::Unchanged)
+    );
+    update_cache(conn, store, &changed).await;
+    Ok(0)
+}
+
+async fn list(store: &Store) -> Result<i32, String> {
+    let all = store::list(store).await.map_err(|e| e.to_string())?;
+    println!("{:<48} {:>9}  {:<12}  updated", "path", "bytes", "hash");
+    for m in &all {
+        println!(
+            "{:<48} {:>9}  {:<12}  {}",
+            m.path,
+            m.size_bytes,
+            &m.content_hash[..m.content_hash.len().min(12)],
+            m.updated_at.format("%Y-%m-%d %H:%M:%S"),
+        );
+    }
+    Ok(0)
+}
+
+async fn remove(conn: &ConnArgs, store: &Store, paths: &[String]) -> Result<i32, String> {
+    let mut removed = Vec::new();
+    let mut missing = Vec::new();
+    for path in paths {
+        let gone = store::remove(store, path)
+            .await
+            .map_err(|e| e.to_string())?;
+        if gone.is_empty() {
+            missing.push(path.as_str());
+        }
+        for p in gone {
+            println!("removed {p}");
+            removed.push(p);
+        }
+    }
+    update_cache(conn, store, &removed).await;
+    if !missing.is_empty() {
+        eprintln!(
+            "error: no module at {} in the workspace",
+            missing.join(", ")
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Brings the Redis cache in line with the database for `paths` now. A failure is only
+/// a warning: the database has the change, and running supervisors apply it from the
+/// notification.
+async fn update_cache(conn: &ConnArgs, store: &Store, paths: &[String]) {
+    if paths.is_empty() {
+        return;
+    }
+    let synced = async {
+        let cache = ModuleCache::connect(&conn.redis_url, conn.keys()).await?;
+        ModuleSync::new(store.clone(), cache)
+            .sync_paths(paths)
+            .await
+    }
+    .await;
+    if let Err(e) = synced {
+        eprintln!(
+            "warning: the module cache in Redis was not updated ({e}); running supervisors \
+             will update it from the database"
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! [`ModuleSync`]: keeps the Redis module cache in step with `workspace_modules`, and is
+//! what `warden serve` calls at each step.
+//!
+//! ```text
+//! start-up      LISTEN warden_modules, then full sync (all modules, 1 query + ≤2 Redis round trips)
+//! NOTIFY path   ──▶ follow(): collect paths for a few ms ──▶ 1 query for them ──▶ apply (≤2 round trips)
+//! per batch     check(): GET generation (1 command) ─ missing ─▶ full sync, then dispatch
+//! module_miss   answer(): cached already? (1 round trip) ─ no ─▶ 1 query for that path ──▶ apply
+//! LISTEN lost   reconnect (back-off) ──▶ full sync (notifications were missed meanwhile)
+//! ```
+//!
+//! Writes to Redis are serialised by one async lock (a full sync and an incremental
+//! update never interleave in this process); across processes the cache's conditional
+//! write keeps them consistent (crate::modules::cache). Nothing here reads every module
+//! from the database per execution: only start-up, a LISTEN reconnect and a wiped cache
+//! do.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::postgres::PgListener;
+use tokio::sync::{mpsc, watch, Mutex};
+use warden_protocol::{Reply, ReplyOutcome, Request};
+
+use super::cache::{Applied, ModuleCache, Synced};
+use super::{files, store, ModuleError};
+use crate::store::{Backoff, Store};
+
+/// The channel the `workspace_modules` trigger notifies (migrations/0002).
+pub const CHANNEL: &str = "warden_modules";
+/// The request op a worker sends when the cache lacks a module it needs.
+pub const MISS_OP: &str = "module_miss";
+/// After a notification, how long more are collected into the same update: a push of a
+/// directory notifies once per file, all at its commit.
+const COLLECT: Duration = Duration::from_millis(5);
+/// The most paths one incremental update handles.
+const MAX_BATCH: usize = 1000;
+
+/// The module cache's keeper. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ModuleSync {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    cache: ModuleCache,
+    /// One writer at a time (per process).
+    write: Mutex<()>,
+    /// The last generation seen, for when Redis cannot be read.
+    generation: AtomicU64,
+}
+
+impl ModuleSync {
+    pub fn new(store: Store, cache: ModuleCache) -> ModuleSync {
+        ModuleSync {
+            inner: Arc::new(Inner {
+                store,
+                cache,
+                write: Mutex::new(()),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn cache(&self) -> &ModuleCache {
+        &self.inner.cache
+    }
+
+    /// The last generation this process saw (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Relaxed)
+    }
+
+    fn seen(&self, generation: u64) -> u64 {
+        self.inner.generation.store(generation, Ordering::Relaxed);
+        generation
+    }
+
+    /// Start-up: listens for changes first (so none is missed), then fills the cache
+    /// from the database, then follows changes until `stop` turns true. The listener
+    /// is the one extra database connection the design allows.
+    pub async fn start(
+        &self,
+        database_url: &str,
+        stop: watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, ModuleError> {
+        let listener = listen(database_url).await?;
+        let synced = self.full_sync().await?;
+        tracing::info!(
+            generation = synced.generation,
+            written = synced.written,
+            removed = synced.removed,
+            "module cache synced"
+        );
+        let this = self.clone();
+        let url = database_url.to_string();
+        Ok(tokio::spawn(async move {
+            this.follow(listener, url, stop).await
+        }))
+    }
+
+    /// Reads every module from the database and makes the cache hold exactly them.
+    pub async fn full_sync(&self) -> Result<Synced, ModuleError> {
+        let _one = self.inner.write.lock().await;
+        let modules = store::load_all(&self.inner.store).await?;
+        let synced = self.inner.cache.fill(&modules).await?;
+        self.seen(synced.generation);
+        Ok(synced)
+    }
+
+    /// Brings `paths` in line with the database (a full sync if the cache was wiped).
+    pub async fn sync_paths(&self, paths: &[String]) -> Result<Synced, ModuleError> {
+        let applied = {
+            let _one = self.inner.write.lock().await;
+            let present = store::load(&self.inner.store, paths).await?;
+            self.inner.cache.apply(paths, &present).await?
+        };
+        match applied {
+            Applied::Synced(s) => {
+                self.seen(s.generation);
+                Ok(s)
+            }
+            Applied::Wiped => self.full_sync().await,
+        }
+    }
+
+    /// The per-batch check: one `GET`. A missing generation means the cache was wiped
+    /// (FLUSHALL, a Redis restart): it is refilled before returning, so no execution of
+    /// the batch needs a module the cache lost. On a Redis error the last known
+    /// generation is returned (the intake is failing too, then).
+    pub async fn check(&self) -> u64 {
+        match self.inner.cache.generation().await {
+            Ok(Some(g)) => self.seen(g),
+            Ok(None) => {
+                tracing::warn!("the module cache is gone (Redis wiped or restarted): refilling it");
+                match self.full_sync().await {
+                    Ok(s) => s.generation,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot refill the module cache");
+                        self.generation()
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the module cache generation");
+                self.generation()
+            }
+        }
+    }
+
+    /// The answer to a `module_miss` request: `{"path": "a/b.py"}` (that module's
+    /// content is gone from Redis) or `{}` (the whole cache is gone). Re-caches from the
+    /// database and answers `{"generation": g}`, or an error a person can read.
+    pub async fn answer(&self, req: &Request) -> Reply {
+        let outcome = match self.refill(&req.args_json).await {
+            Ok(generation) => ReplyOutcome::Ok {
+                value_json: json!({ "generation": generation }).to_string(),
+            },
+            Err(message) => ReplyOutcome::Err { message },
+        };
+        Reply {
+            execution_id: req.execution_id.clone(),
+            request_id: req.request_id,
+            outcome,
+        }
+    }
+
+    async fn refill(&self, args_json: &str) -> Result<u64, String> {
+        let args: serde_json::Value = serde_json::from_str(args_json)
+            .map_err(|e| format!("module_miss arguments are not JSON: {e}"))?;
+        let path = match args.get("path") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(p)) => Some(p.clone()),
+            Some(other) => {
+                return Err(format!("module_miss: `path` must be a string, got {other}"))
+            }
+        };
+        let Some(path) = path else {
+            // The whole cache: refill it unless someone already did.
+            return match self.inner.cache.generation().await {
+                Ok(Some(g)) => Ok(self.seen(g)),
+                _ => self
+                    .full_sync()
+                    .await
+                    .map(|s| s.generation)
+                    .map_err(|e| e.to_string()),
+            };
+        };
+        files::check_path(&path).map_err(|why| format!("module_miss: bad path {path:?}: {why}"))?;
+        // Many children may miss the same module at once: the first refills it, the
+        // rest find it cached without touching the database.
+        if let Ok(true) = self.inner.cache.has_content(&path).await {
+            return Ok(self.generation());
+        }
+        let synced = self
+            .sync_paths(std::slice::from_ref(&path))
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.inner.cache.has_content(&path).await {
+            Ok(true) => Ok(synced.generation),
+            _ => Err(format!("there is no module {path} in the workspace")),
+        }
+    }
+
+    /// Applies the changes [`read_changes`] reports until `stop`: the paths of a burst
+    /// of notifications in one update, and a full sync after the listener reconnected.
+    async fn follow(self, listener: PgListener, url: String, mut stop: watch::Receiver<bool>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_changes(listener, url, tx, stop.clone()));
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut pending: BTreeSet<String> = BTreeSet::new();
+        let mut resync = false;
+        loop {
+            if pending.is_empty() && !resync {
+                let change = tokio::select! {
+                    c = rx.recv() => c,
+                    _ = stop.changed() => None,
+                };
+                match change {
+                    Some(Change::Path(p)) => {
+                        pending.insert(p);
+                    }
+                    Some(Change::Reconnected) => resync = true,
+                    None => break,
+                }
+            }
+            // The rest of the burst (a directory push notifies once per file).
+            while pending.len() < MAX_BATCH {
+                match tokio::time::timeout(COLLECT, rx.recv()).await {
+                    Ok(Some(Change::Path(p))) => {
+                        pending.insert(p);
+                    }
+                    Ok(Some(Change::Reconnected)) => resync = true,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let done = if resync {
+                self.full_sync().await.map(|s| (s, true))
+            } else {
+                let paths: Vec<String> = pending.iter().cloned().collect();
+                self.sync_paths(&paths).await.map(|s| (s, false))
+            };
+            match done {
+                Ok((s, full)) => {
+                    tracing::debug!(
+                        paths = pending.len(),
+                        full,
+                        generation = s.generation,
+                        written = s.written,
+                        removed = s.removed,
+                        "module cache updated"
+                    );
+                    // A full sync covers whatever was pending too.
+                    pending.clear();
+                    resync = false;
+                    backoff.reset();
+                }
+                Err(e) => {
+                    // Kept, and tried again together with what arrives meanwhile.
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot update the module cache");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }
+        }
+        reader.abort();
+    }
+}
+
+/// What the database said changed.
+#[derive(Debug)]
+enum Change {
+    /// This module was written or deleted.
+    Path(String),
+    /// The listener was lost and is back: notifications sent meanwhile are lost.
+    Reconnected,
+}
+
+/// Reads notifications into `tx` (in a task of its own, so that no read is ever
+/// cancelled half-way by the collecting loop's timeouts), reconnecting with back-off.
+async fn read_changes(
+    mut listener: PgListener,
+    url: String,
+    tx: mpsc::UnboundedSender<Change>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let got = tokio::select! {
+            n = listener.try_recv() => n,
+            _ = stop.changed() => return,
+        };
+        match got {
+            Ok(Some(n)) => {
+                if tx.send(Change::Path(n.payload().to_string())).is_err() {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                tracing::warn!("lost the module change listener; reconnecting");
+                listener = loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = stop.changed() => return,
+                    }
+                    match listen(&url).await {
+                        Ok(l) => break l,
+                        Err(e) => tracing::warn!(error = %e, "cannot listen for module changes"),
+                    }
+                };
+                backoff.reset();
+                if tx.send(Change::Reconnected).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn listen(database_url: &str) -> Result<PgListener, ModuleError> {
+    let mut listener = PgListener::connect(database_url)
+        .await
+        .map_err(ModuleError::listen)?;
+    // A lost connection is reported (`Ok(None)`), not silently replaced: the caller
+    // must know, to catch up with a full sync.
+    listener.eager_reconnect(false);
+    listener
+        .listen(CHANNEL)
+        .await
+        .map_err(ModuleError::listen)?;
+    Ok(listener)
+}

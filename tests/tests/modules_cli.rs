@@ -1,0 +1,175 @@
+//! `warden module push|list|rm` and `warden workflow push DIR`, through the real binary
+//! against a test database and Redis prefix: paths relative to the current directory,
+//! unchanged files skipped, the Redis cache updated before the command returns.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use warden::intake::redis::AsyncCommands;
+use warden_tests::db::TestDb;
+use warden_tests::pool::warden_bin;
+use warden_tests::redis::TestRedis;
+
+fn warden(db: &TestDb, redis: &TestRedis, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(warden_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", &redis.url)
+        .env("WARDEN_KEY_PREFIX", &redis.prefix)
+        .output()
+        .expect("run warden")
+}
+
+fn ok(out: Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+#[tokio::test]
+async fn module_push_list_rm() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    write(root, "shared/__init__.py", "");
+    write(root, "shared/tickets.py", "T = 1\n");
+    write(root, "shared/util/text.py", "S = 1\n");
+    write(root, "shared/notes.txt", "not code");
+    write(root, "shared/bad-name.py", "");
+
+    let out = warden(&db, &redis, root, &["module", "push", "shared"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = ok(out);
+    assert!(stdout.contains("created   shared/__init__.py"), "{stdout}");
+    assert!(stdout.contains("created   shared/util/text.py"), "{stdout}");
+    assert!(
+        stdout.contains("3 created, 0 updated, 0 unchanged"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("skipped") && stderr.contains("bad-name.py"),
+        "{stderr}"
+    );
+
+    // In Redis already, when the command returns.
+    let mut conn = redis.conn().await;
+    let k = redis.keys();
+    let cached: String = conn
+        .hget(k.module("shared/tickets.py"), "content")
+        .await
+        .unwrap();
+    assert_eq!(cached, "T = 1\n");
+    let g1: u64 = conn.get(k.module_generation()).await.unwrap();
+
+    write(root, "shared/tickets.py", "T = 2\n");
+    let stdout = ok(warden(&db, &redis, root, &["module", "push", "shared"]));
+    assert!(stdout.contains("updated   shared/tickets.py"), "{stdout}");
+    assert!(
+        stdout.contains("0 created, 1 updated, 2 unchanged"),
+        "{stdout}"
+    );
+    let g2: u64 = conn.get(k.module_generation()).await.unwrap();
+    assert_ne!(g1, g2);
+
+    let stdout = ok(warden(
+        &db,
+        &redis,
+        root,
+        &["module", "push", "--prefix", "lib", "shared/tickets.py"],
+    ));
+    assert!(
+        stdout.contains("created   lib/shared/tickets.py"),
+        "{stdout}"
+    );
+
+    let listed = ok(warden(&db, &redis, root, &["module", "list"]));
+    for p in [
+        "lib/shared/tickets.py",
+        "shared/__init__.py",
+        "shared/tickets.py",
+        "shared/util/text.py",
+    ] {
+        assert!(listed.contains(p), "{p} in {listed}");
+    }
+
+    let stdout = ok(warden(&db, &redis, root, &["module", "rm", "shared/util"]));
+    assert!(stdout.contains("removed shared/util/text.py"), "{stdout}");
+    let listed: bool = conn
+        .sismember(k.module_index(), "shared/util/text.py")
+        .await
+        .unwrap();
+    assert!(!listed, "removed from the cache too");
+
+    let out = warden(&db, &redis, root, &["module", "rm", "nothing/here.py"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing/here.py"));
+
+    let out = warden(&db, &redis, root, &["module", "push", "shared/bad-name.py"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("identifier"));
+}
+
+#[tokio::test]
+async fn workflows_can_be_pushed_from_a_directory() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let ws = tempfile::tempdir().unwrap();
+    write(
+        ws.path(),
+        "flows/open_ticket.py",
+        "def run():\n    return 1\n",
+    );
+    write(
+        ws.path(),
+        "flows/close_ticket.py",
+        "def run():\n    return 2\n",
+    );
+    write(ws.path(), "flows/README.md", "docs");
+    let stdout = ok(warden(
+        &db,
+        &redis,
+        ws.path(),
+        &["workflow", "push", "flows", "--timeout", "5s"],
+    ));
+    assert!(stdout.contains("workflow close_ticket created"), "{stdout}");
+    assert!(stdout.contains("workflow open_ticket created"), "{stdout}");
+    let listed = ok(warden(&db, &redis, ws.path(), &["workflow", "list"]));
+    assert!(listed.contains("workflows/open_ticket.py"), "{listed}");
+    assert!(listed.contains("5.0s"), "{listed}");
+    let out = warden(
+        &db,
+        &redis,
+        ws.path(),
+        &["workflow", "push", "flows", "--name", "x"],
+    );
+    assert!(!out.status.success());
+    // A single file still takes --name, and defaults to the file's name.
+    let stdout = ok(warden(
+        &db,
+        &redis,
+        ws.path(),
+        &[
+            "workflow",
+            "push",
+            "flows/open_ticket.py",
+            "--timeout",
+            "5s",
+        ],
+    ));
+    assert!(
+        stdout.contains("workflow open_ticket unchanged"),
+        "{stdout}"
+    );
+}

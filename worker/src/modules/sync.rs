@@ -1,0 +1,166 @@
+//! The template's side of the module cache: load a snapshot at start-up, and bring it up
+//! to the generation an `Execute` carries before the execution runs (before the fork, so
+//! the child inherits it).
+//!
+//! ```text
+//! Execute{modules_generation: g}
+//!   g == 0 or g == snapshot's ─▶ run                      (steady state: no Redis at all)
+//!   otherwise ─▶ load from Redis ─▶ Snapshot ─▶ compile what changed ─▶ run
+//!                                 └▶ Wiped (no generation key: FLUSHALL, restart)
+//!                                     ─▶ Request module_miss {} on fd 3 ─▶ supervisor refills
+//!                                     ─▶ load again ─▶ run
+//!                                 └▶ error ─▶ workspace imports fail with the reason ─▶ run
+//! ```
+//!
+//! An execution that follows a push therefore never runs the old code: either the
+//! snapshot reaches the supervisor's generation, or importing a workspace module fails
+//! with a clear `ImportError`.
+
+use pyo3::prelude::*;
+use warden_protocol::{Ended, Execute, ExitKind, FromWorker, Isolation, ReplyOutcome, Request};
+
+use super::finder::{self, MISS_OP};
+use super::source::{Loaded, RedisSource};
+use crate::connection::Connection;
+use crate::error::WorkerError;
+use crate::forked::Next;
+use crate::procfs;
+use crate::request::{self as exchange, Interrupted, Side};
+
+/// What the template does with an `Execute` after [`prepare`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Prepared {
+    /// Run it.
+    Run,
+    /// Do not run it: the supervisor killed it (already reported) or went away.
+    Skip(Next),
+}
+
+/// Installs the finder and, with a cache configured, loads the first snapshot. A failed
+/// load is not fatal: the template stays useful for executions that import nothing from
+/// the workspace, and the first `Execute` with a generation tries again.
+pub fn start(
+    py: Python<'_>,
+    source: Option<RedisSource>,
+    isolation: Isolation,
+) -> Result<(), WorkerError> {
+    finder::install(py, source.clone())
+        .map_err(|e| WorkerError::Python(format!("cannot install the module finder: {e}")))?;
+    if let Some(source) = source {
+        match source.load(&Default::default()) {
+            Ok(Loaded::Snapshot(s)) => {
+                finder::replace(py, s);
+                freeze(py, isolation);
+            }
+            Ok(Loaded::Wiped) => {}
+            Err(e) => eprintln!("warden-worker: module cache not loaded at start-up: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Brings the snapshot to `e.modules_generation` (see the module comment).
+pub fn prepare(
+    py: Python<'_>,
+    conn: &mut Connection,
+    e: &Execute,
+    isolation: Isolation,
+) -> Result<Prepared, WorkerError> {
+    if e.modules_generation == 0 || e.modules_generation == finder::generation() {
+        return Ok(Prepared::Run);
+    }
+    let Some(source) = finder::source() else {
+        // No cache configured: there is nothing to bring up to date.
+        return Ok(Prepared::Run);
+    };
+    match source.load(&finder::snapshot()) {
+        Ok(Loaded::Snapshot(s)) => {
+            finder::replace(py, s);
+            freeze(py, isolation);
+            return Ok(Prepared::Run);
+        }
+        Ok(Loaded::Wiped) => {}
+        Err(err) => {
+            // Said once here for the operator (the supervisor logs our stderr), and to
+            // every execution that imports a workspace module.
+            eprintln!("warden-worker: cannot load the module cache: {err}");
+            finder::mark_unavailable(format!("the module cache could not be read: {err}"));
+            return Ok(Prepared::Run);
+        }
+    }
+    // Wiped after the supervisor checked it: ask it to refill, then read again.
+    let request = Request {
+        execution_id: e.execution_id.clone(),
+        // Children number theirs from 1.
+        request_id: 0,
+        op: MISS_OP.to_string(),
+        args_json: "{}".to_string(),
+    };
+    let bytes = exchange::encode(&request, conn.max_frame()).map_err(WorkerError::Python)?;
+    conn.send_raw(&bytes)
+        .map_err(|err| WorkerError::Connection {
+            during: "asking the supervisor to refill the module cache",
+            source: err.into(),
+        })?;
+    let conn_fd = std::os::fd::AsRawFd::as_raw_fd(conn);
+    match exchange::wait_for_reply(conn_fd, Side::Template, conn.max_frame(), &request) {
+        Ok(ReplyOutcome::Ok { .. }) => match source.load(&finder::snapshot()) {
+            Ok(Loaded::Snapshot(s)) => {
+                finder::replace(py, s);
+                freeze(py, isolation);
+            }
+            Ok(Loaded::Wiped) => finder::mark_unavailable(
+                "the module cache in Redis is empty even after the supervisor refilled it".into(),
+            ),
+            Err(err) => {
+                finder::mark_unavailable(format!("the module cache could not be read: {err}"))
+            }
+        },
+        Ok(ReplyOutcome::Err { message }) => finder::mark_unavailable(format!(
+            "the module cache is empty and the supervisor could not refill it: {message}"
+        )),
+        Err(Interrupted::Killed) => {
+            killed_before_start(conn, e)?;
+            return Ok(Prepared::Skip(Next::Continue));
+        }
+        Err(Interrupted::Shutdown) => {
+            killed_before_start(conn, e)?;
+            return Ok(Prepared::Skip(Next::Exit));
+        }
+        Err(Interrupted::Closed) => return Ok(Prepared::Skip(Next::Exit)),
+        Err(Interrupted::Failed(why)) => {
+            return Err(WorkerError::Unexpected {
+                during: "waiting for the supervisor to refill the module cache",
+                what: why,
+            })
+        }
+    }
+    Ok(Prepared::Run)
+}
+
+/// The execution was killed before it had a process: its Ended, as if killed.
+fn killed_before_start(conn: &mut Connection, e: &Execute) -> Result<(), WorkerError> {
+    conn.send(
+        &FromWorker::Ended(Ended {
+            execution_id: e.execution_id.clone(),
+            exit: ExitKind::Signaled(libc::SIGKILL),
+            peak_memory_bytes: 0,
+            user_cpu_us: 0,
+            system_cpu_us: 0,
+            worker_rss_bytes: procfs::rss_bytes(),
+        }),
+        "sending Ended",
+    )
+}
+
+/// Fork mode: moves what the snapshot allocated (code objects) to the collector's
+/// permanent generation, as `runner.py` does at start-up, so that forked children's
+/// collections do not walk (and copy-on-write fault) the whole workspace's code. Not in
+/// reuse mode, where it would also make permanent whatever garbage earlier executions
+/// left for the collector.
+fn freeze(py: Python<'_>, isolation: Isolation) {
+    if isolation == Isolation::Fork {
+        let _ = py.import("gc").and_then(|gc| gc.call_method0("freeze"));
+    }
+}
