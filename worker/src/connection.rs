@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use warden_protocol::{io as frame_io, FromWorker, ToWorker};
+use warden_protocol::{frame, io as frame_io, FrameError, FromWorker, ToWorker};
 
 use crate::error::WorkerError;
 use crate::fds::{self, CONNECTION_FD};
@@ -17,6 +17,10 @@ use crate::fds::{self, CONNECTION_FD};
 pub struct Connection {
     stream: UnixStream,
     max_frame: usize,
+    /// Encoded frames held back to go out with the next write: every write wakes the
+    /// supervisor, so frames sent back to back (Started, a child's Result, Ended) share
+    /// one. Order is kept: whatever is sent next is written after them.
+    held: Vec<u8>,
 }
 
 impl Connection {
@@ -35,21 +39,61 @@ impl Connection {
         // SAFETY: fd 3 is an open socket (checked above) that nothing else in this
         // process owns; from now on this value is its only owner.
         let stream = unsafe { UnixStream::from_raw_fd(CONNECTION_FD) };
-        Ok(Connection { stream, max_frame })
+        Ok(Connection {
+            stream,
+            max_frame,
+            held: Vec::new(),
+        })
     }
 
     pub fn max_frame(&self) -> usize {
         self.max_frame
     }
 
+    /// Sends `msg` now, after anything held.
     pub fn send(&mut self, msg: &FromWorker, during: &'static str) -> Result<(), WorkerError> {
-        frame_io::write(&mut self.stream, msg, self.max_frame)
-            .map_err(WorkerError::connection(during))
+        if self.held.is_empty() {
+            return frame_io::write(&mut self.stream, msg, self.max_frame)
+                .map_err(WorkerError::connection(during));
+        }
+        self.hold(msg, during)?;
+        self.flush()
+            .map_err(|e| WorkerError::connection(during)(FrameError::Io(e)))
     }
 
-    /// Forwards frames that were already encoded (and validated) elsewhere, unchanged.
+    /// Queues `msg` to go out with the next write (see `held`).
+    pub fn hold(&mut self, msg: &FromWorker, during: &'static str) -> Result<(), WorkerError> {
+        let bytes = frame::encode(msg, self.max_frame).map_err(WorkerError::connection(during))?;
+        self.held.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Queues frames that were already encoded (and validated) elsewhere.
+    pub fn hold_raw(&mut self, frames: &[u8]) {
+        self.held.extend_from_slice(frames);
+    }
+
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Writes whatever is held.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if !self.held.is_empty() {
+            self.stream.write_all(&self.held)?;
+            self.held.clear();
+        }
+        Ok(())
+    }
+
+    /// Forwards frames that were already encoded (and validated) elsewhere, unchanged,
+    /// after anything held.
     pub fn send_raw(&mut self, frames: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(frames)
+        if self.held.is_empty() {
+            return self.stream.write_all(frames);
+        }
+        self.held.extend_from_slice(frames);
+        self.flush()
     }
 
     /// The next message; `Ok(None)` when the supervisor closed the connection.

@@ -93,7 +93,10 @@ pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Ne
             reap::kill_group(pid);
         }
     }
-    match conn.send(
+    // Held, not sent: it goes out with the child's first frame, or with its Result and
+    // Ended in one write when the execution is quick (one wake-up of the supervisor
+    // instead of three). `watch` flushes it if nothing follows within HOLD_AT_MOST.
+    match conn.hold(
         &FromWorker::Started(Started {
             execution_id: e.execution_id.clone(),
             pid: pid as u32,
@@ -181,7 +184,13 @@ impl Watch<'_> {
             if !self.replies.is_empty() {
                 fds[1].events |= libc::POLLOUT;
             }
-            let timeout = if self.pidfd.is_some() { -1 } else { 10 };
+            let timeout = if conn.has_held() {
+                HOLD_AT_MOST_MS
+            } else if self.pidfd.is_some() {
+                -1
+            } else {
+                10
+            };
             // SAFETY: `fds` is a valid array of pollfd for its length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
@@ -193,6 +202,14 @@ impl Watch<'_> {
                 reap::kill_group(self.pid);
                 let _ = reap::has_exited(self.pid, true);
                 return;
+            }
+            if n == 0 && conn.has_held() && self.lost.is_none() {
+                if let Err(err) = conn.flush() {
+                    reap::kill_group(self.pid);
+                    self.lost = Some(Lost::Error(WorkerError::connection("sending Started")(
+                        FrameError::Io(err),
+                    )));
+                }
             }
             if fds[0].revents != 0 {
                 self.on_supervisor(conn);
@@ -305,12 +322,17 @@ impl Watch<'_> {
         let connected = self.lost.is_none();
         let mut forward = |frames: &[u8]| {
             if connected {
-                conn.send_raw(frames)
-            } else {
-                Ok(())
+                conn.hold_raw(frames);
             }
+            Ok(())
         };
-        match self.relay.pump(sock, &mut forward) {
+        let pumped = self.relay.pump(sock, &mut forward);
+        // Logs go out at once; a Result (the child's last frame) waits for Ended.
+        let pumped = match pumped {
+            Ok(p) if connected && !self.relay.result_seen() => conn.flush().map(|()| p),
+            other => other,
+        };
+        match pumped {
             Ok(Pumped::Progress | Pumped::WouldBlock) => {}
             Ok(Pumped::Eof) => self.socket = None,
             Ok(Pumped::Broken) => {
@@ -340,12 +362,12 @@ impl Watch<'_> {
         // Every writer of the socket is dead now, so this is bounded by its buffer.
         if let Some(mut sock) = self.socket.take() {
             let connected = self.lost.is_none();
+            // Held: they go out in one write with Ended, below.
             let mut forward = |frames: &[u8]| {
                 if connected {
-                    conn.send_raw(frames)
-                } else {
-                    Ok(())
+                    conn.hold_raw(frames);
                 }
+                Ok(())
             };
             if let Err(err) = self.relay.drain(&mut sock, &mut forward) {
                 self.lost = Some(Lost::Error(WorkerError::connection(
@@ -382,6 +404,10 @@ impl Watch<'_> {
         }
     }
 }
+
+/// How long the template holds frames back (see `Connection::hold`) before writing them
+/// anyway, so a long execution's Started is not delayed.
+const HOLD_AT_MOST_MS: libc::c_int = 2;
 
 fn send_ended(
     conn: &mut Connection,

@@ -131,6 +131,11 @@ impl Relay {
         Ok(Pumped::Progress)
     }
 
+    /// Whether the child's Result has been relayed (it is the child's last frame).
+    pub fn result_seen(&self) -> bool {
+        self.result_seen
+    }
+
     /// Forwards everything still buffered on the socket, until it would block or ends.
     /// Only called once the child and everything else that could write to it are dead,
     /// so this is bounded by the socket buffer.
