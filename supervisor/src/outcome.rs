@@ -80,6 +80,37 @@ pub struct ExecutionOutcome {
     pub sdk_writes_json: String,
 }
 
+impl ExecutionOutcome {
+    /// An execution that ended without running: cancelled while queued, refused at
+    /// shutdown, or rejected before dispatch.
+    pub fn not_run(
+        execution_id: &str,
+        status: Status,
+        error_type: &str,
+        message: impl Into<String>,
+    ) -> ExecutionOutcome {
+        ExecutionOutcome {
+            execution_id: execution_id.to_string(),
+            status,
+            result_json: None,
+            error: Some(ErrorInfo {
+                error_type: error_type.to_string(),
+                message: message.into(),
+                traceback: String::new(),
+            }),
+            started_at: None,
+            finished_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            peak_memory_bytes: 0,
+            cpu_seconds: 0.0,
+            exit_code: None,
+            exit_signal: None,
+            logs_dropped: 0,
+            sdk_writes_json: String::new(),
+        }
+    }
+}
+
 /// What the pool reports, in order per execution: `Started`, `Log`* and `Request`*,
 /// `Finished`.
 #[derive(Debug, Clone)]

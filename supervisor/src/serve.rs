@@ -381,25 +381,12 @@ async fn finish(
 }
 
 fn refused(id: &str) -> ExecutionOutcome {
-    ExecutionOutcome {
-        execution_id: id.to_string(),
-        status: Status::Cancelled,
-        result_json: None,
-        error: Some(warden_protocol::ErrorInfo {
-            error_type: "Shutdown".into(),
-            message: "the supervisor was shutting down and did not start this execution".into(),
-            traceback: String::new(),
-        }),
-        started_at: None,
-        finished_at: std::time::SystemTime::now(),
-        duration: Duration::ZERO,
-        peak_memory_bytes: 0,
-        cpu_seconds: 0.0,
-        exit_code: None,
-        exit_signal: None,
-        logs_dropped: 0,
-        sdk_writes_json: String::new(),
-    }
+    ExecutionOutcome::not_run(
+        id,
+        Status::Cancelled,
+        "Shutdown",
+        "the supervisor was shutting down and did not start this execution",
+    )
 }
 
 /// Executions per second over the last few status ticks.

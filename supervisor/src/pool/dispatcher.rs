@@ -795,21 +795,7 @@ impl Dispatcher {
         error_type: &str,
         message: &str,
     ) -> ExecutionOutcome {
-        ExecutionOutcome {
-            execution_id: job.execution_id.clone(),
-            status,
-            result_json: None,
-            error: Some(error(error_type, message.to_string())),
-            started_at: None,
-            finished_at: SystemTime::now(),
-            duration: Duration::ZERO,
-            peak_memory_bytes: 0,
-            cpu_seconds: 0.0,
-            exit_code: None,
-            exit_signal: None,
-            logs_dropped: 0,
-            sdk_writes_json: String::new(),
-        }
+        ExecutionOutcome::not_run(&job.execution_id, status, error_type, message)
     }
 
     fn outcome_from_ended(&self, r: Running, ended: Ended) -> ExecutionOutcome {

@@ -446,23 +446,5 @@ fn stream_time(sid: &str) -> Option<SystemTime> {
 }
 
 fn not_run(id: &str, why: &str) -> ExecutionOutcome {
-    ExecutionOutcome {
-        execution_id: id.to_string(),
-        status: Status::Cancelled,
-        result_json: None,
-        error: Some(warden_protocol::ErrorInfo {
-            error_type: "Cancelled".into(),
-            message: why.into(),
-            traceback: String::new(),
-        }),
-        started_at: None,
-        finished_at: SystemTime::now(),
-        duration: Duration::ZERO,
-        peak_memory_bytes: 0,
-        cpu_seconds: 0.0,
-        exit_code: None,
-        exit_signal: None,
-        logs_dropped: 0,
-        sdk_writes_json: String::new(),
-    }
+    ExecutionOutcome::not_run(id, Status::Cancelled, "Cancelled", why)
 }

@@ -25,7 +25,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -75,25 +75,7 @@ impl Completed {
     /// A rejected request as a `failed` outcome (see [`Rejected`]).
     pub fn rejected(r: Rejected) -> Completed {
         Completed {
-            outcome: ExecutionOutcome {
-                execution_id: r.id,
-                status: Status::Failed,
-                result_json: None,
-                error: Some(ErrorInfo {
-                    error_type: r.error_type,
-                    message: r.message,
-                    traceback: String::new(),
-                }),
-                started_at: None,
-                finished_at: SystemTime::now(),
-                duration: Duration::ZERO,
-                peak_memory_bytes: 0,
-                cpu_seconds: 0.0,
-                exit_code: None,
-                exit_signal: None,
-                logs_dropped: 0,
-                sdk_writes_json: String::new(),
-            },
+            outcome: ExecutionOutcome::not_run(&r.id, Status::Failed, &r.error_type, r.message),
             logs: Vec::new(),
             workflow_id: None,
             org_id: r.org_id,
