@@ -61,7 +61,10 @@ pub fn run(
         };
         exit(code);
     }
-    match runner.run(py, e, CONNECTION_FD, Side::Child, max_frame) {
+    let sent = runner
+        .run(py, e, CONNECTION_FD, Side::Child, max_frame, Vec::new())
+        .and_then(|rest| crate::fds::write_all(CONNECTION_FD, &rest));
+    match sent {
         Ok(()) => exit(0),
         Err(_) => exit(EXIT_OUTPUT_LOST),
     }

@@ -19,7 +19,7 @@
 //!   the request fail and the template exit after the execution.
 
 use pyo3::Python;
-use warden_protocol::{Ended, Execute, ExitKind, FrameError, FromWorker, Started};
+use warden_protocol::{frame, Ended, Execute, ExitKind, FrameError, FromWorker, Started};
 
 use crate::connection::Connection;
 use crate::error::WorkerError;
@@ -34,17 +34,28 @@ use crate::request::{Interrupted, Side};
 use std::os::fd::AsRawFd;
 
 pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Next, WorkerError> {
-    conn.send(
+    // Started is written with the execution's first frame; for a quick execution that
+    // logs nothing, Started, Result and Ended go out in one write (one wake-up of the
+    // supervisor instead of three).
+    let started = frame::encode(
         &FromWorker::Started(Started {
             execution_id: e.execution_id.clone(),
             pid: std::process::id(),
         }),
-        "sending Started",
-    )?;
+        conn.max_frame(),
+    )
+    .map_err(WorkerError::connection("sending Started"))?;
     let before = Usage::of_self();
     let delivered = Python::attach(|py| {
         let state = runner.snapshot(py);
-        let delivered = runner.run(py, e, conn.as_raw_fd(), Side::Template, conn.max_frame());
+        let delivered = runner.run(
+            py,
+            e,
+            conn.as_raw_fd(),
+            Side::Template,
+            conn.max_frame(),
+            started,
+        );
         match state {
             Ok(state) => {
                 if let Err(err) = runner.restore(py, state) {
@@ -68,10 +79,11 @@ pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Ne
     if interrupted == Some(Interrupted::Closed) {
         return Ok(Next::Exit);
     }
-    delivered.map_err(|err| WorkerError::Connection {
+    let rest = delivered.map_err(|err| WorkerError::Connection {
         during: "sending an execution's output",
         source: FrameError::Io(err),
     })?;
+    conn.hold_raw(&rest);
     let after = Usage::of_self();
     conn.send(
         &FromWorker::Ended(Ended {

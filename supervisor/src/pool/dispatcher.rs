@@ -575,7 +575,11 @@ impl Dispatcher {
             self.finish(out);
         }
         if !was_ready {
-            tracing::error!(slot, %reason, "worker failed to start");
+            if self.drain.is_some() {
+                tracing::debug!(slot, %reason, "worker stopped before it was ready (shutting down)");
+            } else {
+                tracing::error!(slot, %reason, "worker failed to start");
+            }
             if let Some(tx) = self.startup.take() {
                 let _ = tx.send(Err(reason));
                 // The pool is unusable: stop now.
@@ -727,7 +731,9 @@ impl Dispatcher {
             d.stopping = true;
             for s in &mut self.slots {
                 match s.state {
-                    SlotState::Idle | SlotState::Starting => {
+                    // A starting template is told on its hello (see `Ready`): a Shutdown
+                    // frame before its Welcome would be a protocol error to it.
+                    SlotState::Idle => {
                         let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
                         s.state = SlotState::Retiring;
                     }

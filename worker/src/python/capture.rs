@@ -44,6 +44,21 @@ struct LogSink {
     max_frame: usize,
     lines: LineCounter,
     write_error: Option<io::Error>,
+    /// Frames the caller wants written before this execution's first frame (reuse
+    /// mode's Started), sent with that frame in one write; or handed back by [`end`].
+    preamble: Vec<u8>,
+}
+
+impl LogSink {
+    /// Writes `bytes` to the sink's fd, after the preamble if it is still pending.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.preamble.is_empty() {
+            return fds::write_all(self.fd, bytes);
+        }
+        self.preamble.extend_from_slice(bytes);
+        let all = std::mem::take(&mut self.preamble);
+        fds::write_all(self.fd, &all)
+    }
 }
 
 /// Numbering, caps and truncation, apart from any I/O so they can be tested alone.
@@ -143,15 +158,25 @@ pub struct SinkReport {
     pub logs_dropped: u32,
     /// The first failed write: the reader of the output fd is gone.
     pub write_error: Option<io::Error>,
+    /// The preamble, if no frame was written (so it is still the caller's to send).
+    pub unsent: Vec<u8>,
 }
 
-/// Starts capturing for one execution: lines go to `fd` as Log frames.
-pub fn begin(fd: RawFd, execution_id: &str, limits: &ExecutionLimits, max_frame: usize) {
+/// Starts capturing for one execution: lines go to `fd` as Log frames, the first one
+/// after `preamble` (encoded frames; may be empty) in the same write.
+pub fn begin(
+    fd: RawFd,
+    execution_id: &str,
+    limits: &ExecutionLimits,
+    max_frame: usize,
+    preamble: Vec<u8>,
+) {
     *sink() = Some(LogSink {
         fd,
         max_frame,
         lines: LineCounter::new(execution_id, limits, max_frame),
         write_error: None,
+        preamble,
     });
 }
 
@@ -162,10 +187,12 @@ pub fn end() -> SinkReport {
         Some(s) => SinkReport {
             logs_dropped: s.lines.dropped(),
             write_error: s.write_error,
+            unsent: s.preamble,
         },
         None => SinkReport {
             logs_dropped: 0,
             write_error: None,
+            unsent: Vec::new(),
         },
     }
 }
@@ -191,7 +218,7 @@ pub fn emit(level: LogLevel, message: &str) {
     };
     let written = frame::encode(&FromWorker::Log(log), sink.max_frame)
         .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|bytes| fds::write_all(sink.fd, &bytes));
+        .and_then(|bytes| sink.write(&bytes));
     if let Err(e) = written {
         sink.write_error = Some(e);
     }
@@ -212,8 +239,12 @@ fn parse_level(level: &str) -> Option<LogLevel> {
 /// interleave with a Log line another thread is writing to the same fd (see
 /// [`crate::python::request`]).
 pub fn write_frame(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
-    let _guard = sink();
-    fds::write_all(fd, bytes)
+    let mut guard = sink();
+    match guard.as_mut() {
+        // After the preamble, when one is pending for this fd.
+        Some(s) if s.fd == fd => s.write(bytes),
+        _ => fds::write_all(fd, bytes),
+    }
 }
 
 /// `_warden.emit_log(level, message)`: emits one log line for the running execution.

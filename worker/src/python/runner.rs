@@ -43,9 +43,12 @@ impl Runner {
         })
     }
 
-    /// Runs `e` and writes its Log frames, then its Result, to `fd`. An error means the
-    /// fd's reader is gone (the Result could not be delivered). Requests the code makes
-    /// (`_warden.request`) go out on the same fd, from `side`.
+    /// Runs `e`, writing its Log frames to `fd` as they come (the first one after
+    /// `preamble`, in the same write), and returns what is left to send: the preamble if
+    /// nothing was written, then the encoded Result. The caller sends it — at once (a
+    /// forked child), or with Ended in one write (reuse mode: one wake-up of the
+    /// supervisor for a quick execution). An error means the fd's reader is gone.
+    /// Requests the code makes (`_warden.request`) go out on the same fd, from `side`.
     pub fn run(
         &self,
         py: Python<'_>,
@@ -53,8 +56,9 @@ impl Runner {
         fd: RawFd,
         side: Side,
         max_frame: usize,
-    ) -> io::Result<()> {
-        capture::begin(fd, &e.execution_id, &e.limits, max_frame);
+        preamble: Vec<u8>,
+    ) -> io::Result<Vec<u8>> {
+        capture::begin(fd, &e.execution_id, &e.limits, max_frame, preamble);
         request::begin(fd, side, &e.execution_id, max_frame);
         let _ = self.call(py, "begin_output", ());
         let started = Instant::now();
@@ -76,7 +80,9 @@ impl Runner {
             logs_dropped: report.logs_dropped,
             sdk_writes_json,
         };
-        write_result(fd, result, max_frame)
+        let mut out = report.unsent;
+        out.extend_from_slice(&encode_result(result, max_frame)?);
+        Ok(out)
     }
 
     fn execute(&self, py: Python<'_>, e: &Execute) -> Outcome {
@@ -151,9 +157,14 @@ fn text(value: &Bound<'_, PyAny>) -> String {
     }
 }
 
-/// Writes the execution's one Result frame, making sure one can always be sent: error
-/// fields are capped, and a success too large for a frame becomes `ResultTooLarge`.
-pub fn write_result(fd: RawFd, mut result: ExecutionResult, max_frame: usize) -> io::Result<()> {
+/// Writes the execution's one Result frame (see [`encode_result`]).
+pub fn write_result(fd: RawFd, result: ExecutionResult, max_frame: usize) -> io::Result<()> {
+    fds::write_all(fd, &encode_result(result, max_frame)?)
+}
+
+/// The execution's one Result frame, encoded so that it can always be sent: error fields
+/// are capped, and a success too large for a frame becomes `ResultTooLarge`.
+pub fn encode_result(mut result: ExecutionResult, max_frame: usize) -> io::Result<Vec<u8>> {
     if let Outcome::Failed(info) = &mut result.outcome {
         let quarter = max_frame / 4;
         cap(&mut info.error_type, MAX_ERROR_TYPE.min(quarter));
@@ -193,7 +204,7 @@ pub fn write_result(fd: RawFd, mut result: ExecutionResult, max_frame: usize) ->
                 .map_err(|e| io::Error::other(e.to_string()))?
         }
     };
-    fds::write_all(fd, &bytes)
+    Ok(bytes)
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
