@@ -223,3 +223,23 @@ def run():
         ]
     );
 }
+
+#[tokio::test]
+async fn asyncio_is_imported_once_by_the_template_for_later_children() {
+    let mut p = TestPool::start(|_| {}).await;
+    let probe = "import sys\ndef run():\n    return 'asyncio' in sys.modules\n";
+    let f = p.run("before", probe, "{}").await;
+    assert_eq!(
+        f.outcome.result_json.as_deref(),
+        Some("false"),
+        "not at start-up"
+    );
+    let src = "async def run():\n    return 1\n";
+    assert_eq!(
+        p.run("async", src, "{}").await.outcome.status,
+        Status::Success
+    );
+    // A later child starts with it already loaded (inherited, not imported again).
+    let f = p.run("after", probe, "{}").await;
+    assert_eq!(f.outcome.result_json.as_deref(), Some("true"));
+}

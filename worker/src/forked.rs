@@ -54,6 +54,7 @@ pub enum Next {
 }
 
 pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Next, WorkerError> {
+    pyo3::Python::attach(|py| runner.prepare_for(py, e));
     let (ours, theirs) = match UnixStream::pair() {
         Ok(pair) => pair,
         Err(err) => return not_started(conn, e, "cannot create the execution's socket", err),
