@@ -11,9 +11,11 @@ use crate::pool::config::{default_uid_base, default_worker_bin};
 use crate::pool::PoolConfig;
 use crate::telemetry::LogFormat;
 
-/// Warden runs Python workflow functions in sandboxed, forked worker processes.
+/// Warden runs Python workflow functions in sandboxed, forked worker processes: `serve`
+/// takes executions from a Redis stream and records them in PostgreSQL; `exec` runs one
+/// file with no services.
 #[derive(Debug, Parser)]
-#[command(name = "warden", version, about, long_about = None)]
+#[command(name = "warden", version)]
 pub struct Cli {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it). Default:
     /// info for `serve`, warn for the other commands.
@@ -39,7 +41,9 @@ pub enum Command {
     /// Streams the workflow's logs to stderr and prints its result on stdout. Exit
     /// code: 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled, 2 usage error.
     Exec(ExecArgs),
-    /// Measure the pool: executions/s, latency percentiles, spawn time and RSS.
+    /// Measure executions/s, latency percentiles, PostgreSQL sessions and transactions and
+    /// Redis commands per execution, and RSS: end to end through `serve` (a scratch
+    /// database and key prefix), or the pool alone with --local.
     Bench(crate::bench::BenchArgs),
     /// Run the supervisor daemon: take executions from the Redis stream, run them in
     /// the worker pool, and record them in PostgreSQL. SIGTERM/SIGINT drain; a second
