@@ -385,6 +385,11 @@ impl Writer {
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
+                // Nothing queued and no reason to wait: write now. (A `sleep_until` of
+                // now would wait for the timer's next millisecond tick.)
+                if deadline <= Instant::now() {
+                    break;
+                }
                 tokio::select! {
                     item = self.rx.recv() => match item {
                         Some(envelope) => batch.push(envelope),
