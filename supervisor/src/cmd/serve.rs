@@ -30,7 +30,7 @@ pub struct ServeArgs {
     pub commit_batch: usize,
     /// Under load, at most one result transaction per this interval (results arriving
     /// meanwhile share it). After a quiet spell a result is committed at once.
-    #[arg(long, default_value = "40ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub commit_delay: Duration,
     /// Stream entries taken ahead of free workers (waiting in this supervisor's queue),
     /// so each batch's reads and writes cover many executions. Default: 64 per worker.

@@ -165,7 +165,7 @@ impl Default for WriterConfig {
     fn default() -> WriterConfig {
         WriterConfig {
             max_batch: 256,
-            max_delay: Duration::from_millis(40),
+            max_delay: Duration::from_millis(50),
             max_pending: 10_000,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
