@@ -338,3 +338,55 @@ where
 pub async fn scalar(db: &TestDb, sql: &str) -> i64 {
     retry(sql, || sqlx::query_scalar(sql).fetch_one(db.store.pool())).await
 }
+
+/// Receives committed batches from a writer until `n` items have been reported.
+pub async fn collect_committed(
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<warden::store::Committed>>,
+    n: usize,
+) -> Vec<warden::store::Committed> {
+    let mut all = Vec::with_capacity(n);
+    while all.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("committed outcomes within a minute")
+            .expect("writer running");
+        all.extend(batch);
+    }
+    all
+}
+
+impl TestDb {
+    /// Makes every daily_metrics write fail whose time saved reaches 4242 seconds: the last
+    /// statement of the result transaction, so everything before it must roll back.
+    pub async fn fail_result_transactions(&self, errcode: &str, once: bool) {
+        let mut conn = self.connection().await;
+        sqlx::query("CREATE SEQUENCE forced_failures")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let condition = if once {
+            "NEW.time_saved_seconds >= 4242 AND nextval('forced_failures') = 1"
+        } else {
+            "NEW.time_saved_seconds >= 4242 AND nextval('forced_failures') > 0"
+        };
+        sqlx::query(&format!(
+            "CREATE FUNCTION force_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF {condition} THEN
+                     RAISE EXCEPTION 'forced failure of the result transaction' USING ERRCODE = '{errcode}';
+                 END IF;
+                 RETURN NEW;
+             END $$"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER force_failure BEFORE INSERT OR UPDATE ON daily_metrics
+             FOR EACH ROW EXECUTE FUNCTION force_failure()",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}

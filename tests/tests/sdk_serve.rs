@@ -356,26 +356,8 @@ def run():
     return {"must": "not be stored"}
 "#;
     let wf = push_org(&s, "acme", "doomed", source, None).await;
+    s.db.fail_result_transactions("P0001", false).await;
     let mut conn = s.db.connection().await;
-    sqlx::query(
-        "CREATE FUNCTION force_failure() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.time_saved_seconds >= 4242 THEN
-                 RAISE EXCEPTION 'forced failure of the result transaction';
-             END IF;
-             RETURN NEW;
-         END $$",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER force_failure BEFORE INSERT OR UPDATE ON daily_metrics
-         FOR EACH ROW EXECUTE FUNCTION force_failure()",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
 
     let (c, _) = run_org(&s, "doomed-1", "acme", "doomed", Some("evt-doomed")).await;
     assert_eq!(c.status, Status::Failed, "recorded, not lost");

@@ -10,10 +10,10 @@ use serde_json::json;
 use warden::outcome::Status;
 use warden::store::sqlx;
 use warden::store::{
-    Committed, Completed, Disposition, NewDelivery, Store, WorkflowSpec, Writer, WriterConfig,
+    Completed, Disposition, NewDelivery, Store, WorkflowSpec, Writer, WriterConfig,
 };
 use warden_tests::db::fixtures::{completed, new_execution};
-use warden_tests::db::TestDb;
+use warden_tests::db::{collect_committed, TestDb};
 
 async fn push(store: &Store, org: &str) -> (i64, i64) {
     let r = store
@@ -87,18 +87,6 @@ async fn metrics(db: &TestDb, wf: i64) -> (i64, i64, f64, f64) {
     .await
     .unwrap()
     .unwrap_or((0, 0, 0.0, 0.0))
-}
-
-async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Vec<Committed>>, n: usize) -> Vec<Committed> {
-    let mut all = Vec::new();
-    while all.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .expect("committed within a minute")
-            .expect("writer running");
-        all.extend(batch);
-    }
-    all
 }
 
 #[tokio::test]
@@ -186,40 +174,6 @@ async fn the_last_execution_to_finish_wins_a_key_within_one_batch() {
     );
 }
 
-/// Makes every daily_metrics write fail whose time saved reaches 4242 seconds: the last
-/// statement of the result transaction, so everything before it must roll back.
-async fn install_failing_trigger(db: &TestDb, errcode: &str, once: bool) {
-    let mut conn = db.connection().await;
-    sqlx::query("CREATE SEQUENCE forced_failures")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let condition = if once {
-        "NEW.time_saved_seconds >= 4242 AND nextval('forced_failures') = 1"
-    } else {
-        "NEW.time_saved_seconds >= 4242 AND nextval('forced_failures') > 0"
-    };
-    sqlx::query(&format!(
-        "CREATE FUNCTION force_failure() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF {condition} THEN
-                 RAISE EXCEPTION 'forced failure of the result transaction' USING ERRCODE = '{errcode}';
-             END IF;
-             RETURN NEW;
-         END $$"
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER force_failure BEFORE INSERT OR UPDATE ON daily_metrics
-         FOR EACH ROW EXECUTE FUNCTION force_failure()",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-}
-
 async fn forced_failures(db: &TestDb) -> i64 {
     let mut conn = db.connection().await;
     sqlx::query_scalar("SELECT last_value FROM forced_failures")
@@ -245,7 +199,7 @@ async fn a_result_transaction_that_fails_leaves_nothing_and_the_execution_is_rec
     let (wf_bad, org_bad) = push(&db.store, "bad-org").await;
     begin(&db.store, &["good"], wf_good, org_good).await;
     begin(&db.store, &["bad"], wf_bad, org_bad).await;
-    install_failing_trigger(&db, "P0001", false).await;
+    db.fail_result_transactions("P0001", false).await;
 
     let (writer, mut committed) = Writer::spawn(db.store.clone(), writer_config());
     writer
@@ -255,7 +209,7 @@ async fn a_result_transaction_that_fails_leaves_nothing_and_the_execution_is_rec
         ])
         .await
         .unwrap();
-    let done = collect(&mut committed, 2).await;
+    let done = collect_committed(&mut committed, 2).await;
     let disposition = |id: &str| {
         done.iter()
             .find(|c| c.execution_id == id)
@@ -322,14 +276,14 @@ async fn a_result_transaction_that_fails_transiently_is_retried_and_lands_exactl
     let (wf, org) = push(&db.store, "acme").await;
     begin(&db.store, &["flaky"], wf, org).await;
     // 40001 (serialization failure): retryable, so the writer keeps the batch and retries.
-    install_failing_trigger(&db, "40001", true).await;
+    db.fail_result_transactions("40001", true).await;
 
     let (writer, mut committed) = Writer::spawn(db.store.clone(), writer_config());
     writer
         .submit(item("flaky", Status::Success, wf, org, 5000.0))
         .await
         .unwrap();
-    let done = collect(&mut committed, 1).await;
+    let done = collect_committed(&mut committed, 1).await;
     assert_eq!(done[0].disposition, Disposition::Recorded);
     assert_eq!(
         writer.stats().failed_attempts,
@@ -365,7 +319,7 @@ async fn malformed_writes_are_isolated_not_applied() {
         .submit_all(vec![odd, item("fine", Status::Success, wf, org, 1.0)])
         .await
         .unwrap();
-    let done = collect(&mut committed, 2).await;
+    let done = collect_committed(&mut committed, 2).await;
     let odd = done.iter().find(|c| c.execution_id == "odd").unwrap();
     assert_eq!(odd.disposition, Disposition::Isolated);
     let row = db.store.show_execution("odd").await.unwrap().unwrap();

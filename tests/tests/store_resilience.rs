@@ -13,19 +13,7 @@ use warden::store::{
     Committed, Disposition, ExecutionStatus, NewExecution, Store, Writer, WriterConfig,
 };
 use warden_tests::db::fixtures::{completed, new_execution, STATUSES};
-use warden_tests::db::{scalar, server_url, TestDb};
-
-async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Vec<Committed>>, n: usize) -> Vec<Committed> {
-    let mut all = Vec::with_capacity(n);
-    while all.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .expect("committed outcomes within a minute")
-            .expect("writer running");
-        all.extend(batch);
-    }
-    all
-}
+use warden_tests::db::{collect_committed, scalar, server_url, TestDb};
 
 async fn begin(db: &TestDb, ids: &[String]) {
     let rows: Vec<NewExecution> = ids.iter().map(|id| new_execution(id, None)).collect();
@@ -120,7 +108,7 @@ async fn connections_killed_mid_run_lose_nothing_and_record_nothing_twice() {
         }
     }
     done.store(true, Ordering::Relaxed);
-    let reported = collect(&mut committed, N).await;
+    let reported = collect_committed(&mut committed, N).await;
     killer.await.unwrap();
     let stats = writer.stats();
     println!(
@@ -206,7 +194,7 @@ async fn a_refused_item_is_parked_without_half_writes_then_committed() {
             .unwrap();
     }
     // Everything but the bad item commits, through the splits.
-    let first = collect(&mut committed, N - 1).await;
+    let first = collect_committed(&mut committed, N - 1).await;
     assert!(first.iter().all(|c| c.execution_id != "f-bad"));
     assert!(first.iter().all(|c| c.disposition == Disposition::Recorded));
     // Even its StoreError record is refused, so it is parked: held, not written.
@@ -226,7 +214,7 @@ async fn a_refused_item_is_parked_without_half_writes_then_committed() {
         .execute(db.store.pool())
         .await
         .unwrap();
-    let last = collect(&mut committed, 1).await;
+    let last = collect_committed(&mut committed, 1).await;
     assert_eq!(last[0].execution_id, "f-bad");
     assert_eq!(last[0].disposition, Disposition::Recorded);
     assert_eq!(last[0].status, STATUSES[(N / 2) % 5]);
@@ -254,7 +242,7 @@ async fn a_refused_log_insert_rolls_back_its_batch_and_isolates_the_item() {
         )
         .await
         .unwrap();
-    let reported = collect(&mut committed, N).await;
+    let reported = collect_committed(&mut committed, N).await;
     let bad: Vec<&Committed> = reported
         .iter()
         .filter(|c| c.execution_id == "f-bad")
@@ -335,7 +323,7 @@ async fn while_the_database_refuses_connections_results_wait_in_memory_bounded()
     db.admin_execute("ALTER DATABASE {db} ALLOW_CONNECTIONS true")
         .await;
     blocked.await.unwrap().unwrap();
-    let reported = collect(&mut committed, 21).await;
+    let reported = collect_committed(&mut committed, 21).await;
     assert!(reported
         .iter()
         .all(|c| c.disposition == Disposition::Recorded));

@@ -2,30 +2,17 @@
 //! equal to the rows, replays and duplicates never counted twice, odd values stored.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use warden::outcome::Status;
 use warden::store::sqlx;
 use warden::store::{
-    Committed, Completed, Disposition, ExecutionStatus, NewExecution, Store, WorkflowSpec, Writer,
+    Completed, Disposition, ExecutionStatus, NewExecution, Store, WorkflowSpec, Writer,
     WriterConfig,
 };
 use warden_protocol::{Log, LogLevel};
 use warden_tests::db::fixtures::{completed, new_execution, outcome, STATUSES};
-use warden_tests::db::{retry, xact_commit, TestDb};
-
-/// Receive committed batches until `n` items have been reported.
-async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Vec<Committed>>, n: usize) -> Vec<Committed> {
-    let mut all = Vec::with_capacity(n);
-    while all.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .expect("committed outcomes within a minute")
-            .expect("writer running");
-        all.extend(batch);
-    }
-    all
-}
+use warden_tests::db::{collect_committed, retry, xact_commit, TestDb};
 
 async fn push(store: &Store, org: Option<&str>, name: &str) -> (i64, Option<i64>) {
     let r = store
@@ -102,7 +89,7 @@ async fn a_thousand_outcomes_commit_in_a_few_transactions_with_exact_metrics() {
             .await
             .unwrap();
     }
-    let reported = collect(&mut committed, N).await;
+    let reported = collect_committed(&mut committed, N).await;
     let elapsed = started.elapsed();
     let stats = writer.stats();
     drop(writer);
@@ -235,14 +222,14 @@ async fn duplicate_submissions_do_not_double_count() {
         .submit_all(vec![item.clone(), item.clone()])
         .await
         .unwrap();
-    let first = collect(&mut committed, 2).await;
+    let first = collect_committed(&mut committed, 2).await;
     writer.submit(item).await.unwrap();
-    let later = collect(&mut committed, 1).await;
+    let later = collect_committed(&mut committed, 1).await;
     writer
         .submit(completed("dup", Status::Crashed, 1, None, None))
         .await
         .unwrap();
-    let different = collect(&mut committed, 1).await;
+    let different = collect_committed(&mut committed, 1).await;
 
     let dispositions: Vec<_> = first
         .iter()
@@ -300,7 +287,7 @@ async fn values_postgres_would_refuse_are_made_storable() {
         message: "past i32".to_string(),
     }];
     writer.submit_all(vec![nul, not_json, huge]).await.unwrap();
-    let reported = collect(&mut committed, 3).await;
+    let reported = collect_committed(&mut committed, 3).await;
     assert!(
         reported
             .iter()
@@ -352,7 +339,7 @@ async fn throughput() {
             }
         })
     };
-    let reported = collect(&mut committed, N).await;
+    let reported = collect_committed(&mut committed, N).await;
     let elapsed = started.elapsed();
     submitter.await.unwrap();
     let stats = writer.stats();
