@@ -193,13 +193,6 @@ impl Pool {
         rx.await.unwrap_or_default()
     }
 
-    /// Executions that can be accepted now without waiting: free templates minus what
-    /// is already queued.
-    pub fn free_capacity(&self) -> usize {
-        let s = self.stats();
-        s.workers.saturating_sub(s.busy + s.queued)
-    }
-
     pub fn stats(&self) -> PoolStats {
         let s = &self.shared;
         PoolStats {
@@ -321,8 +314,8 @@ impl Dispatcher {
             Request::Submit(job) => {
                 if self.drain.is_some() {
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    let out = self.outcome_without_run(
-                        &job,
+                    let out = ExecutionOutcome::not_run(
+                        &job.execution_id,
                         Status::Cancelled,
                         "Shutdown",
                         "the worker pool is shutting down and takes no new work",
@@ -351,8 +344,8 @@ impl Dispatcher {
         if let Some(pos) = self.queue.iter().position(|j| j.execution_id == id) {
             let job = self.queue.remove(pos).expect("position is in range");
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            let out = self.outcome_without_run(
-                &job,
+            let out = ExecutionOutcome::not_run(
+                &job.execution_id,
                 Status::Cancelled,
                 "Cancelled",
                 "cancelled before it started",
@@ -648,8 +641,8 @@ impl Dispatcher {
             // Whatever is queued never ran: it ends cancelled.
             while let Some(job) = self.queue.pop_front() {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                let out = self.outcome_without_run(
-                    &job,
+                let out = ExecutionOutcome::not_run(
+                    &job.execution_id,
                     Status::Cancelled,
                     "Shutdown",
                     "the supervisor shut down before this execution started",
@@ -792,16 +785,6 @@ impl Dispatcher {
             self.drained += 1;
         }
         let _ = self.events.send(PoolEvent::Finished(out));
-    }
-
-    fn outcome_without_run(
-        &self,
-        job: &Job,
-        status: Status,
-        error_type: &str,
-        message: &str,
-    ) -> ExecutionOutcome {
-        ExecutionOutcome::not_run(&job.execution_id, status, error_type, message)
     }
 
     fn outcome_from_ended(&self, r: Running, ended: Ended) -> ExecutionOutcome {
