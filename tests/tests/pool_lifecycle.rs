@@ -138,6 +138,33 @@ def run():
 }
 
 #[tokio::test]
+async fn reuse_mode_runs_each_execution_in_a_fresh_namespace_of_the_current_source() {
+    // The template caches compiled workflows: a cached code object must still run in a
+    // new namespace every time, and a changed source at the same path must be recompiled.
+    let mut p = TestPool::start(|c| c.isolation = Isolation::Reuse).await;
+    let at_one_path = |id: &str, source: &str| {
+        let mut j = job(id, source, "{}", None);
+        j.path = "flows/same.py".into();
+        j
+    };
+    let counting = "SEEN = []\ndef run():\n    SEEN.append(1)\n    return len(SEEN)\n";
+    for id in ["c1", "c2", "c3"] {
+        assert!(p.pool.submit(at_one_path(id, counting)).is_ok());
+        let f = p.finished().await;
+        assert_eq!(
+            f.outcome.result_json.as_deref(),
+            Some("1"),
+            "{id}: {:?}",
+            f.outcome.error
+        );
+    }
+    let changed = "def run():\n    return 'changed'\n";
+    assert!(p.pool.submit(at_one_path("c4", changed)).is_ok());
+    let f = p.finished().await;
+    assert_eq!(f.outcome.result_json.as_deref(), Some("\"changed\""));
+}
+
+#[tokio::test]
 async fn shutdown_lets_running_work_finish_within_the_drain() {
     let mut p = TestPool::start(|_| {}).await;
     p.submit("short", SLEEPY, r#"{"s": 0.3}"#, None);

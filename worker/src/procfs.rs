@@ -1,12 +1,32 @@
 //! Reading the template's own state from `/proc`: resident memory and child processes.
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
 
-/// Resident set size of this process, in bytes (`/proc/self/statm`, second field).
+/// `/proc/<template pid>/statm`, opened once: it is read after every execution, and
+/// re-reading an open procfs file from offset 0 regenerates it, without the open, stat
+/// and close of a fresh read. Opened by pid, not `self`, so that it keeps naming the
+/// template even if read from a forked child.
+static STATM: OnceLock<Option<File>> = OnceLock::new();
+
+/// Resident set size of the template process, in bytes (`statm`, second field).
 /// 0 if it cannot be read: this is a metric, not something to fail an execution over.
 pub fn rss_bytes() -> u64 {
-    let Ok(statm) = fs::read_to_string("/proc/self/statm") else {
-        return 0;
+    let file = STATM.get_or_init(|| File::open(format!("/proc/{}/statm", std::process::id())).ok());
+    let mut buf = [0u8; 128];
+    let n = match file {
+        Some(f) => f.read_at(&mut buf, 0).unwrap_or(0),
+        None => 0,
+    };
+    // Reuse-mode code may have closed the descriptor under us: read afresh then.
+    let fresh;
+    let statm = match std::str::from_utf8(&buf[..n]) {
+        Ok(s) if n > 0 => s,
+        _ => {
+            fresh = fs::read_to_string("/proc/self/statm").unwrap_or_default();
+            &fresh
+        }
     };
     let pages: u64 = statm
         .split_whitespace()

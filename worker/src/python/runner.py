@@ -207,9 +207,29 @@ def execute(path, source, function, params_json, max_result_bytes):
         linecache.cache.pop(path, None)
 
 
+# Compiled workflows by (path, source), for reuse mode, where one template runs the same
+# workflow many times: compiling even a two-line function costs more than running it.
+# Code objects are immutable and every execution still gets a fresh module namespace,
+# so sharing them leaks nothing between executions. Bounded: the oldest entry goes
+# first. (In fork mode the cache lives and dies with each child.)
+_CODE_CACHE = {}
+_CODE_CACHE_MAX = 64
+
+
+def _compile(path, source):
+    key = (path, source)
+    code = _CODE_CACHE.get(key)
+    if code is None:
+        code = compile(source, path, "exec", dont_inherit=True)
+        if len(_CODE_CACHE) >= _CODE_CACHE_MAX:
+            del _CODE_CACHE[next(iter(_CODE_CACHE))]
+        _CODE_CACHE[key] = code
+    return code
+
+
 def _execute(path, source, function, params_json, max_result_bytes):
     try:
-        code = compile(source, path, "exec", dont_inherit=True)
+        code = _compile(path, source)
     except SyntaxError as exc:
         # SyntaxError's own str() shows only the file's basename; name the whole path.
         message = f"{exc.msg} ({exc.filename or path}, line {exc.lineno})"
