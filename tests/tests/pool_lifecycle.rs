@@ -4,11 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use warden::outcome::Status;
 use warden::pool::{Pool, PoolConfig, PoolError};
 use warden_protocol::Isolation;
-use warden_tests::pool::{job, TestPool};
+use warden_tests::pool::{alive, children_of, job, TestPool};
 
 const SLEEPY: &str = "import time\ndef run(s):\n    time.sleep(s)\n    return s\n";
 const DOUBLE: &str = "def run(x):\n    return {\"y\": x * 2}\n";
@@ -162,6 +164,55 @@ async fn reuse_mode_runs_each_execution_in_a_fresh_namespace_of_the_current_sour
     assert!(p.pool.submit(at_one_path("c4", changed)).is_ok());
     let f = p.finished().await;
     assert_eq!(f.outcome.result_json.as_deref(), Some("\"changed\""));
+}
+
+/// The children of `template`, waiting up to 5 s until `want` says they are as expected.
+async fn children_until(
+    template: u32,
+    want: impl Fn(&[(u32, String)]) -> bool,
+) -> Vec<(u32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let kids = children_of(template);
+        if want(&kids) {
+            return kids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "template {template} has children {kids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_spare_child_killed_while_idle_is_reaped_and_the_next_execution_runs() {
+    // Fork mode keeps one child forked in advance. Killed from outside, it must not stay
+    // a zombie nor be handed an execution; the template forks a fresh one.
+    let mut p = TestPool::start(|_| {}).await;
+    let src = "import os\ndef run():\n    return os.getppid()\n";
+    let f = p.run("first", src, "{}").await;
+    let template: u32 = f.outcome.result_json.as_deref().unwrap().parse().unwrap();
+    let one_live = |k: &[(u32, String)]| k.len() == 1 && k[0].1 != "Z";
+    let spare = children_until(template, one_live).await[0].0;
+    assert_ne!(Some(spare), f.pid, "the spare is not the child that ran");
+
+    kill(Pid::from_raw(spare as i32), Signal::SIGKILL).unwrap();
+    children_until(template, |k| k.is_empty()).await;
+
+    let f = p.run("second", src, "{}").await;
+    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    assert_ne!(f.pid, Some(spare));
+    assert_eq!(
+        f.outcome.result_json.as_deref(),
+        Some(&*template.to_string())
+    );
+
+    // Shutting down takes the template's new spare with it.
+    let spare = children_until(template, one_live).await[0].0;
+    p.pool.shutdown(Duration::from_secs(5)).await;
+    assert!(!alive(spare), "spare {spare} outlived its template");
+    assert!(!alive(template), "template {template} outlived the pool");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! own so that this test binary's process holds only this pool's templates.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use warden::outcome::Status;
 use warden_tests::pool::{children_of, fd_count, TestPool};
@@ -22,6 +23,34 @@ fn templates() -> BTreeMap<u32, usize> {
         .collect()
 }
 
+/// Between executions a fork-mode template has exactly one child: the spare it forked
+/// for its next execution, alive. Waits for the spares of executions that just ended, and
+/// for the descriptor counts to hold still (the spare's socket and pidfd are opened just
+/// after its fork).
+async fn settled_templates() -> BTreeMap<u32, usize> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = BTreeMap::new();
+    loop {
+        let templates = templates();
+        let spares: Vec<Vec<(u32, String)>> =
+            templates.keys().map(|pid| children_of(*pid)).collect();
+        if spares
+            .iter()
+            .all(|kids| kids.len() == 1 && kids[0].1 != "Z")
+        {
+            if templates == last {
+                return templates;
+            }
+            last = templates;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "each template should have one live child (its spare), have: {spares:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_thousand_executions_leave_no_zombies_and_no_leaked_descriptors() {
     let mut p = TestPool::start(|c| c.workers = 2).await;
@@ -32,8 +61,9 @@ async fn a_thousand_executions_leave_no_zombies_and_no_leaked_descriptors() {
     for _ in 0..20 {
         p.finished().await;
     }
-    let before = templates();
+    let before = settled_templates().await;
     assert_eq!(before.len(), 2, "two templates: {before:?}");
+    let spares_before: Vec<_> = before.keys().map(|pid| children_of(*pid)).collect();
     let fds_before = fd_count("self");
 
     for i in 0..1000 {
@@ -44,13 +74,15 @@ async fn a_thousand_executions_leave_no_zombies_and_no_leaked_descriptors() {
         assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
     }
 
-    let after = templates();
+    // Same templates, same descriptor counts, and each still has exactly one child: a
+    // new spare (every earlier child was reaped, none left behind as a zombie).
+    let after = settled_templates().await;
     assert_eq!(after, before, "same templates, same descriptor counts");
-    for pid in after.keys() {
-        let kids = children_of(*pid);
-        assert!(
-            kids.is_empty(),
-            "template {pid} still has children: {kids:?}"
+    let spares_after: Vec<_> = after.keys().map(|pid| children_of(*pid)).collect();
+    for (old, new) in spares_before.iter().zip(&spares_after) {
+        assert_ne!(
+            old[0].0, new[0].0,
+            "the spare is a fresh child: {old:?} {new:?}"
         );
     }
     let fds_after = fd_count("self");

@@ -1,18 +1,22 @@
-//! The forked child of one fork-mode execution: sandbox itself, run the function, write
-//! its frames, `_exit`.
+//! The forked child of one fork-mode execution: forked in advance (a spare), it sandboxes
+//! itself, warms up while nothing is asked of it, waits for its `Execute`, applies the
+//! execution's limits, runs the function, writes its frames and `_exit`s.
 //!
 //! Everything here runs after `fork` in a copy of the template, with the GIL held. The
 //! child never returns into the template's code and never runs destructors or `atexit`
-//! handlers: it leaves with `libc::_exit`, whatever happens. Its frames go to fd 3, which
-//! [`sandbox::isolate_fds`] has pointed at the child's end of the output socket; the
-//! replies to its requests come back on the same socket ([`crate::request`]).
+//! handlers: it leaves with `libc::_exit`, whatever happens. Fd 3, which
+//! [`sandbox::isolate_fds`] points at the child's end of its socket, carries the
+//! `Execute` in, then its frames out and the replies to its requests in
+//! ([`crate::request`]).
 
-use std::os::fd::RawFd;
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 
 use pyo3::Python;
-use warden_protocol::{ErrorInfo, Execute, ExecutionResult, Outcome};
+use warden_protocol::{io as frame_io, ErrorInfo, Execute, ExecutionResult, Outcome, ToWorker};
 
-use crate::fds::CONNECTION_FD;
+use crate::fds::{self, CONNECTION_FD};
 use crate::python::runner::{self, Runner};
 use crate::request::Side;
 use crate::sandbox;
@@ -23,11 +27,13 @@ pub const EXIT_ORPHANED: i32 = 111;
 /// read this child's Result, but the template (if alive) reports the code in `Ended`.
 pub const EXIT_OUTPUT_LOST: i32 = 112;
 
+/// Exit code of a spare the template closed without giving it an execution.
+pub const EXIT_UNUSED: i32 = 0;
+
 pub fn run(
     py: Python<'_>,
     runner: &Runner,
-    e: &Execute,
-    output_fd: RawFd,
+    socket_fd: RawFd,
     template_pid: i32,
     max_frame: usize,
 ) -> ! {
@@ -39,9 +45,27 @@ pub fn run(
     if sandbox::die_with_template(template_pid).is_err() {
         exit(EXIT_ORPHANED);
     }
-    if sandbox::isolate_fds(output_fd).is_err() {
+    if sandbox::isolate_fds(socket_fd).is_err() {
         exit(EXIT_OUTPUT_LOST);
     }
+    // Idle time is spent taking the faults the execution would otherwise take; an
+    // Execute that is already waiting is not kept waiting for it.
+    if !fds::readable_now(CONNECTION_FD) {
+        runner.warm_up(py, CONNECTION_FD, max_frame);
+    }
+    // SAFETY: fd 3 is this process's open socket; ManuallyDrop keeps it open (it is
+    // still the output) when `stream` goes out of scope.
+    let mut stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(CONNECTION_FD) });
+    let e = match frame_io::read(&mut *stream, max_frame) {
+        Ok(Some(ToWorker::Execute(e))) => e,
+        // Closed: the template discarded this spare.
+        Ok(None) => exit(EXIT_UNUSED),
+        Ok(Some(_)) | Err(_) => exit(EXIT_OUTPUT_LOST),
+    };
+    execute(py, runner, &e, max_frame)
+}
+
+fn execute(py: Python<'_>, runner: &Runner, e: &Execute, max_frame: usize) -> ! {
     if let Err(reason) = sandbox::apply_limits(&e.limits) {
         // Refuse to run user code unconfined; say why.
         let result = ExecutionResult {

@@ -40,6 +40,31 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Is `fd` readable (or at end of file, or failed) right now? Does not wait.
+pub fn readable_now(fd: RawFd) -> bool {
+    poll_in(fd, 0)
+}
+
+/// Waits up to `timeout_ms` (-1: forever) for `fd` to be readable, at end of file or
+/// failed; says whether it is.
+pub fn poll_in(fd: RawFd, timeout_ms: libc::c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if n >= 0 {
+            return n > 0 && p.revents != 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl calls on an fd we own.
     unsafe {

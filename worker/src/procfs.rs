@@ -13,7 +13,7 @@ static STATM: OnceLock<Option<File>> = OnceLock::new();
 /// Resident set size of the template process, in bytes (`statm`, second field).
 /// 0 if it cannot be read: this is a metric, not something to fail an execution over.
 pub fn rss_bytes() -> u64 {
-    let file = STATM.get_or_init(|| File::open(format!("/proc/{}/statm", std::process::id())).ok());
+    let file = statm();
     let mut buf = [0u8; 128];
     let n = match file {
         Some(f) => f.read_at(&mut buf, 0).unwrap_or(0),
@@ -34,6 +34,16 @@ pub fn rss_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * page_size()
+}
+
+/// Opens the template's `statm` now, at start-up, so that the descriptors the template
+/// holds do not change with its first execution.
+pub fn open_statm() {
+    statm();
+}
+
+fn statm() -> &'static Option<File> {
+    STATM.get_or_init(|| File::open(format!("/proc/{}/statm", std::process::id())).ok())
 }
 
 fn page_size() -> u64 {

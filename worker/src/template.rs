@@ -9,7 +9,11 @@
 //! The loop handles one execution at a time: the module snapshot is brought up to the
 //! `Execute`'s generation (see [`crate::modules::sync`]), then it runs to its `Ended` before the
 //! next message is read (in fork mode the supervisor connection is still watched during
-//! the execution, for Kill and Shutdown; see [`crate::forked`]).
+//! the execution, for Kill and Shutdown; see [`crate::forked`]). In fork mode the
+//! template keeps one child forked in advance between executions ([`forked::Spare`]);
+//! it is killed and reaped when the template exits.
+
+use std::os::fd::AsRawFd;
 
 use pyo3::Python;
 use warden_protocol::{FromWorker, Hello, Isolation, ToWorker, PROTOCOL_VERSION};
@@ -21,13 +25,14 @@ use crate::forked::{self, Next};
 use crate::modules::source::RedisSource;
 use crate::modules::sync::{self, Prepared};
 use crate::python::interpreter;
-use crate::{fds, modules, reap, reuse, sandbox};
+use crate::{fds, modules, procfs, reap, reuse, sandbox};
 
 pub fn run(args: &Args) -> Result<(), WorkerError> {
     fds::ensure_std_fds().map_err(WorkerError::os("opening /dev/null on closed standard fds"))?;
     sandbox::reset_signals();
     reap::become_subreaper().map_err(WorkerError::os("becoming a child subreaper"))?;
     let mut conn = Connection::inherit(args.max_frame)?;
+    procfs::open_statm();
     let python = interpreter::start()?;
 
     handshake(&mut conn, args, python.version.clone())?;
@@ -38,7 +43,15 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
         .map(|url| RedisSource::new(url, &args.key_prefix));
     Python::attach(|py| modules::sync::start(py, cache, args.isolation))?;
 
+    // Fork mode: the child for the next execution, forked while there is nothing to do.
+    let mut spare = None;
+    if args.isolation == Isolation::Fork {
+        spare = forked::Spare::fork(&python.runner, conn.max_frame())
+            .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
+            .ok();
+    }
     loop {
+        wait_for_message(&conn, &mut spare);
         let next = match conn.recv("waiting for work")? {
             // The supervisor closed the connection: nothing left to do.
             None => Next::Exit,
@@ -46,7 +59,9 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
                 match Python::attach(|py| sync::prepare(py, &mut conn, &e, args.isolation))? {
                     Prepared::Skip(next) => next,
                     Prepared::Run => match args.isolation {
-                        Isolation::Fork => forked::execute(&python.runner, &mut conn, &e)?,
+                        Isolation::Fork => {
+                            forked::execute(&python.runner, &mut conn, &e, &mut spare)?
+                        }
                         Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
                     },
                 }
@@ -62,8 +77,43 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
             }
         };
         if next == Next::Exit {
+            if let Some(s) = spare.take() {
+                s.discard();
+            }
             reap::sweep();
             return Ok(());
+        }
+    }
+}
+
+/// Blocks until the supervisor's next message is readable, reaping the spare if it dies
+/// meanwhile (something outside killed it: no zombie is left, and the next execution
+/// forks a fresh child).
+fn wait_for_message(conn: &Connection, spare: &mut Option<forked::Spare>) {
+    let Some(pidfd) = spare.as_ref().and_then(|s| s.pidfd()) else {
+        return;
+    };
+    let mut fds = [conn.as_raw_fd(), pidfd].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // recv() will block and report the connection's state itself.
+            return;
+        }
+        if fds[1].revents != 0 && spare.as_ref().is_some_and(|s| s.died()) {
+            *spare = None;
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
         }
     }
 }

@@ -123,6 +123,7 @@ impl Pool {
             drain: None,
             next_generation: 1,
             drained: 0,
+            dispatches: 0,
         };
         for slot in 0..d.cfg.workers {
             let (cmds, generation) = d.launch(slot);
@@ -132,6 +133,7 @@ impl Pool {
                 state: SlotState::Starting,
                 executions: 0,
                 failed_starts: 0,
+                last_dispatch: 0,
             });
         }
         tokio::spawn(d.run());
@@ -215,6 +217,8 @@ struct Slot {
     executions: u32,
     /// Templates in a row that died before saying hello (for back-off).
     failed_starts: u32,
+    /// When this slot was last given an execution (dispatch order, see `dispatch`).
+    last_dispatch: u64,
 }
 
 enum SlotState {
@@ -268,6 +272,8 @@ struct Dispatcher {
     drain: Option<Drain>,
     next_generation: u64,
     drained: usize,
+    /// Executions dispatched so far (orders `Slot::last_dispatch`).
+    dispatches: u64,
 }
 
 impl Dispatcher {
@@ -385,13 +391,17 @@ impl Dispatcher {
     /// Hands queued jobs to idle templates.
     fn dispatch(&mut self) {
         while !self.queue.is_empty() {
-            let Some(slot) = self
-                .slots
-                .iter()
-                .position(|s| matches!(s.state, SlotState::Idle))
+            // The idle slot that has waited longest: a fork-mode template forks its
+            // next child right after an execution, so one that has been idle a while
+            // has it ready, while the one that just finished may still be forking.
+            let Some(slot) = (0..self.slots.len())
+                .filter(|&i| matches!(self.slots[i].state, SlotState::Idle))
+                .min_by_key(|&i| self.slots[i].last_dispatch)
             else {
                 return;
             };
+            self.dispatches += 1;
+            self.slots[slot].last_dispatch = self.dispatches;
             let job = self.queue.pop_front().expect("queue is not empty");
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             let timeout = job.timeout.unwrap_or(self.cfg.timeout);

@@ -110,6 +110,7 @@ pub fn replace(py: Python<'_>, snapshot: Snapshot) -> usize {
         ws.unavailable = None;
         todo
     };
+    crate::python::interpreter::changed();
     let mut compiled = 0;
     for (path, src) in todo {
         // A module that does not compile is left for its import to report (with the
@@ -125,6 +126,7 @@ pub fn replace(py: Python<'_>, snapshot: Snapshot) -> usize {
 /// Imports of workspace names fail with `reason` until the next successful [`replace`].
 pub fn mark_unavailable(reason: String) {
     workspace().unavailable = Some(reason);
+    crate::python::interpreter::changed();
 }
 
 fn compile(py: Python<'_>, path: &str, text: &str) -> PyResult<Py<PyAny>> {

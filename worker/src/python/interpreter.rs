@@ -10,6 +10,8 @@
 //! template exits without tearing down Python (it holds nothing that needs flushing,
 //! since all output is written unbuffered).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use pyo3::prelude::*;
 
 use crate::error::WorkerError;
@@ -36,6 +38,22 @@ pub fn start() -> Result<Interpreter, WorkerError> {
         Ok(Interpreter { runner, version })
     })
     .map_err(|e| WorkerError::Python(Python::attach(|py| describe(py, &e))))
+}
+
+/// Bumped whenever the template changes interpreter state that forked children inherit
+/// (a new module snapshot, the finder's error, a module imported for an execution): a
+/// child forked in advance under an older state must not run an execution
+/// (see `forked::Spare`).
+static STATE: AtomicU64 = AtomicU64::new(0);
+
+/// Records that the template's interpreter state changed (see [`STATE`]).
+pub fn changed() {
+    STATE.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The current version of the template's interpreter state (see [`STATE`]).
+pub fn state() -> u64 {
+    STATE.load(Ordering::Relaxed)
 }
 
 /// `Type: message` plus the traceback, for errors that end the worker.

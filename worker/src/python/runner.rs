@@ -115,10 +115,31 @@ impl Runner {
     /// `async def` workflows. Done in the template before forking, so every later child
     /// inherits it instead of importing it again; start-up stays fast for templates
     /// that never see async code. Errors are ignored (the child reports them).
+    /// Records an interpreter state change when it imports something.
     pub fn prepare_for(&self, py: Python<'_>, e: &Execute) {
-        if e.source.contains("async ") {
+        if e.source.contains("async ") && !is_imported(py, "asyncio") {
             let _ = py.import("asyncio");
+            crate::python::interpreter::changed();
         }
+    }
+
+    /// Runs a trivial execution whose output goes nowhere, so that a child forked in
+    /// advance takes its copy-on-write faults (interpreter structures, allocator arenas,
+    /// the runner's own objects) before its real execution arrives rather than during
+    /// it. Writes nothing to any descriptor: the function logs nothing, and its Result
+    /// is dropped.
+    pub fn warm_up(&self, py: Python<'_>, fd: RawFd, max_frame: usize) {
+        let e = Execute {
+            execution_id: "warm-up".into(),
+            path: "<warden-warm-up>".into(),
+            source: "def run(x):\n    return {\"y\": x * 2}\n".into(),
+            function: "run".into(),
+            params_json: r#"{"x": 1}"#.into(),
+            context_json: "{}".into(),
+            modules_generation: 0,
+            limits: Default::default(),
+        };
+        let _ = self.run(py, &e, fd, Side::Child, max_frame, Vec::new());
     }
 
     pub fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -138,6 +159,13 @@ impl Runner {
     ) -> PyResult<Bound<'py, PyAny>> {
         self.module.bind(py).getattr(name)?.call1(args)
     }
+}
+
+fn is_imported(py: Python<'_>, name: &str) -> bool {
+    py.import("sys")
+        .and_then(|sys| sys.getattr("modules"))
+        .and_then(|m| m.contains(name))
+        .unwrap_or(false)
 }
 
 /// `(True, result_json)` or `(False, error_type, message, traceback)` from `runner.execute`.

@@ -474,6 +474,43 @@ pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
+/// Between executions a fork-mode template has exactly one child, alive: the spare it
+/// forked for its next execution. Waits up to 5 s for the spare forked after the last
+/// `Ended` (anything else left over, a zombie or an escapee, fails it) and returns its
+/// pid.
+pub fn spare_of(template: i32) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let kids = children_of(template);
+        if let [only] = kids[..] {
+            if is_alive(only) {
+                return only;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "template {template} should have only its spare as a child, has {kids:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The template's descriptors while idle with its spare forked (the spare's socket and
+/// pidfd are opened just after the fork, so this waits for the count to hold still).
+pub fn idle_fd_count(template: i32) -> usize {
+    spare_of(template);
+    let mut last = fd_count(template);
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let now = fd_count(template);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 pub fn is_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
