@@ -139,11 +139,13 @@ def run():
     assert_eq!(f.outcome.result_json.as_deref(), Some("[false, false]"));
 }
 
-#[tokio::test]
-async fn reuse_mode_runs_each_execution_in_a_fresh_namespace_of_the_current_source() {
-    // The template caches compiled workflows: a cached code object must still run in a
-    // new namespace every time, and a changed source at the same path must be recompiled.
-    let mut p = TestPool::start(|c| c.isolation = Isolation::Reuse).await;
+/// Both modes cache compiled workflows (reuse mode as it runs them, fork mode in the
+/// template after an execution, for the children forked later): a cached code object
+/// must still run in a new namespace every time, a changed source at the same path must
+/// be recompiled, and a source whose compilation warns must show its warning in every
+/// execution's logs.
+async fn compiled_workflows_are_cached_without_changing_what_runs(isolation: Isolation) {
+    let mut p = TestPool::start(|c| c.isolation = isolation).await;
     let at_one_path = |id: &str, source: &str| {
         let mut j = job(id, source, "{}", None);
         j.path = "flows/same.py".into();
@@ -164,6 +166,28 @@ async fn reuse_mode_runs_each_execution_in_a_fresh_namespace_of_the_current_sour
     assert!(p.pool.submit(at_one_path("c4", changed)).is_ok());
     let f = p.finished().await;
     assert_eq!(f.outcome.result_json.as_deref(), Some("\"changed\""));
+
+    let warns = "def run():\n    return 1 is 1\n";
+    for id in ["w1", "w2", "w3"] {
+        assert!(p.pool.submit(at_one_path(id, warns)).is_ok());
+        let f = p.finished().await;
+        assert_eq!(f.outcome.result_json.as_deref(), Some("true"));
+        assert!(
+            f.logs.iter().any(|l| l.message.contains("SyntaxWarning")),
+            "{id} ({isolation:?}) shows the compile-time warning: {:?}",
+            f.logs
+        );
+    }
+}
+
+#[tokio::test]
+async fn fork_mode_caches_compiled_workflows_without_changing_what_runs() {
+    compiled_workflows_are_cached_without_changing_what_runs(Isolation::Fork).await;
+}
+
+#[tokio::test]
+async fn reuse_mode_caches_compiled_workflows_without_changing_what_runs() {
+    compiled_workflows_are_cached_without_changing_what_runs(Isolation::Reuse).await;
 }
 
 /// The children of `template`, waiting up to 5 s until `want` says they are as expected.

@@ -191,6 +191,8 @@ pub fn execute(
     }
     let next = watch.finish(conn)?;
     if next == Next::Continue {
+        // Its workflow's code, compiled for the children forked from now on.
+        Python::attach(|py| runner.precompile(py, e));
         // The next execution's child, forked now, while the supervisor reads Ended.
         // If it fails, the next Execute tries again and reports why.
         *spare = Spare::fork(runner, conn.max_frame())

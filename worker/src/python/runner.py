@@ -13,6 +13,7 @@ and a forked child ends with ``_exit``, so nothing may sit in a buffer).
 """
 
 import builtins
+import gc
 import inspect
 import io
 import json
@@ -22,6 +23,7 @@ import os
 import sys
 import traceback
 import types
+import warnings
 
 import _warden
 
@@ -207,24 +209,55 @@ def execute(path, source, function, params_json, max_result_bytes):
         linecache.cache.pop(path, None)
 
 
-# Compiled workflows by (path, source), for reuse mode, where one template runs the same
-# workflow many times: compiling even a two-line function costs more than running it.
+# Compiled workflows by (path, source): compiling even a two-line function costs more
+# than running it. Reuse mode fills it as it runs; in fork mode the template fills it
+# after an execution (``precompile``), before forking the next child, which inherits it.
 # Code objects are immutable and every execution still gets a fresh module namespace,
 # so sharing them leaks nothing between executions. Bounded: the oldest entry goes
-# first. (In fork mode the cache lives and dies with each child.)
+# first.
 _CODE_CACHE = {}
 _CODE_CACHE_MAX = 64
 
+# Fork mode compiles in the template only sources up to this size: compiling runs no
+# code, but a huge source would leave the template (and so every later fork) bigger.
+_PRECOMPILE_MAX_BYTES = 256 * 1024
 
-def _compile(path, source):
+
+def _compile(path, source, show_warnings=True):
+    """The code of ``source``, from the cache or compiled (and cached). A source whose
+    compilation warns (a ``SyntaxWarning``, say) is not cached: every execution of it
+    compiles it again and so shows its warnings in its own logs."""
     key = (path, source)
     code = _CODE_CACHE.get(key)
-    if code is None:
+    if code is not None:
+        return code
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         code = compile(source, path, "exec", dont_inherit=True)
-        if len(_CODE_CACHE) >= _CODE_CACHE_MAX:
-            del _CODE_CACHE[next(iter(_CODE_CACHE))]
-        _CODE_CACHE[key] = code
+    if caught:
+        if show_warnings:
+            for w in caught:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return code
+    if len(_CODE_CACHE) >= _CODE_CACHE_MAX:
+        del _CODE_CACHE[next(iter(_CODE_CACHE))]
+    _CODE_CACHE[key] = code
     return code
+
+
+def precompile(path, source):
+    """Fork mode, in the template, after an execution of ``source`` ended: compiles it
+    into the cache so the next children need not. Compiling runs none of the code. A
+    source that does not compile is left for the child to report."""
+    if len(source) > _PRECOMPILE_MAX_BYTES or (path, source) in _CODE_CACHE:
+        return
+    try:
+        # Warnings are the children's to show, in their executions' logs.
+        _compile(path, source, show_warnings=False)
+    except BaseException:
+        return
+    # Like everything the template loaded at start-up: out of the children's collections.
+    gc.freeze()
 
 
 def _execute(path, source, function, params_json, max_result_bytes):
@@ -466,6 +499,4 @@ install_capture()
 # Everything loaded so far lives as long as the template. Moving it to the collector's
 # permanent generation keeps a forked child's garbage collections from walking (and so
 # copy-on-write faulting) every object the template owns.
-import gc  # noqa: E402
-
 gc.freeze()
