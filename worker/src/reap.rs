@@ -111,8 +111,9 @@ pub fn reap(pid: i32) -> io::Result<(ExitKind, Usage)> {
 }
 
 /// Kills and reaps every child the template still has, then every zombie; returns how
-/// many processes it had to kill. Between executions the template has no legitimate
-/// children, so anything found here escaped an execution.
+/// many processes it had to kill. Called after an execution's child was reaped and
+/// before the next spare is forked (and at exit, after the spare was discarded), when
+/// the template has no legitimate children: anything found here escaped an execution.
 pub fn sweep() -> usize {
     let mut killed = 0;
     for _ in 0..MAX_SWEEP_ROUNDS {
