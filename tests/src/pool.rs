@@ -207,3 +207,16 @@ pub fn fd_count(pid: &str) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Polls `check` every 20 ms until it returns `Ok`; after 5 s fails the test with the
+/// last `Err`, which describes what was seen instead.
+pub async fn eventually<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if std::time::Instant::now() >= deadline => panic!("after 5 s: {seen}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}

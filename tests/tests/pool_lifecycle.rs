@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use warden::outcome::Status;
 use warden::pool::{Pool, PoolConfig, PoolError};
 use warden_protocol::Isolation;
-use warden_tests::pool::{alive, children_of, job, TestPool};
+use warden_tests::pool::{alive, children_of, eventually, job, TestPool};
 
 const SLEEPY: &str = "import time\ndef run(s):\n    time.sleep(s)\n    return s\n";
 const DOUBLE: &str = "def run(x):\n    return {\"y\": x * 2}\n";
@@ -195,18 +195,15 @@ async fn children_until(
     template: u32,
     want: impl Fn(&[(u32, String)]) -> bool,
 ) -> Vec<(u32, String)> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(|| {
         let kids = children_of(template);
         if want(&kids) {
-            return kids;
+            Ok(kids)
+        } else {
+            Err(format!("template {template} has children {kids:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "template {template} has children {kids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

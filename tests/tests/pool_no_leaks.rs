@@ -2,10 +2,9 @@
 //! own so that this test binary's process holds only this pool's templates.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use warden::outcome::Status;
-use warden_tests::pool::{children_of, fd_count, TestPool};
+use warden_tests::pool::{children_of, eventually, fd_count, TestPool};
 
 /// Our direct children that are worker templates, with their open descriptor counts.
 fn templates() -> BTreeMap<u32, usize> {
@@ -28,27 +27,26 @@ fn templates() -> BTreeMap<u32, usize> {
 /// for the descriptor counts to hold still (the spare's socket and pidfd are opened just
 /// after its fork).
 async fn settled_templates() -> BTreeMap<u32, usize> {
-    let deadline = Instant::now() + Duration::from_secs(5);
     let mut last = BTreeMap::new();
-    loop {
+    eventually(|| {
         let templates = templates();
         let spares: Vec<Vec<(u32, String)>> =
             templates.keys().map(|pid| children_of(*pid)).collect();
-        if spares
+        if !spares
             .iter()
             .all(|kids| kids.len() == 1 && kids[0].1 != "Z")
         {
-            if templates == last {
-                return templates;
-            }
-            last = templates;
+            return Err(format!(
+                "each template should have one live child (its spare), have: {spares:?}"
+            ));
         }
-        assert!(
-            Instant::now() < deadline,
-            "each template should have one live child (its spare), have: {spares:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if templates != last {
+            last = templates;
+            return Err(format!("descriptor counts still changing: {last:?}"));
+        }
+        Ok(templates)
+    })
+    .await
 }
 
 #[tokio::test]
