@@ -108,16 +108,19 @@ impl Spare {
         let _ = reap::reap(self.pid);
     }
 
-    /// Has it died (killed from outside, say)? Then it is reaped here.
-    pub fn died(&self) -> bool {
-        let exited = match &self.pidfd {
+    /// Has it died (killed from outside, say)? It stays unreaped (a zombie, so its pid
+    /// and process-group id cannot be reused) until [`Spare::reap_dead`].
+    pub fn exited(&self) -> bool {
+        match &self.pidfd {
             Some(fd) => fds::readable_now(fd.as_raw_fd()),
             None => reap::has_exited(self.pid, false).unwrap_or(true),
-        };
-        if exited {
-            let _ = reap::reap(self.pid);
         }
-        exited
+    }
+
+    /// Reaps a spare that [`Spare::exited`]. It never ran user code, so it left nothing
+    /// in its process group to kill.
+    pub fn reap_dead(self) {
+        let _ = reap::reap(self.pid);
     }
 
     /// Its pidfd, to watch while idle; `None` without pidfd support.
@@ -125,9 +128,19 @@ impl Spare {
         self.pidfd.as_ref().map(|fd| fd.as_raw_fd())
     }
 
-    /// Could it run an execution now? It is alive and was forked from the current state.
-    fn usable(&self) -> bool {
-        self.state == interpreter::state() && !self.died()
+    /// The spare if it can run an execution now: alive and forked from the current
+    /// interpreter state. A dead one is reaped, a stale one killed and reaped.
+    fn usable(spare: Option<Spare>) -> Option<Spare> {
+        let s = spare?;
+        if s.exited() {
+            s.reap_dead();
+            return None;
+        }
+        if s.state != interpreter::state() {
+            s.discard();
+            return None;
+        }
+        Some(s)
     }
 }
 
@@ -138,17 +151,12 @@ pub fn execute(
     spare: &mut Option<Spare>,
 ) -> Result<Next, WorkerError> {
     pyo3::Python::attach(|py| runner.prepare_for(py, e));
-    let child = match spare.take() {
-        Some(s) if s.usable() => s,
-        stale => {
-            if let Some(s) = stale {
-                s.discard();
-            }
-            match Spare::fork(runner, conn.max_frame()) {
-                Ok(s) => s,
-                Err(err) => return not_started(conn, e, "cannot fork the execution's child", err),
-            }
-        }
+    let child = match Spare::usable(spare.take()) {
+        Some(s) => s,
+        None => match Spare::fork(runner, conn.max_frame()) {
+            Ok(s) => s,
+            Err(err) => return not_started(conn, e, "cannot fork the execution's child", err),
+        },
     };
     let handoff = match frame::encode(&ToWorker::Execute(e.clone()), conn.max_frame()) {
         Ok(bytes) => bytes,

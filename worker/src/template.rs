@@ -108,8 +108,10 @@ fn wait_for_message(conn: &Connection, spare: &mut Option<forked::Spare>) {
             // recv() will block and report the connection's state itself.
             return;
         }
-        if fds[1].revents != 0 && spare.as_ref().is_some_and(|s| s.died()) {
-            *spare = None;
+        if fds[1].revents != 0 && spare.as_ref().is_some_and(|s| s.exited()) {
+            if let Some(s) = spare.take() {
+                s.reap_dead();
+            }
             return;
         }
         if fds[0].revents != 0 {
