@@ -138,36 +138,35 @@ impl TestDb {
     /// Client connections to this database now, not counting side connections
     /// ([`TestDb::connection`]) or autovacuum workers.
     pub async fn backends(&self) -> i64 {
-        let mut admin = self.admin().await;
-        let n = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = $1 AND backend_type = 'client backend'
-               AND application_name IS DISTINCT FROM $2",
-        )
-        .bind(&self.name)
-        .bind(SIDE_APPLICATION)
-        .fetch_one(&mut admin)
-        .await
-        .expect("count backends");
-        let _ = admin.close().await;
-        n
+        self.over_client_backends("count(*)", "count backends")
+            .await
     }
 
     /// Kill every client connection to this database except side connections; returns
     /// how many. Their statistics are flushed as they exit.
     pub async fn terminate_backends(&self) -> i64 {
-        let mut admin = self.admin().await;
-        let n = sqlx::query_scalar(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
-             FROM pg_stat_activity
-             WHERE datname = $1 AND backend_type = 'client backend'
-               AND application_name IS DISTINCT FROM $2",
+        self.over_client_backends(
+            "count(*) FILTER (WHERE pg_terminate_backend(pid))",
+            "terminate backends",
         )
-        .bind(&self.name)
-        .bind(SIDE_APPLICATION)
-        .fetch_one(&mut admin)
         .await
-        .expect("terminate backends");
+    }
+
+    /// `SELECT aggregate` over this database's client connections other than side ones,
+    /// from an admin connection.
+    async fn over_client_backends(&self, aggregate: &str, what: &str) -> i64 {
+        let mut admin = self.admin().await;
+        let sql = format!(
+            "SELECT {aggregate} FROM pg_stat_activity
+             WHERE datname = $1 AND backend_type = 'client backend'
+               AND application_name IS DISTINCT FROM $2"
+        );
+        let n = sqlx::query_scalar(&sql)
+            .bind(&self.name)
+            .bind(SIDE_APPLICATION)
+            .fetch_one(&mut admin)
+            .await
+            .expect(what);
         let _ = admin.close().await;
         n
     }

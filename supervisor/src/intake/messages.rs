@@ -245,27 +245,15 @@ fn truncate(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use warden_protocol::ErrorInfo;
 
     use super::*;
 
     fn outcome(status: Status, result: Option<&str>) -> ExecutionOutcome {
         ExecutionOutcome {
-            execution_id: "e1".into(),
-            status,
             result_json: result.map(str::to_owned),
             error: None,
-            started_at: None,
-            finished_at: SystemTime::now(),
-            duration: Duration::ZERO,
-            peak_memory_bytes: 0,
-            cpu_seconds: 0.0,
-            exit_code: None,
-            exit_signal: None,
-            logs_dropped: 0,
-            sdk_writes_json: String::new(),
+            ..ExecutionOutcome::not_run("e1", status, "", "")
         }
     }
 
