@@ -19,7 +19,7 @@ use warden_protocol::{io as frame_io, ErrorInfo, Execute, ExecutionResult, Outco
 use crate::fds::{self, CONNECTION_FD};
 use crate::python::runner::{self, Runner};
 use crate::request::Side;
-use crate::sandbox;
+use crate::{sandbox, seccomp};
 
 /// Exit code when the template died before the child could arrange to die with it.
 pub const EXIT_ORPHANED: i32 = 111;
@@ -48,9 +48,12 @@ pub fn run(
     if sandbox::isolate_fds(socket_fd).is_err() {
         exit(EXIT_OUTPUT_LOST);
     }
+    // From here on nothing this process runs can reach its template or the kernel's
+    // namespaces (see [`seccomp`]); a child that cannot confine itself runs no workflow.
+    let confined = seccomp::install();
     // Idle time is spent taking the faults the execution would otherwise take; an
     // Execute that is already waiting is not kept waiting for it.
-    if !fds::readable_now(CONNECTION_FD) {
+    if confined.is_ok() && !fds::readable_now(CONNECTION_FD) {
         runner.warm_up(py, CONNECTION_FD, max_frame);
     }
     // SAFETY: fd 3 is this process's open socket; ManuallyDrop keeps it open (it is
@@ -62,17 +65,23 @@ pub fn run(
         Ok(None) => exit(EXIT_UNUSED),
         Ok(Some(_)) | Err(_) => exit(EXIT_OUTPUT_LOST),
     };
-    execute(py, runner, &e, max_frame)
+    execute(py, runner, &e, max_frame, confined)
 }
 
-fn execute(py: Python<'_>, runner: &Runner, e: &Execute, max_frame: usize) -> ! {
-    if let Err(reason) = sandbox::apply_limits(&e.limits) {
+fn execute(
+    py: Python<'_>,
+    runner: &Runner,
+    e: &Execute,
+    max_frame: usize,
+    confined: Result<(), String>,
+) -> ! {
+    if let Err(reason) = confined.and_then(|()| sandbox::apply_limits(&e.limits)) {
         // Refuse to run user code unconfined; say why.
         let result = ExecutionResult {
             execution_id: e.execution_id.clone(),
             outcome: Outcome::Failed(ErrorInfo {
                 error_type: "SandboxError".into(),
-                message: format!("the execution's limits could not be applied: {reason}"),
+                message: format!("the execution's sandbox could not be applied: {reason}"),
                 traceback: String::new(),
             }),
             duration_us: 0,

@@ -13,6 +13,7 @@
 //! - [`child`]: what a forked child does before and after the user's function.
 //! - [`sandbox`]: process-level isolation applied in the child (group, parent death,
 //!   file descriptors, rlimits) and the template's clean signal state.
+//! - [`seccomp`]: the system calls a child (or a reuse template) may not make.
 //! - [`relay`]: validation and forwarding of a child's frames.
 //! - [`request`]: one blocking Request/Reply exchange with the supervisor (the child's
 //!   socket in fork mode, fd 3 in reuse mode).
@@ -42,6 +43,7 @@ mod relay;
 mod request;
 mod reuse;
 mod sandbox;
+mod seccomp;
 mod template;
 
 use std::process::ExitCode;

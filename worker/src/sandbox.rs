@@ -17,6 +17,15 @@ use warden_protocol::ExecutionLimits;
 
 use crate::fds::{self, CONNECTION_FD};
 
+/// Makes the template (and every child it forks: the flag is copied by `fork`)
+/// non-dumpable: no process of another uid, and none of the same uid, may `ptrace` it,
+/// read or write its `/proc/PID/mem`, `environ` or fds, or `pidfd_getfd` from it. A
+/// process may still read its own `/proc/self`. A program a child `exec`s is dumpable
+/// again, which exposes only that program to the child that started it.
+pub fn make_undumpable() -> io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
+}
+
 /// Gives the template (and so every child it forks) default signal dispositions and an
 /// empty signal mask, whatever the process that started us left behind, except SIGPIPE,
 /// which stays ignored: CPython ignores it too, so a write to a closed pipe raises

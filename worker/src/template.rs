@@ -25,12 +25,19 @@ use crate::forked::{self, Next};
 use crate::modules::source::RedisSource;
 use crate::modules::sync::{self, Prepared};
 use crate::python::interpreter;
-use crate::{fds, modules, procfs, reap, reuse, sandbox};
+use crate::{fds, modules, procfs, reap, reuse, sandbox, seccomp};
 
 pub fn run(args: &Args) -> Result<(), WorkerError> {
     fds::ensure_std_fds().map_err(WorkerError::os("opening /dev/null on closed standard fds"))?;
     sandbox::reset_signals();
     reap::become_subreaper().map_err(WorkerError::os("becoming a child subreaper"))?;
+    sandbox::make_undumpable().map_err(WorkerError::os("making the template non-dumpable"))?;
+    let template_pid = std::process::id() as i32;
+    seccomp::prepare(match args.isolation {
+        Isolation::Fork => template_pid,
+        // A reuse template confines itself; the process it must not signal is its parent.
+        Isolation::Reuse => nix::unistd::getppid().as_raw(),
+    });
     let mut conn = Connection::inherit(args.max_frame)?;
     procfs::open_statm();
     let python = interpreter::start()?;
@@ -45,6 +52,14 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
 
     // Fork mode: the child for the next execution, forked while there is nothing to do.
     let mut spare = None;
+    if args.isolation == Isolation::Reuse {
+        // The template itself runs workflows: it confines itself once, now that the
+        // handshake and the first module load are done.
+        seccomp::install().map_err(|e| WorkerError::Os {
+            during: "confining the reuse template",
+            source: std::io::Error::other(e),
+        })?;
+    }
     if args.isolation == Isolation::Fork {
         spare = forked::Spare::fork(&python.runner, conn.max_frame())
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))

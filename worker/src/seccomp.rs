@@ -1,0 +1,194 @@
+//! The seccomp filter every fork-mode child installs before any workflow code runs: the
+//! system calls no workflow needs, and every way of signalling its template, fail with
+//! `EPERM` (`ENOSYS` for `clone3`).
+//!
+//! Why a deny list and not an allow list: workflows run arbitrary Python, its C
+//! extensions and any program they `exec`; an allow list would break them in ways no
+//! test of ours would see. What is denied is what reaches other processes or the kernel's
+//! global state (the same families as Docker's default profile):
+//!
+//! | family | syscalls | why |
+//! | --- | --- | --- |
+//! | other processes' memory and fds | `ptrace`, `process_vm_readv/writev`, `pidfd_getfd`, `kcmp` | the template and the spare are the same user's processes |
+//! | signals to the template | `kill`/`tkill`/`tgkill`/`rt_sigqueueinfo`/`rt_tgsigqueueinfo` aimed at the template's pid, its group (`-pid`) or everyone (`-1`); `pidfd_open` of the template; `pidfd_send_signal` | a stopped or killed template takes its slot's next executions with it |
+//! | namespaces and mounts | `unshare`, `setns`, `mount`, `umount2`, `pivot_root`, `chroot`, `open_by_handle_at`; `clone` with a `CLONE_NEW*` flag; `clone3` (its flags are behind a pointer: `ENOSYS`, so libc falls back to `clone`) | a new user namespace is the usual first step of a kernel exploit |
+//! | kernel attack surface | `bpf`, `perf_event_open`, `userfaultfd`, `io_uring_*` (its operations bypass this filter), `keyctl`, `add_key`, `request_key`, module and kexec calls, `reboot`, `swapon/off`, `acct`, `quotactl`, `personality` | none of them is needed by a workflow |
+//!
+//! The program is compiled once in the template ([`prepare`]), whose pid it embeds, and
+//! installed by each child ([`install`]) after `PR_SET_NO_NEW_PRIVS` (set on the whole
+//! worker by the supervisor), so it applies to everything the child later `exec`s.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+/// The two programs a child installs: the deny list, then `clone3` → `ENOSYS`
+/// (a filter has one action on match, and these two need different errnos).
+static PROGRAMS: OnceLock<Result<[BpfProgram; 2], String>> = OnceLock::new();
+
+/// System calls denied whatever their arguments.
+const DENIED: &[libc::c_long] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_kcmp,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_mount_setattr,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    libc::SYS_personality,
+    libc::SYS_lookup_dcookie,
+];
+
+/// Signal-sending calls whose first argument is a pid (or thread group id).
+const SIGNALLING: &[libc::c_long] = &[
+    libc::SYS_kill,
+    libc::SYS_tkill,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigqueueinfo,
+    libc::SYS_rt_tgsigqueueinfo,
+];
+
+/// Every `CLONE_NEW*` flag: `clone` with any of them makes a new namespace.
+const CLONE_NEW_FLAGS: &[libc::c_int] = &[
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWCGROUP,
+];
+
+/// Compiles the children's filter for a template whose pid is `template_pid`. Called once
+/// in the template before the first fork; the outcome (a compile error, say) is kept and
+/// reported by every child that tries to [`install`] it.
+pub fn prepare(template_pid: i32) {
+    PROGRAMS.get_or_init(|| build(template_pid));
+}
+
+/// Installs the filter compiled by [`prepare`] in the calling process (a child, after
+/// fork: this allocates nothing).
+pub fn install() -> Result<(), String> {
+    match PROGRAMS.get() {
+        Some(Ok(programs)) => {
+            for program in programs {
+                seccompiler::apply_filter(program)
+                    .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+            }
+            Ok(())
+        }
+        Some(Err(e)) => Err(e.clone()),
+        None => Err("the seccomp filter was not prepared".into()),
+    }
+}
+
+fn build(template_pid: i32) -> Result<[BpfProgram; 2], String> {
+    fn err(e: impl std::fmt::Display) -> String {
+        format!("cannot build the seccomp filter: {e}")
+    }
+    // "argument `arg` (low 32 bits) equals `value`", or "has every bit of `mask` set".
+    let rule = |arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, len, op, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(err)
+    };
+    let pid_is = |pid: i32| {
+        // pid_t is 32 bits: the low word, so -pid and -1 match as the kernel reads them.
+        rule(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            pid as u32 as u64,
+        )
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &nr in DENIED {
+        rules.insert(nr, Vec::new());
+    }
+    for &nr in SIGNALLING {
+        let chain = [template_pid, -template_pid, -1].map(pid_is);
+        rules.insert(nr, chain.into_iter().collect::<Result<_, _>>()?);
+    }
+    rules.insert(libc::SYS_pidfd_open, vec![pid_is(template_pid)?]);
+    // One rule per flag, "that flag is set": any CLONE_NEW* flag matches.
+    let clone_chain = CLONE_NEW_FLAGS
+        .iter()
+        .map(|&flag| {
+            let flag = flag as u64;
+            rule(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    rules.insert(libc::SYS_clone, clone_chain);
+
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("no seccomp support for this architecture: {e}"))?;
+    let eperm = SeccompAction::Errno(libc::EPERM as u32);
+    let deny = SeccompFilter::new(rules, SeccompAction::Allow, eperm, arch).map_err(err)?;
+    // clone3 passes its flags in a struct the filter cannot read: ENOSYS makes libc fall
+    // back to clone(2), whose flags it can.
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(err)?;
+    Ok([
+        deny.try_into().map_err(err)?,
+        clone3.try_into().map_err(err)?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_compiles_for_this_architecture() {
+        let [deny, clone3] = build(1234).expect("filter");
+        assert!(deny.len() > DENIED.len());
+        assert!(!clone3.is_empty());
+    }
+}
