@@ -1,7 +1,8 @@
 //! The workflow SDK end to end through `serve` (real stream, workers, PostgreSQL and
 //! Redis): config precedence, buffered writes applied after success and discarded after
-//! failure, timeout and crash, a secret never stored or published in clear, event
-//! deliveries, and one forced failure of the result transaction leaving nothing behind.
+//! failure, timeout and crash, a secret never stored or published in clear (nor its
+//! base64 and URL-encoded forms), event deliveries, and one forced failure of the result
+//! transaction leaving nothing behind.
 
 use std::time::Duration;
 
@@ -282,6 +283,62 @@ def run(mode="return"):
             "sdk log token=***",
         ]
     );
+}
+
+#[tokio::test]
+async fn a_secret_printed_base64_or_url_encoded_is_masked_too() {
+    // Characters that percent-encoding changes (`@`, space, `/`, `+`, non-ASCII), so
+    // every encoded form differs from the secret as written.
+    const ENCODABLE: &str = "p@ss w/rd+\u{e9}-9f2c";
+    // Python: base64.b64encode(s.encode()), urllib.parse.quote(s), quote_plus(s).
+    const ENCODED: [&str; 3] = [
+        "cEBzcyB3L3JkK8OpLTlmMmM=",
+        "p%40ss%20w/rd%2B%C3%A9-9f2c",
+        "p%40ss+w%2Frd%2B%C3%A9-9f2c",
+    ];
+    let key = SecretKey::parse(&SecretKey::generate_hex().unwrap(), "test").unwrap();
+    let configured = key.clone();
+    let s = TestServe::start(move |c| c.secret_key = Some(configured)).await;
+    admin::set(
+        &s.db.store,
+        Some("acme"),
+        "password",
+        ENCODABLE,
+        true,
+        Some(&key),
+    )
+    .await
+    .unwrap();
+    let source = r#"
+import base64, urllib.parse
+from warden import config
+
+def run():
+    secret = config.get("password")
+    print("b64", base64.b64encode(secret.encode()).decode())
+    print("url", urllib.parse.quote(secret))
+    print("plus", urllib.parse.quote_plus(secret))
+    return len(secret)
+"#;
+    push_org(&s, "acme", "encodes", source, None).await;
+    let (c, live) = run_org(&s, "encoded", "acme", "encodes", None).await;
+    assert_eq!(result(&c), json!(16), "the workflow received the secret");
+    assert_eq!(live, vec!["b64 ***", "url ***", "plus ***"]);
+
+    let d = s.db.store.show_execution("encoded").await.unwrap().unwrap();
+    let messages: Vec<&str> = d.logs.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(messages, vec!["b64 ***", "url ***", "plus ***"]);
+    let mut conn = s.db.connection().await;
+    let rows: Vec<String> = sqlx::query_scalar("SELECT row_to_json(l)::text FROM execution_logs l")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        for encoded in ENCODED {
+            assert!(!row.contains(encoded), "stored {encoded}: {row}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -9,17 +9,26 @@
 //! The ordering is causal: a secret is registered before the reply that carries it is
 //! sent, so any line containing it arrives after it is registered.
 //!
-//! Each secret is matched as written and in the escaped forms JSON gives it (a result is
-//! JSON text; Python's `json.dumps` escapes non-ASCII by default). A secret printed in
-//! another encoding (base64, reversed, split across lines) is not recognised: redaction
-//! is a safety net against accidents, not a sandbox.
+//! Each secret is matched as written, in the escaped forms JSON gives it (a result is
+//! JSON text; Python's `json.dumps` escapes non-ASCII by default), and in the encodings a
+//! workflow most often passes a credential through by accident, as GitHub Actions masks
+//! them: base64 (standard and URL-safe alphabets, padded or not: what `base64.b64encode`
+//! and `urlsafe_b64encode` print) and percent-encoding (what `urllib.parse.quote` and
+//! `quote_plus` print, for a basic-auth header or a URL). Base64 is matched only as the
+//! encoding of the secret alone: inside a longer base64 string (`user:secret` encoded
+//! together) the secret's characters depend on its offset, so they are not recognised.
+//! Nor is any other transformation (reversed, split across lines, hex): redaction is a
+//! safety net against accidents, not a sandbox.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
 use warden_protocol::Log;
 
+use super::crypto::MIN_SECRET_CHARS;
 use crate::outcome::ExecutionOutcome;
 
 /// What a secret is replaced with.
@@ -146,8 +155,8 @@ fn replace(s: &mut String, r: &Redactor) {
     }
 }
 
-/// The secret as written, as JSON writes it inside a string, and as Python's
-/// `json.dumps` does by default (non-ASCII as `\uXXXX`).
+/// The secret as written, as JSON writes it inside a string, as Python's `json.dumps`
+/// does by default (non-ASCII as `\uXXXX`), base64-encoded and percent-encoded.
 fn forms(secret: &str) -> Vec<String> {
     let mut forms = vec![secret.to_string()];
     let json = serde_json::to_string(secret).unwrap_or_default();
@@ -167,12 +176,52 @@ fn forms(secret: &str) -> Vec<String> {
             }
         }
     }
-    for f in [json_inner, ascii] {
-        if !forms.contains(&f) {
+    let mut candidates = vec![json_inner, ascii];
+    candidates.extend(encoded_forms(secret));
+    for f in candidates {
+        // An encoded form is never shorter than the secret, but the rule that keeps
+        // masking from garbling ordinary text is stated once, for every pattern.
+        if f.chars().count() >= MIN_SECRET_CHARS && !forms.contains(&f) {
             forms.push(f);
         }
     }
     forms
+}
+
+/// The secret's base64 encodings (both alphabets, with and without padding) and
+/// percent-encodings (Python's `quote` with its default `safe='/'` and with `safe=''`,
+/// and `quote_plus`, which writes a space as `+`). Each is ASCII without quotes or
+/// backslashes, so JSON writes it unchanged.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    let bytes = secret.as_bytes();
+    let mut out: Vec<String> = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .map(|engine| engine.encode(bytes))
+        .collect();
+    for keep_slash in [true, false] {
+        for space_as_plus in [false, true] {
+            out.push(percent_encode(bytes, keep_slash, space_as_plus));
+        }
+    }
+    out
+}
+
+/// Percent-encodes `bytes` as Python's `urllib.parse.quote` does (UTF-8, upper-case hex,
+/// letters, digits and `_.-~` left alone), keeping `/` when `keep_slash` (`quote`'s
+/// default) and writing a space as `+` when `space_as_plus` (`quote_plus`).
+fn percent_encode(bytes: &[u8], keep_slash: bool, space_as_plus: bool) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for &b in bytes {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
+                out.push(b as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            b' ' if space_as_plus => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -195,6 +244,72 @@ mod tests {
         // Python: json.dumps({"t": 'pa"ss\\wörd'})
         let python = r#"{"t": "pa\"ss\\w\u00f6rd"}"#;
         assert_eq!(r.redact(python), r#"{"t": "***"}"#);
+    }
+
+    #[test]
+    fn masks_the_base64_forms() {
+        // Every alphabet and padding differs for this secret: `+`/`/` in the standard
+        // alphabet, `-`/`_` in the URL-safe one, and one `=` of padding.
+        let secret = "s3cr\u{fb}t>?~";
+        let r = Redactor::new([secret]);
+        // Python: base64.b64encode / urlsafe_b64encode of the UTF-8 bytes.
+        for (encoded, why) in [
+            ("czNjcsO7dD4/fg==", "standard"),
+            ("czNjcsO7dD4/fg", "standard, unpadded"),
+            ("czNjcsO7dD4_fg==", "URL-safe"),
+            ("czNjcsO7dD4_fg", "URL-safe, unpadded"),
+        ] {
+            assert_eq!(
+                r.redact(&format!("auth={encoded};")),
+                "auth=***;",
+                "{why}: {encoded}"
+            );
+        }
+        // Also inside a JSON result, which writes base64 unchanged.
+        let json = serde_json::to_string(&serde_json::json!({ "b": "czNjcsO7dD4/fg==" })).unwrap();
+        assert_eq!(r.redact(&json), r#"{"b":"***"}"#);
+    }
+
+    #[test]
+    fn masks_the_percent_encoded_forms() {
+        let secret = "p@ss w/rd+\u{e9}";
+        let r = Redactor::new([secret]);
+        // Python: urllib.parse.quote(s), quote(s, safe=''), quote_plus(s).
+        for (encoded, why) in [
+            ("p%40ss%20w/rd%2B%C3%A9", "quote"),
+            ("p%40ss%20w%2Frd%2B%C3%A9", "quote, safe=''"),
+            ("p%40ss+w%2Frd%2B%C3%A9", "quote_plus"),
+        ] {
+            assert_eq!(
+                r.redact(&format!("https://h/?t={encoded}&x=1")),
+                "https://h/?t=***&x=1",
+                "{why}: {encoded}"
+            );
+        }
+    }
+
+    #[test]
+    fn leaves_other_text_alone() {
+        let r = Redactor::new(["p@ss w/rd+\u{e9}"]);
+        // Another secret's encodings, and this one's encoding with a byte changed.
+        for text in [
+            "cDBzcyB3L3JkK8Op",
+            "p%40ss%20w/rd%2B%C3%A8",
+            "p%40ss%20w/rd",
+            "plain text with no secret",
+        ] {
+            assert!(matches!(r.redact(text), Cow::Borrowed(_)), "{text}");
+        }
+    }
+
+    #[test]
+    fn no_encoded_form_is_shorter_than_a_secret_may_be() {
+        // The SDK refuses a secret this short; given one anyway, it is masked as
+        // written, and so is its padded base64 form, but not the unpadded one ("YWI"),
+        // which would garble ordinary text.
+        let r = Redactor::new(["ab"]);
+        assert_eq!(r.patterns, vec!["YWI=".to_string(), "ab".to_string()]);
+        assert_eq!(r.redact("YWI ab YWI="), "YWI *** ***");
     }
 
     #[test]
