@@ -24,7 +24,7 @@ pub mod sync;
 
 use std::path::PathBuf;
 
-pub use cache::{Applied, ModuleCache, Synced};
+pub use cache::{Applied, ModuleCache, Repaired, Synced};
 pub use files::{content_hash, ModuleFile};
 pub use store::{ModuleSummary, PushAction, StoredModule};
 pub use sync::{ModuleSync, CHANNEL, MISS_OP};

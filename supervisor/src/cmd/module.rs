@@ -6,6 +6,12 @@
 //! after it always sees the new code. (Every running supervisor also hears of the
 //! change through PostgreSQL's NOTIFY and updates the cache itself, which covers a
 //! Redis that the command cannot reach.)
+//!
+//! A push checks the Redis copy of every path it names, unchanged ones included, by
+//! content as well as hash: no notification fires for an unchanged module, so a copy
+//! someone altered in Redis would otherwise stay wrong (and run) for as long as nobody
+//! changes the source. Such a copy is rewritten, the generation moves so workers reload
+//! it, and the command says so.
 
 use std::path::PathBuf;
 
@@ -21,7 +27,9 @@ pub enum ModuleCmd {
     ///
     /// Paths stay relative to the current directory: `warden module push shared` stores
     /// `shared/__init__.py`, `shared/tickets.py`, ... Unchanged files (same content
-    /// hash) are skipped. The Redis module cache is updated before the command returns.
+    /// hash) are not stored again. The Redis module cache is updated before the command
+    /// returns, and the Redis copy of every file pushed, unchanged ones included, is
+    /// rewritten if it differs from the database's.
     Push {
         /// Files or directories.
         #[arg(required = true)]
@@ -70,7 +78,6 @@ async fn push(
     let results = store::push(store, &collected.files)
         .await
         .map_err(|e| e.to_string())?;
-    let mut changed = Vec::new();
     for (path, action) in &results {
         let what = match action {
             PushAction::Created => "created",
@@ -78,9 +85,6 @@ async fn push(
             PushAction::Unchanged => "unchanged",
         };
         println!("{what:<9} {path}");
-        if *action != PushAction::Unchanged {
-            changed.push(path.clone());
-        }
     }
     let n = |a: PushAction| results.iter().filter(|(_, x)| *x == a).count();
     println!(
@@ -89,7 +93,7 @@ async fn push(
         n(PushAction::Updated),
         n(PushAction::Unchanged)
     );
-    update_cache(conn, store, &changed).await;
+    repair_cache(conn, store, &results).await;
     Ok(0)
 }
 
@@ -132,6 +136,34 @@ async fn remove(conn: &ConnArgs, store: &Store, paths: &[String]) -> Result<i32,
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Brings the Redis cache in line with the database for every pushed path now, by
+/// content and hash, and names each unchanged module whose Redis copy had to be
+/// rewritten (a created or updated one is rewritten as a matter of course). A failure is
+/// only a warning, as in [`update_cache`].
+async fn repair_cache(conn: &ConnArgs, store: &Store, pushed: &[(String, PushAction)]) {
+    let paths: Vec<String> = pushed.iter().map(|(p, _)| p.clone()).collect();
+    let repaired = async {
+        let cache = ModuleCache::connect(&conn.redis_url, conn.keys()).await?;
+        ModuleSync::new(store.clone(), cache)
+            .repair_paths(&paths)
+            .await
+    }
+    .await;
+    match repaired {
+        Ok(r) => {
+            for (path, action) in pushed {
+                if *action == PushAction::Unchanged && r.rewritten.contains(path) {
+                    println!("repaired the Redis copy of {path} (it differed from the database)");
+                }
+            }
+        }
+        Err(e) => eprintln!(
+            "warning: the module cache in Redis was not updated ({e}); running supervisors \
+             will update it from the database"
+        ),
+    }
 }
 
 /// Brings the Redis cache in line with the database for `paths` now. A failure is only

@@ -10,6 +10,11 @@
 //! index naming only the modules just written, and workers would take that for the whole
 //! workspace.
 //!
+//! An incremental update tells a cached module is out of date by its hash alone, which
+//! is enough while every writer is a supervisor (it writes content and hash together).
+//! [`ModuleCache::repair`] compares the content too, for `warden module push`: a copy
+//! someone else altered in Redis (keeping the hash or not) is rewritten, and reported.
+//!
 //! The generation changes on every write that changes something: `INCR` normally, and a
 //! fresh value (the current time in microseconds) when the key was missing, so that a
 //! refilled cache never reuses a number a template may still hold for older content.
@@ -87,6 +92,25 @@ pub enum Applied {
     /// The generation key is missing: the cache was wiped; only a full sync
     /// ([`ModuleCache::fill`]) may write now.
     Wiped,
+}
+
+/// What [`ModuleCache::repair`] did, when the cache was not wiped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    pub synced: Synced,
+    /// The paths whose cached copy was rewritten (missing, or different from the
+    /// database's in content or hash), in the order given.
+    pub rewritten: Vec<String>,
+}
+
+/// How [`ModuleCache::apply`] and [`ModuleCache::repair`] tell a cached module is out of
+/// date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Its hash differs (one small field read per module).
+    Hash,
+    /// Its content or its hash differs (the whole module read per path).
+    Content,
 }
 
 /// The supervisor's handle on the module cache. Cheap to clone (clones share the
@@ -257,20 +281,56 @@ impl ModuleCache {
     }
 
     /// Brings `paths` in line with the database, where `present` are those of them that
-    /// exist there (the others were removed). Does nothing when the cache already agrees.
-    /// Two round trips when something changed, one otherwise.
+    /// exist there (the others were removed), telling a stale module by its hash. Does
+    /// nothing when the cache already agrees. Two round trips when something changed,
+    /// one otherwise.
     pub async fn apply(
         &self,
         paths: &[String],
         present: &[StoredModule],
     ) -> Result<Applied, ModuleError> {
+        Ok(
+            match self.apply_compared(paths, present, Compare::Hash).await? {
+                Some(r) => Applied::Synced(r.synced),
+                None => Applied::Wiped,
+            },
+        )
+    }
+
+    /// Like [`ModuleCache::apply`], but a cached module whose content differs from the
+    /// database's is rewritten too, even under the right hash: the cache is writable by
+    /// anyone who can reach Redis, and a push is when a person expects the code they
+    /// pushed to be the code that runs. Reads every module's content, so it is for the
+    /// few paths a push names, never per batch. `None`: the cache was wiped (as
+    /// [`Applied::Wiped`]).
+    pub async fn repair(
+        &self,
+        paths: &[String],
+        present: &[StoredModule],
+    ) -> Result<Option<Repaired>, ModuleError> {
+        self.apply_compared(paths, present, Compare::Content).await
+    }
+
+    async fn apply_compared(
+        &self,
+        paths: &[String],
+        present: &[StoredModule],
+        compare: Compare,
+    ) -> Result<Option<Repaired>, ModuleError> {
         let by_path: HashMap<&str, &StoredModule> =
             present.iter().map(|m| (m.path.as_str(), m)).collect();
         for _ in 0..MAX_ATTEMPTS {
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(self.keys.module_generation());
             for p in paths {
-                pipe.cmd("HGET").arg(self.keys.module(p)).arg("hash");
+                match compare {
+                    Compare::Hash => pipe.cmd("HGET").arg(self.keys.module(p)).arg("hash"),
+                    Compare::Content => pipe
+                        .cmd("HMGET")
+                        .arg(self.keys.module(p))
+                        .arg("hash")
+                        .arg("content"),
+                };
                 pipe.cmd("SISMEMBER").arg(self.keys.module_index()).arg(p);
             }
             self.count(1 + 2 * paths.len());
@@ -281,37 +341,52 @@ impl ModuleCache {
             let mut values = values.into_iter();
             let generation: Option<u64> = from_value(values.next())?;
             let Some(generation) = generation else {
-                return Ok(Applied::Wiped);
+                return Ok(None);
             };
             let mut put = Vec::new();
             let mut remove = Vec::new();
             for p in paths {
-                let hash: Option<String> = from_value(values.next())?;
+                // Bytes, not text: whatever another writer left must still compare
+                // (as different), not fail to decode.
+                let (hash, content): (Option<Vec<u8>>, Option<Vec<u8>>) = match compare {
+                    Compare::Hash => (from_value(values.next())?, None),
+                    Compare::Content => from_value(values.next())?,
+                };
                 let listed: bool = from_value(values.next())?;
                 match by_path.get(p.as_str()) {
-                    Some(m) if hash.as_deref() != Some(m.content_hash.as_str()) || !listed => {
-                        put.push(*m)
+                    Some(m) => {
+                        let stale = hash.as_deref() != Some(m.content_hash.as_bytes())
+                            || (compare == Compare::Content
+                                && content.as_deref() != Some(m.content.as_bytes()));
+                        if stale || !listed {
+                            put.push(*m)
+                        }
                     }
-                    Some(_) => {}
                     None if hash.is_some() || listed => remove.push(p.as_str()),
                     None => {}
                 }
             }
             if put.is_empty() && remove.is_empty() {
-                return Ok(Applied::Synced(Synced {
-                    generation,
-                    written: 0,
-                    removed: 0,
+                return Ok(Some(Repaired {
+                    synced: Synced {
+                        generation,
+                        written: 0,
+                        removed: 0,
+                    },
+                    rewritten: Vec::new(),
                 }));
             }
             if let Some(g) = self
                 .write(Some(generation), Mode::Incr, &put, &remove)
                 .await?
             {
-                return Ok(Applied::Synced(Synced {
-                    generation: g,
-                    written: put.len(),
-                    removed: remove.len(),
+                return Ok(Some(Repaired {
+                    synced: Synced {
+                        generation: g,
+                        written: put.len(),
+                        removed: remove.len(),
+                    },
+                    rewritten: put.iter().map(|m| m.path.clone()).collect(),
                 }));
             }
         }

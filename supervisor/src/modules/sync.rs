@@ -7,6 +7,7 @@
 //! per batch     check(): GET generation (1 command) ─ missing ─▶ full sync, then dispatch
 //! module_miss   answer(): cached already? (1 round trip) ─ no ─▶ 1 query for that path ──▶ apply
 //! LISTEN lost   reconnect (back-off) ──▶ full sync (notifications were missed meanwhile)
+//! module push   repair_paths(): 1 query for the pushed paths ──▶ compare content too ──▶ apply
 //! ```
 //!
 //! Writes to Redis are serialised by one async lock (a full sync and an incremental
@@ -25,7 +26,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch, Mutex};
 use warden_protocol::{Reply, ReplyOutcome, Request};
 
-use super::cache::{Applied, ModuleCache, Synced};
+use super::cache::{Applied, ModuleCache, Repaired, Synced};
 use super::{files, store, ModuleError};
 use crate::store::{Backoff, Store};
 
@@ -127,6 +128,30 @@ impl ModuleSync {
             }
             Applied::Wiped => self.full_sync().await,
         }
+    }
+
+    /// Brings `paths` in line with the database, rewriting any cached copy whose content
+    /// or hash differs from the database's ([`ModuleCache::repair`]); for `warden module
+    /// push`. After a wipe, a full sync and then the same comparison.
+    pub async fn repair_paths(&self, paths: &[String]) -> Result<Repaired, ModuleError> {
+        // Twice at most: a wipe, then the check on the refilled cache.
+        for _ in 0..2 {
+            let repaired = {
+                let _one = self.inner.write.lock().await;
+                let present = store::load(&self.inner.store, paths).await?;
+                self.inner.cache.repair(paths, &present).await?
+            };
+            match repaired {
+                Some(r) => {
+                    self.seen(r.synced.generation);
+                    return Ok(r);
+                }
+                None => {
+                    self.full_sync().await?;
+                }
+            }
+        }
+        Err(ModuleError::Contended)
     }
 
     /// The per-batch check: one `GET`. A missing generation means the cache was wiped
