@@ -4,6 +4,8 @@
 //! - [`config`]: everything a pool is started with (sizes, deadlines, limits, sandbox).
 //! - [`spawn`]: starting one template process inside its sandbox, with its end of a
 //!   socketpair on fd 3.
+//! - [`uids`]: the uids a pool's slots lease, unique on the host.
+//! - [`firewall`]: the nftables rule that keeps children away from the host's services.
 //! - [`connection`]: async frame reading/writing over that socket.
 //! - [`template`]: one task per template process: owns the child and its connection,
 //!   turns frames into events, carries out kills. The only code that signals a template.
@@ -22,8 +24,10 @@
 pub mod config;
 pub mod connection;
 pub mod dispatcher;
+pub mod firewall;
 pub mod spawn;
 pub mod template;
+pub mod uids;
 
 pub use config::{PoolConfig, PoolError};
 pub use dispatcher::{Pool, PoolStats, ShutdownReport};

@@ -4,7 +4,6 @@
 //! processes).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -42,14 +41,11 @@ pub fn warden_bin() -> PathBuf {
     p
 }
 
-/// A uid range of 16 that no other pool in this test run uses.
+/// The uid range test pools lease from: the default one, as production pools do. The
+/// pool's lock-file lease (`pool::uids`) keeps every pool's uids apart, across test
+/// binaries running in parallel too, and the host's firewall rule covers its children.
 pub fn unique_uid_base() -> Option<u32> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    Some(200_000 + (std::process::id() % 2000) * 1000 + n * 16)
+    warden::pool::config::default_uid_base()
 }
 
 pub struct TestPool {

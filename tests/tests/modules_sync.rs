@@ -310,8 +310,16 @@ async fn a_miss_is_recached_from_the_database() {
     let v: serde_json::Value = serde_json::from_str(&value_json).unwrap();
     assert!(v["generation"].as_u64().unwrap() > g1, "{v}");
     assert_eq!(cached(&redis).await.0["shared/tickets.py"].0, WS[1].1);
+    // The answer carries the module itself: a sandboxed child cannot read Redis.
+    assert_eq!(v["content"], WS[1].1, "{v}");
+    assert_eq!(
+        v["hash"],
+        cached(&redis).await.0["shared/tickets.py"].1,
+        "{v}"
+    );
 
-    // Already cached (another child refilled it): answered from Redis alone.
+    // Already cached (another child refilled it): answered from Redis alone, in two
+    // round trips (is it there; read it).
     let before = sync.cache().calls();
     assert!(matches!(
         sync.answer(&miss(r#"{"path": "shared/tickets.py"}"#))
@@ -319,7 +327,7 @@ async fn a_miss_is_recached_from_the_database() {
             .outcome,
         ReplyOutcome::Ok { .. }
     ));
-    assert_eq!((sync.cache().calls() - before).round_trips, 1);
+    assert_eq!((sync.cache().calls() - before).round_trips, 2);
 
     // Not in the workspace (any more).
     let reply = sync.answer(&miss(r#"{"path": "gone/away.py"}"#)).await;

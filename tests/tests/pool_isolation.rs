@@ -13,7 +13,9 @@ async fn fork_bomb_is_contained_and_cleaned_up() {
         c.limits.processes = 32;
     })
     .await;
-    let Some(uid) = p.cfg.worker_uid_base else {
+    // Children run as their slot's own uid; the template's real uid is the same (see
+    // pool::spawn), so RLIMIT_NPROC counts both.
+    let Some(uid) = p.pool.slot_ids().first().map(|ids| ids.child) else {
         eprintln!("not root: RLIMIT_NPROC cannot be given a uid of its own; only the deadline contains the bomb");
         return;
     };

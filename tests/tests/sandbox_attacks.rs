@@ -178,3 +178,200 @@ def run():
         );
     }
 }
+
+/// This host's address on its default route (not loopback): what a workflow would try
+/// once 127.0.0.1 is refused. A UDP `connect` sends nothing; it only picks the route.
+fn host_address() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("10.255.255.1:9").unwrap();
+    s.local_addr().unwrap().ip()
+}
+
+/// Loopback TCP (Redis, PostgreSQL, a listener of the test's own on every address),
+/// the host's own address, and Unix sockets (PostgreSQL's, an abstract one): all refused.
+#[tokio::test]
+async fn a_workflow_cannot_reach_services_on_this_host() {
+    let mut p = TestPool::start(|_| {}).await;
+    if p.pool.slot_ids().is_empty() {
+        eprintln!(
+            "not root: workers share the supervisor's uid and the firewall rule is not applied"
+        );
+        return;
+    }
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let abstract_name = format!("warden-test-{}", std::process::id());
+    use std::os::linux::net::SocketAddrExt;
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+    let unix = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    let body = format!(
+        r#"    import socket
+    def tcp(host, port):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(3)
+        s.connect((host, port))
+        s.close()
+    def unix(path):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+    return {{
+        "redis": attempt(lambda: tcp("127.0.0.1", 6379)),
+        "redis_v6": attempt(lambda: tcp("::1", 6379)),
+        "postgres": attempt(lambda: tcp("127.0.0.1", 5432)),
+        "listener_loopback": attempt(lambda: tcp("127.0.0.1", {port})),
+        "listener_host_address": attempt(lambda: tcp("{host}", {port})),
+        "postgres_socket": attempt(lambda: unix("/var/run/postgresql/.s.PGSQL.5432")),
+        "abstract_socket": attempt(lambda: unix("\0{abstract_name}")),
+    }}
+"#,
+        host = host_address(),
+    );
+    let results = attack(&mut p, "host", &body).await;
+    all_refused(&results);
+    assert!(
+        listener.accept().is_err(),
+        "the test's TCP listener was reached"
+    );
+    assert!(
+        unix.accept().is_err(),
+        "the test's abstract socket was reached"
+    );
+}
+
+/// The worker's Redis URL (with its password) is on no command line and in no
+/// environment a workflow can read.
+#[tokio::test]
+async fn no_credential_on_a_command_line_or_in_the_environment() {
+    let mut p = TestPool::start(|c| {
+        c.redis_url = Some("redis://:cmdline-secret-4711@127.0.0.1:6379".into());
+    })
+    .await;
+    let src = r#"import os
+def run():
+    seen = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        for what in ("cmdline", "environ"):
+            try:
+                with open("/proc/%s/%s" % (pid, what), "rb") as f:
+                    if b"cmdline-secret-4711" in f.read():
+                        seen.append((pid, what))
+            except OSError:
+                pass
+    if any("cmdline-secret-4711" in v for v in os.environ.values()):
+        seen.append(("self", "os.environ"))
+    return seen
+"#;
+    let f = p.run("creds", src, "{}").await;
+    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    assert_eq!(f.outcome.result_json.as_deref(), Some("[]"));
+}
+
+/// Files an execution leaves anywhere it may write are gone before the next one, which
+/// runs in a directory of its own; private tmp directories are bounded.
+#[tokio::test]
+async fn nothing_an_execution_writes_outlives_it() {
+    let mut p = TestPool::start(|c| c.tmp_size = 8 * 1024 * 1024).await;
+    let private = !p.pool.slot_ids().is_empty();
+    // Without root there is no private /tmp: only the execution's own directories count.
+    let write = r#"import os, tempfile
+def run(private):
+    places = [os.getcwd(), tempfile.gettempdir(), os.environ["HOME"]]
+    if private:
+        places += ["/tmp", "/var/tmp", "/dev/shm"]
+    written = []
+    for d in places:
+        try:
+            with open(os.path.join(d, "left-by-b.txt"), "w") as f:
+                f.write("secret of org b")
+            written.append(d)
+        except OSError:
+            pass
+    return {"cwd": os.getcwd(), "written": written}
+"#;
+    let f = p
+        .run("writer", write, &format!("{{\"private\": {private}}}"))
+        .await;
+    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    let first: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+    let written: Vec<String> = serde_json::from_value(first["written"].clone()).unwrap();
+    assert!(
+        written.len() >= 3,
+        "cwd, TMPDIR and HOME are writable: {written:?}"
+    );
+    if private {
+        assert_eq!(written.len(), 6, "{written:?}");
+    }
+    let read = format!(
+        r#"import os
+def run():
+    found = []
+    for d in {written:?}:
+        if os.path.exists(os.path.join(d, "left-by-b.txt")):
+            found.append(d)
+    big = "not tried"
+    if {private}:
+        try:
+            with open("/tmp/big", "wb") as f:
+                f.write(b"x" * (16 * 1024 * 1024))
+            big = "ok"
+        except OSError as e:
+            big = e.errno
+    return {{"cwd": os.getcwd(), "found": found, "big": big}}
+"#,
+        private = if private { "True" } else { "False" },
+    );
+    let f = p.run("reader", &read, "{}").await;
+    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    let second: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+    assert_ne!(
+        second["cwd"], first["cwd"],
+        "each execution has its own directory"
+    );
+    assert_eq!(
+        second["found"],
+        serde_json::json!([]),
+        "files outlived their execution"
+    );
+    if private {
+        assert_eq!(
+            second["big"],
+            serde_json::json!(libc::ENOSPC),
+            "/tmp is bounded"
+        );
+    }
+}
+
+/// Raw writes to fds 1 and 2 (the supervisor's own stdout and stderr, before) become
+/// log lines of the execution; the descriptors are not the supervisor's files.
+#[tokio::test]
+async fn raw_writes_to_fd_1_and_2_are_the_executions_logs() {
+    let mut p = TestPool::start(|_| {}).await;
+    let src = r#"import os, subprocess
+def run():
+    os.write(1, b"raw stdout line\n")
+    os.write(2, b"2026-12-01T00:00:00Z  INFO warden: forged supervisor line\n")
+    subprocess.run(["sh", "-c", "echo from a subprocess"])
+    targets = [os.readlink("/proc/self/fd/%d" % fd) for fd in (1, 2)]
+    return {"targets": targets}
+"#;
+    let f = p.run("raw", src, "{}").await;
+    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    let v: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+    for t in v["targets"].as_array().unwrap() {
+        assert!(t.as_str().unwrap().starts_with("/memfd:warden-std"), "{v}");
+    }
+    let lines: Vec<&str> = f.logs.iter().map(|l| l.message.trim_end()).collect();
+    for expected in [
+        "raw stdout line",
+        "2026-12-01T00:00:00Z  INFO warden: forged supervisor line",
+        "from a subprocess",
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} not in {lines:?}");
+    }
+}

@@ -19,7 +19,7 @@ use warden_protocol::{io as frame_io, ErrorInfo, Execute, ExecutionResult, Outco
 use crate::fds::{self, CONNECTION_FD};
 use crate::python::runner::{self, Runner};
 use crate::request::Side;
-use crate::{sandbox, seccomp};
+use crate::{sandbox, seccomp, std_output};
 
 /// Exit code when the template died before the child could arrange to die with it.
 pub const EXIT_ORPHANED: i32 = 111;
@@ -48,9 +48,23 @@ pub fn run(
     if sandbox::isolate_fds(socket_fd).is_err() {
         exit(EXIT_OUTPUT_LOST);
     }
-    // From here on nothing this process runs can reach its template or the kernel's
-    // namespaces (see [`seccomp`]); a child that cannot confine itself runs no workflow.
-    let confined = seccomp::install();
+    // Fds 1 and 2 are the supervisor's stdout and stderr until this: a workflow must
+    // never write there (forged log lines, a truncated log file).
+    if std_output::redirect().is_err() {
+        exit(EXIT_OUTPUT_LOST);
+    }
+    // Its own uid and gid (when the supervisor gave it some), its own scratch directory,
+    // then the seccomp filter: from there on nothing this process runs can reach its
+    // template, the host's services or the kernel's namespaces. A child that cannot
+    // confine itself runs no workflow.
+    let confined = sandbox::become_child_user()
+        .map_err(|e| format!("cannot switch to the children's uid: {e}"))
+        .and_then(|()| {
+            sandbox::enter_scratch(&sandbox::scratch_root())
+                .map_err(|e| format!("cannot create the execution's directory: {e}"))
+        })
+        .and_then(|dir| point_python_at(py, &dir))
+        .and_then(|()| seccomp::install());
     // Idle time is spent taking the faults the execution would otherwise take; an
     // Execute that is already waiting is not kept waiting for it.
     if confined.is_ok() && !fds::readable_now(CONNECTION_FD) {
@@ -101,6 +115,20 @@ fn execute(
         Ok(()) => exit(0),
         Err(_) => exit(EXIT_OUTPUT_LOST),
     }
+}
+
+/// `HOME`, `TMPDIR` and `tempfile`'s cached directory become the execution's own.
+fn point_python_at(py: Python<'_>, dir: &std::path::Path) -> Result<(), String> {
+    use pyo3::types::PyAnyMethods;
+    let dir = dir.display().to_string();
+    let set = || -> pyo3::PyResult<()> {
+        let environ = py.import("os")?.getattr("environ")?;
+        environ.set_item("HOME", &dir)?;
+        environ.set_item("TMPDIR", &dir)?;
+        py.import("tempfile")?.setattr("tempdir", &dir)?;
+        Ok(())
+    };
+    set().map_err(|e| format!("cannot point Python at the execution's directory: {e}"))
 }
 
 fn exit(code: i32) -> ! {

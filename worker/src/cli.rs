@@ -2,10 +2,13 @@
 //! cost in a process whose spawn-to-Hello budget is ~15 ms):
 //!
 //! `warden-worker --worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]
-//!  [--redis-url <url> [--key-prefix <prefix>]]`
+//!  [--redis-url <url> [--key-prefix <prefix>]] [--scratch-dir <dir>] [--private-tmp]`
 //!
-//! `--redis-url` is where the module cache is (read only; never a database). Without it
-//! the import hook is installed but serves nothing.
+//! `--redis-url` (or, as the supervisor passes it, the environment variable
+//! `WARDEN_REDIS_URL`, which the template removes from its environment before any child
+//! exists: a command line is world-readable in `/proc`) is where the module cache is
+//! (read only; never a database). Without it the import hook is installed but serves
+//! nothing.
 //!
 //! Both `--flag value` and `--flag=value` are accepted. `--isolation` defaults to `fork`.
 
@@ -14,8 +17,11 @@ use warden_protocol::Isolation;
 
 pub const USAGE: &str =
     "usage: warden-worker --worker-id <u64> --isolation fork|reuse [--max-frame <bytes>]\n\
-     \x20      [--redis-url <url> [--key-prefix <prefix>]]\n\
+     \x20      [--redis-url <url> [--key-prefix <prefix>]] [--scratch-dir <dir>] [--private-tmp]\n\
      The supervisor connection must be open on fd 3.";
+
+/// The environment variable the supervisor passes the module cache's URL in.
+pub const REDIS_URL_ENV: &str = "WARDEN_REDIS_URL";
 
 /// Smallest accepted `--max-frame`: a frame must hold at least a truncated log line.
 pub const MIN_MAX_FRAME: usize = 4096;
@@ -29,6 +35,12 @@ pub struct Args {
     pub redis_url: Option<String>,
     /// Prefix of the module cache's keys (empty in production).
     pub key_prefix: String,
+    /// Where each child makes its own working directory (default: `scratch` under the
+    /// current directory).
+    pub scratch_dir: Option<std::path::PathBuf>,
+    /// `/tmp`, `/var/tmp` and `/dev/shm` are this template's own (the supervisor mounted
+    /// them): empty them after every execution.
+    pub private_tmp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +55,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut max_frame = DEFAULT_MAX_FRAME;
     let mut redis_url = None;
     let mut key_prefix = String::new();
+    let mut scratch_dir = None;
+    let mut private_tmp = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -93,6 +107,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 redis_url = Some(v);
             }
             "--key-prefix" => key_prefix = value("--key-prefix")?,
+            "--scratch-dir" => scratch_dir = Some(value("--scratch-dir")?.into()),
+            "--private-tmp" => private_tmp = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -103,6 +119,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         max_frame,
         redis_url,
         key_prefix,
+        scratch_dir,
+        private_tmp,
     }))
 }
 
@@ -122,6 +140,8 @@ mod tests {
             max_frame: 65536,
             redis_url: Some("redis://h:1".into()),
             key_prefix: "t:1:".into(),
+            scratch_dir: None,
+            private_tmp: false,
         });
         assert_eq!(
             run(&[
@@ -160,6 +180,8 @@ mod tests {
                 max_frame: DEFAULT_MAX_FRAME,
                 redis_url: None,
                 key_prefix: String::new(),
+                scratch_dir: None,
+                private_tmp: false,
             }))
         );
     }

@@ -198,6 +198,8 @@ pub fn execute(
         }
     }
     let next = watch.finish(conn)?;
+    // Its child is reaped and its escapees swept: nothing it wrote may outlive it.
+    crate::sandbox::clean_scratch();
     if next == Next::Continue {
         // Its workflow's code, compiled for the children forked from now on.
         Python::attach(|py| runner.precompile(py, e));

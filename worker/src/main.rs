@@ -14,6 +14,7 @@
 //! - [`sandbox`]: process-level isolation applied in the child (group, parent death,
 //!   file descriptors, rlimits) and the template's clean signal state.
 //! - [`seccomp`]: the system calls a child (or a reuse template) may not make.
+//! - [`std_output`]: a child's fds 1 and 2, collected into its execution's logs.
 //! - [`relay`]: validation and forwarding of a child's frames.
 //! - [`request`]: one blocking Request/Reply exchange with the supervisor (the child's
 //!   socket in fork mode, fd 3 in reuse mode).
@@ -44,13 +45,24 @@ mod request;
 mod reuse;
 mod sandbox;
 mod seccomp;
+mod std_output;
 mod template;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args().skip(1)) {
-        Ok(cli::Command::Run(args)) => args,
+        Ok(cli::Command::Run(mut args)) => {
+            // The module cache's URL comes in the environment (a command line is
+            // world-readable) and leaves it at once, before any child could inherit it.
+            if let Some(url) = std::env::var_os(cli::REDIS_URL_ENV) {
+                std::env::remove_var(cli::REDIS_URL_ENV);
+                if args.redis_url.is_none() && !url.is_empty() {
+                    args.redis_url = Some(url.to_string_lossy().into_owned());
+                }
+            }
+            args
+        }
         Ok(cli::Command::Help) => {
             println!("{}", cli::USAGE);
             return ExitCode::SUCCESS;

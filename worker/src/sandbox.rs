@@ -11,6 +11,7 @@
 //! supervisor enforces deadlines by killing the whole template.
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use warden_protocol::ExecutionLimits;
@@ -121,4 +122,118 @@ fn set_limit(resource: Resource, name: &str, soft: u64, hard: u64) -> Result<(),
     let (soft, hard) = (clamp(soft), clamp(hard));
     setrlimit(resource, soft, hard)
         .map_err(|e| format!("cannot set the {name} limit to {soft}: {e}"))
+}
+
+/// The ids a child runs under: the template's *real* uid and gid, which the supervisor
+/// set apart from its effective (and so saved) ones: the template runs as
+/// `(real B, effective A, saved A)`, children as B. `None` when they are all the same
+/// (a supervisor that is not root): then children keep the template's ids.
+pub fn child_ids() -> Option<(libc::uid_t, libc::gid_t)> {
+    let u = nix::unistd::getresuid().ok()?;
+    let g = nix::unistd::getresgid().ok()?;
+    (u.effective != u.real || g.effective != g.real).then(|| (u.real.as_raw(), g.real.as_raw()))
+}
+
+/// Switches the calling child to [`child_ids`] for good: real, effective and saved, so
+/// it can never switch back to the template's uid (its files, its signals) or gid (the
+/// supervisor's firewall rule blocks the children's gid from every host service).
+pub fn become_child_user() -> io::Result<()> {
+    let Some((uid, gid)) = child_ids() else {
+        return Ok(());
+    };
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(io::Error::from)
+}
+
+/// Creates this child's own scratch directory under `root` (named after its pid, mode
+/// 0700, owned by the child's uid) and makes it the working directory.
+pub fn enter_scratch(root: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = root.join(std::process::id().to_string());
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    std::env::set_current_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Where children make their working directories, and what the template empties after
+/// each execution. Set once by the template at start-up ([`set_scratch`]).
+static SCRATCH: std::sync::OnceLock<Scratch> = std::sync::OnceLock::new();
+
+#[derive(Debug)]
+struct Scratch {
+    root: PathBuf,
+    /// `root`, plus [`PRIVATE_TMP`] when those are the template's own mounts.
+    cleaned: Vec<PathBuf>,
+}
+
+/// Records the scratch root (created here if missing) and whether the tmp directories
+/// are private to this template.
+pub fn set_scratch(root: PathBuf, private_tmp: bool) -> io::Result<()> {
+    std::fs::create_dir_all(&root)?;
+    let mut cleaned = vec![root.clone()];
+    if private_tmp {
+        cleaned.extend(PRIVATE_TMP.iter().map(PathBuf::from));
+    }
+    let _ = SCRATCH.set(Scratch { root, cleaned });
+    Ok(())
+}
+
+/// The scratch root ([`set_scratch`]); the current directory if none was set.
+pub fn scratch_root() -> PathBuf {
+    SCRATCH
+        .get()
+        .map(|s| s.root.clone())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Empties what [`set_scratch`] recorded; see [`clean`].
+pub fn clean_scratch() {
+    if let Some(s) = SCRATCH.get() {
+        clean(&s.cleaned);
+    }
+}
+
+/// Directories that are the template's own (a private tmpfs per template when the
+/// supervisor could mount one), emptied after every execution.
+pub const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+
+/// After an execution (its child reaped, its escapees swept): removes everything it
+/// left in `dirs` (the scratch root, and the private tmp directories when they are
+/// private), acting as the children's uid when they have one of their own. Nothing an
+/// execution wrote outlives it.
+pub fn clean(dirs: &[PathBuf]) {
+    let own = nix::unistd::geteuid();
+    let switched =
+        child_ids().and_then(|(uid, _)| nix::unistd::seteuid(nix::unistd::Uid::from_raw(uid)).ok());
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // The scratch root may live in a private /tmp: empty it, keep it.
+            if dirs.contains(&path) {
+                continue;
+            }
+            let removed = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+            if let Err(e) = removed {
+                eprintln!("warden-worker: cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+    if switched.is_some() {
+        if let Err(e) = nix::unistd::seteuid(own) {
+            // A template that cannot become itself again must not go on.
+            eprintln!("warden-worker: cannot switch back to uid {own}: {e}");
+            // SAFETY: ends the process at once.
+            unsafe { libc::_exit(1) };
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! | --- | --- | --- |
 //! | other processes' memory and fds | `ptrace`, `process_vm_readv/writev`, `pidfd_getfd`, `kcmp` | the template and the spare are the same user's processes |
 //! | signals to the template | `kill`/`tkill`/`tgkill`/`rt_sigqueueinfo`/`rt_tgsigqueueinfo` aimed at the template's pid, its group (`-pid`) or everyone (`-1`); `pidfd_open` of the template; `pidfd_send_signal` | a stopped or killed template takes its slot's next executions with it |
+//! | the host's Unix sockets | `socket(AF_UNIX, ...)` (`socketpair` stays allowed) | PostgreSQL's and Redis's sockets, abstract sockets; TCP to the host is the firewall's ([`warden`'s `pool::firewall`]) |
 //! | namespaces and mounts | `unshare`, `setns`, `mount`, `umount2`, `pivot_root`, `chroot`, `open_by_handle_at`; `clone` with a `CLONE_NEW*` flag; `clone3` (its flags are behind a pointer: `ENOSYS`, so libc falls back to `clone`) | a new user namespace is the usual first step of a kernel exploit |
 //! | kernel attack surface | `bpf`, `perf_event_open`, `userfaultfd`, `io_uring_*` (its operations bypass this filter), `keyctl`, `add_key`, `request_key`, module and kexec calls, `reboot`, `swapon/off`, `acct`, `quotactl`, `personality` | none of them is needed by a workflow |
 //!
@@ -98,8 +99,8 @@ const CLONE_NEW_FLAGS: &[libc::c_int] = &[
 /// Compiles the children's filter for a template whose pid is `template_pid`. Called once
 /// in the template before the first fork; the outcome (a compile error, say) is kept and
 /// reported by every child that tries to [`install`] it.
-pub fn prepare(template_pid: i32) {
-    PROGRAMS.get_or_init(|| build(template_pid));
+pub fn prepare(template_pid: i32, deny_unix_sockets: bool) {
+    PROGRAMS.get_or_init(|| build(template_pid, deny_unix_sockets));
 }
 
 /// Installs the filter compiled by [`prepare`] in the calling process (a child, after
@@ -118,7 +119,7 @@ pub fn install() -> Result<(), String> {
     }
 }
 
-fn build(template_pid: i32) -> Result<[BpfProgram; 2], String> {
+fn build(template_pid: i32, deny_unix_sockets: bool) -> Result<[BpfProgram; 2], String> {
     fn err(e: impl std::fmt::Display) -> String {
         format!("cannot build the seccomp filter: {e}")
     }
@@ -146,6 +147,21 @@ fn build(template_pid: i32) -> Result<[BpfProgram; 2], String> {
         rules.insert(nr, chain.into_iter().collect::<Result<_, _>>()?);
     }
     rules.insert(libc::SYS_pidfd_open, vec![pid_is(template_pid)?]);
+    // No Unix socket of the host (PostgreSQL's, Redis's, D-Bus, abstract ones): a child
+    // cannot create one to connect with. `socketpair` (asyncio, multiprocessing) is
+    // another system call and stays allowed.
+    // (A reuse template keeps them: it reads the module cache itself, maybe over one.)
+    if deny_unix_sockets {
+        rules.insert(
+            libc::SYS_socket,
+            vec![rule(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )?],
+        );
+    }
     // One rule per flag, "that flag is set": any CLONE_NEW* flag matches.
     let clone_chain = CLONE_NEW_FLAGS
         .iter()
@@ -187,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_for_this_architecture() {
-        let [deny, clone3] = build(1234).expect("filter");
+        let [deny, clone3] = build(1234, true).expect("filter");
         assert!(deny.len() > DENIED.len());
         assert!(!clone3.is_empty());
     }

@@ -33,11 +33,17 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
     reap::become_subreaper().map_err(WorkerError::os("becoming a child subreaper"))?;
     sandbox::make_undumpable().map_err(WorkerError::os("making the template non-dumpable"))?;
     let template_pid = std::process::id() as i32;
-    seccomp::prepare(match args.isolation {
-        Isolation::Fork => template_pid,
+    match args.isolation {
+        Isolation::Fork => seccomp::prepare(template_pid, true),
         // A reuse template confines itself; the process it must not signal is its parent.
-        Isolation::Reuse => nix::unistd::getppid().as_raw(),
-    });
+        Isolation::Reuse => seccomp::prepare(nix::unistd::getppid().as_raw(), false),
+    }
+    let scratch = args
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("scratch"));
+    sandbox::set_scratch(scratch, args.private_tmp)
+        .map_err(WorkerError::os("creating the scratch directory"))?;
     let mut conn = Connection::inherit(args.max_frame)?;
     procfs::open_statm();
     let python = interpreter::start()?;

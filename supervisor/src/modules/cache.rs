@@ -223,6 +223,19 @@ impl ModuleCache {
         Ok(generation.is_some() && exists)
     }
 
+    /// `path`'s cached content and hash (one `HMGET`); `None` when either is missing.
+    pub async fn read(&self, path: &str) -> Result<Option<(String, String)>, ModuleError> {
+        self.count(1);
+        let (content, hash): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.module(path))
+            .arg("content")
+            .arg("hash")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Self::redis_err("reading a cached module"))?;
+        Ok(content.zip(hash))
+    }
+
     /// Makes the cache hold exactly `modules` (a full sync): writes what is missing or
     /// different, removes what is not in `modules`, and sets a fresh generation if the
     /// key was missing. Two round trips when something changed, one otherwise.

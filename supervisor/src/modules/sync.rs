@@ -180,12 +180,13 @@ impl ModuleSync {
 
     /// The answer to a `module_miss` request: `{"path": "a/b.py"}` (that module's
     /// content is gone from Redis) or `{}` (the whole cache is gone). Re-caches from the
-    /// database and answers `{"generation": g}`, or an error a person can read.
+    /// database and answers `{"generation": g}`, plus, for a path, the module itself as
+    /// the cache now holds it (`"content"`, `"hash"`): a child may not open connections
+    /// to this host's services (the sandbox's firewall rule), so it cannot read Redis
+    /// itself. Or an error a person can read.
     pub async fn answer(&self, req: &Request) -> Reply {
-        let outcome = match self.refill(&req.args_json).await {
-            Ok(generation) => ReplyOutcome::Ok {
-                value_json: json!({ "generation": generation }).to_string(),
-            },
+        let outcome = match self.answer_json(&req.args_json).await {
+            Ok(value_json) => ReplyOutcome::Ok { value_json },
             Err(message) => ReplyOutcome::Err { message },
         };
         Reply {
@@ -195,7 +196,29 @@ impl ModuleSync {
         }
     }
 
-    async fn refill(&self, args_json: &str) -> Result<u64, String> {
+    async fn answer_json(&self, args_json: &str) -> Result<String, String> {
+        let (generation, path) = self.refill(args_json).await?;
+        self.with_module(generation, path).await
+    }
+
+    /// `{"generation": g}`, plus the cached module when `path` is given.
+    async fn with_module(&self, generation: u64, path: Option<String>) -> Result<String, String> {
+        let Some(path) = path else {
+            return Ok(json!({ "generation": generation }).to_string());
+        };
+        match self.inner.cache.read(&path).await {
+            Ok(Some((content, hash))) => Ok(json!({
+                "generation": generation,
+                "content": content,
+                "hash": hash,
+            })
+            .to_string()),
+            Ok(None) => Err(format!("there is no module {path} in the workspace")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn refill(&self, args_json: &str) -> Result<(u64, Option<String>), String> {
         let args: serde_json::Value = serde_json::from_str(args_json)
             .map_err(|e| format!("module_miss arguments are not JSON: {e}"))?;
         let path = match args.get("path") {
@@ -208,11 +231,11 @@ impl ModuleSync {
         let Some(path) = path else {
             // The whole cache: refill it unless someone already did.
             return match self.inner.cache.generation().await {
-                Ok(Some(g)) => Ok(self.seen(g)),
+                Ok(Some(g)) => Ok((self.seen(g), None)),
                 _ => self
                     .full_sync()
                     .await
-                    .map(|s| s.generation)
+                    .map(|s| (s.generation, None))
                     .map_err(|e| e.to_string()),
             };
         };
@@ -220,14 +243,14 @@ impl ModuleSync {
         // Many children may miss the same module at once: the first refills it, the
         // rest find it cached without touching the database.
         if let Ok(true) = self.inner.cache.has_content(&path).await {
-            return Ok(self.generation());
+            return Ok((self.generation(), Some(path)));
         }
         let synced = self
             .sync_paths(std::slice::from_ref(&path))
             .await
             .map_err(|e| e.to_string())?;
         match self.inner.cache.has_content(&path).await {
-            Ok(true) => Ok(synced.generation),
+            Ok(true) => Ok((synced.generation, Some(path))),
             _ => Err(format!("there is no module {path} in the workspace")),
         }
     }

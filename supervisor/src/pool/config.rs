@@ -25,6 +25,12 @@ pub struct PoolConfig {
     /// (so RLIMIT_NPROC, which root ignores, contains fork bombs per slot). `None`: keep
     /// the supervisor's uid.
     pub worker_uid_base: Option<u32>,
+    /// The uids each slot runs under, leased by `Pool::start` from `worker_uid_base`
+    /// (callers leave it empty).
+    pub slot_ids: Vec<super::uids::SlotIds>,
+    /// Size of each template's private `/tmp`, `/var/tmp` and `/dev/shm` (bytes each;
+    /// root only).
+    pub tmp_size: u64,
     /// Path of the `warden-worker` binary.
     pub worker_bin: PathBuf,
     /// Directory for the templates' private working directories.
@@ -59,6 +65,8 @@ impl PoolConfig {
             max_worker_memory: 512 * 1024 * 1024,
             network_isolation: false,
             worker_uid_base: default_uid_base(),
+            slot_ids: Vec::new(),
+            tmp_size: 64 * 1024 * 1024,
             worker_bin,
             run_dir,
             worker_env: Vec::new(),

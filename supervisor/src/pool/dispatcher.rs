@@ -29,7 +29,9 @@ use warden_protocol::{
 };
 
 use super::config::{PoolConfig, PoolError};
+use super::firewall;
 use super::template::{self, TemplateCmd, TemplateEvent};
+use super::uids::{self, SlotIds};
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
 
 /// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
@@ -38,6 +40,7 @@ use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
 pub struct Pool {
     requests: mpsc::UnboundedSender<Request>,
     shared: Arc<Shared>,
+    slot_ids: Vec<SlotIds>,
 }
 
 /// A snapshot of the pool's counters.
@@ -103,6 +106,23 @@ impl Pool {
             path: cfg.run_dir.clone(),
             source,
         })?;
+        let mut cfg = cfg;
+        let lease = match cfg.worker_uid_base {
+            Some(base) => {
+                let lease = uids::lease(std::path::Path::new(uids::LOCK_DIR), base, cfg.workers)?;
+                cfg.slot_ids = lease.ids.clone();
+                let first_child = base + uids::RANGE;
+                let last_child = first_child + uids::RANGE - 1;
+                if let Err(why) = firewall::block_host_services(first_child, last_child) {
+                    tracing::warn!(
+                        "sandbox: workflows CAN reach services on this host (loopback TCP): {why}"
+                    );
+                }
+                Some(lease)
+            }
+            None => None,
+        };
+        let slot_ids = cfg.slot_ids.clone();
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let (tmpl_tx, tmpl_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -124,6 +144,7 @@ impl Pool {
             next_generation: 1,
             drained: 0,
             dispatches: 0,
+            _lease: lease,
         };
         for slot in 0..d.cfg.workers {
             let (cmds, generation) = d.launch(slot);
@@ -141,6 +162,7 @@ impl Pool {
             Ok(Ok(Ok(()))) => Ok(Pool {
                 requests: req_tx,
                 shared,
+                slot_ids,
             }),
             Ok(Ok(Err(reason))) => Err(PoolError::WorkerStart(reason)),
             Ok(Err(_)) => Err(PoolError::WorkerStart(
@@ -193,6 +215,12 @@ impl Pool {
             return ShutdownReport::default();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// The uids each slot's template and children run under (empty when the
+    /// supervisor is not root).
+    pub fn slot_ids(&self) -> &[SlotIds] {
+        &self.slot_ids
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -274,6 +302,8 @@ struct Dispatcher {
     drained: usize,
     /// Executions dispatched so far (orders `Slot::last_dispatch`).
     dispatches: u64,
+    /// The slots' uids, held until the dispatcher (and so every template) is gone.
+    _lease: Option<uids::Lease>,
 }
 
 impl Dispatcher {

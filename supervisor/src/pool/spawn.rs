@@ -6,8 +6,13 @@
 //! 2. `setsid`: its own session and process group, so one `killpg` reaches it and
 //!    anything it left in its group;
 //! 3. optionally a new network namespace (needs root; do it before dropping root);
-//! 4. when the supervisor is root, drop to the slot's own uid/gid (no supplementary
-//!    groups): RLIMIT_NPROC is only enforced for non-root users;
+//! 4. when the supervisor is root: a mount namespace of its own with private tmpfs on
+//!    `/tmp`, `/var/tmp` and `/dev/shm` (size-limited; the template empties them after
+//!    every execution), the children's scratch root in that `/tmp`; then drop to the
+//!    slot's ids ([`super::uids`]): effective (and, after exec, saved) uid/gid the
+//!    template's, *real* uid/gid the children's, so the template can hand its children
+//!    an identity of their own without any privilege (no supplementary groups; RLIMIT_NPROC is only
+//!    enforced for non-root users);
 //! 5. parent-death signal SIGKILL — after the uid change, which clears it — then check
 //!    the parent did not already die;
 //! 6. no-new-privileges, and core dumps off.
@@ -27,7 +32,10 @@ use std::process::Stdio;
 use tokio::process::{Child, Command};
 use warden_protocol::Isolation;
 
+use std::ffi::CString;
+
 use super::config::{PoolConfig, PoolError};
+use super::uids::SlotIds;
 
 /// The variables a worker may see, besides the ones we set. Values come from the
 /// supervisor's environment when present.
@@ -44,8 +52,18 @@ pub struct Spawned {
 /// Starts the template for `slot` (its `worker_id` on the command line is `worker_id`).
 pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<Spawned, PoolError> {
     let workdir = cfg.run_dir.join(format!("w{slot}"));
-    let ids = cfg.worker_uid_base.map(|base| base + slot as u32);
-    prepare_workdir(&workdir, ids)?;
+    let ids = cfg.slot_ids.get(slot).copied();
+    prepare_workdir(&workdir, ids.map(|i| i.template))?;
+    // Children's working directories: in the template's private /tmp when it gets one
+    // (created there between fork and exec), else beside its working directory.
+    let scratch = match ids {
+        Some(_) => PathBuf::from(PRIVATE_SCRATCH),
+        None => {
+            let dir = cfg.run_dir.join(format!("s{slot}"));
+            prepare_workdir(&dir, None)?;
+            dir
+        }
+    };
 
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| PoolError::WorkerStart(format!("socketpair: {e}")))?;
@@ -64,29 +82,46 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
         .arg("--max-frame")
         .arg(cfg.max_frame.to_string())
         .args(module_cache_args(cfg))
+        .arg("--scratch-dir")
+        .arg(&scratch)
+        .args(ids.map(|_| "--private-tmp"))
         .current_dir(&workdir)
         .env_clear()
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        // Pipes, never the supervisor's own stdout/stderr: what a worker prints becomes
+        // a log event of the supervisor's, attributed to its slot ([`forward_output`]).
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for (k, v) in worker_env(cfg, &workdir) {
+    let home = match ids {
+        Some(_) => PathBuf::from(PRIVATE_HOME),
+        None => workdir.clone(),
+    };
+    for (k, v) in worker_env(cfg, &home) {
         cmd.env(k, v);
     }
 
     let fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
     let netns = cfg.network_isolation;
+    let mounts = ids.map(|_| PrivateMounts::new(cfg.tmp_size));
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (dup2, fcntl, setsid, unshare, setgroups, setgid,
-    // setuid, prctl, getppid, setrlimit); it allocates nothing.
+    // async-signal-safe system calls (dup2, fcntl, setsid, unshare, mount, mkdir, chown,
+    // setgroups, setresgid, setresuid, prctl, getppid, setrlimit); it allocates nothing
+    // (the mount arguments were built before the fork).
     unsafe {
-        cmd.pre_exec(move || sandbox_child(fd, parent, netns, ids));
+        cmd.pre_exec(move || sandbox_child(fd, parent, netns, ids, mounts.as_ref()));
     }
-    let child = cmd.spawn().map_err(|source| PoolError::WorkerBinary {
+    let mut child = cmd.spawn().map_err(|source| PoolError::WorkerBinary {
         path: cfg.worker_bin.clone(),
         source,
     })?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward_output(out, slot, "stdout"));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward_output(err, slot, "stderr"));
+    }
     drop(theirs);
     let pid = child.id().unwrap_or(0);
     let socket = tokio::net::UnixStream::from_std(ours)
@@ -99,17 +134,60 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
     })
 }
 
-/// `--redis-url URL --key-prefix P` when the pool has a module cache. Redis is the only
-/// store a worker reads; the database URL never leaves the supervisor.
+/// Logs each line a template writes to its stdout or stderr (its own diagnostics; in
+/// reuse mode also whatever workflow code writes to the raw fds) as a `tracing` event
+/// with the slot and the stream: a workflow can neither forge the supervisor's own
+/// output nor truncate its log file. Lines are capped at 4 KiB.
+async fn forward_output(
+    pipe: impl tokio::io::AsyncRead + Unpin,
+    slot: usize,
+    stream: &'static str,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(pipe).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let line = String::from_utf8_lossy(&line[..line.len().min(4096)]);
+        tracing::warn!(target: "warden::worker", slot, stream, "{}", line.escape_debug());
+    }
+}
+
+/// `--key-prefix P` when the pool has a module cache. The URL (with its password) goes in
+/// the environment ([`worker_env`]), never on the command line: `/proc/PID/cmdline` is
+/// readable by every process on the host. Redis is the only store a worker reads; the
+/// database URL never leaves the supervisor.
 fn module_cache_args(cfg: &PoolConfig) -> Vec<String> {
     match &cfg.redis_url {
-        Some(url) => vec![
-            "--redis-url".into(),
-            url.clone(),
-            "--key-prefix".into(),
-            cfg.key_prefix.clone(),
-        ],
+        Some(_) => vec!["--key-prefix".into(), cfg.key_prefix.clone()],
         None => Vec::new(),
+    }
+}
+
+/// Where children's working directories go when the template has a private `/tmp`.
+const PRIVATE_SCRATCH: &str = "/tmp/.warden-executions";
+/// The template's own working directory (and HOME) when it has a private `/tmp`: the
+/// run directory may itself be under the host's `/tmp`, which the private one hides.
+const PRIVATE_HOME: &str = "/tmp/.warden-template";
+
+/// The mount arguments of a template's private tmp directories, built before the fork
+/// (nothing may be allocated between fork and exec).
+struct PrivateMounts {
+    targets: Vec<CString>,
+    tmpfs: CString,
+    options: CString,
+    scratch: CString,
+    home: CString,
+}
+
+impl PrivateMounts {
+    fn new(size: u64) -> PrivateMounts {
+        let c = |s: &str| CString::new(s).expect("no NUL in a constant");
+        PrivateMounts {
+            targets: ["/tmp", "/var/tmp", "/dev/shm"].map(c).into(),
+            tmpfs: c("tmpfs"),
+            options: c(&format!("size={size},mode=1777,nr_inodes=65536")),
+            scratch: c(PRIVATE_SCRATCH),
+            home: c(PRIVATE_HOME),
+        }
     }
 }
 
@@ -131,6 +209,11 @@ fn worker_env(cfg: &PoolConfig, workdir: &Path) -> Vec<(String, String)> {
         }
     }
     env.extend(cfg.worker_env.iter().cloned());
+    if let Some(url) = &cfg.redis_url {
+        // Read and removed from its environment by the template at start-up, before
+        // any child exists (see warden-worker's cli).
+        env.push(("WARDEN_REDIS_URL".to_string(), url.clone()));
+    }
     env
 }
 
@@ -160,7 +243,8 @@ fn sandbox_child(
     fd: libc::c_int,
     parent: libc::pid_t,
     netns: bool,
-    ids: Option<u32>,
+    ids: Option<SlotIds>,
+    mounts: Option<&PrivateMounts>,
 ) -> std::io::Result<()> {
     let check = |rc: libc::c_int| {
         if rc == -1 {
@@ -180,10 +264,40 @@ fn sandbox_child(
         if netns {
             check(libc::unshare(libc::CLONE_NEWNET))?;
         }
+        if let Some(m) = mounts {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Nothing mounted here propagates back to the host.
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for target in &m.targets {
+                check(libc::mount(
+                    m.tmpfs.as_ptr(),
+                    target.as_ptr(),
+                    m.tmpfs.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    m.options.as_ptr().cast(),
+                ))?;
+            }
+            check(libc::mkdir(m.scratch.as_ptr(), 0o700))?;
+            check(libc::mkdir(m.home.as_ptr(), 0o700))?;
+            if let Some(id) = ids {
+                check(libc::chown(m.scratch.as_ptr(), id.child, id.child))?;
+                check(libc::chown(m.home.as_ptr(), id.template, id.template))?;
+            }
+            check(libc::chdir(m.home.as_ptr()))?;
+        }
         if let Some(id) = ids {
             check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setgid(id))?;
-            check(libc::setuid(id))?;
+            // Real = the children's, effective = the template's: exec copies the
+            // effective id into the saved one, so after exec the template is
+            // (child, template, template), and a child may take its real id for good.
+            check(libc::setresgid(id.child, id.template, id.template))?;
+            check(libc::setresuid(id.child, id.template, id.template))?;
         }
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
         if libc::getppid() != parent {

@@ -281,28 +281,33 @@ fn code_for(py: Python<'_>, name: &str, path: &str) -> PyResult<Py<PyAny>> {
 }
 
 /// A partial eviction: the index lists `path` but its content is gone. The supervisor
-/// re-caches it from the database (the worker never reads the database), then this
-/// process reads that one key.
+/// re-caches it from the database (the worker never reads the database) and answers with
+/// the module as the cache now holds it: a sandboxed child may not connect to Redis (or
+/// any other service on the host). Without that answer (an older supervisor, a test
+/// harness), the child reads the one key itself, where the sandbox allows it.
 fn refill(py: Python<'_>, name: &str, path: &str) -> PyResult<Source> {
-    let Some(source) = source() else {
-        return Err(not_found(
-            py,
-            name,
-            format!(
-                "No module named '{name}': the module cache has no content for {path} \
-                 and this worker has no Redis to read it from"
-            ),
-        ));
-    };
     let args = format!("{{\"path\":{}}}", json_string(path));
-    let note = match request::call(py, MISS_OP, &args) {
-        Ok(_) => String::new(),
+    let (answer, note) = match request::call(py, MISS_OP, &args) {
+        Ok(value) => (module_in(py, &value), String::new()),
         // The supervisor could not re-cache it: still worth one read (someone else may
         // have), and its reason goes in the error if that finds nothing either.
-        Err(RequestError::Refused(why)) => format!(" (the supervisor said: {why})"),
-        Err(e) => format!(" ({e})"),
+        Err(RequestError::Refused(why)) => (None, format!(" (the supervisor said: {why})")),
+        Err(e) => (None, format!(" ({e})")),
     };
-    let read = py.detach(|| source.read(path));
+    let read = match (answer, source()) {
+        (Some(src), _) => Ok(Some(src)),
+        (None, Some(source)) => py.detach(|| source.read(path)),
+        (None, None) => {
+            return Err(not_found(
+                py,
+                name,
+                format!(
+                    "No module named '{name}': the module cache has no content for {path} \
+                     and this worker has no Redis to read it from{note}"
+                ),
+            ))
+        }
+    };
     match read {
         Ok(Some(src)) => {
             let mut ws = workspace();
@@ -323,6 +328,20 @@ fn refill(py: Python<'_>, name: &str, path: &str) -> PyResult<Source> {
             "cannot import workspace module {name:?}: {e}{note}"
         ))),
     }
+}
+
+/// The module a `module_miss` answer carries (`{"content": ..., "hash": ...}`), if any.
+fn module_in(py: Python<'_>, value_json: &str) -> Option<Source> {
+    let v = py
+        .import("json")
+        .and_then(|json| json.call_method1("loads", (value_json,)))
+        .ok()?;
+    let text: String = v.get_item("content").ok()?.extract().ok()?;
+    let hash: String = v.get_item("hash").ok()?.extract().ok()?;
+    Some(Source {
+        hash,
+        text: text.into(),
+    })
 }
 
 /// `s` as a JSON string literal.

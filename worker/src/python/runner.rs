@@ -68,6 +68,10 @@ impl Runner {
         let duration_us = started.elapsed().as_micros() as u64;
         // Partial last lines belong before the Result.
         let _ = self.call(py, "finish_output", ());
+        if side == Side::Child {
+            // What reached fds 1 and 2 directly (a child's own memfds).
+            crate::std_output::drain();
+        }
         request::end();
         let report = capture::end();
         if let Some(err) = report.write_error {
