@@ -24,6 +24,9 @@ pub struct ExecutionLimits {
     pub max_log_bytes: u64,
     /// Largest JSON result, in bytes; a larger one fails the execution with a clear error.
     pub max_result_bytes: u64,
+    /// Largest file the execution may write (RLIMIT_FSIZE), in bytes; a write past it
+    /// fails with `EFBIG` (`OSError: File too large`). 0: no limit.
+    pub file_bytes: u64,
 }
 
 impl Default for ExecutionLimits {
@@ -36,6 +39,7 @@ impl Default for ExecutionLimits {
             max_log_lines: 10_000,
             max_log_bytes: 4 * MIB,
             max_result_bytes: 4 * MIB,
+            file_bytes: 256 * MIB,
         }
     }
 }

@@ -24,6 +24,7 @@ fn limits() -> impl Strategy<Value = ExecutionLimits> {
                     max_log_lines,
                     max_log_bytes,
                     max_result_bytes: max_log_bytes / 3,
+                    file_bytes: memory_bytes / 5,
                 }
             },
         )

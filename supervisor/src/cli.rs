@@ -151,6 +151,14 @@ pub struct PoolArgs {
     /// Largest JSON result an execution may return (`4M`).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub max_result_size: u64,
+    /// Largest file an execution may write (RLIMIT_FSIZE; `256M`; 0 = no limit): a
+    /// write past it fails with "File too large".
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub max_file_size: u64,
+    /// Size of each worker's private /tmp, /var/tmp and /dev/shm when the supervisor is
+    /// root (`64M` each); emptied after every execution.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub tmp_size: u64,
     /// Log lines kept per execution; the rest are counted and dropped.
     #[arg(long, default_value_t = 10_000)]
     pub max_log_lines: u32,
@@ -222,6 +230,7 @@ impl PoolArgs {
             None => default_uid_base(),
         };
         cfg.worker_env = self.worker_env.clone();
+        cfg.tmp_size = self.tmp_size;
         // Without a uid of its own, RLIMIT_NPROC would count every process of the
         // user running the supervisor, so it is left off.
         let nproc = if cfg.worker_uid_base.is_some() {
@@ -236,6 +245,7 @@ impl PoolArgs {
             processes: nproc,
             max_log_lines: self.max_log_lines,
             max_result_bytes: self.max_result_size,
+            file_bytes: self.max_file_size,
             ..ExecutionLimits::default()
         };
         cfg

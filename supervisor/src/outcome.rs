@@ -25,6 +25,9 @@ pub struct Job {
     pub limits: Option<ExecutionLimits>,
     /// The module cache generation for this execution (0: no module cache).
     pub modules_generation: u64,
+    /// The organization it runs for (`None`: none, or unknown). A reuse-mode template
+    /// serves one organization only (see `pool::dispatcher`).
+    pub org: Option<String>,
 }
 
 /// The terminal states. Every accepted execution reaches exactly one.

@@ -6,6 +6,7 @@
 //!   socketpair on fd 3.
 //! - [`uids`]: the uids a pool's slots lease, unique on the host.
 //! - [`firewall`]: the nftables rule that keeps children away from the host's services.
+//! - [`posture`]: the start-up line saying which sandbox layers are on, and which off.
 //! - [`connection`]: async frame reading/writing over that socket.
 //! - [`template`]: one task per template process: owns the child and its connection,
 //!   turns frames into events, carries out kills. The only code that signals a template.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatcher;
 pub mod firewall;
+pub mod posture;
 pub mod spawn;
 pub mod template;
 pub mod uids;

@@ -375,3 +375,101 @@ def run():
         assert!(lines.contains(&expected), "{expected:?} not in {lines:?}");
     }
 }
+
+/// Reuse mode: a template runs one organization's code only. An organization that
+/// installs a spy in the interpreter (here: wrapping `json.loads`, which the runner uses
+/// on every execution's params) never sees another organization's params: the other
+/// organization gets a fresh template, and so does the spy's next execution.
+#[tokio::test]
+async fn a_reuse_template_serves_one_organization() {
+    let mut p = TestPool::start(|c| c.isolation = Isolation::Reuse).await;
+    let run_as = |p: &mut TestPool, id: &str, org: &str, src: &str, params: &str| {
+        let mut j = warden_tests::pool::job(id, src, params, None);
+        j.org = Some(org.to_string());
+        assert!(p.pool.submit(j).is_ok());
+    };
+    let spy = r#"import json, os
+def run():
+    if not hasattr(json, "seen"):
+        json.seen = []
+        real = json.loads
+        def spy(s, *a, **k):
+            json.seen.append(s if isinstance(s, str) else repr(s))
+            return real(s, *a, **k)
+        json.loads = spy
+    return {"pid": os.getpid(), "seen": [s for s in json.seen if "victim-secret" in s]}
+"#;
+    let victim = "import os\ndef run(token):\n    return {\"pid\": os.getpid()}\n";
+    run_as(&mut p, "a1", "attacker", spy, "{}");
+    let a1 = p.finished().await;
+    run_as(&mut p, "a2", "attacker", spy, "{}");
+    let a2 = p.finished().await;
+    run_as(
+        &mut p,
+        "b1",
+        "victim",
+        victim,
+        r#"{"token": "victim-secret-42"}"#,
+    );
+    let b1 = p.finished().await;
+    run_as(&mut p, "a3", "attacker", spy, "{}");
+    let a3 = p.finished().await;
+    let pid = |f: &warden_tests::pool::Finished| -> Value {
+        assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+        serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap()
+    };
+    let (a1, a2, b1, a3) = (pid(&a1), pid(&a2), pid(&b1), pid(&a3));
+    assert_eq!(a1["pid"], a2["pid"], "one organization keeps its template");
+    assert_ne!(
+        b1["pid"], a2["pid"],
+        "another organization gets another template"
+    );
+    assert_ne!(a3["pid"], b1["pid"]);
+    assert_eq!(
+        a3["seen"],
+        serde_json::json!([]),
+        "the spy saw the victim's params"
+    );
+}
+
+/// The file-size limit holds in both modes, and the reuse template is held to the
+/// memory limit like a forked child.
+#[tokio::test]
+async fn file_size_and_memory_limits_hold_in_both_modes() {
+    let src = r#"def run():
+    out = {}
+    try:
+        with open("big.bin", "wb") as f:
+            f.write(b"x" * (3 * 1024 * 1024))
+        out["file"] = "ok"
+    except OSError as e:
+        out["file"] = e.errno
+    try:
+        b = bytearray(768 * 1024 * 1024)
+        out["memory"] = "ok"
+    except MemoryError:
+        out["memory"] = "MemoryError"
+    return out
+"#;
+    for mode in [Isolation::Fork, Isolation::Reuse] {
+        let mut p = TestPool::start(|c| {
+            c.isolation = mode;
+            c.limits.file_bytes = 1024 * 1024;
+            c.limits.memory_bytes = 512 * 1024 * 1024;
+        })
+        .await;
+        let f = p.run("limits", src, "{}").await;
+        assert_eq!(
+            f.outcome.status,
+            Status::Success,
+            "{mode:?}: {:?}",
+            f.outcome.error
+        );
+        let v: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"file": libc::EFBIG, "memory": "MemoryError"}),
+            "{mode:?}"
+        );
+    }
+}

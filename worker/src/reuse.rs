@@ -8,10 +8,14 @@
 //!   afterwards, `sys.path` is restored, and output capture is reinstalled. Standard
 //!   library and installed packages it imported stay loaded (some C extensions cannot be
 //!   initialised twice in one process).
-//! - No limits are applied per execution: rlimits are per process and cannot be lowered
-//!   and raised again around one call. The supervisor covers the rest: it enforces
-//!   deadlines by killing the whole template, recycles it on memory growth (it gets
-//!   `worker_rss_bytes` in every Ended) by sending Shutdown, and replaces it if it dies.
+//! - Limits are per process and cannot be raised again once lowered: the template takes
+//!   those of its first execution (memory, open files, processes, file size; not CPU
+//!   time, which would add up over its executions) for the rest of its life, before any
+//!   workflow code runs. The supervisor covers the rest: it enforces deadlines by killing
+//!   the whole template, recycles it on memory growth (it gets `worker_rss_bytes` in
+//!   every Ended) by sending Shutdown, replaces it if it dies, and gives a template the
+//!   executions of one organization only (recycling it to serve another).
+//! - The template confined itself with the children's seccomp filter at start-up.
 //! - A `Kill` cannot be answered while the function runs (the template is busy running
 //!   it), which is why the supervisor kills the template instead. The exception is a
 //!   function waiting in `_warden.request`: the template is then reading its connection,
@@ -32,8 +36,26 @@ use crate::reap::{self, Usage};
 use crate::request::{Interrupted, Side};
 
 use std::os::fd::AsRawFd;
+use std::sync::Once;
+
+/// Applies the first execution's limits (CPU time aside) to the template, once. A limit
+/// that cannot be applied ends the template: it must not run code unconfined.
+fn limit_once(e: &Execute) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let mut limits = e.limits.clone();
+        limits.cpu_seconds = 0;
+        if let Err(why) = crate::sandbox::apply_limits(&limits) {
+            eprintln!("warden-worker: cannot limit the reuse template, exiting: {why}");
+            // SAFETY: ends the process at once; the supervisor reports the execution
+            // as crashed and starts a new template.
+            unsafe { libc::_exit(1) };
+        }
+    });
+}
 
 pub fn execute(runner: &Runner, conn: &mut Connection, e: &Execute) -> Result<Next, WorkerError> {
+    limit_once(e);
     // Started is written with the execution's first frame; for a quick execution that
     // logs nothing, Started, Result and Ended go out in one write (one wake-up of the
     // supervisor instead of three).

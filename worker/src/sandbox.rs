@@ -28,9 +28,10 @@ pub fn make_undumpable() -> io::Result<()> {
 }
 
 /// Gives the template (and so every child it forks) default signal dispositions and an
-/// empty signal mask, whatever the process that started us left behind, except SIGPIPE,
-/// which stays ignored: CPython ignores it too, so a write to a closed pipe raises
-/// `BrokenPipeError` in Python instead of silently killing the process.
+/// empty signal mask, whatever the process that started us left behind, except SIGPIPE
+/// and SIGXFSZ, which stay ignored: CPython ignores them too, so a write to a closed
+/// pipe raises `BrokenPipeError`, and one past the file-size limit `OSError`, instead of
+/// silently killing the process.
 pub fn reset_signals() {
     // SAFETY: sigaction/sigprocmask with fully initialised arguments; SIGKILL and SIGSTOP
     // are skipped because they cannot be changed.
@@ -39,7 +40,9 @@ pub fn reset_signals() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
-            let handler = if sig == libc::SIGPIPE {
+            // SIGXFSZ too, as CPython does: a write past RLIMIT_FSIZE then fails with
+            // EFBIG (an OSError the workflow sees) instead of killing the process.
+            let handler = if sig == libc::SIGPIPE || sig == libc::SIGXFSZ {
                 libc::SIG_IGN
             } else {
                 libc::SIG_DFL
@@ -101,6 +104,10 @@ pub fn apply_limits(limits: &ExecutionLimits) -> Result<(), String> {
     if limits.open_files > 0 {
         let n = limits.open_files;
         set_limit(Resource::RLIMIT_NOFILE, "open files", n, n)?;
+    }
+    if limits.file_bytes > 0 {
+        let n = limits.file_bytes;
+        set_limit(Resource::RLIMIT_FSIZE, "file size", n, n)?;
     }
     if limits.processes > 0 {
         let n = limits.processes;
@@ -168,6 +175,9 @@ struct Scratch {
     root: PathBuf,
     /// `root`, plus [`PRIVATE_TMP`] when those are the template's own mounts.
     cleaned: Vec<PathBuf>,
+    /// Kept when found in a cleaned directory: the scratch root and the template's own
+    /// working directory (both in the private `/tmp` of a root supervisor's template).
+    kept: Vec<PathBuf>,
 }
 
 /// Records the scratch root (created here if missing) and whether the tmp directories
@@ -178,7 +188,13 @@ pub fn set_scratch(root: PathBuf, private_tmp: bool) -> io::Result<()> {
     if private_tmp {
         cleaned.extend(PRIVATE_TMP.iter().map(PathBuf::from));
     }
-    let _ = SCRATCH.set(Scratch { root, cleaned });
+    let mut kept = vec![root.clone()];
+    kept.extend(std::env::current_dir().ok());
+    let _ = SCRATCH.set(Scratch {
+        root,
+        cleaned,
+        kept,
+    });
     Ok(())
 }
 
@@ -193,7 +209,7 @@ pub fn scratch_root() -> PathBuf {
 /// Empties what [`set_scratch`] recorded; see [`clean`].
 pub fn clean_scratch() {
     if let Some(s) = SCRATCH.get() {
-        clean(&s.cleaned);
+        clean(&s.cleaned, &s.kept);
     }
 }
 
@@ -203,9 +219,9 @@ pub const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 
 /// After an execution (its child reaped, its escapees swept): removes everything it
 /// left in `dirs` (the scratch root, and the private tmp directories when they are
-/// private), acting as the children's uid when they have one of their own. Nothing an
-/// execution wrote outlives it.
-pub fn clean(dirs: &[PathBuf]) {
+/// private) but `kept`, acting as the children's uid when they have one of their own.
+/// Nothing an execution wrote outlives it.
+pub fn clean(dirs: &[PathBuf], kept: &[PathBuf]) {
     let own = nix::unistd::geteuid();
     let switched =
         child_ids().and_then(|(uid, _)| nix::unistd::seteuid(nix::unistd::Uid::from_raw(uid)).ok());
@@ -215,8 +231,7 @@ pub fn clean(dirs: &[PathBuf]) {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            // The scratch root may live in a private /tmp: empty it, keep it.
-            if dirs.contains(&path) {
+            if kept.contains(&path) {
                 continue;
             }
             let removed = match entry.file_type() {

@@ -10,7 +10,7 @@
 //! | family | syscalls | why |
 //! | --- | --- | --- |
 //! | other processes' memory and fds | `ptrace`, `process_vm_readv/writev`, `pidfd_getfd`, `kcmp` | the template and the spare are the same user's processes |
-//! | signals to the template | `kill`/`tkill`/`tgkill`/`rt_sigqueueinfo`/`rt_tgsigqueueinfo` aimed at the template's pid, its group (`-pid`) or everyone (`-1`); `pidfd_open` of the template; `pidfd_send_signal` | a stopped or killed template takes its slot's next executions with it |
+//! | signals to the template and the supervisor | `kill`/`tkill`/`tgkill`/`rt_sigqueueinfo`/`rt_tgsigqueueinfo` aimed at the template's or the supervisor's pid, their groups (`-pid`) or everyone (`-1`); `pidfd_open` of either; `pidfd_send_signal` | a stopped or killed template takes its slot's next executions with it |
 //! | the host's Unix sockets | `socket(AF_UNIX, ...)` (`socketpair` stays allowed) | PostgreSQL's and Redis's sockets, abstract sockets; TCP to the host is the firewall's ([`warden`'s `pool::firewall`]) |
 //! | namespaces and mounts | `unshare`, `setns`, `mount`, `umount2`, `pivot_root`, `chroot`, `open_by_handle_at`; `clone` with a `CLONE_NEW*` flag; `clone3` (its flags are behind a pointer: `ENOSYS`, so libc falls back to `clone`) | a new user namespace is the usual first step of a kernel exploit |
 //! | kernel attack surface | `bpf`, `perf_event_open`, `userfaultfd`, `io_uring_*` (its operations bypass this filter), `keyctl`, `add_key`, `request_key`, module and kexec calls, `reboot`, `swapon/off`, `acct`, `quotactl`, `personality` | none of them is needed by a workflow |
@@ -103,6 +103,12 @@ pub fn prepare(template_pid: i32, deny_unix_sockets: bool) {
     PROGRAMS.get_or_init(|| build(template_pid, deny_unix_sockets));
 }
 
+/// The template's parent: the supervisor. Without a uid of their own (a supervisor that
+/// is not root), children share its uid, so they must not signal it either.
+fn supervisor_pid() -> i32 {
+    nix::unistd::getppid().as_raw()
+}
+
 /// Installs the filter compiled by [`prepare`] in the calling process (a child, after
 /// fork: this allocates nothing).
 pub fn install() -> Result<(), String> {
@@ -143,10 +149,20 @@ fn build(template_pid: i32, deny_unix_sockets: bool) -> Result<[BpfProgram; 2], 
         rules.insert(nr, Vec::new());
     }
     for &nr in SIGNALLING {
-        let chain = [template_pid, -template_pid, -1].map(pid_is);
+        let chain = [
+            template_pid,
+            -template_pid,
+            supervisor_pid(),
+            -supervisor_pid(),
+            -1,
+        ]
+        .map(pid_is);
         rules.insert(nr, chain.into_iter().collect::<Result<_, _>>()?);
     }
-    rules.insert(libc::SYS_pidfd_open, vec![pid_is(template_pid)?]);
+    rules.insert(
+        libc::SYS_pidfd_open,
+        vec![pid_is(template_pid)?, pid_is(supervisor_pid())?],
+    );
     // No Unix socket of the host (PostgreSQL's, Redis's, D-Bus, abstract ones): a child
     // cannot create one to connect with. `socketpair` (asyncio, multiprocessing) is
     // another system call and stays allowed.

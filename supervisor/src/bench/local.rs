@@ -49,6 +49,7 @@ pub async fn bench_mode(
         timeout: None,
         limits: None,
         modules_generation,
+        org: None,
     };
 
     // Warm up (first forks fault in pages).

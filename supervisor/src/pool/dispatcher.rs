@@ -29,9 +29,9 @@ use warden_protocol::{
 };
 
 use super::config::{PoolConfig, PoolError};
-use super::firewall;
 use super::template::{self, TemplateCmd, TemplateEvent};
 use super::uids::{self, SlotIds};
+use super::{firewall, posture};
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
 
 /// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
@@ -107,21 +107,23 @@ impl Pool {
             source,
         })?;
         let mut cfg = cfg;
+        let mut firewall = None;
         let lease = match cfg.worker_uid_base {
             Some(base) => {
                 let lease = uids::lease(std::path::Path::new(uids::LOCK_DIR), base, cfg.workers)?;
                 cfg.slot_ids = lease.ids.clone();
                 let first_child = base + uids::RANGE;
                 let last_child = first_child + uids::RANGE - 1;
-                if let Err(why) = firewall::block_host_services(first_child, last_child) {
-                    tracing::warn!(
-                        "sandbox: workflows CAN reach services on this host (loopback TCP): {why}"
-                    );
-                }
+                firewall = Some(firewall::block_host_services(first_child, last_child));
                 Some(lease)
             }
             None => None,
         };
+        let (layers, warnings) = posture::describe(&cfg, firewall.as_ref());
+        tracing::info!("{layers}");
+        for w in warnings {
+            tracing::warn!("sandbox: {w}");
+        }
         let slot_ids = cfg.slot_ids.clone();
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let (tmpl_tx, tmpl_rx) = mpsc::unbounded_channel();
@@ -155,6 +157,7 @@ impl Pool {
                 executions: 0,
                 failed_starts: 0,
                 last_dispatch: 0,
+                tenant: None,
             });
         }
         tokio::spawn(d.run());
@@ -247,6 +250,10 @@ struct Slot {
     failed_starts: u32,
     /// When this slot was last given an execution (dispatch order, see `dispatch`).
     last_dispatch: u64,
+    /// Reuse mode: the organization the current template has run code for (`None`: it
+    /// has run nothing yet). A reuse template runs every execution in one interpreter,
+    /// so it serves one organization only; see [`Dispatcher::pick_slot`].
+    tenant: Option<Option<String>>,
 }
 
 enum SlotState {
@@ -419,20 +426,60 @@ impl Dispatcher {
     }
 
     /// Hands queued jobs to idle templates.
+    /// The idle slot the queue's first execution goes to, if any may take it now.
+    ///
+    /// Fork mode: the idle slot that has waited longest (a fork-mode template forks its
+    /// next child right after an execution, so one that has been idle a while has it
+    /// ready, while the one that just finished may still be forking).
+    ///
+    /// Reuse mode: a template serves one organization. The longest-idle slot already
+    /// serving the execution's organization, else one that has served nobody yet; else
+    /// the longest-idle slot of another organization is recycled (a fresh template is
+    /// started for it, and the execution waits for it), unless a template is already
+    /// starting or retiring (it will be free soon: recycling more would only churn).
+    fn pick_slot(&mut self) -> Option<usize> {
+        let idle = |s: &Slot| matches!(s.state, SlotState::Idle);
+        let longest_idle = |slots: &[Slot], ok: &dyn Fn(&Slot) -> bool| {
+            (0..slots.len())
+                .filter(|&i| idle(&slots[i]) && ok(&slots[i]))
+                .min_by_key(|&i| slots[i].last_dispatch)
+        };
+        if self.cfg.isolation != Isolation::Reuse {
+            return longest_idle(&self.slots, &|_| true);
+        }
+        let org = self.queue.front()?.org.clone();
+        if let Some(i) = longest_idle(&self.slots, &|s| s.tenant.as_ref() == Some(&org))
+            .or_else(|| longest_idle(&self.slots, &|s| s.tenant.is_none()))
+        {
+            return Some(i);
+        }
+        let changing = self
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Starting | SlotState::Retiring));
+        if !changing {
+            if let Some(i) = longest_idle(&self.slots, &|_| true) {
+                tracing::debug!(
+                    slot = i,
+                    "recycling a reuse template for another organization"
+                );
+                let s = &mut self.slots[i];
+                let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
+                s.state = SlotState::Retiring;
+            }
+        }
+        None
+    }
+
     fn dispatch(&mut self) {
         while !self.queue.is_empty() {
-            // The idle slot that has waited longest: a fork-mode template forks its
-            // next child right after an execution, so one that has been idle a while
-            // has it ready, while the one that just finished may still be forking.
-            let Some(slot) = (0..self.slots.len())
-                .filter(|&i| matches!(self.slots[i].state, SlotState::Idle))
-                .min_by_key(|&i| self.slots[i].last_dispatch)
-            else {
+            let Some(slot) = self.pick_slot() else {
                 return;
             };
             self.dispatches += 1;
             self.slots[slot].last_dispatch = self.dispatches;
             let job = self.queue.pop_front().expect("queue is not empty");
+            self.slots[slot].tenant = Some(job.org.clone());
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             let timeout = job.timeout.unwrap_or(self.cfg.timeout);
             let msg = ToWorker::Execute(warden_protocol::Execute {
@@ -644,6 +691,7 @@ impl Dispatcher {
         s.cmds = cmds;
         s.generation = generation;
         s.state = SlotState::Starting;
+        s.tenant = None;
     }
 
     fn check_started(&mut self) {

@@ -434,6 +434,7 @@ fn dispatch(
             timeout: Some(timeout),
             limits: None,
             modules_generation: 0,
+            org: wf.org_id.map(|id| id.to_string()),
         },
         meta,
     }

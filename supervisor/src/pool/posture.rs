@@ -1,0 +1,57 @@
+//! What the sandbox could and could not turn on, said once when a pool starts: one
+//! `info` line listing the layers in force, and one `warn` line per layer that is off,
+//! saying what a workflow can then do and what would turn it on.
+
+use warden_protocol::Isolation;
+
+use super::config::PoolConfig;
+
+/// The layers in force and the warnings, for a pool started with `cfg` whose firewall
+/// rule came out as `firewall` (`None`: not attempted, the supervisor is not root).
+pub fn describe(cfg: &PoolConfig, firewall: Option<&Result<(), String>>) -> (String, Vec<String>) {
+    let mut on = vec![
+        "seccomp filter".to_string(),
+        "non-dumpable templates".to_string(),
+        "scrubbed environment".to_string(),
+        "a directory per execution".to_string(),
+    ];
+    let mut off = Vec::new();
+    match (cfg.slot_ids.first(), cfg.slot_ids.last()) {
+        (Some(first), Some(last)) => {
+            on.push(format!(
+                "worker uids {}-{} (children {}-{})",
+                first.template, last.template, first.child, last.child
+            ));
+            on.push(format!(
+                "private /tmp, /var/tmp, /dev/shm ({} MiB each)",
+                cfg.tmp_size / (1024 * 1024)
+            ));
+        }
+        _ => off.push(
+            "not root: workers run as the supervisor's own user (no uid of their own, no \
+             private /tmp, no process limit, no firewall rule); run `warden` as root for these"
+                .to_string(),
+        ),
+    }
+    match firewall {
+        Some(Ok(())) if cfg.isolation == Isolation::Fork => {
+            on.push("host services blocked (nftables)".to_string())
+        }
+        Some(Err(why)) => off.push(format!(
+            "workflows can reach services on this host over TCP (Redis, PostgreSQL, ...): {why}"
+        )),
+        _ => {}
+    }
+    if cfg.isolation == Isolation::Reuse {
+        off.push(
+            "reuse mode: workflow code runs in the template, which reads Redis itself: \
+             services on this host stay reachable over TCP, and executions of one \
+             organization share an interpreter; use --isolation fork for untrusted code"
+                .to_string(),
+        );
+    }
+    if cfg.network_isolation {
+        on.push("no network (own network namespace)".to_string());
+    }
+    (format!("sandbox: {}", on.join(", ")), off)
+}
