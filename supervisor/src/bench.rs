@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// 5 kv.set and 20 log lines), or `both`, one after the other.
     #[arg(long, value_enum, default_value = "trivial")]
     pub workload: workload::Workloads,
+    /// Spread the executions round-robin over this many organizations (each with its
+    /// own copy of the workflow): what a shared host sees. A reuse-mode template serves
+    /// one organization, so many interleaved organizations make it recycle templates.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub orgs: u32,
     #[command(flatten)]
     pub pool: PoolArgs,
     #[command(flatten)]
@@ -68,6 +73,7 @@ pub async fn run(args: BenchArgs) -> Result<i32, String> {
             ("p99 ms", "latency_ms_p99"),
             ("1x1 p50", "one_at_a_time_ms_p50"),
             ("1x1 p99", "one_at_a_time_ms_p99"),
+            ("orgs", "orgs"),
             ("spawn ms", "spawn_to_ready_ms"),
             ("sup MiB", "supervisor_rss_mib"),
             ("wrk MiB", "workers_rss_mib"),
@@ -80,6 +86,7 @@ pub async fn run(args: BenchArgs) -> Result<i32, String> {
             ("p99 ms", "latency_ms_p99"),
             ("1x1 p50", "one_at_a_time_ms_p50"),
             ("1x1 p99", "one_at_a_time_ms_p99"),
+            ("orgs", "orgs"),
             ("xact/ex", "pg_xact_per_execution_under_load"),
             ("sessions", "pg_sessions_opened_during_run"),
             ("redis/ex", "redis_commands_per_execution"),

@@ -16,6 +16,7 @@
 //! Redis per batch of executions: one `GET` of the generation. Per execution: nothing
 //! (templates run children from a snapshot, refreshed only when the generation moves).
 
+pub mod access;
 pub mod bench;
 pub mod cache;
 pub mod files;

@@ -170,11 +170,17 @@ pub async fn serve(
         .await
         .map_err(|e| ServeError(e.to_string()))?;
     // Workers read the cache from the same Redis (unless told otherwise, e.g. a Unix
-    // socket for network-isolated workers); never from the database.
+    // socket for network-isolated workers), as a read-only user; never the database.
     let mut pool_cfg = cfg.pool.clone();
-    pool_cfg
-        .redis_url
-        .get_or_insert_with(|| cfg.redis_url.clone());
+    let access = match pool_cfg.redis_url.take() {
+        Some(url) => crate::modules::access::check_read_only(&url, &cfg.key_prefix)
+            .await
+            .map(|()| url),
+        None => {
+            crate::modules::access::worker_url(store.pool(), &cfg.redis_url, &cfg.key_prefix).await
+        }
+    };
+    pool_cfg.redis_url = Some(access.map_err(|e| ServeError(e.to_string()))?);
     pool_cfg.key_prefix = cfg.key_prefix.clone();
 
     let (pool_tx, mut pool_events) = mpsc::unbounded_channel();

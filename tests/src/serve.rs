@@ -123,13 +123,18 @@ impl TestServe {
 
     /// SIGTERM-equivalent: drain and stop; returns the report.
     pub async fn stop(&mut self) -> ServeReport {
+        self.stop_result().await.expect("serve ran")
+    }
+
+    /// Like [`TestServe::stop`], for a service that may have failed to start: its
+    /// result.
+    pub async fn stop_result(&mut self) -> Result<ServeReport, ServeError> {
         let _ = self.signals.send(1);
         let handle = self.handle.take().expect("still running");
         tokio::time::timeout(Duration::from_secs(30), handle)
             .await
             .expect("serve stops within 30 s")
             .expect("serve task")
-            .expect("serve ran")
     }
 }
 

@@ -473,3 +473,101 @@ async fn file_size_and_memory_limits_hold_in_both_modes() {
         );
     }
 }
+
+/// Another host, made by the test: a network namespace behind a veth pair, with a
+/// listener that greets whoever connects. Removed when dropped.
+struct OtherHost {
+    ns: String,
+    host_if: String,
+    server: std::process::Child,
+    addr: String,
+}
+
+impl OtherHost {
+    fn start(port: u16) -> Option<OtherHost> {
+        let id = std::process::id() % 200 + 20;
+        let ns = format!("wardentest{id}");
+        let (host_if, ns_if) = (format!("wvh{id}"), format!("wvn{id}"));
+        let (host_ip, addr) = (format!("10.231.{id}.1/30"), format!("10.231.{id}.2"));
+        let ip = |args: &str| {
+            std::process::Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = ip(&format!("netns del {ns}"));
+        let _ = ip(&format!("link del {host_if}"));
+        let ok = ip(&format!("netns add {ns}"))
+            && ip(&format!("link add {host_if} type veth peer name {ns_if}"))
+            && ip(&format!("link set {ns_if} netns {ns}"))
+            && ip(&format!("addr add {host_ip} dev {host_if}"))
+            && ip(&format!("link set {host_if} up"))
+            && ip(&format!(
+                "netns exec {ns} ip addr add {addr}/30 dev {ns_if}"
+            ))
+            && ip(&format!("netns exec {ns} ip link set {ns_if} up"));
+        if !ok {
+            return None;
+        }
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('{addr}', {port}))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'hello from another host')\n    c.close()\n"
+            ))
+            .spawn()
+            .ok()?;
+        Some(OtherHost {
+            ns,
+            host_if,
+            server,
+            addr,
+        })
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        for args in [
+            vec!["netns", "del", &self.ns],
+            vec!["link", "del", &self.host_if],
+        ] {
+            let _ = std::process::Command::new("ip").args(args).status();
+        }
+    }
+}
+
+/// Blocking the host's services leaves egress alone: a workflow still reaches another
+/// host (one the test makes in a network namespace of its own).
+#[tokio::test]
+async fn a_workflow_still_reaches_other_hosts() {
+    let mut p = TestPool::start(|_| {}).await;
+    if p.pool.slot_ids().is_empty() {
+        eprintln!("not root: no firewall rule to check, and no network namespace to make");
+        return;
+    }
+    let Some(other) = OtherHost::start(8099) else {
+        panic!("cannot make a network namespace with `ip` (iproute2) as root");
+    };
+    let src = format!(
+        r#"import socket, time
+def run():
+    for attempt in range(50):
+        try:
+            s = socket.create_connection(("{addr}", 8099), timeout=3)
+            return s.recv(100).decode()
+        except ConnectionRefusedError:
+            time.sleep(0.1)   # the listener is still starting
+    return "never answered"
+"#,
+        addr = other.addr
+    );
+    let f = p.run("egress", &src, "{}").await;
+    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    assert_eq!(
+        f.outcome.result_json.as_deref(),
+        Some("\"hello from another host\"")
+    );
+}

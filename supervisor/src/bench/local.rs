@@ -49,7 +49,7 @@ pub async fn bench_mode(
         timeout: None,
         limits: None,
         modules_generation,
-        org: None,
+        org: Some(format!("org{}", i % args.orgs as usize)),
     };
 
     // Warm up (first forks fault in pages).
@@ -98,6 +98,7 @@ pub async fn bench_mode(
         "workload": workload.name(),
         "n": args.n,
         "workers": workers,
+        "orgs": args.orgs,
         "executions_per_s": args.n as f64 / wall.as_secs_f64(),
         "latency_ms_p50": pct(&lat, 50.0),
         "latency_ms_p99": pct(&lat, 99.0),

@@ -36,19 +36,21 @@ pub async fn bench_mode(
     let store = Store::connect(&db_url, 1)
         .await
         .map_err(|e| e.to_string())?;
-    store
-        .push_workflow(&WorkflowSpec {
-            org: None,
-            name: workload.name().into(),
-            path: format!("bench/{}.py", workload.name()),
-            function_name: "run".into(),
-            source: workload.source().into(),
-            default_timeout_ms: None,
-            time_saved_seconds: None,
-            value: None,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    for org in orgs(args.orgs) {
+        store
+            .push_workflow(&WorkflowSpec {
+                org,
+                name: workload.name().into(),
+                path: format!("bench/{}.py", workload.name()),
+                function_name: "run".into(),
+                source: workload.source().into(),
+                default_timeout_ms: None,
+                time_saved_seconds: None,
+                value: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     workload.setup(&store).await?;
     store.close().await;
 
@@ -89,7 +91,7 @@ pub async fn bench_mode(
     let mut completions = Completions::subscribe(&args.conn.redis_url, &keys).await?;
     // Warm up: templates started, connections open, first forks paid.
     let warm = ids("w", 200.min(args.n.max(1)));
-    submit(&client, &warm, workload).await?;
+    submit(&client, &warm, workload, args.orgs).await?;
     completions.wait(&warm, Duration::from_secs(120)).await?;
 
     let (s1, x1) = stats(&mut side).await?;
@@ -97,7 +99,7 @@ pub async fn bench_mode(
     let t0 = Instant::now();
     let batch = ids("t", args.n);
     let submitted = Instant::now();
-    submit(&client, &batch, workload).await?;
+    submit(&client, &batch, workload, args.orgs).await?;
     let arrived = completions.wait(&batch, Duration::from_secs(600)).await?;
     let wall = t0.elapsed();
     let mut lat: Vec<Duration> = arrived
@@ -113,7 +115,7 @@ pub async fn bench_mode(
     let mut one = Vec::with_capacity(args.sequential);
     for id in ids("s", args.sequential) {
         let t = Instant::now();
-        submit(&client, std::slice::from_ref(&id), workload).await?;
+        submit(&client, std::slice::from_ref(&id), workload, args.orgs).await?;
         completions
             .wait(std::slice::from_ref(&id), Duration::from_secs(60))
             .await?;
@@ -143,6 +145,7 @@ pub async fn bench_mode(
         "end_to_end": true,
         "n": args.n,
         "workers": args.pool.workers,
+        "orgs": args.orgs,
         "executions_per_s": args.n as f64 / wall.as_secs_f64(),
         "latency_ms_p50": pct(&lat, 50.0),
         "latency_ms_p99": pct(&lat, 99.0),
@@ -164,6 +167,14 @@ pub async fn bench_mode(
     }))
 }
 
+/// The organizations a run spreads over: none (the global workflow) for one.
+fn orgs(n: u32) -> Vec<Option<String>> {
+    if n <= 1 {
+        return vec![None];
+    }
+    (0..n).map(|k| Some(format!("org{k}"))).collect()
+}
+
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     (0..n)
@@ -171,13 +182,20 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-async fn submit(client: &IntakeClient, ids: &[String], workload: Workload) -> Result<(), String> {
+async fn submit(
+    client: &IntakeClient,
+    ids: &[String],
+    workload: Workload,
+    n_orgs: u32,
+) -> Result<(), String> {
+    let orgs = orgs(n_orgs);
     let reqs: Vec<Request> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
             let mut r = Request::new(id.clone(), WorkflowRef::Name(workload.name().into()));
             r.params_json = format!("{{\"x\": {i}}}");
+            r.org = orgs[i % orgs.len()].clone();
             r
         })
         .collect();
