@@ -50,6 +50,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
         timeout: None,
         limits: None,
         modules_generation: 0,
+        modules_manifest: None,
     })
     .map_err(|_| "the worker pool stopped before it could run the workflow".to_string())?;
 

@@ -25,6 +25,10 @@ pub struct Job {
     pub limits: Option<ExecutionLimits>,
     /// The module cache generation for this execution (0: no module cache).
     pub modules_generation: u64,
+    /// The module paths and content hashes (from the database) the execution's
+    /// workspace imports are checked against; the pool sends it to a template only when
+    /// that template does not have it yet. `None`: no module cache.
+    pub modules_manifest: Option<std::sync::Arc<warden_protocol::ModuleManifest>>,
 }
 
 /// The terminal states. Every accepted execution reaches exactly one.

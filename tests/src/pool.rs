@@ -138,6 +138,7 @@ pub fn job(id: &str, source: &str, params: &str, timeout: Option<Duration>) -> J
         timeout,
         limits: None,
         modules_generation: 0,
+        modules_manifest: None,
     }
 }
 
