@@ -36,6 +36,11 @@ pub enum ToWorker {
     Shutdown,
     /// The answer to a [`Request`] of the running execution (relayed to the child).
     Reply(Reply),
+    /// The workspace's modules and the hash of each, as the supervisor read them from
+    /// the database: the only content the worker will import from the module cache.
+    /// Sent when a template becomes ready and before an [`Execute`] whose
+    /// `modules_manifest` the template was not sent yet; never per execution otherwise.
+    Modules(ModuleManifest),
 }
 
 /// Worker → supervisor.
@@ -99,7 +104,23 @@ pub struct Execute {
     /// The module cache's generation the supervisor saw for this batch (0: no module
     /// cache). A template whose snapshot is older reloads it before running.
     pub modules_generation: u64,
+    /// The [`ModuleManifest::id`] this execution's workspace imports are checked
+    /// against (sent before, in [`ToWorker::Modules`]); 0 with no module cache.
+    pub modules_manifest: u64,
     pub limits: ExecutionLimits,
+}
+
+/// Every workspace module path with the SHA-256 of its content, taken from PostgreSQL
+/// (never from Redis). The worker computes the hash of every module it reads from the
+/// cache itself and imports only content whose hash is the one listed here; the index
+/// of importable names is built from these paths too, so nothing written into Redis
+/// alone can become importable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleManifest {
+    /// Changes whenever the list does (per supervisor process; never 0).
+    pub id: u64,
+    /// `(path, sha256(content))`, sorted by path.
+    pub modules: Vec<(String, [u8; 32])>,
 }
 
 /// The execution's child process exists (fork mode) or the template began running it

@@ -49,6 +49,7 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
                     params_json,
                     context_json: "{}".into(),
                     modules_generation: limits.cpu_seconds,
+                    modules_manifest: limits.cpu_seconds,
                     limits,
                 })
             }

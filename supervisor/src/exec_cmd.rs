@@ -51,6 +51,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
         limits: None,
         modules_generation: 0,
         org: None,
+        modules_manifest: None,
     })
     .map_err(|_| "the worker pool stopped before it could run the workflow".to_string())?;
 

@@ -28,6 +28,10 @@ pub struct Job {
     /// The organization it runs for (`None`: none, or unknown). A reuse-mode template
     /// serves one organization only (see `pool::dispatcher`).
     pub org: Option<String>,
+    /// The module paths and content hashes (from the database) the execution's
+    /// workspace imports are checked against; the pool sends it to a template only when
+    /// that template does not have it yet. `None`: no module cache.
+    pub modules_manifest: Option<std::sync::Arc<warden_protocol::ModuleManifest>>,
 }
 
 /// The terminal states. Every accepted execution reaches exactly one.

@@ -139,6 +139,7 @@ pub fn job(id: &str, source: &str, params: &str, timeout: Option<Duration>) -> J
         limits: None,
         modules_generation: 0,
         org: None,
+        modules_manifest: None,
     }
 }
 

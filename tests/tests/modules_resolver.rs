@@ -73,6 +73,7 @@ impl Fixture {
         let mut j = job(id, source, "{}", Some(Duration::from_secs(30)));
         // What `serve` does per batch.
         j.modules_generation = self.sync.check().await;
+        j.modules_manifest = Some(self.sync.manifest());
         assert!(self.pool.pool.submit(j).is_ok());
         self.pool.finished().await.outcome
     }

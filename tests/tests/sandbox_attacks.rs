@@ -571,3 +571,26 @@ def run():
         Some("\"hello from another host\"")
     );
 }
+
+/// Two pools on one host (two supervisors, or `warden exec` beside `warden serve`)
+/// never share a uid, so neither's workflows can signal or trace the other's workers;
+/// a pool's uids come back to the host when it stops.
+#[tokio::test]
+async fn two_pools_never_share_a_uid() {
+    let a = TestPool::start(|c| c.workers = 2).await;
+    let b = TestPool::start(|c| c.workers = 2).await;
+    if a.pool.slot_ids().is_empty() {
+        eprintln!("not root: workers run as the supervisor's user");
+        return;
+    }
+    let ids = |p: &TestPool| -> Vec<u32> {
+        p.pool
+            .slot_ids()
+            .iter()
+            .flat_map(|i| [i.template, i.child])
+            .collect()
+    };
+    let (ia, ib) = (ids(&a), ids(&b));
+    assert_eq!(ia.len(), 4);
+    assert!(ia.iter().all(|u| !ib.contains(u)), "{ia:?} and {ib:?} overlap");
+}

@@ -128,6 +128,11 @@ impl Spare {
         self.pidfd.as_ref().map(|fd| fd.as_raw_fd())
     }
 
+    /// Was it forked from the current interpreter state?
+    pub fn current(&self) -> bool {
+        self.state == interpreter::state()
+    }
+
     /// The spare if it can run an execution now: alive and forked from the current
     /// interpreter state. A dead one is reaped, a stale one killed and reaped.
     fn usable(spare: Option<Spare>) -> Option<Spare> {
@@ -350,6 +355,12 @@ impl Watch<'_> {
             Ok(Some(ToWorker::Welcome(_))) => {
                 eprintln!("warden-worker: ignoring an unexpected Welcome while running {id:?}")
             }
+            // The supervisor sends manifests to idle templates only. Ignored, an
+            // execution under that manifest finds it missing and fails its workspace
+            // imports rather than trusting what it cannot check.
+            Ok(Some(ToWorker::Modules(_))) => eprintln!(
+                "warden-worker: supervisor bug: a module manifest while {id:?} is running; ignored"
+            ),
             Ok(Some(ToWorker::Reply(reply))) if &reply.execution_id == id => {
                 self.queue_reply(ToWorker::Reply(reply))
             }

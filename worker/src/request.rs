@@ -103,6 +103,9 @@ pub fn wait_for_reply(
             ToWorker::Welcome(_) if side == Side::Template => {
                 eprintln!("warden-worker: ignoring an unexpected Welcome during a request")
             }
+            ToWorker::Modules(_) if side == Side::Template => eprintln!(
+                "warden-worker: supervisor bug: a module manifest during a request; ignored"
+            ),
             // The template writes nothing but Replies on a child's socket.
             other => {
                 return Err(Interrupted::Failed(format!(
@@ -121,6 +124,7 @@ fn kind(msg: &ToWorker) -> &'static str {
         ToWorker::Kill { .. } => "Kill",
         ToWorker::Shutdown => "Shutdown",
         ToWorker::Reply(_) => "Reply",
+        ToWorker::Modules(_) => "Modules",
     }
 }
 

@@ -4,7 +4,8 @@
 //! standard fds and signal state are made sane, the template becomes a child subreaper
 //! (so nothing an execution starts can escape being killed and reaped), fd 3 is checked
 //! before the comparatively slow interpreter start, and only then is Hello sent. The
-//! module cache's first snapshot is loaded right after the handshake.
+//! module cache is loaded when the supervisor sends its manifest (right after the
+//! handshake, once the supervisor has one).
 //!
 //! The loop handles one execution at a time: the module snapshot is brought up to the
 //! `Execute`'s generation (see [`crate::modules::sync`]), then it runs to its `Ended` before the
@@ -54,7 +55,7 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
         .redis_url
         .as_deref()
         .map(|url| RedisSource::new(url, &args.key_prefix));
-    Python::attach(|py| modules::sync::start(py, cache, args.isolation))?;
+    Python::attach(|py| modules::sync::start(py, cache))?;
 
     // Fork mode: the child for the next execution, forked while there is nothing to do.
     let mut spare = None;
@@ -86,6 +87,20 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
                         Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
                     },
                 }
+            }
+            Some(ToWorker::Modules(m)) => {
+                Python::attach(|py| sync::receive(py, m, args.isolation));
+                // Fork mode: a spare forked before the new snapshot would only be
+                // discarded by the next execution; fork its replacement now, while idle.
+                if let Some(stale) = spare.take_if(|s| !s.current()) {
+                    stale.discard();
+                    spare = forked::Spare::fork(&python.runner, conn.max_frame())
+                        .inspect_err(|err| {
+                            eprintln!("warden-worker: cannot fork a spare child: {err}")
+                        })
+                        .ok();
+                }
+                Next::Continue
             }
             // A Kill racing with the execution's Ended: that execution is already over.
             Some(ToWorker::Kill { .. }) => Next::Continue,

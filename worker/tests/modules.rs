@@ -9,7 +9,7 @@ mod common;
 use common::redis_cache::{CountingProxy, TestCache};
 use common::*;
 use serde_json::json;
-use warden_protocol::{Execute, ReplyOutcome};
+use warden_protocol::{Execute, ReplyOutcome, ToWorker};
 
 const WORKSPACE: &[(&str, &str)] = &[
     ("shared/__init__.py", "from .tickets import open_ticket\nVERSION = 1\n"),
@@ -35,9 +35,20 @@ fn start(cache: &TestCache, url: &str, isolation: &'static str) -> Worker {
     })
 }
 
-fn at(generation: u64, mut e: Execute) -> Execute {
+/// What the supervisor does for an execution: the manifest (the worker ignores one it
+/// already has), then the `Execute` at `generation` under it.
+fn run_at(
+    w: &mut Worker,
+    cache: &TestCache,
+    generation: u64,
+    mut e: Execute,
+    answer: impl FnMut(&warden_protocol::Request) -> ReplyOutcome,
+) -> Run {
+    let manifest = cache.manifest();
     e.modules_generation = generation;
-    e
+    e.modules_manifest = manifest.id;
+    w.send(&ToWorker::Modules(manifest));
+    w.execute_answering(e, answer)
 }
 
 fn no_requests(req: &warden_protocol::Request) -> ReplyOutcome {
@@ -70,7 +81,7 @@ def run():
 "#;
     for mode in ["fork", "reuse"] {
         let mut w = start(&cache, &redis_url_for_tests(), mode);
-        let run = w.execute_answering(at(generation, exec("imp", src)), no_requests);
+        let run = run_at(&mut w, &cache, generation, exec("imp", src), no_requests);
         assert_eq!(
             run.value(),
             json!({
@@ -132,7 +143,13 @@ fn errors_name_the_workspace_module() {
     for mode in ["fork", "reuse"] {
         let mut w = start(&cache, &redis_url_for_tests(), mode);
         for (i, (src, error_type, message, traceback)) in cases.iter().enumerate() {
-            let run = w.execute_answering(at(generation, exec(&format!("e{i}"), src)), no_requests);
+            let run = run_at(
+                &mut w,
+                &cache,
+                generation,
+                exec(&format!("e{i}"), src),
+                no_requests,
+            );
             let f = run.failure();
             assert_eq!(&f.error_type, error_type, "{mode}: {f:#?}");
             assert!(f.message.contains(message), "{mode}: {f:#?}");
@@ -152,11 +169,17 @@ fn steady_state_imports_cost_no_redis_command() {
     for mode in ["fork", "reuse"] {
         let mut w = start(&cache, &proxy.url, mode);
         // The first execution of this generation may load (the template loaded at start).
-        let run = w.execute_answering(at(generation, exec("warm", src)), no_requests);
+        let run = run_at(&mut w, &cache, generation, exec("warm", src), no_requests);
         assert_eq!(run.value(), json!({"title": "a-b"}));
         let (commands, connections) = (proxy.commands(), proxy.connections());
         for i in 0..30 {
-            let run = w.execute_answering(at(generation, exec(&format!("s{i}"), src)), no_requests);
+            let run = run_at(
+                &mut w,
+                &cache,
+                generation,
+                exec(&format!("s{i}"), src),
+                no_requests,
+            );
             assert_eq!(run.value(), json!({"title": "a-b"}), "{mode}");
         }
         assert_eq!(
@@ -181,15 +204,13 @@ fn a_new_generation_is_loaded_before_the_execution_and_only_changed_modules_move
     for mode in ["fork", "reuse"] {
         let mut w = start(&cache, &proxy.url, mode);
         assert_eq!(
-            w.execute_answering(at(g1, exec("v1", src)), no_requests)
-                .value(),
+            run_at(&mut w, &cache, g1, exec("v1", src), no_requests).value(),
             json!(1)
         );
         let g2 = cache.put(&[("cfg/value.py", "V = 2\n")]);
         let before = proxy.commands();
         assert_eq!(
-            w.execute_answering(at(g2, exec("v2", src)), no_requests)
-                .value(),
+            run_at(&mut w, &cache, g2, exec("v2", src), no_requests).value(),
             json!(2),
             "{mode}: an execution after a push sees the new code"
         );
@@ -198,7 +219,7 @@ fn a_new_generation_is_loaded_before_the_execution_and_only_changed_modules_move
         assert!(used <= 8, "{mode}: {used} commands to catch up");
         // And back: a module removed from the workspace is gone for the next execution.
         let g3 = cache.remove(&["cfg/value.py"]);
-        let f = w.execute_answering(at(g3, exec("v3", src)), no_requests);
+        let f = run_at(&mut w, &cache, g3, exec("v3", src), no_requests);
         assert_eq!(f.failure().error_type, "ModuleNotFoundError", "{mode}");
         assert!(
             f.failure().message.contains("cfg.value"),
@@ -219,7 +240,7 @@ fn an_evicted_module_is_refilled_through_the_supervisor() {
         // Evicted, and a new generation so the template reloads and sees the hole.
         cache.evict(&["shared/tickets.py"]);
         let g = cache.bump();
-        let run = w.execute_answering(at(g, exec("miss", src)), |req| {
+        let run = run_at(&mut w, &cache, g, exec("miss", src), |req| {
             assert_eq!(req.op, "module_miss");
             let args: serde_json::Value = serde_json::from_str(&req.args_json).unwrap();
             assert_eq!(args, json!({"path": "shared/tickets.py"}));
@@ -245,8 +266,10 @@ fn an_evicted_module_the_supervisor_cannot_refill_is_module_not_found() {
     cache.evict(&["tools/text/case.py"]);
     let g = cache.bump();
     let src = "import tools.text.case\n\ndef run():\n    pass\n";
-    let run = w.execute_answering(at(g, exec("gone", src)), |_| ReplyOutcome::Err {
-        message: "no module tools/text/case.py in the database".into(),
+    let run = run_at(&mut w, &cache, g, exec("gone", src), |_| {
+        ReplyOutcome::Err {
+            message: "no module tools/text/case.py in the database".into(),
+        }
     });
     let f = run.failure();
     assert_eq!(f.error_type, "ModuleNotFoundError", "{f:?}");
@@ -267,7 +290,7 @@ fn a_wiped_cache_is_refilled_by_the_supervisor_before_the_execution() {
         let mut w = start(&cache, &redis_url_for_tests(), mode);
         cache.wipe();
         let mut refilled = 0;
-        let run = w.execute_answering(at(g1 + 1000, exec("wiped", src)), |req| {
+        let run = run_at(&mut w, &cache, g1 + 1000, exec("wiped", src), |req| {
             assert_eq!(
                 (req.op.as_str(), req.args_json.as_str()),
                 ("module_miss", "{}")
@@ -296,21 +319,19 @@ fn an_unreadable_cache_fails_workspace_imports_instead_of_running_old_code() {
     for mode in ["fork", "reuse"] {
         let mut w = start(&cache, &proxy.url, mode);
         assert_eq!(
-            w.execute_answering(at(g1, exec("ok", src)), no_requests)
-                .value(),
+            run_at(&mut w, &cache, g1, exec("ok", src), no_requests).value(),
             json!(1)
         );
     }
     let mut w = start(&cache, &proxy.url, "fork");
     assert_eq!(
-        w.execute_answering(at(g1, exec("ok2", src)), no_requests)
-            .value(),
+        run_at(&mut w, &cache, g1, exec("ok2", src), no_requests).value(),
         json!(1)
     );
     // Redis becomes unreachable for the worker: the next generation cannot be loaded.
     proxy.refuse_connections();
     let g2 = cache.put(&[("shared/__init__.py", "VERSION = 2\n")]);
-    let run = w.execute_answering(at(g2, exec("stale", src)), no_requests);
+    let run = run_at(&mut w, &cache, g2, exec("stale", src), no_requests);
     let f = run.failure();
     assert_eq!(f.error_type, "ImportError", "{f:?}");
     assert!(
@@ -319,7 +340,7 @@ fn an_unreadable_cache_fails_workspace_imports_instead_of_running_old_code() {
     );
     // Names outside the workspace are unaffected.
     let plain = "import json\n\ndef run():\n    return 1\n";
-    let run = w.execute_answering(at(g2, exec("plain", plain)), no_requests);
+    let run = run_at(&mut w, &cache, g2, exec("plain", plain), no_requests);
     assert_eq!(run.value(), json!(1));
 }
 
@@ -331,9 +352,136 @@ fn reuse_mode_drops_workspace_modules_after_each_execution() {
         "import state, sys\n\ndef run():\n    state.CALLS.append(1)\n    return len(state.CALLS)\n";
     let mut w = start(&cache, &redis_url_for_tests(), "reuse");
     for i in 0..3 {
-        let run = w.execute_answering(at(g, exec(&format!("r{i}"), src)), no_requests);
+        let run = run_at(&mut w, &cache, g, exec(&format!("r{i}"), src), no_requests);
         assert_eq!(run.value(), json!(1), "a fresh module every execution");
     }
+}
+
+#[test]
+fn a_cached_copy_that_does_not_match_the_manifest_is_never_run() {
+    let cache = TestCache::new();
+    cache.put(WORKSPACE);
+    let src = "from shared import util\n\ndef run():\n    return util.slug('A B')\n";
+    let evil = "import os\nos.environ['PWNED'] = '1'\n\ndef slug(s):\n    return 'pwned'\n";
+    for mode in ["fork", "reuse"] {
+        let mut w = start(&cache, &redis_url_for_tests(), mode);
+        let g = cache.put(&[]);
+        assert_eq!(
+            run_at(&mut w, &cache, g, exec("before", src), no_requests).value(),
+            json!("a-b")
+        );
+        // An attacker rewrites content and hash and bumps the generation; then a push of
+        // another module makes the template read what changed, and a fresh template
+        // reads everything.
+        let g = cache.tamper("shared/util.py", evil);
+        let g = cache
+            .put(&[(
+                "tools/text/case.py",
+                "def up(s):\n    return s.upper() + '!'\n",
+            )])
+            .max(g);
+        for (name, w) in [
+            ("running", &mut w),
+            ("fresh", &mut start(&cache, &redis_url_for_tests(), mode)),
+        ] {
+            let mut asked = Vec::new();
+            let run = run_at(w, &cache, g, exec("after", src), |req| {
+                asked.push(req.args_json.clone());
+                ok_reply(r#"{"generation": 1, "repaired": true}"#)
+            });
+            let f = run.failure();
+            assert_eq!(f.error_type, "ImportError", "{mode} {name}: {f:#?}");
+            assert!(
+                f.message
+                    .contains("the cached copy of shared/util.py does not match the workspace")
+                    && f.message.contains("the supervisor was asked to repair it"),
+                "{mode} {name}: {f:#?}"
+            );
+            if name == "fresh" {
+                assert_eq!(
+                    asked,
+                    vec![r#"{"path":"shared/util.py","mismatch":true}"#.to_string()],
+                    "{mode}"
+                );
+            }
+            // Nothing of the attacker's ran, and the rest of the workspace still imports.
+            let check = "import os\nimport tools.text.case as c\n\ndef run():\n    return [os.environ.get('PWNED'), c.up('x')]\n";
+            let run = run_at(w, &cache, g, exec("rest", check), no_requests);
+            assert_eq!(run.value(), json!([null, "X!"]), "{mode} {name}");
+        }
+        // Repaired (what the supervisor does): the next generation imports the real one.
+        let g = cache.put(&[WORKSPACE[2]]);
+        assert_eq!(
+            run_at(&mut w, &cache, g, exec("repaired", src), no_requests).value(),
+            json!("a-b"),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn a_miss_answered_with_other_content_is_never_run() {
+    let cache = TestCache::new();
+    cache.put(WORKSPACE);
+    let src = "import tools.text.case\n\ndef run():\n    return tools.text.case.up('a')\n";
+    for mode in ["fork", "reuse"] {
+        let mut w = start(&cache, &redis_url_for_tests(), mode);
+        cache.evict(&["tools/text/case.py"]);
+        let g = cache.bump();
+        let mut asked = Vec::new();
+        let run = run_at(&mut w, &cache, g, exec("miss", src), |req| {
+            asked.push(req.args_json.clone());
+            ok_reply(
+                r#"{"generation": 1, "content": "def up(s):\n    return 'pwned'\n", "hash": "x"}"#,
+            )
+        });
+        let f = run.failure();
+        assert_eq!(f.error_type, "ImportError", "{mode}: {f:#?}");
+        assert!(f.message.contains("does not match the workspace"), "{f:#?}");
+        assert_eq!(
+            asked.len(),
+            2,
+            "{mode}: the miss, then the mismatch: {asked:?}"
+        );
+        assert!(asked[1].contains("\"mismatch\":true"), "{asked:?}");
+        cache.put(&[WORKSPACE[3]]);
+    }
+}
+
+#[test]
+fn only_the_manifest_paths_are_importable() {
+    let cache = TestCache::new();
+    let g = cache.put(WORKSPACE);
+    // Written to Redis (index and content) without the supervisor: not in the manifest.
+    cache.tamper("json/__init__.py", "def dumps(x):\n    return 'pwned'\n");
+    cache.tamper("injected.py", "X = 'pwned'\n");
+    let src = "import json\n\ndef run():\n    try:\n        import injected\n    except ImportError:\n        return json.dumps([1])\n    return injected.X\n";
+    for mode in ["fork", "reuse"] {
+        let mut w = start(&cache, &redis_url_for_tests(), mode);
+        assert_eq!(
+            run_at(&mut w, &cache, g, exec("inj", src), no_requests).value(),
+            json!("[1]"),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn an_execute_without_its_manifest_fails_workspace_imports() {
+    let cache = TestCache::new();
+    let g = cache.put(WORKSPACE);
+    let mut w = start(&cache, &redis_url_for_tests(), "fork");
+    w.send(&ToWorker::Modules(cache.manifest()));
+    let mut e = exec("nomanifest", "import shared\n\ndef run():\n    pass\n");
+    e.modules_generation = g;
+    e.modules_manifest = 42;
+    let run = w.execute_answering(e, no_requests);
+    let f = run.failure();
+    assert!(
+        f.message
+            .contains("was not sent the workspace's module hashes"),
+        "{f:#?}"
+    );
 }
 
 /// Timings for the report (printed; asserted only loosely, debug builds are slow):
@@ -395,7 +543,7 @@ def run():
     }
 "#;
     let mut w = start(&cache, &redis_url_for_tests(), "fork");
-    let run = w.execute_answering(at(g, exec("cost", src)), no_requests);
+    let run = run_at(&mut w, &cache, g, exec("cost", src), no_requests);
     let v = run.value();
     eprintln!("finder costs: {v}");
     assert!(v["decline_us"].as_f64().unwrap() < 50.0, "{v}");

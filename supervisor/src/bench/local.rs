@@ -32,6 +32,7 @@ pub async fn bench_mode(
         m.configure(&mut cfg);
     }
     let modules_generation = modules.as_ref().map_or(0, |m| m.generation);
+    let modules_manifest = modules.as_ref().map(|m| m.manifest.clone());
     // Recycling is part of reuse mode's cost; keep the configured value.
     let workers = cfg.workers;
     let (tx, mut events) = mpsc::unbounded_channel();
@@ -50,6 +51,7 @@ pub async fn bench_mode(
         limits: None,
         modules_generation,
         org: Some(format!("org{}", i % args.orgs as usize)),
+        modules_manifest: modules_manifest.clone(),
     };
 
     // Warm up (first forks fault in pages).

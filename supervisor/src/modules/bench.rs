@@ -50,8 +50,11 @@ pub async fn setup(db: &Store) -> Result<(), String> {
 }
 
 /// `--local` has no database: the modules go straight into Redis under `keys`, as a
-/// full sync would put them. Returns the generation to give the jobs.
-pub async fn fill_redis(redis_url: &str, keys: Keys) -> Result<u64, String> {
+/// full sync would put them. Returns the generation and the manifest to give the jobs.
+pub async fn fill_redis(
+    redis_url: &str,
+    keys: Keys,
+) -> Result<(u64, warden_protocol::ModuleManifest), String> {
     let cache = ModuleCache::connect(redis_url, keys)
         .await
         .map_err(|e| e.to_string())?;
@@ -63,11 +66,12 @@ pub async fn fill_redis(redis_url: &str, keys: Keys) -> Result<u64, String> {
             content_hash: f.hash,
         })
         .collect();
-    cache
+    let generation = cache
         .fill(&modules)
         .await
         .map(|s| s.generation)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok((generation, super::sync::manifest_of(&modules)))
 }
 
 /// Deletes what [`fill_redis`] wrote.
@@ -93,17 +97,20 @@ pub struct LocalModules {
     keys: Keys,
     /// The generation the jobs carry.
     pub generation: u64,
+    /// The manifest the jobs carry.
+    pub manifest: std::sync::Arc<warden_protocol::ModuleManifest>,
     proxy: Option<CountingProxy>,
 }
 
 impl LocalModules {
     pub async fn start(redis_url: &str) -> Result<LocalModules, String> {
         let keys = Keys::new(format!("bench:{}:modules:", std::process::id()));
-        let generation = fill_redis(redis_url, keys.clone()).await?;
+        let (generation, manifest) = fill_redis(redis_url, keys.clone()).await?;
         Ok(LocalModules {
             redis_url: redis_url.to_string(),
             keys,
             generation,
+            manifest: std::sync::Arc::new(manifest),
             proxy: CountingProxy::start(redis_url).await,
         })
     }

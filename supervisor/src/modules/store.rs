@@ -144,3 +144,12 @@ pub async fn load(store: &Store, paths: &[String]) -> Result<Vec<StoredModule>, 
     .await
     .map_err(StoreError::query("load modules"))
 }
+
+/// Every module's path and `content_hash` column, without content: how the per-batch
+/// check tells which paths changed after another writer moved the cache's generation.
+pub async fn hashes(store: &Store) -> Result<Vec<(String, String)>, StoreError> {
+    sqlx::query_as("SELECT path, content_hash FROM workspace_modules")
+        .fetch_all(store.pool())
+        .await
+        .map_err(StoreError::query("read module hashes"))
+}

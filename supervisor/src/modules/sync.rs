@@ -8,7 +8,17 @@
 //! module_miss   answer(): cached already? (1 round trip) ─ no ─▶ 1 query for that path ──▶ apply
 //! LISTEN lost   reconnect (back-off) ──▶ full sync (notifications were missed meanwhile)
 //! module push   repair_paths(): 1 query for the pushed paths ──▶ compare content too ──▶ apply
+//! mismatch      answer(): a worker found a cached copy that does not match the manifest
+//!               ──▶ repair_paths() for that path
 //! ```
+//!
+//! The manifest ([`ModuleSync::manifest`]): every module path with the SHA-256 of its
+//! content, computed here from what the database returned (never from Redis), updated
+//! with every write this keeper makes. Workers import only content that hashes to it.
+//! When the per-batch check finds a generation this keeper did not see yet (another
+//! supervisor or `warden module push` wrote, or someone bumped it), the database's
+//! hash column (one small query) says which paths changed, and those are synced first,
+//! so the manifest a batch carries is never behind a push that reached Redis before it.
 //!
 //! Writes to Redis are serialised by one async lock (a full sync and an incremental
 //! update never interleave in this process); across processes the cache's conditional
@@ -16,17 +26,19 @@
 //! from the database per execution: only start-up, a LISTEN reconnect and a wiped cache
 //! do.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch, Mutex};
-use warden_protocol::{Reply, ReplyOutcome, Request};
+use warden_protocol::{ModuleManifest, Reply, ReplyOutcome, Request};
 
 use super::cache::{Applied, ModuleCache, Repaired, Synced};
+use super::store::StoredModule;
 use super::{files, store, ModuleError};
 use crate::store::{Backoff, Store};
 
@@ -54,6 +66,61 @@ struct Inner {
     write: Mutex<()>,
     /// The last generation seen, for when Redis cannot be read.
     generation: AtomicU64,
+    /// The generation the per-batch check last brought the manifest up to (0: never).
+    checked: AtomicU64,
+    manifest: std::sync::Mutex<Manifest>,
+}
+
+/// The workspace as the database has it, path by path (see the module comment).
+#[derive(Debug)]
+struct Manifest {
+    /// Path → (the database's `content_hash` column, SHA-256 of the content).
+    entries: HashMap<String, (String, [u8; 32])>,
+    /// What workers are sent; rebuilt (with a new id) whenever `entries` changes.
+    wire: Arc<ModuleManifest>,
+}
+
+impl Manifest {
+    fn set(&mut self, path: &str, module: Option<&StoredModule>) -> bool {
+        match module {
+            Some(m) => {
+                let entry = (m.content_hash.clone(), sha256(&m.content));
+                self.entries.insert(path.to_string(), entry.clone()) != Some(entry)
+            }
+            None => self.entries.remove(path).is_some(),
+        }
+    }
+
+    fn publish(&mut self) {
+        let mut modules: Vec<(String, [u8; 32])> = self
+            .entries
+            .iter()
+            .map(|(p, (_, sha))| (p.clone(), *sha))
+            .collect();
+        modules.sort_unstable();
+        self.wire = Arc::new(ModuleManifest {
+            id: self.wire.id + 1,
+            modules,
+        });
+    }
+}
+
+/// The manifest of exactly `modules` (for `bench --local`, which has no database).
+pub fn manifest_of(modules: &[StoredModule]) -> ModuleManifest {
+    let mut list: Vec<(String, [u8; 32])> = modules
+        .iter()
+        .map(|m| (m.path.clone(), sha256(&m.content)))
+        .collect();
+    list.sort_unstable();
+    ModuleManifest {
+        id: 1,
+        modules: list,
+    }
+}
+
+/// SHA-256 of a module's content, as workers compute it.
+pub fn sha256(content: &str) -> [u8; 32] {
+    Sha256::digest(content.as_bytes()).into()
 }
 
 impl ModuleSync {
@@ -64,8 +131,86 @@ impl ModuleSync {
                 cache,
                 write: Mutex::new(()),
                 generation: AtomicU64::new(0),
+                checked: AtomicU64::new(0),
+                manifest: std::sync::Mutex::new(Manifest {
+                    entries: HashMap::new(),
+                    wire: Arc::new(ModuleManifest {
+                        id: 1,
+                        modules: Vec::new(),
+                    }),
+                }),
             }),
         }
+    }
+
+    /// The workspace's module paths and content hashes as this keeper last wrote them
+    /// to the cache from the database; what a batch's executions are checked against.
+    pub fn manifest(&self) -> Arc<ModuleManifest> {
+        self.lock_manifest().wire.clone()
+    }
+
+    fn lock_manifest(&self) -> std::sync::MutexGuard<'_, Manifest> {
+        // Every update is a few map operations and a rebuild; a panic leaves a
+        // consistent (if older) manifest.
+        self.inner
+            .manifest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `modules` as the whole workspace.
+    fn record_all(&self, modules: &[StoredModule]) {
+        let mut m = self.lock_manifest();
+        let wanted: HashSet<&str> = modules.iter().map(|m| m.path.as_str()).collect();
+        let before = m.entries.len();
+        m.entries.retain(|p, _| wanted.contains(p.as_str()));
+        let mut changed = m.entries.len() != before;
+        for module in modules {
+            changed |= m.set(&module.path, Some(module));
+        }
+        if changed {
+            m.publish();
+        }
+    }
+
+    /// Records `paths` as the database has them (`present`: those that exist).
+    fn record(&self, paths: &[String], present: &[StoredModule]) {
+        let by_path: HashMap<&str, &StoredModule> =
+            present.iter().map(|m| (m.path.as_str(), m)).collect();
+        let mut m = self.lock_manifest();
+        let mut changed = false;
+        for p in paths {
+            changed |= m.set(p, by_path.get(p.as_str()).copied());
+        }
+        if changed {
+            m.publish();
+        }
+    }
+
+    /// Brings the manifest up to the database after someone else wrote the cache: one
+    /// query of every path's hash column; the paths that differ are synced (which
+    /// records them).
+    async fn refresh(&self) -> Result<(), ModuleError> {
+        let hashes = store::hashes(&self.inner.store).await?;
+        let changed: Vec<String> = {
+            let m = self.lock_manifest();
+            let in_db: HashSet<&str> = hashes.iter().map(|(p, _)| p.as_str()).collect();
+            hashes
+                .iter()
+                .filter(|(p, h)| m.entries.get(p).map(|e| &e.0) != Some(h))
+                .map(|(p, _)| p.clone())
+                .chain(
+                    m.entries
+                        .keys()
+                        .filter(|p| !in_db.contains(p.as_str()))
+                        .cloned(),
+                )
+                .collect()
+        };
+        if !changed.is_empty() {
+            self.sync_paths(&changed).await?;
+        }
+        Ok(())
     }
 
     pub fn cache(&self) -> &ModuleCache {
@@ -110,6 +255,7 @@ impl ModuleSync {
         let _one = self.inner.write.lock().await;
         let modules = store::load_all(&self.inner.store).await?;
         let synced = self.inner.cache.fill(&modules).await?;
+        self.record_all(&modules);
         self.seen(synced.generation);
         Ok(synced)
     }
@@ -119,7 +265,11 @@ impl ModuleSync {
         let applied = {
             let _one = self.inner.write.lock().await;
             let present = store::load(&self.inner.store, paths).await?;
-            self.inner.cache.apply(paths, &present).await?
+            let applied = self.inner.cache.apply(paths, &present).await?;
+            if let Applied::Synced(_) = applied {
+                self.record(paths, &present);
+            }
+            applied
         };
         match applied {
             Applied::Synced(s) => {
@@ -139,7 +289,11 @@ impl ModuleSync {
             let repaired = {
                 let _one = self.inner.write.lock().await;
                 let present = store::load(&self.inner.store, paths).await?;
-                self.inner.cache.repair(paths, &present).await?
+                let repaired = self.inner.cache.repair(paths, &present).await?;
+                if repaired.is_some() {
+                    self.record(paths, &present);
+                }
+                repaired
             };
             match repaired {
                 Some(r) => {
@@ -158,7 +312,24 @@ impl ModuleSync {
     /// (FLUSHALL, a Redis restart): it is refilled before returning, so no execution of
     /// the batch needs a module the cache lost. On a Redis error the last known
     /// generation is returned (the intake is failing too, then).
+    ///
+    /// A generation this keeper has not checked the manifest at yet (someone else wrote
+    /// the cache) costs one more query: see [`ModuleSync::refresh`]. Take
+    /// [`ModuleSync::manifest`] after this.
     pub async fn check(&self) -> u64 {
+        let generation = self.check_generation().await;
+        if generation != self.inner.checked.load(Ordering::Relaxed) {
+            match self.refresh().await {
+                Ok(()) => self.inner.checked.store(generation, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot bring the module manifest up to the database")
+                }
+            }
+        }
+        generation
+    }
+
+    async fn check_generation(&self) -> u64 {
         match self.inner.cache.generation().await {
             Ok(Some(g)) => self.seen(g),
             Ok(None) => {
@@ -197,8 +368,33 @@ impl ModuleSync {
     }
 
     async fn answer_json(&self, args_json: &str) -> Result<String, String> {
+        if let Some(path) = mismatched(args_json)? {
+            return self.repair_mismatch(path).await;
+        }
         let (generation, path) = self.refill(args_json).await?;
         self.with_module(generation, path).await
+    }
+
+    /// `{"path": p, "mismatch": true}`: a worker read a copy of `p` whose content does
+    /// not hash to the manifest's (someone with write access to Redis altered it, or it
+    /// is a copy older than the manifest). It was not run; the cached copy is rewritten
+    /// from the database if it differs from it. Answers `{"generation": g, "repaired":
+    /// bool}`.
+    async fn repair_mismatch(&self, path: String) -> Result<String, String> {
+        files::check_path(&path).map_err(|why| format!("module_miss: bad path {path:?}: {why}"))?;
+        let repaired = self
+            .repair_paths(std::slice::from_ref(&path))
+            .await
+            .map_err(|e| e.to_string())?;
+        let rewritten = !repaired.rewritten.is_empty();
+        if rewritten {
+            tracing::warn!(
+                path,
+                generation = repaired.synced.generation,
+                "a worker found a cached module that does not match the database; rewrote it from the database"
+            );
+        }
+        Ok(json!({ "generation": repaired.synced.generation, "repaired": rewritten }).to_string())
     }
 
     /// `{"generation": g}`, plus the cached module when `path` is given.
@@ -320,6 +516,21 @@ impl ModuleSync {
             }
         }
         reader.abort();
+    }
+}
+
+/// The path of a `module_miss` that reports a mismatch (`"mismatch": true`), if it is one.
+fn mismatched(args_json: &str) -> Result<Option<String>, String> {
+    let args: serde_json::Value = serde_json::from_str(args_json)
+        .map_err(|e| format!("module_miss arguments are not JSON: {e}"))?;
+    if args.get("mismatch") != Some(&serde_json::Value::Bool(true)) {
+        return Ok(None);
+    }
+    match args.get("path") {
+        Some(serde_json::Value::String(p)) => Ok(Some(p.clone())),
+        other => Err(format!(
+            "module_miss: a mismatch needs the `path`, got {other:?}"
+        )),
     }
 }
 

@@ -146,6 +146,7 @@ impl Pool {
             next_generation: 1,
             drained: 0,
             dispatches: 0,
+            manifest: None,
             _lease: lease,
         };
         for slot in 0..d.cfg.workers {
@@ -158,6 +159,7 @@ impl Pool {
                 failed_starts: 0,
                 last_dispatch: 0,
                 tenant: None,
+                manifest: 0,
             });
         }
         tokio::spawn(d.run());
@@ -254,6 +256,8 @@ struct Slot {
     /// has run nothing yet). A reuse template runs every execution in one interpreter,
     /// so it serves one organization only; see [`Dispatcher::pick_slot`].
     tenant: Option<Option<String>>,
+    /// The id of the module manifest the current template was sent (0: none).
+    manifest: u64,
 }
 
 enum SlotState {
@@ -309,6 +313,9 @@ struct Dispatcher {
     drained: usize,
     /// Executions dispatched so far (orders `Slot::last_dispatch`).
     dispatches: u64,
+    /// The module manifest of the last job dispatched, given to templates as soon as
+    /// they are ready (so they load and check the workspace before their first job).
+    manifest: Option<Arc<warden_protocol::ModuleManifest>>,
     /// The slots' uids, held until the dispatcher (and so every template) is gone.
     _lease: Option<uids::Lease>,
 }
@@ -482,6 +489,19 @@ impl Dispatcher {
             self.slots[slot].tenant = Some(job.org.clone());
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             let timeout = job.timeout.unwrap_or(self.cfg.timeout);
+            let modules_manifest = match &job.modules_manifest {
+                Some(m) => {
+                    if self.slots[slot].manifest != m.id {
+                        // Only when the template lacks it: never per execution.
+                        self.slots[slot].manifest = m.id;
+                        let msg = ToWorker::Modules(m.as_ref().clone());
+                        let _ = self.slots[slot].cmds.send(TemplateCmd::Send(Box::new(msg)));
+                    }
+                    self.manifest = Some(m.clone());
+                    m.id
+                }
+                None => 0,
+            };
             let msg = ToWorker::Execute(warden_protocol::Execute {
                 execution_id: job.execution_id.clone(),
                 path: job.path.clone(),
@@ -490,6 +510,7 @@ impl Dispatcher {
                 params_json: job.params_json.clone(),
                 context_json: job.context_json.clone(),
                 modules_generation: job.modules_generation,
+                modules_manifest,
                 limits: job
                     .limits
                     .clone()
@@ -531,10 +552,16 @@ impl Dispatcher {
                 let s = &mut self.slots[slot];
                 s.failed_starts = 0;
                 s.executions = 0;
+                s.manifest = 0;
                 if self.drain.as_ref().is_some_and(|d| d.stopping) {
                     let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
                     s.state = SlotState::Retiring;
                 } else {
+                    if let Some(m) = &self.manifest {
+                        s.manifest = m.id;
+                        let msg = ToWorker::Modules(m.as_ref().clone());
+                        let _ = s.cmds.send(TemplateCmd::Send(Box::new(msg)));
+                    }
                     s.state = SlotState::Idle;
                 }
                 self.check_started();

@@ -289,10 +289,11 @@ impl Reader {
         };
 
         // One GET per batch; templates behind it reload before running if it moved.
-        let modules_generation = if runs().next().is_some() {
-            self.modules.check().await
+        let (modules_generation, modules_manifest) = if runs().next().is_some() {
+            let g = self.modules.check().await;
+            (g, Some(self.modules.manifest()))
         } else {
-            0
+            (0, None)
         };
 
         let mut out = Vec::new();
@@ -319,6 +320,7 @@ impl Reader {
 
         for d in &mut out {
             d.job.modules_generation = modules_generation;
+            d.job.modules_manifest = modules_manifest.clone();
         }
 
         for item in records {
@@ -435,6 +437,7 @@ fn dispatch(
             limits: None,
             modules_generation: 0,
             org: wf.org_id.map(|id| id.to_string()),
+            modules_manifest: None,
         },
         meta,
     }

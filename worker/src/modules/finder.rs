@@ -11,8 +11,14 @@
 //! module when it loads a snapshot, so forked children find the code objects already in
 //! memory and import without compiling and without any Redis round trip. A module whose
 //! content the snapshot lacks (its key was evicted) is a *miss*: the execution asks the
-//! supervisor to re-cache it (`module_miss` request), reads that one key from Redis, and
+//! supervisor to re-cache it (`module_miss` request), which answers with the module, and
 //! goes on.
+//!
+//! Integrity: only the paths of the supervisor's manifest are modules, and only content
+//! whose SHA-256 (computed here) is the manifest's is compiled or run, whether it came
+//! from a snapshot, a miss's answer or a read. A module whose cached copy does not match
+//! is never run: importing it raises `ImportError` saying so, and the importing process
+//! asks the supervisor to repair that copy (`module_miss` with `"mismatch": true`).
 //!
 //! What users see, as with files on disk:
 //! - `__file__` and `__spec__.origin` are the workspace path (`shared/tickets.py`);
@@ -35,16 +41,18 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
 
 use super::index::Entry;
-use super::source::{RedisSource, Snapshot, Source};
+use super::source::{Cached, Digest, Manifest, RedisSource, Snapshot, Source};
 use crate::python::request::{self, RequestError};
 
 /// The request a miss sends; the supervisor re-caches the module and answers.
 pub const MISS_OP: &str = "module_miss";
 
 struct Workspace {
+    /// What the supervisor says the workspace is (paths and content hashes).
+    manifest: Manifest,
     snapshot: Snapshot,
     /// Compiled code by path, with the hash of the content it was compiled from.
-    code: HashMap<String, (String, Py<PyAny>)>,
+    code: HashMap<String, (Digest, Py<PyAny>)>,
     /// Where misses are read from; `None`: the worker runs without a module cache.
     source: Option<RedisSource>,
     /// Why the snapshot could not be brought up to the generation an execution asked
@@ -55,6 +63,7 @@ struct Workspace {
 
 static WORKSPACE: LazyLock<Mutex<Workspace>> = LazyLock::new(|| {
     Mutex::new(Workspace {
+        manifest: Manifest::default(),
         snapshot: Snapshot::default(),
         code: HashMap::new(),
         source: None,
@@ -76,14 +85,34 @@ pub fn install(py: Python<'_>, source: Option<RedisSource>) -> PyResult<()> {
     Ok(())
 }
 
-/// The generation of the snapshot in use (0: none loaded).
-pub fn generation() -> u64 {
-    workspace().snapshot.generation
-}
-
 /// A copy of the snapshot in use (to compute the next one from).
 pub fn snapshot() -> Snapshot {
     workspace().snapshot.clone()
+}
+
+/// A copy of the manifest the supervisor sent last.
+pub fn manifest() -> Manifest {
+    workspace().manifest.clone()
+}
+
+/// The id of the manifest the supervisor sent last (0: none).
+pub fn manifest_id() -> u64 {
+    workspace().manifest.id
+}
+
+/// Takes the supervisor's new manifest. The snapshot is checked against it by the next
+/// load (see `sync`).
+pub fn set_manifest(manifest: Manifest) {
+    workspace().manifest = manifest;
+}
+
+/// Whether the snapshot must be (re)loaded for an execution of `generation`: it was
+/// checked against another manifest, a load failed, or the cache changed since.
+pub fn needs_load(generation: u64) -> bool {
+    let ws = workspace();
+    ws.snapshot.manifest != ws.manifest.id
+        || ws.unavailable.is_some()
+        || ws.snapshot.generation != generation
 }
 
 pub fn source() -> Option<RedisSource> {
@@ -97,12 +126,12 @@ pub fn replace(py: Python<'_>, snapshot: Snapshot) -> usize {
     let todo: Vec<(String, Source)> = {
         let mut ws = workspace();
         let files = &snapshot.files;
-        ws.code.retain(
-            |path, (hash, _)| matches!(files.get(path), Some(Some(src)) if &src.hash == hash),
-        );
+        ws.code.retain(|path, (hash, _)| {
+            matches!(files.get(path), Some(Cached::Verified(src)) if &src.hash == hash)
+        });
         let todo = files
             .iter()
-            .filter_map(|(path, src)| Some((path, src.as_ref()?)))
+            .filter_map(|(path, c)| Some((path, c.verified()?)))
             .filter(|(path, _)| !ws.code.contains_key(*path))
             .map(|(path, src)| (path.clone(), src.clone()))
             .collect();
@@ -230,7 +259,7 @@ impl WorkspaceFinder {
     fn get_source(&self, fullname: &str) -> Option<String> {
         let ws = workspace();
         let path = ws.snapshot.names.get(fullname)?.file()?;
-        let src = ws.snapshot.files.get(path)?.as_ref()?;
+        let src = ws.snapshot.files.get(path)?.verified()?;
         Some(src.text.to_string())
     }
 
@@ -259,19 +288,20 @@ impl WorkspaceFinder {
 /// The compiled code of `path`: from the cache when its hash matches, compiled (and
 /// cached) otherwise, after a miss if the snapshot lacks the content.
 fn code_for(py: Python<'_>, name: &str, path: &str) -> PyResult<Py<PyAny>> {
-    let src = {
+    let cached = {
         let ws = workspace();
-        let src = ws.snapshot.files.get(path).cloned().flatten();
-        if let (Some(src), Some((hash, code))) = (&src, ws.code.get(path)) {
+        let cached = ws.snapshot.files.get(path).cloned();
+        if let (Some(Cached::Verified(src)), Some((hash, code))) = (&cached, ws.code.get(path)) {
             if &src.hash == hash {
                 return Ok(code.clone_ref(py));
             }
         }
-        src
+        cached
     };
-    let src = match src {
-        Some(src) => src,
-        None => refill(py, name, path)?,
+    let src = match cached {
+        Some(Cached::Verified(src)) => src,
+        Some(Cached::Mismatch) => return Err(mismatch(py, name, path)),
+        Some(Cached::Missing) | None => refill(py, name, path)?,
     };
     let code = compile(py, path, &src.text)?;
     workspace()
@@ -280,22 +310,23 @@ fn code_for(py: Python<'_>, name: &str, path: &str) -> PyResult<Py<PyAny>> {
     Ok(code)
 }
 
-/// A partial eviction: the index lists `path` but its content is gone. The supervisor
-/// re-caches it from the database (the worker never reads the database) and answers with
-/// the module as the cache now holds it: a sandboxed child may not connect to Redis (or
-/// any other service on the host). Without that answer (an older supervisor, a test
-/// harness), the child reads the one key itself, where the sandbox allows it.
+/// A partial eviction: the manifest lists `path` but the cache had no content for it.
+/// The supervisor re-caches it from the database (the worker never reads the database)
+/// and answers with the module as the cache now holds it: a sandboxed child may not
+/// connect to Redis (or any other service on the host). Without that answer (an older
+/// supervisor, a test harness), the child reads the one key itself, where the sandbox
+/// allows it. Either way the content is checked against the manifest before use.
 fn refill(py: Python<'_>, name: &str, path: &str) -> PyResult<Source> {
     let args = format!("{{\"path\":{}}}", json_string(path));
     let (answer, note) = match request::call(py, MISS_OP, &args) {
-        Ok(value) => (module_in(py, &value), String::new()),
+        Ok(value) => (content_in(py, &value), String::new()),
         // The supervisor could not re-cache it: still worth one read (someone else may
         // have), and its reason goes in the error if that finds nothing either.
         Err(RequestError::Refused(why)) => (None, format!(" (the supervisor said: {why})")),
         Err(e) => (None, format!(" ({e})")),
     };
     let read = match (answer, source()) {
-        (Some(src), _) => Ok(Some(src)),
+        (Some(content), _) => Ok(Some(content.into_bytes())),
         (None, Some(source)) => py.detach(|| source.read(path)),
         (None, None) => {
             return Err(not_found(
@@ -308,40 +339,68 @@ fn refill(py: Python<'_>, name: &str, path: &str) -> PyResult<Source> {
             ))
         }
     };
-    match read {
-        Ok(Some(src)) => {
-            let mut ws = workspace();
-            if let Some(slot) = ws.snapshot.files.get_mut(path) {
-                *slot = Some(src.clone());
-            }
-            Ok(src)
+    let content = match read {
+        Ok(Some(content)) => content,
+        Ok(None) => {
+            return Err(not_found(
+                py,
+                name,
+                format!(
+                    "No module named '{name}': the workspace module {path} is no longer in \
+                     the module cache{note}"
+                ),
+            ))
         }
-        Ok(None) => Err(not_found(
+        Err(e) => {
+            return Err(PyImportError::new_err(format!(
+                "cannot import workspace module {name:?}: {e}{note}"
+            )))
+        }
+    };
+    let expected = workspace().manifest.hashes.get(path).copied();
+    let Some(expected) = expected else {
+        return Err(not_found(
             py,
             name,
-            format!(
-                "No module named '{name}': the workspace module {path} is no longer in \
-                 the module cache{note}"
-            ),
-        )),
-        Err(e) => Err(PyImportError::new_err(format!(
-            "cannot import workspace module {name:?}: {e}{note}"
-        ))),
+            format!("No module named '{name}': it left the workspace while loading"),
+        ));
+    };
+    let cached = Cached::check(Some(&content), &expected);
+    if let Some(slot) = workspace().snapshot.files.get_mut(path) {
+        *slot = cached.clone();
+    }
+    match cached {
+        Cached::Verified(src) => Ok(src),
+        _ => Err(mismatch(py, name, path)),
     }
 }
 
-/// The module a `module_miss` answer carries (`{"content": ..., "hash": ...}`), if any.
-fn module_in(py: Python<'_>, value_json: &str) -> Option<Source> {
+/// The cached copy of `path` does not hash to the manifest's: it is not run. Asks the
+/// supervisor to rewrite it from the database and returns the `ImportError` the
+/// execution gets.
+fn mismatch(py: Python<'_>, name: &str, path: &str) -> PyErr {
+    let args = format!("{{\"path\":{},\"mismatch\":true}}", json_string(path));
+    let asked = match request::call(py, MISS_OP, &args) {
+        Ok(_) => "the supervisor was asked to repair it".to_string(),
+        Err(e) => format!("the supervisor could not be asked to repair it ({e})"),
+    };
+    let err = PyImportError::new_err(format!(
+        "cannot import workspace module {name:?}: the cached copy of {path} does not match \
+         the workspace (its content is not what the database holds), so it was not run; \
+         {asked}"
+    ));
+    let _ = err.value(py).setattr("name", name);
+    let _ = err.value(py).setattr("path", path);
+    err
+}
+
+/// The module's content a `module_miss` answer carries (`{"content": ...}`), if any.
+fn content_in(py: Python<'_>, value_json: &str) -> Option<String> {
     let v = py
         .import("json")
         .and_then(|json| json.call_method1("loads", (value_json,)))
         .ok()?;
-    let text: String = v.get_item("content").ok()?.extract().ok()?;
-    let hash: String = v.get_item("hash").ok()?.extract().ok()?;
-    Some(Source {
-        hash,
-        text: text.into(),
-    })
+    v.get_item("content").ok()?.extract().ok()
 }
 
 /// `s` as a JSON string literal.

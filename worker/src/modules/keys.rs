@@ -30,10 +30,6 @@ impl ModuleKeys {
         format!("{}warden:module:{path}", self.prefix)
     }
 
-    pub fn index(&self) -> String {
-        format!("{}warden:module:index", self.prefix)
-    }
-
     pub fn generation(&self) -> String {
         format!("{}warden:module:generation", self.prefix)
     }
@@ -51,11 +47,9 @@ mod tests {
             k.module("shared/tickets.py"),
             "warden:module:shared/tickets.py"
         );
-        assert_eq!(k.index(), "warden:module:index");
         assert_eq!(k.generation(), "warden:module:generation");
         let k = ModuleKeys::new("t:ab:");
         assert_eq!(k.module("a.py"), "t:ab:warden:module:a.py");
-        assert_eq!(k.index(), "t:ab:warden:module:index");
         assert_eq!(k.generation(), "t:ab:warden:module:generation");
     }
 }

@@ -1,26 +1,34 @@
-//! The template's side of the module cache: load a snapshot at start-up, and bring it up
-//! to the generation an `Execute` carries before the execution runs (before the fork, so
-//! the child inherits it).
+//! The template's side of the module cache: take the supervisor's manifest (the
+//! workspace's paths and content hashes, from the database, over the socket) and bring
+//! the snapshot in line with it before an execution runs (before the fork, so the child
+//! inherits it).
 //!
 //! ```text
-//! Execute{modules_generation: g}
-//!   g == 0 or g == snapshot's ─▶ run                      (steady state: no Redis at all)
-//!   otherwise ─▶ load from Redis ─▶ Snapshot ─▶ compile what changed ─▶ run
-//!                                 └▶ Wiped (no generation key: FLUSHALL, restart)
-//!                                     ─▶ Request module_miss {} on fd 3 ─▶ supervisor refills
-//!                                     ─▶ load again ─▶ run
-//!                                 └▶ error ─▶ workspace imports fail with the reason ─▶ run
+//! Modules(manifest)  (idle: sent when the template is ready, and when it changes)
+//!   ─▶ load what the snapshot lacks or holds under another hash ─▶ check ─▶ compile
+//! Execute{modules_generation: g, modules_manifest: id}
+//!   g == 0 ─▶ run                                        (no module cache)
+//!   id is not the manifest received ─▶ workspace imports fail ─▶ run
+//!   snapshot checked against that manifest at generation g ─▶ run
+//!                                                          (steady state: no Redis at all)
+//!   otherwise ─▶ load from Redis (what the snapshot lacks; hash fields of the rest) ─▶ run
+//!                 └▶ Wiped (no generation key: FLUSHALL, restart)
+//!                     ─▶ Request module_miss {} on fd 3 ─▶ supervisor refills
+//!                     ─▶ load again ─▶ run
+//!                 └▶ error ─▶ workspace imports fail with the reason ─▶ run
 //! ```
 //!
-//! An execution that follows a push therefore never runs the old code: either the
-//! snapshot reaches the supervisor's generation, or importing a workspace module fails
-//! with a clear `ImportError`.
+//! An execution that follows a push therefore never runs the old code, and never runs
+//! code the database does not hold: a copy whose hash is not the manifest's stays in
+//! the snapshot as a mismatch, which its import reports (see `finder`).
 
 use pyo3::prelude::*;
-use warden_protocol::{Ended, Execute, ExitKind, FromWorker, Isolation, ReplyOutcome, Request};
+use warden_protocol::{
+    Ended, Execute, ExitKind, FromWorker, Isolation, ModuleManifest, ReplyOutcome, Request,
+};
 
 use super::finder::{self, MISS_OP};
-use super::source::{Loaded, RedisSource};
+use super::source::{Loaded, RedisSource, SourceError};
 use crate::connection::Connection;
 use crate::error::WorkerError;
 use crate::forked::Next;
@@ -37,44 +45,71 @@ pub enum Prepared {
     Skip(Next),
 }
 
-/// Installs the finder and, with a cache configured, loads the first snapshot. A failed
-/// load is not fatal: the template stays useful for executions that import nothing from
-/// the workspace, and the first `Execute` with a generation tries again.
-pub fn start(
-    py: Python<'_>,
-    source: Option<RedisSource>,
-    isolation: Isolation,
-) -> Result<(), WorkerError> {
-    finder::install(py, source.clone())
-        .map_err(|e| WorkerError::Python(format!("cannot install the module finder: {e}")))?;
-    if let Some(source) = source {
-        match source.load(&Default::default()) {
-            Ok(Loaded::Snapshot(s)) => {
-                finder::replace(py, s);
-                freeze(py, isolation);
-            }
-            Ok(Loaded::Wiped) => {}
-            Err(e) => eprintln!("warden-worker: module cache not loaded at start-up: {e}"),
-        }
-    }
-    Ok(())
+/// Installs the finder. Nothing is loaded until the supervisor sends the manifest: what
+/// Redis holds is not to be trusted (nor compiled) without it.
+pub fn start(py: Python<'_>, source: Option<RedisSource>) -> Result<(), WorkerError> {
+    finder::install(py, source)
+        .map_err(|e| WorkerError::Python(format!("cannot install the module finder: {e}")))
 }
 
-/// Brings the snapshot to `e.modules_generation` (see the module comment).
+/// A manifest from the supervisor, while idle. A template that has loaded nothing yet
+/// (it was just started) loads and compiles what it lists now, so its first execution
+/// finds it ready; otherwise the `Execute` that follows does it, in one pass with its
+/// generation's check. A failed load is left for that execution's [`prepare`] to retry
+/// (and report).
+pub fn receive(py: Python<'_>, manifest: ModuleManifest, isolation: Isolation) {
+    if manifest.id == finder::manifest_id() {
+        return;
+    }
+    finder::set_manifest(manifest.into());
+    let Some(source) = finder::source() else {
+        return;
+    };
+    if finder::snapshot().manifest != 0 {
+        return;
+    }
+    if let Ok(Loaded::Snapshot(s)) = load(py, &source, None) {
+        finder::replace(py, s);
+        freeze(py, isolation);
+    }
+}
+
+/// `generation`: what the snapshot is for; `None`: the generation Redis had when read.
+fn load(
+    py: Python<'_>,
+    source: &RedisSource,
+    generation: Option<u64>,
+) -> Result<Loaded, SourceError> {
+    let (manifest, current) = (finder::manifest(), finder::snapshot());
+    py.detach(|| source.load(&manifest, &current, generation))
+}
+
+/// Brings the snapshot in line with the execution's manifest (see the module comment).
 pub fn prepare(
     py: Python<'_>,
     conn: &mut Connection,
     e: &Execute,
     isolation: Isolation,
 ) -> Result<Prepared, WorkerError> {
-    if e.modules_generation == 0 || e.modules_generation == finder::generation() {
+    if e.modules_generation == 0 {
         return Ok(Prepared::Run);
     }
     let Some(source) = finder::source() else {
         // No cache configured: there is nothing to bring up to date.
         return Ok(Prepared::Run);
     };
-    match source.load(&finder::snapshot()) {
+    if finder::manifest_id() != e.modules_manifest {
+        finder::mark_unavailable(format!(
+            "this worker was not sent the workspace's module hashes (manifest {}), so it \
+             cannot check what it would import",
+            e.modules_manifest
+        ));
+        return Ok(Prepared::Run);
+    }
+    if !finder::needs_load(e.modules_generation) {
+        return Ok(Prepared::Run);
+    }
+    match load(py, &source, Some(e.modules_generation)) {
         Ok(Loaded::Snapshot(s)) => {
             finder::replace(py, s);
             freeze(py, isolation);
@@ -105,7 +140,7 @@ pub fn prepare(
         })?;
     let conn_fd = std::os::fd::AsRawFd::as_raw_fd(conn);
     match exchange::wait_for_reply(conn_fd, Side::Template, conn.max_frame(), &request) {
-        Ok(ReplyOutcome::Ok { .. }) => match source.load(&finder::snapshot()) {
+        Ok(ReplyOutcome::Ok { .. }) => match load(py, &source, Some(e.modules_generation)) {
             Ok(Loaded::Snapshot(s)) => {
                 finder::replace(py, s);
                 freeze(py, isolation);

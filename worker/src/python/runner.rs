@@ -141,6 +141,7 @@ impl Runner {
             params_json: r#"{"x": 1}"#.into(),
             context_json: "{}".into(),
             modules_generation: 0,
+            modules_manifest: 0,
             limits: Default::default(),
         };
         let _ = self.run(py, &e, fd, Side::Child, max_frame, Vec::new());

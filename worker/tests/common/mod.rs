@@ -376,6 +376,7 @@ pub fn exec(id: &str, source: &str) -> Execute {
         params_json: "{}".to_string(),
         context_json: "{}".to_string(),
         modules_generation: 0,
+        modules_manifest: 0,
         limits: ExecutionLimits::default(),
     }
 }

@@ -1,6 +1,7 @@
 //! The module cache in a real Redis, for worker tests: [`TestCache`] plays the
 //! supervisor's part (writes modules, the index and the generation under a key prefix
-//! of its own, and deletes everything under it when dropped), and [`CountingProxy`]
+//! of its own, and deletes everything under it when dropped; keeps the manifest of
+//! what it wrote, as the supervisor does from the database), and [`CountingProxy`]
 //! sits between a worker and Redis and counts the commands and connections that pass,
 //! so tests can prove "no Redis command in the steady state" without being confused by
 //! other tests sharing the server.
@@ -8,7 +9,9 @@
 //! The server is `WARDEN_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). Never
 //! FLUSHALL: a "wipe" deletes this prefix's keys.
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,21 +30,20 @@ fn random_hex() -> String {
     format!("{:016x}", h.finish())
 }
 
-/// A stand-in for the content hash the supervisor computes (any stable digest does:
-/// the worker only compares them).
+/// The content hash the supervisor writes in the `hash` field: hex SHA-256.
 pub fn digest(content: &str) -> String {
-    // FNV-1a, 64 bits.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in content.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+    use sha2::Digest as _;
+    sha2::Sha256::digest(content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub struct TestCache {
     pub prefix: String,
     client: redis::Client,
+    /// What the "database" holds: the manifest's id and paths with content hashes.
+    manifest: RefCell<(u64, BTreeMap<String, [u8; 32]>)>,
 }
 
 impl TestCache {
@@ -55,7 +57,44 @@ impl TestCache {
         TestCache {
             prefix: format!("t:{}:", random_hex()),
             client,
+            manifest: RefCell::new((1, BTreeMap::new())),
         }
+    }
+
+    /// The manifest of what [`TestCache::put`] and [`TestCache::remove`] wrote.
+    pub fn manifest(&self) -> warden_protocol::ModuleManifest {
+        let m = self.manifest.borrow();
+        warden_protocol::ModuleManifest {
+            id: m.0,
+            modules: m.1.iter().map(|(p, h)| (p.clone(), *h)).collect(),
+        }
+    }
+
+    fn record(&self, path: &str, content: Option<&str>) {
+        use sha2::Digest as _;
+        let mut m = self.manifest.borrow_mut();
+        m.0 += 1;
+        match content {
+            Some(c) => m.1.insert(path.to_string(), sha2::Sha256::digest(c).into()),
+            None => m.1.remove(path),
+        };
+    }
+
+    /// What an attacker with write access to Redis does: new content under a matching
+    /// `hash` field, and a new generation. The manifest does not change.
+    pub fn tamper(&self, path: &str, content: &str) -> u64 {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(self.key(path))
+            .arg("content")
+            .arg(content)
+            .arg("hash")
+            .arg(digest(content))
+            .ignore();
+        pipe.cmd("SADD").arg(self.index()).arg(path).ignore();
+        pipe.cmd("INCR").arg(self.generation_key());
+        let (generation,): (u64,) = pipe.query(&mut self.con()).expect("tamper");
+        generation
     }
 
     fn con(&self) -> redis::Connection {
@@ -78,6 +117,7 @@ impl TestCache {
     pub fn put(&self, modules: &[(&str, &str)]) -> u64 {
         let mut pipe = redis::pipe();
         for (path, content) in modules {
+            self.record(path, Some(content));
             pipe.cmd("HSET")
                 .arg(self.key(path))
                 .arg("content")
@@ -96,6 +136,7 @@ impl TestCache {
     pub fn remove(&self, paths: &[&str]) -> u64 {
         let mut pipe = redis::pipe();
         for path in paths {
+            self.record(path, None);
             pipe.cmd("DEL").arg(self.key(path)).ignore();
             pipe.cmd("SREM").arg(self.index()).arg(*path).ignore();
         }
