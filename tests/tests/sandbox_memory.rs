@@ -34,9 +34,11 @@ fn victim_source(token: &str) -> String {
         r#"import warden
 SRC = "src{token}"
 
-def run(p):
+def run(p, padding):
     tail = SRC[3:]
-    print("log" + tail)
+    # Many frames, more than one read of the relay's and more than its first buffer.
+    for i in range(300):
+        print("log" + tail, i, padding[:100])
     color = warden.config.get("color")
     secret = warden.config.get("api_token")
     return {{"res": "res" + tail, "p": p, "color": color, "secret": secret}}
@@ -172,7 +174,8 @@ async fn victim_then_attacker(between: usize) -> serde_json::Map<String, Value> 
     let mut victim = job(
         "victim",
         &victim_source(&token),
-        &json!({ "p": format!("par{token}") }).to_string(),
+        // Padding: a larger Execute than a few lines of source, as real ones are.
+        &json!({ "p": format!("par{token}"), "padding": "x".repeat(20_000) }).to_string(),
         None,
     );
     victim.context_json = json!({
@@ -195,7 +198,11 @@ async fn victim_then_attacker(between: usize) -> serde_json::Map<String, Value> 
         })
     );
     assert!(
-        f.logs.iter().any(|l| l.message == format!("log{token}")),
+        f.logs
+            .iter()
+            .filter(|l| l.message.starts_with(&format!("log{token} ")))
+            .count()
+            == 300,
         "{:?}",
         f.logs
     );
