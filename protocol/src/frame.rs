@@ -59,6 +59,30 @@ pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> 
     Ok(out)
 }
 
+/// [`encode`], into an allocation of exactly the frame's size: the message is measured
+/// first and then written once, so no partial copy of it is left behind in memory that
+/// a growing buffer freed. For frames whose bytes must not outlive their use (the worker
+/// overwrites them once sent).
+pub fn encode_exact<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut size, config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = size.bytes_written;
+    if len > max.min(HARD_MAX_FRAME) {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut out = vec![0u8; PREFIX_LEN + len];
+    out[..PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    let written = bincode::serde::encode_into_slice(msg, &mut out[PREFIX_LEN..], config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    if written != len {
+        return Err(FrameError::Encode(format!(
+            "measured {len} bytes, wrote {written}"
+        )));
+    }
+    Ok(out)
+}
+
 /// Reads the length prefix at the start of `buf`. Returns the *total* frame length
 /// (prefix + body) when the whole frame is buffered.
 pub fn check(buf: &[u8], max: usize) -> Result<usize, FrameError> {

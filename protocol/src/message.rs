@@ -88,7 +88,7 @@ pub enum Isolation {
 }
 
 /// Run one workflow function.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Execute {
     pub execution_id: String,
     /// The workflow's path, used as the code's filename so tracebacks point at it.

@@ -171,6 +171,13 @@ proptest! {
     }
 
     #[test]
+    fn exact_encoding_is_the_same_frame_in_an_allocation_of_its_size(msg in to_worker()) {
+        let exact = frame::encode_exact(&msg, DEFAULT_MAX_FRAME).unwrap();
+        prop_assert_eq!(exact.capacity(), exact.len());
+        prop_assert_eq!(exact, frame::encode(&msg, DEFAULT_MAX_FRAME).unwrap());
+    }
+
+    #[test]
     fn from_worker_round_trips_through_blocking_io(msgs in proptest::collection::vec(from_worker(), 1..8)) {
         let mut wire = Vec::new();
         for m in &msgs {
@@ -256,6 +263,10 @@ fn encoding_refuses_a_message_over_the_maximum() {
     });
     assert!(matches!(
         frame::encode(&msg, 1000),
+        Err(FrameError::TooLarge { max: 1000, .. })
+    ));
+    assert!(matches!(
+        frame::encode_exact(&msg, 1000),
         Err(FrameError::TooLarge { max: 1000, .. })
     ));
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use warden::outcome::{ExecutionOutcome, Job, PoolEvent};
 use warden::pool::{Pool, PoolConfig};
-use warden_protocol::Log;
+use warden_protocol::{Log, Reply, Request};
 
 /// `target/<profile>/`, found from the running test executable
 /// (`target/<profile>/deps/<test>-<hash>`). `scripts/test` builds the binaries first.
@@ -99,8 +99,18 @@ impl TestPool {
         self.finished().await
     }
 
-    /// The next finished execution (with its logs), failing the test after 60 s.
+    /// The next finished execution (with its logs), failing the test after 60 s. Every
+    /// request an execution makes is answered `unavailable`.
     pub async fn finished(&mut self) -> Finished {
+        self.finished_answering(|req| warden::pool::unavailable(req, "test pool"))
+            .await
+    }
+
+    /// [`TestPool::finished`], answering the executions' requests with `answer`.
+    pub async fn finished_answering(
+        &mut self,
+        mut answer: impl FnMut(&Request) -> Reply,
+    ) -> Finished {
         let mut logs = Vec::new();
         let mut pid = None;
         let wait = async {
@@ -108,9 +118,7 @@ impl TestPool {
                 match self.events.recv().await.expect("pool event channel open") {
                     PoolEvent::Started { pid: p, .. } => pid = Some(p),
                     PoolEvent::Log(l) => logs.push(l),
-                    PoolEvent::Request(req) => self
-                        .pool
-                        .reply(warden::pool::unavailable(&req, "test pool")),
+                    PoolEvent::Request(req) => self.pool.reply(answer(&req)),
                     PoolEvent::Finished(outcome) => {
                         return Finished {
                             outcome,

@@ -139,11 +139,11 @@ def run():
     assert_eq!(f.outcome.result_json.as_deref(), Some("[false, false]"));
 }
 
-/// Both modes cache compiled workflows (reuse mode as it runs them, fork mode in the
-/// template after an execution, for the children forked later): a cached code object
-/// must still run in a new namespace every time, a changed source at the same path must
-/// be recompiled, and a source whose compilation warns must show its warning in every
-/// execution's logs.
+/// Reuse mode caches compiled workflows as it runs them; a fork-mode template compiles
+/// none (a child compiles its own, which would otherwise leave another organization's
+/// code in every later child: see sandbox_memory). Either way an execution must run in a
+/// new namespace every time, a changed source at the same path must be what runs, and a
+/// source whose compilation warns must show its warning in every execution's logs.
 async fn compiled_workflows_are_cached_without_changing_what_runs(isolation: Isolation) {
     let mut p = TestPool::start(|c| c.isolation = isolation).await;
     let at_one_path = |id: &str, source: &str| {
@@ -181,7 +181,7 @@ async fn compiled_workflows_are_cached_without_changing_what_runs(isolation: Iso
 }
 
 #[tokio::test]
-async fn fork_mode_caches_compiled_workflows_without_changing_what_runs() {
+async fn fork_mode_runs_every_execution_from_its_own_source() {
     compiled_workflows_are_cached_without_changing_what_runs(Isolation::Fork).await;
 }
 

@@ -592,5 +592,8 @@ async fn two_pools_never_share_a_uid() {
     };
     let (ia, ib) = (ids(&a), ids(&b));
     assert_eq!(ia.len(), 4);
-    assert!(ia.iter().all(|u| !ib.contains(u)), "{ia:?} and {ib:?} overlap");
+    assert!(
+        ia.iter().all(|u| !ib.contains(u)),
+        "{ia:?} and {ib:?} overlap"
+    );
 }

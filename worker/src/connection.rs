@@ -4,23 +4,31 @@
 //! [`warden_protocol::io`], which never reads past the end of the current frame, so
 //! `poll` readiness on the fd stays meaningful between frames (there is no user-space
 //! read buffer that could hide a buffered message from `poll`).
+//!
+//! Every frame read is zeroed once decoded, and frames held to be sent are zeroed once
+//! written (see [`crate::wipe`]): they carry executions' sources, params, secrets and
+//! results, which the children forked for later executions must not inherit.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+use warden_protocol::frame::PREFIX_LEN;
 use warden_protocol::{frame, io as frame_io, FrameError, FromWorker, ToWorker};
+use zeroize::Zeroize;
 
 use crate::error::WorkerError;
 use crate::fds::{self, CONNECTION_FD};
+use crate::wipe::Buffer;
 
 pub struct Connection {
     stream: UnixStream,
     max_frame: usize,
     /// Encoded frames held back to go out with the next write: every write wakes the
     /// supervisor, so frames sent back to back (Started, a child's Result, Ended) share
-    /// one. Order is kept: whatever is sent next is written after them.
-    held: Vec<u8>,
+    /// one. Order is kept: whatever is sent next is written after them. Zeroed as it is
+    /// written.
+    held: Buffer,
 }
 
 impl Connection {
@@ -42,7 +50,7 @@ impl Connection {
         Ok(Connection {
             stream,
             max_frame,
-            held: Vec::new(),
+            held: Buffer::new(),
         })
     }
 
@@ -63,14 +71,16 @@ impl Connection {
 
     /// Queues `msg` to go out with the next write (see `held`).
     pub fn hold(&mut self, msg: &FromWorker, during: &'static str) -> Result<(), WorkerError> {
-        let bytes = frame::encode(msg, self.max_frame).map_err(WorkerError::connection(during))?;
-        self.held.extend_from_slice(&bytes);
+        let mut bytes =
+            frame::encode_exact(msg, self.max_frame).map_err(WorkerError::connection(during))?;
+        self.held.extend(&bytes);
+        bytes.zeroize();
         Ok(())
     }
 
     /// Queues frames that were already encoded (and validated) elsewhere.
     pub fn hold_raw(&mut self, frames: &[u8]) {
-        self.held.extend_from_slice(frames);
+        self.held.extend(frames);
     }
 
     pub fn has_held(&self) -> bool {
@@ -80,8 +90,10 @@ impl Connection {
     /// Writes whatever is held.
     pub fn flush(&mut self) -> std::io::Result<()> {
         if !self.held.is_empty() {
-            self.stream.write_all(&self.held)?;
+            let written = self.stream.write_all(self.held.data());
+            // Sent or not (the supervisor is gone), these bytes are done with.
             self.held.clear();
+            written?;
         }
         Ok(())
     }
@@ -92,13 +104,23 @@ impl Connection {
         if self.held.is_empty() {
             return self.stream.write_all(frames);
         }
-        self.held.extend_from_slice(frames);
+        self.held.extend(frames);
         self.flush()
     }
 
     /// The next message; `Ok(None)` when the supervisor closed the connection.
+    /// The frame's bytes are zeroed once decoded (the message's own strings are the
+    /// caller's to wipe: [`crate::wipe::to_worker`]).
     pub fn recv(&mut self, during: &'static str) -> Result<Option<ToWorker>, WorkerError> {
-        frame_io::read(&mut self.stream, self.max_frame).map_err(WorkerError::connection(during))
+        // read_raw allocates the frame's exact size once: no growth leaves a copy.
+        let Some(mut bytes) = frame_io::read_raw(&mut self.stream, self.max_frame)
+            .map_err(WorkerError::connection(during))?
+        else {
+            return Ok(None);
+        };
+        let msg = frame::decode(&bytes[PREFIX_LEN..]);
+        bytes.zeroize();
+        msg.map(Some).map_err(WorkerError::connection(during))
     }
 }
 

@@ -49,6 +49,8 @@ use crate::python::interpreter;
 use crate::python::runner::Runner;
 use crate::reap::{self, Usage};
 use crate::relay::{Pumped, Relay};
+use crate::wipe::{self, Buffer};
+use zeroize::Zeroize;
 
 /// Replies queued for a child beyond this (or two frames, if larger) mean it is not
 /// reading them.
@@ -149,10 +151,12 @@ impl Spare {
     }
 }
 
+/// Runs `e` in a child. `e` is wiped (see [`crate::wipe`]) before the next spare is
+/// forked: no later child may inherit it.
 pub fn execute(
     runner: &Runner,
     conn: &mut Connection,
-    e: &Execute,
+    e: &mut Execute,
     spare: &mut Option<Spare>,
 ) -> Result<Next, WorkerError> {
     pyo3::Python::attach(|py| runner.prepare_for(py, e));
@@ -163,8 +167,15 @@ pub fn execute(
             Err(err) => return not_started(conn, e, "cannot fork the execution's child", err),
         },
     };
-    let handoff = match frame::encode(&ToWorker::Execute(e.clone()), conn.max_frame()) {
-        Ok(bytes) => bytes,
+    // Encoded in place (no clone left behind), into an allocation of its exact size.
+    let msg = ToWorker::Execute(std::mem::take(e));
+    let handoff = frame::encode_exact(&msg, conn.max_frame());
+    let ToWorker::Execute(taken) = msg else {
+        unreachable!("built as an Execute just above")
+    };
+    *e = taken;
+    let handoff = match handoff {
+        Ok(bytes) => Buffer::from_vec(bytes),
         Err(err) => {
             child.discard();
             let err = io::Error::other(err.to_string());
@@ -173,7 +184,7 @@ pub fn execute(
     };
     let pid = child.pid;
     let mut watch = Watch {
-        e,
+        e: &*e,
         pid,
         pidfd: child.pidfd,
         socket: Some(child.socket),
@@ -205,9 +216,9 @@ pub fn execute(
     let next = watch.finish(conn)?;
     // Its child is reaped and its escapees swept: nothing it wrote may outlive it.
     crate::sandbox::clean_scratch();
+    // Nor anything it was sent: the next spare is a copy of this process.
+    wipe::execute(e);
     if next == Next::Continue {
-        // Its workflow's code, compiled for the children forked from now on.
-        Python::attach(|py| runner.precompile(py, e));
         // The next execution's child, forked now, while the supervisor reads Ended.
         // If it fails, the next Execute tries again and reports why.
         *spare = Spare::fork(runner, conn.max_frame())
@@ -261,8 +272,9 @@ struct Watch<'a> {
     socket: Option<UnixStream>,
     relay: Relay,
     /// Encoded Replies not yet written to the child's socket (it is non-blocking: a child
-    /// that does not read its replies must not stall the template).
-    replies: Vec<u8>,
+    /// that does not read its replies must not stall the template), after the Execute
+    /// itself. Zeroed as written.
+    replies: Buffer,
     max_frame: usize,
     next: Next,
     lost: Option<Lost>,
@@ -348,10 +360,14 @@ impl Watch<'_> {
                 reap::kill_group(self.pid);
                 self.next = Next::Exit;
             }
-            Ok(Some(ToWorker::Execute(other))) => eprintln!(
-                "warden-worker: supervisor bug: Execute {:?} while {id:?} is running; ignored",
-                other.execution_id
-            ),
+            Ok(Some(ToWorker::Execute(mut other))) => {
+                eprintln!(
+                    "warden-worker: supervisor bug: Execute {:?} while {id:?} is running; \
+                     ignored",
+                    other.execution_id
+                );
+                wipe::execute(&mut other);
+            }
             Ok(Some(ToWorker::Welcome(_))) => {
                 eprintln!("warden-worker: ignoring an unexpected Welcome while running {id:?}")
             }
@@ -361,11 +377,15 @@ impl Watch<'_> {
             Ok(Some(ToWorker::Modules(_))) => eprintln!(
                 "warden-worker: supervisor bug: a module manifest while {id:?} is running; ignored"
             ),
-            Ok(Some(ToWorker::Reply(reply))) if &reply.execution_id == id => {
-                self.queue_reply(ToWorker::Reply(reply))
+            Ok(Some(ToWorker::Reply(reply))) => {
+                let mut reply = ToWorker::Reply(reply);
+                if matches!(&reply, ToWorker::Reply(r) if &r.execution_id == id) {
+                    self.queue_reply(&reply);
+                }
+                // Otherwise the answer to a request of an execution that already ended.
+                // Either way it may carry a secret.
+                wipe::to_worker(&mut reply);
             }
-            // The answer to a request of an execution that already ended.
-            Ok(Some(ToWorker::Reply(_))) => {}
             Ok(None) => {
                 reap::kill_group(self.pid);
                 self.lost = Some(Lost::Closed);
@@ -378,12 +398,15 @@ impl Watch<'_> {
     }
 
     /// Queues a Reply for the child and writes what the socket takes now.
-    fn queue_reply(&mut self, reply: ToWorker) {
+    fn queue_reply(&mut self, reply: &ToWorker) {
         if self.socket.is_none() {
             return;
         }
-        match frame::encode(&reply, self.max_frame) {
-            Ok(bytes) => self.replies.extend_from_slice(&bytes),
+        match frame::encode_exact(reply, self.max_frame) {
+            Ok(mut bytes) => {
+                self.replies.extend(&bytes);
+                bytes.zeroize();
+            }
             Err(err) => {
                 // The supervisor sent it, so it fit a frame; this cannot really happen.
                 eprintln!("warden-worker: cannot re-encode a reply for the child: {err}");
@@ -396,7 +419,7 @@ impl Watch<'_> {
             self.relay
                 .fail("the child does not read the replies to its requests".into());
             reap::kill_group(self.pid);
-            self.replies = Vec::new();
+            self.replies.clear();
             return;
         }
         self.write_replies();
@@ -405,20 +428,18 @@ impl Watch<'_> {
     /// Writes queued Replies until the socket would block.
     fn write_replies(&mut self) {
         let Some(sock) = self.socket.as_mut() else {
-            self.replies = Vec::new();
+            self.replies.clear();
             return;
         };
         while !self.replies.is_empty() {
-            match sock.write(&self.replies) {
+            match sock.write(self.replies.data()) {
                 Ok(0) => break,
-                Ok(n) => {
-                    self.replies.drain(..n);
-                }
+                Ok(n) => self.replies.consume(n),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 // EPIPE and the like: the child closed its end; nobody will read them.
                 Err(_) => {
-                    self.replies = Vec::new();
+                    self.replies.clear();
                     break;
                 }
             }

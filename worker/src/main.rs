@@ -23,6 +23,8 @@
 //! - [`reap`]: waiting for children, their resource usage, and killing leftovers.
 //! - [`reuse`]: reuse-mode executions, run by the template itself.
 //! - [`python`]: the embedded interpreter, output capture and the Python runner.
+//! - [`wipe`]: zeroing an execution's bytes in the template once used, so that no later
+//!   child inherits them.
 //! - [`procfs`], [`fds`]: small Linux helpers.
 //! - [`error`]: the worker's error type and its exit codes.
 //!
@@ -47,6 +49,7 @@ mod sandbox;
 mod seccomp;
 mod std_output;
 mod template;
+mod wipe;
 
 use std::process::ExitCode;
 

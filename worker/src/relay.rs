@@ -10,11 +10,18 @@
 //! The socket is read non-blocking into a buffer and frames are cut out with
 //! [`frame::check`], rather than with a blocking "read one frame": a child that writes
 //! half a frame and then stalls must not stop the template from hearing a `Kill`.
+//!
+//! The child's bytes are its execution's logs, requests and result: the buffer, the
+//! stack chunk they are read into and the messages decoded to validate them are zeroed
+//! once used (see [`crate::wipe`]), so no later child inherits them.
 
 use std::io::{self, ErrorKind, Read};
 
 use warden_protocol::frame::{self, FrameError, PREFIX_LEN};
 use warden_protocol::FromWorker;
+use zeroize::Zeroize;
+
+use crate::wipe::{self, Buffer};
 
 /// How much one `pump` reads at most before returning to `poll`. Kept small on purpose:
 /// right after a fork every page the template writes is a copy-on-write fault, and a
@@ -25,7 +32,7 @@ const CHUNK: usize = 16 * 1024;
 pub struct Relay {
     execution_id: String,
     max_frame: usize,
-    buf: Vec<u8>,
+    buf: Buffer,
     result_seen: bool,
     broken: Option<String>,
 }
@@ -48,7 +55,7 @@ impl Relay {
         Relay {
             execution_id: execution_id.to_string(),
             max_frame,
-            buf: Vec::new(),
+            buf: Buffer::new(),
             result_seen: false,
             broken: None,
         }
@@ -64,7 +71,7 @@ impl Relay {
     pub fn fail(&mut self, reason: String) {
         if self.broken.is_none() {
             self.broken = Some(reason);
-            self.buf = Vec::new();
+            self.buf.clear();
         }
     }
 
@@ -92,14 +99,16 @@ impl Relay {
         if n == 0 {
             return Ok(Pumped::Eof);
         }
-        self.buf.extend_from_slice(&chunk[..n]);
+        self.buf.extend(&chunk[..n]);
+        // The stack is inherited by the next spare too.
+        chunk[..n].zeroize();
 
         let mut used = 0;
         let mut violation = None;
         loop {
-            match frame::check(&self.buf[used..], self.max_frame) {
+            match frame::check(&self.buf.data()[used..], self.max_frame) {
                 Ok(total) => {
-                    let body = &self.buf[used + PREFIX_LEN..used + total];
+                    let body = &self.buf.data()[used + PREFIX_LEN..used + total];
                     match validate(body, &self.execution_id, self.result_seen) {
                         Ok(kind) => {
                             self.result_seen |= kind == Kind::Result;
@@ -120,12 +129,13 @@ impl Relay {
         }
         // Frames before a violation were valid and are forwarded; nothing after it is.
         if used > 0 {
-            forward(&self.buf[..used])?;
-            self.buf.drain(..used);
+            let sent = forward(&self.buf.data()[..used]);
+            self.buf.consume(used);
+            sent?;
         }
         if let Some(reason) = violation {
             self.broken = Some(reason);
-            self.buf = Vec::new();
+            self.buf.clear();
             return Ok(Pumped::Broken);
         }
         Ok(Pumped::Progress)
@@ -174,9 +184,15 @@ pub enum Kind {
 
 /// Is `body` a frame a child may send for `execution_id` at this point?
 pub fn validate(body: &[u8], execution_id: &str, result_seen: bool) -> Result<Kind, String> {
-    let msg: FromWorker =
+    let mut msg: FromWorker =
         frame::decode(body).map_err(|e| format!("undecodable frame from the child: {e}"))?;
-    let (kind, id) = match &msg {
+    let checked = check(&msg, execution_id, result_seen);
+    wipe::from_worker(&mut msg);
+    checked
+}
+
+fn check(msg: &FromWorker, execution_id: &str, result_seen: bool) -> Result<Kind, String> {
+    let (kind, id) = match msg {
         FromWorker::Log(log) => (Kind::Log, &log.execution_id),
         FromWorker::Result(result) => (Kind::Result, &result.execution_id),
         FromWorker::Request(request) => (Kind::Request, &request.execution_id),

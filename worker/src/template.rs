@@ -26,7 +26,7 @@ use crate::forked::{self, Next};
 use crate::modules::source::RedisSource;
 use crate::modules::sync::{self, Prepared};
 use crate::python::interpreter;
-use crate::{fds, modules, procfs, reap, reuse, sandbox, seccomp};
+use crate::{fds, modules, procfs, reap, reuse, sandbox, seccomp, wipe};
 
 pub fn run(args: &Args) -> Result<(), WorkerError> {
     fds::ensure_std_fds().map_err(WorkerError::os("opening /dev/null on closed standard fds"))?;
@@ -77,16 +77,26 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
         let next = match conn.recv("waiting for work")? {
             // The supervisor closed the connection: nothing left to do.
             None => Next::Exit,
-            Some(ToWorker::Execute(e)) => {
-                match Python::attach(|py| sync::prepare(py, &mut conn, &e, args.isolation))? {
-                    Prepared::Skip(next) => next,
-                    Prepared::Run => match args.isolation {
-                        Isolation::Fork => {
-                            forked::execute(&python.runner, &mut conn, &e, &mut spare)?
-                        }
-                        Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
-                    },
-                }
+            Some(ToWorker::Execute(mut e)) => {
+                let next =
+                    match Python::attach(|py| sync::prepare(py, &mut conn, &e, args.isolation))? {
+                        Prepared::Skip(next) => next,
+                        Prepared::Run => match args.isolation {
+                            Isolation::Fork => {
+                                forked::execute(&python.runner, &mut conn, &mut e, &mut spare)?
+                            }
+                            Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
+                        },
+                    };
+                // Nothing of an execution stays in the template (see `wipe`); fork mode
+                // wiped it already, before forking the next spare.
+                wipe::execute(&mut e);
+                next
+            }
+            Some(ToWorker::Reply(mut reply)) => {
+                // A reply for an execution that already ended (it may carry a secret).
+                wipe::reply(&mut reply);
+                Next::Continue
             }
             Some(ToWorker::Modules(m)) => {
                 Python::attach(|py| sync::receive(py, m, args.isolation));
@@ -104,8 +114,6 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
             }
             // A Kill racing with the execution's Ended: that execution is already over.
             Some(ToWorker::Kill { .. }) => Next::Continue,
-            // A reply for an execution that already ended.
-            Some(ToWorker::Reply(_)) => Next::Continue,
             Some(ToWorker::Shutdown) => Next::Exit,
             Some(ToWorker::Welcome(_)) => {
                 eprintln!("warden-worker: ignoring a second Welcome");

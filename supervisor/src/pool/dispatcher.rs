@@ -77,7 +77,7 @@ struct Shared {
 }
 
 enum Request {
-    Submit(Job),
+    Submit(Box<Job>),
     Cancel(String),
     Reply(warden_protocol::Reply),
     Shutdown {
@@ -184,11 +184,11 @@ impl Pool {
     /// ever dropped silently.
     pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match self.requests.send(Request::Submit(job)) {
+        match self.requests.send(Request::Submit(Box::new(job))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(Request::Submit(job))) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(Box::new(job))
+                Err(job)
             }
             Err(_) => unreachable!("we sent a Submit"),
         }
@@ -372,7 +372,7 @@ impl Dispatcher {
                     );
                     self.finish(out);
                 } else {
-                    self.queue.push_back(job);
+                    self.queue.push_back(*job);
                 }
             }
             Request::Cancel(id) => self.cancel(&id),

@@ -209,21 +209,18 @@ def execute(path, source, function, params_json, max_result_bytes):
         linecache.cache.pop(path, None)
 
 
-# Compiled workflows by (path, source): compiling even a two-line function costs more
-# than running it. Reuse mode fills it as it runs; in fork mode the template fills it
-# after an execution (``precompile``), before forking the next child, which inherits it.
-# Code objects are immutable and every execution still gets a fresh module namespace,
-# so sharing them leaks nothing between executions. Bounded: the oldest entry goes
-# first.
+# Compiled workflows by (path, source), in reuse mode: compiling even a two-line function
+# costs more than running it, and a reuse template runs one organization's workflows.
+# Code objects are immutable and every execution still gets a fresh module namespace.
+# Bounded: the oldest entry goes first. A fork-mode child fills its own copy, which dies
+# with it: a fork-mode template never compiles an execution's source, since every later
+# child, whatever organization it runs for, would inherit the code (its constants, the
+# source as the cache key) in its memory.
 _CODE_CACHE = {}
 _CODE_CACHE_MAX = 64
 
-# Fork mode compiles in the template only sources up to this size: compiling runs no
-# code, but a huge source would leave the template (and so every later fork) bigger.
-_PRECOMPILE_MAX_BYTES = 256 * 1024
 
-
-def _compile(path, source, show_warnings=True):
+def _compile(path, source):
     """The code of ``source``, from the cache or compiled (and cached). A source whose
     compilation warns (a ``SyntaxWarning``, say) is not cached: every execution of it
     compiles it again and so shows its warnings in its own logs."""
@@ -235,29 +232,13 @@ def _compile(path, source, show_warnings=True):
         warnings.simplefilter("always")
         code = compile(source, path, "exec", dont_inherit=True)
     if caught:
-        if show_warnings:
-            for w in caught:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return code
     if len(_CODE_CACHE) >= _CODE_CACHE_MAX:
         del _CODE_CACHE[next(iter(_CODE_CACHE))]
     _CODE_CACHE[key] = code
     return code
-
-
-def precompile(path, source):
-    """Fork mode, in the template, after an execution of ``source`` ended: compiles it
-    into the cache so the next children need not. Compiling runs none of the code. A
-    source that does not compile is left for the child to report."""
-    if len(source) > _PRECOMPILE_MAX_BYTES or (path, source) in _CODE_CACHE:
-        return
-    try:
-        # Warnings are the children's to show, in their executions' logs.
-        _compile(path, source, show_warnings=False)
-    except BaseException:
-        return
-    # Like everything the template loaded at start-up: out of the children's collections.
-    gc.freeze()
 
 
 def _execute(path, source, function, params_json, max_result_bytes):

@@ -147,12 +147,6 @@ impl Runner {
         let _ = self.run(py, &e, fd, Side::Child, max_frame, Vec::new());
     }
 
-    /// Fork mode, in the template after an execution: caches its compiled source for
-    /// the children forked from now on (see `runner.precompile`).
-    pub fn precompile(&self, py: Python<'_>, e: &Execute) {
-        let _ = self.call(py, "precompile", (e.path.as_str(), e.source.as_str()));
-    }
-
     pub fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.call(py, "snapshot", ())
     }
