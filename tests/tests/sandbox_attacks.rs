@@ -364,7 +364,10 @@ def run():
     assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
     let v: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
     for t in v["targets"].as_array().unwrap() {
-        assert!(t.as_str().unwrap().starts_with("/memfd:warden-std"), "{v}");
+        assert!(
+            t.as_str().unwrap().starts_with("/memfd:warden-output"),
+            "{v}"
+        );
     }
     let lines: Vec<&str> = f.logs.iter().map(|l| l.message.trim_end()).collect();
     for expected in [

@@ -64,7 +64,7 @@ pub fn run(
                 .map_err(|e| format!("cannot create the execution's directory: {e}"))
         })
         .and_then(|dir| point_python_at(py, &dir))
-        .and_then(|()| seccomp::install());
+        .and_then(|()| seccomp::deny_unix_sockets());
     // Idle time is spent taking the faults the execution would otherwise take; an
     // Execute that is already waiting is not kept waiting for it.
     if confined.is_ok() && !fds::readable_now(CONNECTION_FD) {
@@ -125,7 +125,11 @@ fn point_python_at(py: Python<'_>, dir: &std::path::Path) -> Result<(), String> 
         let environ = py.import("os")?.getattr("environ")?;
         environ.set_item("HOME", &dir)?;
         environ.set_item("TMPDIR", &dir)?;
-        py.import("tempfile")?.setattr("tempdir", &dir)?;
+        // `tempfile` reads TMPDIR when first used; only a copy imported earlier (by the
+        // template) has a directory cached. Importing it here would cost milliseconds.
+        if let Ok(tempfile) = py.import("sys")?.getattr("modules")?.get_item("tempfile") {
+            tempfile.setattr("tempdir", &dir)?;
+        }
         Ok(())
     };
     set().map_err(|e| format!("cannot point Python at the execution's directory: {e}"))

@@ -43,13 +43,13 @@ use warden_protocol::{
 use crate::child;
 use crate::connection::Connection;
 use crate::error::WorkerError;
-use crate::fds;
 use crate::procfs;
 use crate::python::interpreter;
 use crate::python::runner::Runner;
 use crate::reap::{self, Usage};
 use crate::relay::{Pumped, Relay};
 use crate::wipe::{self, Buffer};
+use crate::{fds, sandbox};
 use zeroize::Zeroize;
 
 /// Replies queued for a child beyond this (or two frames, if larger) mean it is not
@@ -104,10 +104,11 @@ impl Spare {
         Ok(spare)
     }
 
-    /// Kills and reaps it.
+    /// Kills and reaps it, and removes its working directory.
     pub fn discard(self) {
         reap::kill_group(self.pid);
         let _ = reap::reap(self.pid);
+        sandbox::clean_after(self.pid);
     }
 
     /// Has it died (killed from outside, say)? It stays unreaped (a zombie, so its pid
@@ -123,6 +124,7 @@ impl Spare {
     /// in its process group to kill.
     pub fn reap_dead(self) {
         let _ = reap::reap(self.pid);
+        sandbox::clean_after(self.pid);
     }
 
     /// Its pidfd, to watch while idle; `None` without pidfd support.
@@ -214,9 +216,7 @@ pub fn execute(
         }
     }
     let next = watch.finish(conn)?;
-    // Its child is reaped and its escapees swept: nothing it wrote may outlive it.
-    crate::sandbox::clean_scratch();
-    // Nor anything it was sent: the next spare is a copy of this process.
+    // Nothing it was sent may stay: the next spare is a copy of this process.
     wipe::execute(e);
     if next == Next::Continue {
         // The next execution's child, forked now, while the supervisor reads Ended.
@@ -225,6 +225,9 @@ pub fn execute(
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
             .ok();
     }
+    // Its child is reaped and its escapees swept: nothing it wrote may outlive it (done
+    // while the spare warms up; see `sandbox::clean_after`).
+    sandbox::clean_after(pid);
     Ok(next)
 }
 

@@ -173,8 +173,11 @@ static SCRATCH: std::sync::OnceLock<Scratch> = std::sync::OnceLock::new();
 #[derive(Debug)]
 struct Scratch {
     root: PathBuf,
-    /// `root`, plus [`PRIVATE_TMP`] when those are the template's own mounts.
-    cleaned: Vec<PathBuf>,
+    /// [`PRIVATE_TMP`] when those are the template's own mounts, with the change time
+    /// (`ctime`, which no unprivileged process can set) each had when last emptied: an
+    /// unchanged directory has had nothing created or removed in it since, and is not
+    /// read again.
+    tmp: std::sync::Mutex<Vec<(PathBuf, Option<ChangeTime>)>>,
     /// Kept when found in a cleaned directory: the scratch root and the template's own
     /// working directory (both in the private `/tmp` of a root supervisor's template).
     kept: Vec<PathBuf>,
@@ -184,15 +187,19 @@ struct Scratch {
 /// are private to this template.
 pub fn set_scratch(root: PathBuf, private_tmp: bool) -> io::Result<()> {
     std::fs::create_dir_all(&root)?;
-    let mut cleaned = vec![root.clone()];
-    if private_tmp {
-        cleaned.extend(PRIVATE_TMP.iter().map(PathBuf::from));
-    }
+    let tmp = if private_tmp {
+        PRIVATE_TMP
+            .iter()
+            .map(|d| (PathBuf::from(d), None))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut kept = vec![root.clone()];
     kept.extend(std::env::current_dir().ok());
     let _ = SCRATCH.set(Scratch {
         root,
-        cleaned,
+        tmp: std::sync::Mutex::new(tmp),
         kept,
     });
     Ok(())
@@ -206,43 +213,45 @@ pub fn scratch_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Empties what [`set_scratch`] recorded; see [`clean`].
-pub fn clean_scratch() {
-    if let Some(s) = SCRATCH.get() {
-        clean(&s.cleaned, &s.kept);
-    }
+/// After the child `pid` is gone (reaped, its escapees swept): removes its working
+/// directory and empties the private tmp directories that changed, acting as the
+/// children's uid when they have one of their own. Nothing an execution wrote outlives
+/// it. Called after the next spare is forked (off the critical path), which is safe: the
+/// spare runs no workflow before the template hands it an execution, after this.
+pub fn clean_after(pid: i32) {
+    let Some(s) = SCRATCH.get() else {
+        return;
+    };
+    as_children(|| {
+        remove(&s.root.join(pid.to_string()));
+        let mut tmp = s.tmp.lock().unwrap_or_else(|p| p.into_inner());
+        for (dir, seen) in tmp.iter_mut() {
+            let now = changed_at(dir);
+            if now.is_some() && now == *seen {
+                continue;
+            }
+            empty(dir, &s.kept);
+            *seen = changed_at(dir);
+        }
+    });
 }
 
-/// Directories that are the template's own (a private tmpfs per template when the
-/// supervisor could mount one), emptied after every execution.
-pub const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+/// A directory's `ctime`: seconds and nanoseconds.
+type ChangeTime = (i64, i64);
 
-/// After an execution (its child reaped, its escapees swept): removes everything it
-/// left in `dirs` (the scratch root, and the private tmp directories when they are
-/// private) but `kept`, acting as the children's uid when they have one of their own.
-/// Nothing an execution wrote outlives it.
-pub fn clean(dirs: &[PathBuf], kept: &[PathBuf]) {
+fn changed_at(dir: &Path) -> Option<ChangeTime> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .map(|m| (m.ctime(), m.ctime_nsec()))
+}
+
+/// Runs `f` with the children's uid as the effective one (when they have their own).
+fn as_children(f: impl FnOnce()) {
     let own = nix::unistd::geteuid();
     let switched =
         child_ids().and_then(|(uid, _)| nix::unistd::seteuid(nix::unistd::Uid::from_raw(uid)).ok());
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if kept.contains(&path) {
-                continue;
-            }
-            let removed = match entry.file_type() {
-                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-                _ => std::fs::remove_file(&path),
-            };
-            if let Err(e) = removed {
-                eprintln!("warden-worker: cannot remove {}: {e}", path.display());
-            }
-        }
-    }
+    f();
     if switched.is_some() {
         if let Err(e) = nix::unistd::seteuid(own) {
             // A template that cannot become itself again must not go on.
@@ -252,3 +261,32 @@ pub fn clean(dirs: &[PathBuf], kept: &[PathBuf]) {
         }
     }
 }
+
+fn remove(path: &Path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        eprintln!("warden-worker: cannot remove {}: {e}", path.display());
+    }
+}
+
+/// Removes everything in `dir` but `kept`.
+fn empty(dir: &Path, kept: &[PathBuf]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !kept.contains(&path) {
+            remove(&path);
+        }
+    }
+}
+
+/// Directories that are the template's own (a private tmpfs per template when the
+/// supervisor could mount one), emptied after every execution.
+pub const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];

@@ -33,12 +33,6 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
     sandbox::reset_signals();
     reap::become_subreaper().map_err(WorkerError::os("becoming a child subreaper"))?;
     sandbox::make_undumpable().map_err(WorkerError::os("making the template non-dumpable"))?;
-    let template_pid = std::process::id() as i32;
-    match args.isolation {
-        Isolation::Fork => seccomp::prepare(template_pid, true),
-        // A reuse template confines itself; the process it must not signal is its parent.
-        Isolation::Reuse => seccomp::prepare(nix::unistd::getppid().as_raw(), false),
-    }
     let scratch = args
         .scratch_dir
         .clone()
@@ -57,16 +51,18 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
         .map(|url| RedisSource::new(url, &args.key_prefix));
     Python::attach(|py| modules::sync::start(py, cache))?;
 
+    // Confined for good, now that the handshake and the first module load are done:
+    // the children inherit the filter (and a reuse template runs workflows itself).
+    let unix_redis = args
+        .redis_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("unix:") || u.starts_with("redis+unix:"));
+    seccomp::confine_template(!unix_redis).map_err(|e| WorkerError::Os {
+        during: "confining the template with seccomp",
+        source: std::io::Error::other(e),
+    })?;
     // Fork mode: the child for the next execution, forked while there is nothing to do.
     let mut spare = None;
-    if args.isolation == Isolation::Reuse {
-        // The template itself runs workflows: it confines itself once, now that the
-        // handshake and the first module load are done.
-        seccomp::install().map_err(|e| WorkerError::Os {
-            during: "confining the reuse template",
-            source: std::io::Error::other(e),
-        })?;
-    }
     if args.isolation == Isolation::Fork {
         spare = forked::Spare::fork(&python.runner, conn.max_frame())
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
