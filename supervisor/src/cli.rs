@@ -176,11 +176,17 @@ pub struct PoolArgs {
     /// are killed and recorded as cancelled. A second signal kills at once.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// Run workers in a new network namespace (no network at all; needs root).
+    /// What network workflows get: `egress` (the default: other hosts, but nothing on
+    /// this one when the supervisor is root) or `none` (a network namespace of their own
+    /// with no interface; needs root; the module cache must then be a Unix-socket Redis).
+    #[arg(long, value_enum, default_value = "egress")]
+    pub network: NetworkArg,
+    /// The same as `--network none`.
     #[arg(long)]
     pub network_isolation: bool,
-    /// When root, run worker N as uid/gid BASE+N (default 61000); `--worker-uid-base 0`
-    /// keeps root (fork bombs are then not contained by RLIMIT_NPROC).
+    /// When root, worker slots lease uids from BASE to BASE+999 (default 61000; their
+    /// children run as the slot's uid + 1000), unique on the host; `--worker-uid-base 0` keeps
+    /// root (fork bombs are then not contained by RLIMIT_NPROC).
     #[arg(long)]
     pub worker_uid_base: Option<u32>,
     /// Extra environment for workers, `KEY=VALUE` (repeatable). Workers otherwise see
@@ -194,6 +200,12 @@ pub struct PoolArgs {
     /// temporary directory, removed at exit).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    Egress,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -223,7 +235,7 @@ impl PoolArgs {
         cfg.isolation = self.isolation.into();
         cfg.max_executions_per_worker = self.max_executions_per_worker;
         cfg.max_worker_memory = self.max_worker_memory;
-        cfg.network_isolation = self.network_isolation;
+        cfg.network_isolation = self.network_isolation || self.network == NetworkArg::None;
         cfg.worker_uid_base = match self.worker_uid_base {
             Some(0) => None,
             Some(b) => Some(b),

@@ -30,10 +30,22 @@ def sys(nr, *args):
 /// Runs `body` (the inside of `def run():`, indented by four spaces) after [`PRELUDE`].
 async fn attack(p: &mut TestPool, id: &str, body: &str) -> serde_json::Map<String, Value> {
     let src = format!("{PRELUDE}def run():\n{body}");
-    let f = p.run(id, &src, "{}").await;
-    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
-    let v: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+    let v = result_of(p, id, &src, "{}").await;
     v.as_object().expect("a dict of results").clone()
+}
+
+/// Runs `src` to its end and returns its result, failing the test (with `id` and the
+/// pool's mode in the message) unless it succeeded.
+async fn result_of(p: &mut TestPool, id: &str, src: &str, params: &str) -> Value {
+    let f = p.run(id, src, params).await;
+    assert_eq!(
+        f.outcome.status,
+        Status::Success,
+        "{id} ({:?}): {:?}",
+        p.cfg.isolation,
+        f.outcome.error
+    );
+    serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap()
 }
 
 /// Every entry of `results` is an errno (the attack failed), none is "ok".
@@ -163,14 +175,7 @@ def run():
 "#;
     for mode in [Isolation::Fork, Isolation::Reuse] {
         let mut p = TestPool::start(|c| c.isolation = mode).await;
-        let f = p.run("legit", src, "{}").await;
-        assert_eq!(
-            f.outcome.status,
-            Status::Success,
-            "{mode:?}: {:?}",
-            f.outcome.error
-        );
-        let v: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+        let v = result_of(&mut p, "legit", src, "{}").await;
         assert_eq!(
             v,
             serde_json::json!({"sh": true, "killed": -15, "thread": [1], "async": "async"}),
@@ -294,11 +299,8 @@ def run(private):
             pass
     return {"cwd": os.getcwd(), "written": written}
 "#;
-    let f = p
-        .run("writer", write, &format!("{{\"private\": {private}}}"))
-        .await;
-    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
-    let first: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+    let params = format!("{{\"private\": {private}}}");
+    let first = result_of(&mut p, "writer", write, &params).await;
     let written: Vec<String> = serde_json::from_value(first["written"].clone()).unwrap();
     assert!(
         written.len() >= 3,
@@ -326,9 +328,7 @@ def run():
 "#,
         private = if private { "True" } else { "False" },
     );
-    let f = p.run("reader", &read, "{}").await;
-    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
-    let second: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+    let second = result_of(&mut p, "reader", &read, "{}").await;
     assert_ne!(
         second["cwd"], first["cwd"],
         "each execution has its own directory"
@@ -461,14 +461,7 @@ async fn file_size_and_memory_limits_hold_in_both_modes() {
             c.limits.memory_bytes = 512 * 1024 * 1024;
         })
         .await;
-        let f = p.run("limits", src, "{}").await;
-        assert_eq!(
-            f.outcome.status,
-            Status::Success,
-            "{mode:?}: {:?}",
-            f.outcome.error
-        );
-        let v: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+        let v = result_of(&mut p, "limits", src, "{}").await;
         assert_eq!(
             v,
             serde_json::json!({"file": libc::EFBIG, "memory": "MemoryError"}),
@@ -488,7 +481,10 @@ struct OtherHost {
 
 impl OtherHost {
     fn start(port: u16) -> Option<OtherHost> {
-        let id = std::process::id() % 200 + 20;
+        // Unique per host made in this test binary (its tests run in parallel).
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = 20 + (std::process::id() % 50) * 4 + n % 4;
         let ns = format!("wardentest{id}");
         let (host_if, ns_if) = (format!("wvh{id}"), format!("wvn{id}"));
         let (host_ip, addr) = (format!("10.231.{id}.1/30"), format!("10.231.{id}.2"));
@@ -599,4 +595,29 @@ async fn two_pools_never_share_a_uid() {
         ia.iter().all(|u| !ib.contains(u)),
         "{ia:?} and {ib:?} overlap"
     );
+}
+
+/// `--network none`: not even another host.
+#[tokio::test]
+async fn with_no_network_a_workflow_reaches_no_host_at_all() {
+    let mut p = TestPool::start(|c| c.network_isolation = true).await;
+    if p.pool.slot_ids().is_empty() {
+        eprintln!("not root: no network namespace");
+        return;
+    }
+    let Some(other) = OtherHost::start(8098) else {
+        panic!("cannot make a network namespace with `ip` (iproute2) as root");
+    };
+    let body = format!(
+        r#"    import socket
+    def tcp(host, port):
+        socket.create_connection((host, port), timeout=3).close()
+    return {{
+        "other_host": attempt(lambda: tcp("{addr}", 8098)),
+        "redis": attempt(lambda: tcp("127.0.0.1", 6379)),
+    }}
+"#,
+        addr = other.addr
+    );
+    all_refused(&attack(&mut p, "no-network", &body).await);
 }

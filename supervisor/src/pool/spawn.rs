@@ -71,7 +71,25 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
         .map_err(|e| PoolError::WorkerStart(format!("socketpair: {e}")))?;
     let theirs: OwnedFd = theirs.into();
 
-    let mut cmd = Command::new(&cfg.worker_bin);
+    // With a private /tmp, the binary is executed through a descriptor opened now: the
+    // tmpfs mounted between fork and exec would hide a binary that lives under /tmp.
+    let binary = match ids {
+        Some(_) => Some(std::fs::File::open(&cfg.worker_bin).map_err(|source| {
+            PoolError::WorkerBinary {
+                path: cfg.worker_bin.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    let mut cmd = match &binary {
+        Some(f) => {
+            let mut c = Command::new(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            c.arg0(&cfg.worker_bin);
+            c
+        }
+        None => Command::new(&cfg.worker_bin),
+    };
     cmd.arg("--worker-id")
         .arg(worker_id.to_string())
         .arg("--isolation")
@@ -123,6 +141,7 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
         tokio::spawn(forward_output(err, slot, "stderr"));
     }
     drop(theirs);
+    drop(binary);
     let pid = child.id().unwrap_or(0);
     let socket = tokio::net::UnixStream::from_std(ours)
         .map_err(|e| PoolError::WorkerStart(format!("socket: {e}")))?;
