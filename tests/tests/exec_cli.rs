@@ -174,3 +174,24 @@ fn sigterm_during_work_drains_and_records_cancelled() {
     assert_eq!(v["status"], "cancelled");
     assert_eq!(v["logs"][0]["message"], "started");
 }
+
+/// A reuse-mode workflow runs in the template, whose fds 1 and 2 are pipes into the
+/// supervisor's log: what it writes there raw becomes an event attributed to the
+/// worker's slot, never a line of the supervisor's own output it could forge.
+#[test]
+fn raw_output_of_a_reuse_workflow_cannot_forge_supervisor_lines() {
+    let f = workflow(
+        "import os\ndef run():\n    os.write(2, b'2026-12-01T00:00:00Z  INFO warden: FORGED\\n')\n    os.write(1, b'FORGED-STDOUT\\n')\n    return 1\n",
+    );
+    let out = exec(&[f.path().to_str().unwrap(), "--isolation", "reuse", "--json"]);
+    assert_eq!(json_of(&out)["status"], "success");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("FORGED"), "stdout: {stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("FORGED")).collect();
+    assert_eq!(lines.len(), 2, "stderr: {stderr}");
+    for l in lines {
+        assert!(!l.starts_with("2026-12-01T00:00:00Z"), "a raw line: {l}");
+        assert!(l.contains("slot=0"), "not attributed to its slot: {l}");
+    }
+}
