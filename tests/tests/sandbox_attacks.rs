@@ -621,3 +621,47 @@ async fn with_no_network_a_workflow_reaches_no_host_at_all() {
     );
     all_refused(&attack(&mut p, "no-network", &body).await);
 }
+
+/// UDP to the host is blocked like TCP, except DNS (a resolver on loopback, such as
+/// systemd-resolved's, must keep answering workflows): the test's own listeners on
+/// 127.0.0.1 receive the datagram sent to port 53 and not the one sent elsewhere.
+#[tokio::test]
+async fn udp_to_the_host_is_blocked_but_dns_on_loopback() {
+    let mut p = TestPool::start(|_| {}).await;
+    if p.pool.slot_ids().is_empty() {
+        eprintln!("not root: no firewall rule");
+        return;
+    }
+    let Ok(dns) = std::net::UdpSocket::bind("127.0.0.1:53") else {
+        eprintln!("port 53 is taken on this host: nothing to check it against");
+        return;
+    };
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&dns, &other] {
+        s.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .unwrap();
+    }
+    let src = format!(
+        r#"import socket
+def run():
+    for port in (53, {port}):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.sendto(b"hello", ("127.0.0.1", port))
+        except OSError:
+            pass
+    return 1
+"#,
+        port = other.local_addr().unwrap().port()
+    );
+    result_of(&mut p, "udp", &src, "{}").await;
+    let mut buf = [0u8; 16];
+    assert!(
+        dns.recv_from(&mut buf).is_ok(),
+        "DNS on loopback was blocked"
+    );
+    assert!(
+        other.recv_from(&mut buf).is_err(),
+        "UDP to the host got through"
+    );
+}
