@@ -55,3 +55,54 @@ pub fn describe(cfg: &PoolConfig, firewall: Option<&Result<(), String>>) -> (Str
     }
     (format!("sandbox: {}", on.join(", ")), off)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::uids::SlotIds;
+
+    fn cfg(root: bool, isolation: Isolation) -> PoolConfig {
+        let mut c = PoolConfig::new("w".into(), "r".into());
+        c.isolation = isolation;
+        c.slot_ids = if root {
+            vec![SlotIds::for_template(61000), SlotIds::for_template(61001)]
+        } else {
+            Vec::new()
+        };
+        c
+    }
+
+    #[test]
+    fn everything_on_says_so_and_warns_of_nothing() {
+        let (line, warnings) = describe(&cfg(true, Isolation::Fork), Some(&Ok(())));
+        assert!(
+            line.contains("worker uids 61000-61001 (children 62000-62001)"),
+            "{line}"
+        );
+        assert!(line.contains("host services blocked"), "{line}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn each_layer_that_is_off_gets_a_warning_that_says_why() {
+        let no_nft = Err("cannot run nft".to_string());
+        let (line, warnings) = describe(&cfg(true, Isolation::Fork), Some(&no_nft));
+        assert!(!line.contains("host services blocked"), "{line}");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("can reach services on this host"));
+        assert!(warnings[0].contains("cannot run nft"));
+
+        let (_, warnings) = describe(&cfg(false, Isolation::Fork), None);
+        assert!(
+            warnings.iter().any(|w| w.starts_with("not root")),
+            "{warnings:?}"
+        );
+
+        let (line, warnings) = describe(&cfg(true, Isolation::Reuse), Some(&Ok(())));
+        assert!(!line.contains("host services blocked"), "{line}");
+        assert!(
+            warnings.iter().any(|w| w.starts_with("reuse mode")),
+            "{warnings:?}"
+        );
+    }
+}
