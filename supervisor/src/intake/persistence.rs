@@ -25,8 +25,8 @@ pub fn warning(appendonly: &str, save: &str) -> Option<String> {
     }
     Some(format!(
         "Redis persists nothing (appendonly {}, save \"\"): if Redis restarts, every \
-         execution request not yet read by a supervisor is lost without a trace, and \
-         requests being run have their completions go unpublished. Turn on AOF: \
+         execution request not yet read by a supervisor is lost without a trace (and so \
+         are stored completions and pending cancel requests). Turn on AOF: \
          `redis-cli CONFIG SET appendonly yes` now, and `appendonly yes` plus \
          `appendfsync everysec` in redis.conf to keep it (docs/setup.md)",
         appendonly.trim()
