@@ -13,6 +13,7 @@
 //! - [`cancel`]: cancel requests (a marker key plus a pub/sub notice) and the
 //!   [`CancelListener`].
 //! - [`client`]: [`IntakeClient`], what the CLI uses: submit, cancel, wait, status.
+//! - [`persistence`]: the start-up check that warns when Redis persists nothing.
 //!
 //! # How a request flows
 //!
@@ -78,6 +79,7 @@ pub mod client;
 pub mod entry;
 pub mod keys;
 pub mod messages;
+pub mod persistence;
 pub mod request;
 pub mod stream;
 

@@ -146,6 +146,8 @@ pub async fn serve(
         .ensure_group()
         .await
         .map_err(|e| ServeError(e.to_string()))?;
+    // Advice only: a Redis that persists nothing loses unread requests when it restarts.
+    crate::intake::persistence::warn_if_unpersisted(intake.client(), &cfg.redis_url).await;
     let mut cancels = intake
         .cancel_listener()
         .await
