@@ -118,6 +118,11 @@ pub struct ServeReport {
     /// Those of the module cache's keeper (one GET per batch in the steady state;
     /// start-up and change syncs besides).
     pub module_cache_redis: crate::intake::RedisCalls,
+    /// Intake places (one per worker plus the prefetch), and how many were free when
+    /// the supervisor stopped: every way an execution ends gives its place back, so
+    /// the two are equal after a clean stop.
+    pub places: usize,
+    pub places_free_at_stop: usize,
 }
 
 /// A start-up failure, as one sentence for the operator.
@@ -348,6 +353,25 @@ pub async fn serve(
     }
 
     let _ = reader.await;
+    // Batches the reader prepared after the loop stopped looking: recorded as refused,
+    // like those the stopped pool turns away.
+    while let Ok(batch) = dispatches.try_recv() {
+        for d in batch {
+            let out = refused(&d.job.execution_id);
+            inflight.insert(d.job.execution_id, d.meta);
+            finish(
+                &mut inflight,
+                &writer,
+                &pending_acks,
+                &permits,
+                out,
+                &mut report,
+            )
+            .await;
+        }
+    }
+    report.places = capacity;
+    report.places_free_at_stop = permits.available_permits();
     drop(writer);
     // The writer commits what it holds, then closes its channel; the acker drains it.
     let _ = acker.await;
@@ -376,11 +400,15 @@ async fn finish(
         .by_status
         .entry(out.status.as_str().to_string())
         .or_default() += 1;
+    // Every end of a dispatch gives its place back, whether or not its execution is
+    // still in flight (a second dispatch of the same id ends after the first).
+    if inflight.release_place(&out.execution_id) {
+        permits.add_permits(1);
+    }
     let Some((meta, logs)) = inflight.remove(&out.execution_id) else {
         tracing::warn!(execution = %out.execution_id, "finished execution was not in flight");
         return;
     };
-    permits.add_permits(1);
     acks.expect(&meta.stream_id, &out);
     let item = meta.into_completed(out, logs);
     if let Err(e) = writer.submit(item).await {

@@ -307,7 +307,9 @@ pub mod fixtures {
             params_json: r#"{"n": 1}"#.to_string(),
             queued_at: None,
             supervisor: "sup-test".to_string(),
-            stream_id: Some(format!("0-{id}")),
+            // The entry `completed` acknowledges: only the entry that began an
+            // execution writes its result.
+            stream_id: Some(format!("1-{id}")),
         }
     }
 }

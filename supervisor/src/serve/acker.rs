@@ -15,9 +15,11 @@ use crate::intake::{Completion, Done, Intake};
 use crate::outcome::{ExecutionOutcome, Status};
 use crate::store::{Backoff, Committed, Disposition};
 
-/// The completion to publish for each execution handed to the writer, by execution id.
+/// The completion to publish for each execution handed to the writer, by execution id
+/// and stream entry (two entries may carry the same id: a duplicate submission, or a
+/// malformed copy, must not take the completion of the entry that runs it).
 #[derive(Clone, Default)]
-pub struct PendingAcks(Arc<Mutex<HashMap<String, Done>>>);
+pub struct PendingAcks(Arc<Mutex<HashMap<(String, String), Done>>>);
 
 impl PendingAcks {
     /// Remembers what to publish once `out` is committed.
@@ -29,11 +31,12 @@ impl PendingAcks {
         self.0
             .lock()
             .expect("acks lock")
-            .insert(execution_id.to_string(), done);
+            .insert((execution_id.to_string(), done.stream_id.clone()), done);
     }
 
-    fn take(&self, execution_id: &str) -> Option<Done> {
-        self.0.lock().expect("acks lock").remove(execution_id)
+    fn take(&self, execution_id: &str, stream_id: Option<&str>) -> Option<Done> {
+        let key = (execution_id.to_string(), stream_id?.to_string());
+        self.0.lock().expect("acks lock").remove(&key)
     }
 }
 
@@ -66,13 +69,19 @@ pub async fn ack_with_retry(intake: &Intake, dones: &[Done]) {
 }
 
 fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
-    let expected = pending.take(&c.execution_id);
+    let expected = pending.take(&c.execution_id, c.stream_id.as_deref());
     let stream_id = expected
         .as_ref()
         .map(|d| d.stream_id.clone())
         .or(c.stream_id.clone())?;
     match (expected, c.disposition) {
         (Some(done), Disposition::Recorded) => Some(done),
+        // Another entry runs this id: acknowledge this one, publish nothing for it (the
+        // running entry's completion is the execution's).
+        (_, Disposition::NotOwner) => Some(Done {
+            stream_id,
+            completion: None,
+        }),
         // What is in the database wins: publish that status, not ours.
         (_, Disposition::AlreadyTerminal) | (None, _) => Some(Done::new(
             stream_id,

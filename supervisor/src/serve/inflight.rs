@@ -39,11 +39,32 @@ impl Meta {
 #[derive(Debug, Default)]
 pub struct Inflight {
     map: HashMap<String, (Meta, Vec<Log>)>,
+    /// Intake places held per execution id: one per dispatch, given back by the pool's
+    /// one end of that dispatch. Usually 1; more when the same id was dispatched again
+    /// while it ran (its entry reclaimed), whose ends find no `map` entry left.
+    places: HashMap<String, usize>,
 }
 
 impl Inflight {
+    /// Takes over one intake place for this dispatch of `id`.
     pub fn insert(&mut self, id: String, meta: Meta) {
+        *self.places.entry(id.clone()).or_default() += 1;
         self.map.insert(id, (meta, Vec::new()));
+    }
+
+    /// One end of a dispatch of `id`: whether it held a place (to give back).
+    pub fn release_place(&mut self, id: &str) -> bool {
+        match self.places.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.places.remove(id);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Keeps a log line for its execution (lines for unknown ids are dropped: the
@@ -83,7 +104,9 @@ impl Inflight {
         self.map.len()
     }
 
+    /// Nothing in flight and no place held (a dispatch still running somewhere keeps
+    /// its place until its end arrives).
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.is_empty() && self.places.is_empty()
     }
 }

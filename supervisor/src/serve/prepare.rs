@@ -111,14 +111,20 @@ impl Reader {
                     recovered = true;
                     backoff.reset();
                     if *self.stop.borrow() {
-                        // Left pending: a live supervisor (or this one, restarted) takes them.
+                        // Left pending: a live supervisor (or this one, restarted) takes
+                        // them. Their places were never used.
+                        self.permits.add_permits(n);
                         return;
                     }
                     busy_since = (entries.len() > 1).then(Instant::now);
                     let dispatches = self.prepare(entries).await;
                     self.permits.add_permits(n - dispatches.len().min(n));
-                    if !dispatches.is_empty() && self.out.send(dispatches).await.is_err() {
-                        return;
+                    if !dispatches.is_empty() {
+                        if let Err(unsent) = self.out.send(dispatches).await {
+                            // Nobody runs them (the main loop is gone): left pending.
+                            self.permits.add_permits(unsent.0.len());
+                            return;
+                        }
                     }
                 }
             }

@@ -45,6 +45,10 @@ pub enum CommitOutcome {
     /// The execution already had a terminal state (a replay, a duplicate, or a request
     /// recorded elsewhere): nothing was written for it.
     AlreadyTerminal { status: Status },
+    /// The execution is not terminal but was begun by another stream entry (this item
+    /// is a duplicate submission's, e.g. a malformed copy of a running request): its
+    /// row belongs to that entry's run, and nothing was written for this one.
+    NotOwner,
 }
 
 /// Per item: id, whether this statement recorded it, its status before the statement,
@@ -182,7 +186,11 @@ impl Store {
                      workflow_name = COALESCE(e.workflow_name, EXCLUDED.workflow_name),
                      org_id = COALESCE(e.org_id, EXCLUDED.org_id),
                      caller = COALESCE(e.caller, EXCLUDED.caller)
+                 -- Only the stream entry that began the execution writes its result
+                 -- (as in begin_batch): another entry with the same id is a duplicate.
                  WHERE e.status IN ('pending', 'running')
+                   AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
+                        OR e.stream_id = EXCLUDED.stream_id)
                  RETURNING e.id, e.workflow_id, e.org_id, e.status
              ),
              delivered AS (
@@ -247,12 +255,16 @@ impl Store {
                     value: roi.map_or(item.value, |r| r.value),
                 });
             } else {
-                let status = previous
+                let previous = previous
                     .as_deref()
-                    .and_then(|p| p.parse::<ExecutionStatus>().ok())
-                    .and_then(ExecutionStatus::terminal)
-                    .unwrap_or(item.outcome.status);
-                outcome_of[i] = Some(CommitOutcome::AlreadyTerminal { status });
+                    .and_then(|p| p.parse::<ExecutionStatus>().ok());
+                outcome_of[i] = Some(match previous.map(ExecutionStatus::terminal) {
+                    // A row that is not terminal was left alone: another entry owns it.
+                    Some(None) => CommitOutcome::NotOwner,
+                    status => CommitOutcome::AlreadyTerminal {
+                        status: status.flatten().unwrap_or(item.outcome.status),
+                    },
+                });
             }
         }
 
@@ -311,11 +323,11 @@ impl Store {
                 reason: format!("no answer for execution `{}`", item.outcome.execution_id),
             })?;
             result.push(if answered[i] {
-                CommitOutcome::AlreadyTerminal {
-                    status: match first {
-                        CommitOutcome::Recorded => unique[i].outcome.status,
-                        CommitOutcome::AlreadyTerminal { status } => status,
+                match first {
+                    CommitOutcome::Recorded => CommitOutcome::AlreadyTerminal {
+                        status: unique[i].outcome.status,
                     },
+                    other => other,
                 }
             } else {
                 answered[i] = true;

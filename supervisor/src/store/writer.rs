@@ -183,6 +183,9 @@ pub enum Disposition {
     AlreadyTerminal,
     /// It could not be stored as it was; it is committed as `failed` / `StoreError`.
     Isolated,
+    /// Its execution was begun by another stream entry and is not finished: nothing
+    /// was written; acknowledge this entry without publishing a completion.
+    NotOwner,
 }
 
 /// An item whose terminal state is committed: acknowledge its stream entry and publish.
@@ -608,10 +611,13 @@ impl Writer {
                 CommitOutcome::Recorded if isolated => (Status::Failed, Disposition::Isolated),
                 CommitOutcome::Recorded => (item.outcome.status, Disposition::Recorded),
                 CommitOutcome::AlreadyTerminal { status } => (status, Disposition::AlreadyTerminal),
+                CommitOutcome::NotOwner => (item.outcome.status, Disposition::NotOwner),
             };
             let counter = match disposition {
                 Disposition::Recorded => &self.counters.recorded,
-                Disposition::AlreadyTerminal => &self.counters.already_terminal,
+                Disposition::AlreadyTerminal | Disposition::NotOwner => {
+                    &self.counters.already_terminal
+                }
                 Disposition::Isolated => &self.counters.isolated,
             };
             counter.fetch_add(1, Ordering::Relaxed);
