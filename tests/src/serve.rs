@@ -154,3 +154,12 @@ pub fn spawn(
     let (tx, rx) = watch::channel(0);
     (tx, tokio::spawn(serve(cfg, rx)))
 }
+
+/// A completion's result as JSON, failing the test (with the completion) when it has none.
+pub fn value(c: &Completion) -> serde_json::Value {
+    let raw = c
+        .result
+        .as_ref()
+        .unwrap_or_else(|| panic!("no result: {c:?}"));
+    serde_json::from_str(raw.get()).unwrap()
+}

@@ -8,10 +8,9 @@
 use std::time::{Duration, Instant};
 
 use warden::intake::redis::{self, AsyncCommands};
-use warden::intake::Completion;
 use warden::modules::{content_hash, store, ModuleFile};
 use warden_protocol::Isolation;
-use warden_tests::serve::TestServe;
+use warden_tests::serve::{value, TestServe};
 
 const REAL: &str = "def open_ticket(t):\n    return 'real:' + t\n";
 /// What the attacker wants run: any effect at import, and a different answer.
@@ -20,14 +19,6 @@ const EVIL: &str =
 
 const WORKFLOW: &str =
     "from shared.tickets import open_ticket\n\ndef run(t):\n    return open_ticket(t)\n";
-
-fn value(c: &Completion) -> serde_json::Value {
-    let raw = c
-        .result
-        .as_ref()
-        .unwrap_or_else(|| panic!("no result: {c:?}"));
-    serde_json::from_str(raw.get()).unwrap()
-}
 
 /// What an attacker with write access to Redis does: new content under a matching hash
 /// field, and a new generation so that every template reloads.

@@ -7,11 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use warden::intake::redis::{self, AsyncCommands};
-use warden::intake::Completion;
 use warden::modules::{store, ModuleCache, ModuleFile, ModuleSync};
 use warden::store::sqlx;
 use warden_tests::pool::warden_bin;
-use warden_tests::serve::TestServe;
+use warden_tests::serve::{value, TestServe};
 
 /// Ten modules in a package, each adding its own number.
 fn workspace(version: u32) -> Vec<ModuleFile> {
@@ -176,14 +175,6 @@ async fn a_thousand_executions_survive_a_flushall_and_evicted_modules() {
         "{:?}",
         report.module_cache_redis
     );
-}
-
-fn value(c: &Completion) -> serde_json::Value {
-    let raw = c
-        .result
-        .as_ref()
-        .unwrap_or_else(|| panic!("no result: {c:?}"));
-    serde_json::from_str(raw.get()).unwrap()
 }
 
 fn cli(s: &TestServe, dir: &std::path::Path, args: &[&str]) -> String {
