@@ -29,6 +29,10 @@ pub struct ExecutionLimits {
     pub file_bytes: u64,
 }
 
+/// The directories a root supervisor gives each template a private, size-limited tmpfs
+/// on (`--private-tmp`), which the template empties after every execution.
+pub const PRIVATE_TMP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+
 impl Default for ExecutionLimits {
     fn default() -> Self {
         Self {

@@ -135,10 +135,17 @@ fn set_limit(resource: Resource, name: &str, soft: u64, hard: u64) -> Result<(),
 /// set apart from its effective (and so saved) ones: the template runs as
 /// `(real B, effective A, saved A)`, children as B. `None` when they are all the same
 /// (a supervisor that is not root): then children keep the template's ids.
+///
+/// Read once, in the template ([`set_scratch`] does it at start-up): its ids never
+/// change, and every child inherits the answer instead of asking the kernel again.
 pub fn child_ids() -> Option<(libc::uid_t, libc::gid_t)> {
-    let u = nix::unistd::getresuid().ok()?;
-    let g = nix::unistd::getresgid().ok()?;
-    (u.effective != u.real || g.effective != g.real).then(|| (u.real.as_raw(), g.real.as_raw()))
+    static IDS: std::sync::OnceLock<Option<(libc::uid_t, libc::gid_t)>> =
+        std::sync::OnceLock::new();
+    *IDS.get_or_init(|| {
+        let u = nix::unistd::getresuid().ok()?;
+        let g = nix::unistd::getresgid().ok()?;
+        (u.effective != u.real || g.effective != g.real).then(|| (u.real.as_raw(), g.real.as_raw()))
+    })
 }
 
 /// Switches the calling child to [`child_ids`] for good: real, effective and saved, so
@@ -158,10 +165,21 @@ pub fn become_child_user() -> io::Result<()> {
 
 /// Creates this child's own scratch directory under `root` (named after its pid, mode
 /// 0700, owned by the child's uid) and makes it the working directory.
+///
+/// A directory of that name can only be a dead process's (pids are unique among live
+/// ones): one whose template was killed before it could clean up, under the same root
+/// (a run directory that outlives its templates). It is removed and made anew.
 pub fn enter_scratch(root: &Path) -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = root.join(std::process::id().to_string());
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let make = || std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    if let Err(e) = make() {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        std::fs::remove_dir_all(&dir)?;
+        make()?;
+    }
     std::env::set_current_dir(&dir)?;
     Ok(dir)
 }
@@ -173,7 +191,7 @@ static SCRATCH: std::sync::OnceLock<Scratch> = std::sync::OnceLock::new();
 #[derive(Debug)]
 struct Scratch {
     root: PathBuf,
-    /// [`PRIVATE_TMP`] when those are the template's own mounts, with the change time
+    /// `PRIVATE_TMP_DIRS` when those are the template's own mounts, with the change time
     /// (`ctime`, which no unprivileged process can set) each had when last emptied: an
     /// unchanged directory has had nothing created or removed in it since, and is not
     /// read again.
@@ -186,9 +204,10 @@ struct Scratch {
 /// Records the scratch root (created here if missing) and whether the tmp directories
 /// are private to this template.
 pub fn set_scratch(root: PathBuf, private_tmp: bool) -> io::Result<()> {
+    let _ = child_ids();
     std::fs::create_dir_all(&root)?;
     let tmp = if private_tmp {
-        PRIVATE_TMP
+        warden_protocol::limits::PRIVATE_TMP_DIRS
             .iter()
             .map(|d| (PathBuf::from(d), None))
             .collect()
@@ -287,6 +306,21 @@ fn empty(dir: &Path, kept: &[PathBuf]) {
     }
 }
 
-/// Directories that are the template's own (a private tmpfs per template when the
-/// supervisor could mount one), emptied after every execution.
-pub const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_process_s_directory_of_the_same_pid_is_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let stale = root.path().join(std::process::id().to_string());
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("left-by-a-dead-child"), "x").unwrap();
+        let before = std::env::current_dir().unwrap();
+        let entered = enter_scratch(root.path());
+        std::env::set_current_dir(before).unwrap();
+        let dir = entered.expect("the stale directory is replaced");
+        assert_eq!(dir, stale);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+}

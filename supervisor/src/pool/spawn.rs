@@ -122,7 +122,7 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
     let fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
     let netns = cfg.network_isolation;
-    let mounts = ids.map(|_| PrivateMounts::new(cfg.tmp_size));
+    let mounts = ids.map(|ids| PrivateMounts::new(cfg.tmp_size, ids));
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, setsid, unshare, mount, mkdir, chown,
     // setgroups, setresgid, setresuid, prctl, getppid, setrlimit); it allocates nothing
@@ -195,17 +195,22 @@ struct PrivateMounts {
     options: CString,
     scratch: CString,
     home: CString,
+    ids: SlotIds,
 }
 
 impl PrivateMounts {
-    fn new(size: u64) -> PrivateMounts {
+    fn new(size: u64, ids: SlotIds) -> PrivateMounts {
         let c = |s: &str| CString::new(s).expect("no NUL in a constant");
         PrivateMounts {
-            targets: ["/tmp", "/var/tmp", "/dev/shm"].map(c).into(),
+            targets: warden_protocol::limits::PRIVATE_TMP_DIRS
+                .iter()
+                .map(|d| c(d))
+                .collect(),
             tmpfs: c("tmpfs"),
             options: c(&format!("size={size},mode=1777,nr_inodes=65536")),
             scratch: c(PRIVATE_SCRATCH),
             home: c(PRIVATE_HOME),
+            ids,
         }
     }
 }
@@ -304,10 +309,8 @@ fn sandbox_child(
             }
             check(libc::mkdir(m.scratch.as_ptr(), 0o700))?;
             check(libc::mkdir(m.home.as_ptr(), 0o700))?;
-            if let Some(id) = ids {
-                check(libc::chown(m.scratch.as_ptr(), id.child, id.child))?;
-                check(libc::chown(m.home.as_ptr(), id.template, id.template))?;
-            }
+            check(libc::chown(m.scratch.as_ptr(), m.ids.child, m.ids.child))?;
+            check(libc::chown(m.home.as_ptr(), m.ids.template, m.ids.template))?;
             check(libc::chdir(m.home.as_ptr()))?;
         }
         if let Some(id) = ids {

@@ -204,8 +204,9 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `url` with its password (in the user-info part or a `password=` query parameter)
-/// replaced by `***`, for messages and logs.
+/// `url` with its password (in the user-info part, or a `password=` or `pass=` query
+/// parameter: PostgreSQL's, and Redis's for a Unix socket) replaced by `***`, for
+/// messages and logs.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {
@@ -225,7 +226,11 @@ pub fn redact_url(url: &str) -> String {
         let query = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass") =>
+                {
+                    format!("{k}=***")
+                }
                 _ => pair.to_string(),
             })
             .collect::<Vec<_>>()
@@ -253,6 +258,11 @@ mod tests {
         assert_eq!(
             redact_url("postgres://u:p@ss@h/db"),
             "postgres://u:***@h/db"
+        );
+        // The workers' Redis URL over a Unix socket (modules::access).
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?user=w&pass=pw"),
+            "unix:///run/redis.sock?user=w&pass=***"
         );
     }
 }
