@@ -252,9 +252,10 @@ struct Slot {
     failed_starts: u32,
     /// When this slot was last given an execution (dispatch order, see `dispatch`).
     last_dispatch: u64,
-    /// Reuse mode: the organization the current template has run code for (`None`: it
-    /// has run nothing yet). A reuse template runs every execution in one interpreter,
-    /// so it serves one organization only; see [`Dispatcher::pick_slot`].
+    /// The organization the current template has run code for (`None`: it has run
+    /// nothing yet). A reuse template runs every execution in one interpreter, so it
+    /// serves one organization only; a fork template prefers its last one. See
+    /// [`Dispatcher::pick_slot`].
     tenant: Option<Option<String>>,
     /// The id of the module manifest the current template was sent (0: none).
     manifest: u64,
@@ -437,7 +438,10 @@ impl Dispatcher {
     ///
     /// Fork mode: the idle slot that has waited longest (a fork-mode template forks its
     /// next child right after an execution, so one that has been idle a while has it
-    /// ready, while the one that just finished may still be forking).
+    /// ready, while the one that just finished may still be forking), among those whose
+    /// last execution was of the same organization if there are any: such a template
+    /// may hold that organization's compiled code, and one of another organization would
+    /// have to drop its own (see the worker's `code_cache`).
     ///
     /// Reuse mode: a template serves one organization. The longest-idle slot already
     /// serving the execution's organization, else one that has served nobody yet; else
@@ -451,10 +455,14 @@ impl Dispatcher {
                 .filter(|&i| idle(&slots[i]) && ok(&slots[i]))
                 .min_by_key(|&i| slots[i].last_dispatch)
         };
-        if self.cfg.isolation != Isolation::Reuse {
-            return longest_idle(&self.slots, &|_| true);
-        }
         let org = self.queue.front()?.org.clone();
+        if self.cfg.isolation != Isolation::Reuse {
+            return org
+                .is_some()
+                .then(|| longest_idle(&self.slots, &|s| s.tenant.as_ref() == Some(&org)))
+                .flatten()
+                .or_else(|| longest_idle(&self.slots, &|_| true));
+        }
         if let Some(i) = longest_idle(&self.slots, &|s| s.tenant.as_ref() == Some(&org))
             .or_else(|| longest_idle(&self.slots, &|s| s.tenant.is_none()))
         {
@@ -515,6 +523,8 @@ impl Dispatcher {
                     .limits
                     .clone()
                     .unwrap_or_else(|| self.cfg.limits.clone()),
+                org: job.org.clone().unwrap_or_default(),
+                code: warden_protocol::Code::None,
             });
             let now = Instant::now();
             let s = &mut self.slots[slot];
@@ -602,6 +612,10 @@ impl Dispatcher {
             FromWorker::Ended(m) => &m.execution_id,
             FromWorker::Request(m) => &m.execution_id,
             FromWorker::Hello(_) => return self.protocol_violation(slot, "a second hello"),
+            // A child's first frame, for its template only: never relayed.
+            FromWorker::Compiled(_) => {
+                return self.protocol_violation(slot, "compiled code (a child's frame)")
+            }
         };
         if *id != running.job.execution_id {
             return self.protocol_violation(slot, "a frame for another execution");
@@ -635,7 +649,7 @@ impl Dispatcher {
                 self.finish(out);
                 self.after_execution(slot, &ended);
             }
-            FromWorker::Hello(_) => unreachable!("handled above"),
+            FromWorker::Hello(_) | FromWorker::Compiled(_) => unreachable!("handled above"),
         }
     }
 
