@@ -3,33 +3,52 @@
 //!
 //! ```text
 //!  reader task ──Vec<Dispatch>──▶ main loop ──Job──▶ pool ──PoolEvent──▶ main loop
-//!   (XREADGROUP, one query for        │                                     │
-//!    the batch's workflows, one       │ logs (live, batched PUBLISH)        │ Completed
-//!    MGET of cancel markers, one      ▼                                     ▼
-//!    INSERT marking them running)   Redis                       writer (1 tx per batch)
-//!                                                                           │ Committed
+//!   (XREADGROUP, one query for        │                                     │ Finished
+//!    the batch's workflows, one       │ live logs, status: publisher        ▼
+//!    MGET of cancel markers, one      ▼ (tasks of their own)     writer (1 tx per batch)
+//!    INSERT marking them running)   Redis                                   │ Committed
 //!                                                         acker task ◀──────┘
-//!                                                         (XACK+XDEL+PUBLISH, 1 pipeline)
+//!                                                         (queue; XACK+XDEL+PUBLISH)
+//!   Interrupted / Returned (shutdown) ──▶ hand-back task (rows back to `pending`)
 //! ```
 //!
 //! - **Capacity.** The reader takes as many stream entries as there are free places: one
 //!   per worker plus a bounded prefetch (a semaphore; the main loop returns a permit when
-//!   an execution finishes). The stream, not memory, holds the backlog, and other
-//!   supervisors can take what this one cannot. Under load the reader waits until half
-//!   its places are free before reading again, so each batch (and its one transaction)
-//!   covers many executions whatever the rate; a lone request is read at once.
-//! - **Back-pressure.** While the database is away the writer keeps results in memory
-//!   up to its bound; `submit` then waits, the main loop stops returning permits, and
-//!   intake pauses. Nothing is acknowledged before it is committed.
+//!   an execution's end has been handed on). The stream, not memory, holds the backlog,
+//!   and other supervisors can take what this one cannot. Under load the reader waits
+//!   until half its places are free before reading again, so each batch (and its one
+//!   transaction) covers many executions whatever the rate; a lone request is read at
+//!   once.
+//! - **The main loop never waits on a server.** Results enter the writer through a
+//!   reservation taken inside its `select!`; live logs, status and claim refreshes are
+//!   sent by [`publisher::Publisher`]'s tasks with timeouts; acknowledgements queue in
+//!   the acker. So signals, pool events and cancels are answered whatever is down.
+//! - **PostgreSQL away.** The writer keeps results in memory up to its bound; past it
+//!   the main loop stops giving places back, and the reader, which retries the batch it
+//!   holds, reads nothing new. Nothing is acknowledged before it is committed.
+//! - **Redis away.** Results still commit; their acknowledgements and completions wait
+//!   in the acker's bounded queue and go out when Redis returns; live log lines are
+//!   dropped meanwhile (they are stored with the result). One warning when the outage
+//!   begins, one line when it ends ([`outage::RedisOutage`]).
 //! - **Module cache.** At start-up the workspace's modules are synced from PostgreSQL to
 //!   Redis, and kept in step (LISTEN/NOTIFY) by crate::modules::ModuleSync, whose
 //!   LISTEN connection is the one database connection beyond `db_connections`. Each
 //!   batch carries the cache's generation (one GET); workers' `module_miss` requests
 //!   are answered from the database here.
-//! - **Shutdown.** The first signal stops intake and drains the pool for
-//!   `--drain-timeout` (what is still running is then killed and recorded `cancelled`);
-//!   a second signal kills at once. The writer then commits what it holds and the acker
-//!   acknowledges it before the process exits.
+//! - **Shutdown.** The first signal stops intake and hands back what has not started:
+//!   executions queued in the pool (or prepared by the reader) go back to `pending` in
+//!   PostgreSQL at the same attempt ([`handback`]), and their stream entries stay
+//!   unacknowledged in this consumer's pending list for another supervisor to take
+//!   over. What runs may finish for `--drain-timeout`; what still runs then is killed
+//!   and recorded as an interrupted attempt (`pending`, error type `Interrupted`, the
+//!   entry unacknowledged: it runs again elsewhere at attempt + 1). Executions a user
+//!   cancelled stay `cancelled`. The writer then commits what it holds and the acker
+//!   acknowledges it; then the status is removed. Every wait on this path is bounded:
+//!   the process is gone by drain timeout + the pool's kill grace + 1 s, and within a
+//!   second of a second signal (which interrupts what runs at once), whatever server
+//!   is down. What the deadline leaves (results not committed or not acknowledged, rows
+//!   not given back) stays unacknowledged in the stream, and rows stay as they are, for
+//!   another supervisor to take over (at attempt + 1 for rows still `running`).
 
 pub mod acker;
 pub mod handback;

@@ -31,6 +31,9 @@ use crate::sdk::writes::SdkWrites;
 use crate::sdk::SdkError;
 use crate::store::{Backoff, Committed, Disposition, Store};
 
+/// The most [`Sdk::after_commit`] spends invalidating the config cache for one batch.
+const INVALIDATE_WITHIN: Duration = Duration::from_secs(2);
+
 /// The `error_type` of a successful execution whose SDK writes cannot be applied.
 pub const SDK_WRITE_ERROR: &str = "SdkWriteError";
 
@@ -203,8 +206,19 @@ impl Sdk {
                     }
                 };
                 if !scopes.is_empty() {
-                    sdk.invalidate(&scopes.into_iter().collect::<Vec<_>>())
-                        .await;
+                    // Bounded: while Redis is away this must not hold up the writer's
+                    // reports (and so its commits); the cache's TTL bounds staleness.
+                    let scopes: Vec<Scope> = scopes.into_iter().collect();
+                    if tokio::time::timeout(INVALIDATE_WITHIN, sdk.invalidate(&scopes))
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!(
+                            "could not invalidate the config cache in time; changed config \
+                             may be served stale for up to {} s",
+                            crate::sdk::cache::CACHE_TTL.as_secs()
+                        );
+                    }
                 }
                 if tx.send(batch).await.is_err() {
                     return;
