@@ -167,6 +167,57 @@ async fn results_commit_while_redis_is_away_and_are_acknowledged_when_it_returns
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_away_intake_stops_and_results_wait_until_it_returns() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let proxy = Proxy::start(&target_of(&db.url, 5432)).await;
+    push(&db, SLEEP).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&db, &redis, &dir, "pg-away");
+    cfg.database_url = proxy.url_for(&db.url);
+    let (signals, handle) = spawn(cfg);
+    submit(&redis, "a", 6, 0.5).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM executions WHERE status = 'running'",
+        6,
+        Duration::from_secs(60),
+    )
+    .await;
+    proxy.cut();
+    // One more batch may be read (and held: it cannot be recorded), then nothing.
+    submit(&redis, "b", 10, 0.1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = stream_pending(&redis).await;
+    assert!((6..=16).contains(&held), "{held} entries pending");
+    submit(&redis, "c", 5, 0.1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stream_pending(&redis).await,
+        held,
+        "nothing more is read while PostgreSQL is away"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM executions").await, 6);
+    proxy.restore();
+    wait_count(
+        &db,
+        "SELECT count(*) FROM executions WHERE status = 'success'",
+        21,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_pending(&redis, 0, Duration::from_secs(30)).await;
+    signals.send(1).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("serve stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.executions, 21, "each once: {report:?}");
+    assert_eq!(report.places_free_at_stop, report.places, "{report:?}");
+}
+
 /// Drain returns queued work: never-started executions go back `pending` at the same
 /// attempt, running ones the deadline cuts off are interrupted (attempt + 1 next time);
 /// a second supervisor then runs each exactly once.
