@@ -454,6 +454,14 @@ pub async fn serve(
     if reader_done.is_none() {
         reader.abort();
     }
+    // What it sent just before it ended.
+    while let Ok(batch) = dispatches.try_recv() {
+        for d in batch {
+            hand_backs.give_back(d.job.execution_id, d.meta.stream_id, false);
+            permits.add_permits(1);
+            report.returned += 1;
+        }
+    }
     // Results still waiting for the writer (the deadline came first): their places are
     // given back; their entries stay pending for another supervisor.
     if !to_writer.is_empty() {
