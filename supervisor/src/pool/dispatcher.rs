@@ -16,7 +16,12 @@
 //! ```
 //!
 //! Finalisation is driven by `Ended` (the last frame for an execution) or by the
-//! template's death: whichever comes, the execution gets exactly one `Finished`.
+//! template's death: whichever comes, the execution gets exactly one end event.
+//!
+//! The drain on shutdown: what is queued when it begins (or submitted during it) never
+//! started and is handed back at once (`PoolEvent::Returned`); what runs may finish
+//! until the drain's deadline, and what is still running then is killed and reported
+//! `PoolEvent::Interrupted` (a second shutdown request moves the deadline to now).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +38,9 @@ use super::template::{self, TemplateCmd, TemplateEvent};
 use super::uids::{self, SlotIds};
 use super::{firewall, posture};
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
+
+/// The error type of an execution killed because the drain ended (`Interrupted`).
+pub const SHUTDOWN: &str = "Shutdown";
 
 /// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
 /// is called or every handle is dropped.
@@ -61,8 +69,10 @@ pub struct PoolStats {
 pub struct ShutdownReport {
     /// Executions that finished during the drain.
     pub drained: usize,
-    /// Executions killed or never started because the drain timed out.
+    /// Executions killed because the drain timed out (reported `Interrupted`).
     pub abandoned: usize,
+    /// Executions handed back without starting (reported `Returned`).
+    pub returned: usize,
 }
 
 #[derive(Default)]
@@ -145,6 +155,7 @@ impl Pool {
             drain: None,
             next_generation: 1,
             drained: 0,
+            returned: 0,
             dispatches: 0,
             manifest: None,
             _lease: lease,
@@ -208,8 +219,10 @@ impl Pool {
         let _ = self.requests.send(Request::Reply(reply));
     }
 
-    /// Stops taking work, lets what is queued or running finish for up to `drain`,
-    /// then kills what is left (recorded as `cancelled`) and stops every template.
+    /// Stops taking work and hands back what is queued (`PoolEvent::Returned`), lets
+    /// what is running finish for up to `drain`, then kills what is left (reported
+    /// `PoolEvent::Interrupted`) and stops every template. Called again, the drain
+    /// ends now.
     pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
         let (done, rx) = oneshot::channel();
         if self
@@ -291,6 +304,13 @@ struct Running {
     template_killed: bool,
 }
 
+impl Running {
+    /// Killed because the drain ended, not for its own deadline or a cancel.
+    fn interrupted(&self) -> bool {
+        matches!(self.kill, Some((KillReason::Shutdown, _)))
+    }
+}
+
 struct Drain {
     deadline: Instant,
     done: Option<oneshot::Sender<ShutdownReport>>,
@@ -312,6 +332,8 @@ struct Dispatcher {
     drain: Option<Drain>,
     next_generation: u64,
     drained: usize,
+    /// Executions handed back without starting (`PoolEvent::Returned`).
+    returned: usize,
     /// Executions dispatched so far (orders `Slot::last_dispatch`).
     dispatches: u64,
     /// The module manifest of the last job dispatched, given to templates as soon as
@@ -364,14 +386,9 @@ impl Dispatcher {
         match req {
             Request::Submit(job) => {
                 if self.drain.is_some() {
+                    // Shutting down: never started here, so it goes back untouched.
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    let out = ExecutionOutcome::not_run(
-                        &job.execution_id,
-                        Status::Cancelled,
-                        "Shutdown",
-                        "the worker pool is shutting down and takes no new work",
-                    );
-                    self.finish(out);
+                    self.hand_back(job.execution_id);
                 } else {
                     self.queue.push_back(*job);
                 }
@@ -428,9 +445,20 @@ impl Dispatcher {
                     abandoned: 0,
                     stopping: false,
                 });
+                // What has not started goes back now: the drain is for what runs.
+                while let Some(job) = self.queue.pop_front() {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.hand_back(job.execution_id);
+                }
             }
         }
         self.on_timer(Instant::now());
+    }
+
+    /// Reports a job that never started as handed back (see `PoolEvent::Returned`).
+    fn hand_back(&mut self, execution_id: String) {
+        self.returned += 1;
+        let _ = self.events.send(PoolEvent::Returned { execution_id });
     }
 
     /// Hands queued jobs to idle templates.
@@ -645,8 +673,9 @@ impl Dispatcher {
                 else {
                     unreachable!("checked above")
                 };
+                let interrupted = running.interrupted();
                 let out = self.outcome_from_ended(*running, ended.clone());
-                self.finish(out);
+                self.end(out, interrupted);
                 self.after_execution(slot, &ended);
             }
             FromWorker::Hello(_) | FromWorker::Compiled(_) => unreachable!("handled above"),
@@ -692,8 +721,9 @@ impl Dispatcher {
         let state = std::mem::replace(&mut self.slots[slot].state, SlotState::Down(None));
         let retiring = matches!(state, SlotState::Retiring);
         if let SlotState::Busy(running) = state {
+            let interrupted = running.interrupted();
             let out = self.outcome_from_template_death(*running, &reason, exit_code, exit_signal);
-            self.finish(out);
+            self.end(out, interrupted);
         }
         if !was_ready {
             if self.drain.is_some() {
@@ -767,19 +797,10 @@ impl Dispatcher {
     fn on_timer(&mut self, now: Instant) {
         let drain_over = self.drain.as_ref().is_some_and(|d| now >= d.deadline);
         if drain_over {
-            // Whatever is queued never ran: it ends cancelled.
+            // Nothing is queued during a drain (see `begin_drain`); kept for safety.
             while let Some(job) = self.queue.pop_front() {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                let out = ExecutionOutcome::not_run(
-                    &job.execution_id,
-                    Status::Cancelled,
-                    "Shutdown",
-                    "the supervisor shut down before this execution started",
-                );
-                self.finish(out);
-                if let Some(d) = &mut self.drain {
-                    d.abandoned += 1;
-                }
+                self.hand_back(job.execution_id);
             }
         }
         for slot in 0..self.slots.len() {
@@ -881,6 +902,7 @@ impl Dispatcher {
         let report = ShutdownReport {
             drained: self.drained,
             abandoned: d.abandoned,
+            returned: self.returned,
         };
         if let Some(done) = d.done.take() {
             let _ = done.send(report);
@@ -906,6 +928,16 @@ impl Dispatcher {
         }
         self.shared.ready.store(ready, Ordering::Relaxed);
         self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// The end of a started execution: `Interrupted` when the drain killed it.
+    fn end(&mut self, out: ExecutionOutcome, interrupted: bool) {
+        if interrupted {
+            self.shared.completed.fetch_add(1, Ordering::Relaxed);
+            let _ = self.events.send(PoolEvent::Interrupted(out));
+        } else {
+            self.finish(out);
+        }
     }
 
     fn finish(&mut self, out: ExecutionOutcome) {
@@ -1021,7 +1053,7 @@ fn killed(out: &mut ExecutionOutcome, why: KillReason, r: &Running) {
         ),
         KillReason::Shutdown => (
             Status::Cancelled,
-            "Shutdown",
+            SHUTDOWN,
             "the supervisor shut down and its drain timeout passed; the process was killed"
                 .to_string(),
         ),
