@@ -26,22 +26,31 @@
 //!   LISTEN connection is the one database connection beyond `db_connections`. Each
 //!   batch carries the cache's generation (one GET); workers' `module_miss` requests
 //!   are answered from the database here.
+//! - **Liveness.** A heartbeat key (its own task and connection) tells peers this
+//!   supervisor lives; the reader takes over the entries of consumers whose heartbeat
+//!   is gone, and takes no work while its own is lapsing. After a lapse, executions
+//!   whose entries a peer took meanwhile are killed and their outcomes dropped
+//!   (crate::intake::liveness). The sweeper ends rows a dead supervisor left running
+//!   with nothing left to run them ([`sweeper`]).
 //! - **Shutdown.** The first signal stops intake and drains the pool for
 //!   `--drain-timeout` (what is still running is then killed and recorded `cancelled`);
 //!   a second signal kills at once. The writer then commits what it holds and the acker
-//!   acknowledges it before the process exits.
+//!   acknowledges it; the heartbeat key is deleted last, so peers take over at once
+//!   whatever is left pending.
 
 pub mod acker;
+pub mod held;
 pub mod inflight;
 pub mod prepare;
+pub mod sweeper;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::intake::stream::{KEEP_CLAIMED_EVERY, RECLAIM_MIN_IDLE};
-use crate::intake::{Intake, Keys, SupervisorStatus};
+use crate::intake::liveness::DEFAULT_HEARTBEAT_TTL;
+use crate::intake::{Heartbeat, Intake, Keys, SupervisorStatus};
 use crate::modules::{ModuleCache, ModuleSync};
 use crate::outcome::{ExecutionOutcome, PoolEvent, Status};
 use crate::pool::{Pool, PoolConfig};
@@ -63,8 +72,13 @@ pub struct ServeConfig {
     pub consumer: String,
     pub writer: WriterConfig,
     pub drain_timeout: Duration,
-    /// Entries idle this long on another (dead) consumer are taken over.
-    pub reclaim_idle: Duration,
+    /// This supervisor's heartbeat key lives this long unless refreshed (every third
+    /// of it). Peers take over its pending entries once it is gone, so this bounds how
+    /// long a dead supervisor's work waits (crate::intake::liveness).
+    pub heartbeat_ttl: Duration,
+    /// How often the sweeper looks for executions left `running` by a dead supervisor
+    /// whose stream entry is gone (crate::serve::sweeper).
+    pub sweep_every: Duration,
     /// How long one XREADGROUP waits for new entries.
     pub read_block: Duration,
     /// Entries taken ahead of free workers (they wait in the pool's queue), so that a
@@ -90,7 +104,8 @@ impl ServeConfig {
             consumer: default_consumer(),
             writer: WriterConfig::default(),
             drain_timeout: Duration::from_secs(30),
-            reclaim_idle: RECLAIM_MIN_IDLE,
+            heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
+            sweep_every: sweeper::SWEEP_EVERY,
             read_block: Duration::from_millis(200),
             read_linger: Duration::from_millis(50),
             secret_key: None,
@@ -123,6 +138,16 @@ pub struct ServeReport {
     /// the two are equal after a clean stop.
     pub places: usize,
     pub places_free_at_stop: usize,
+    /// Times this supervisor's heartbeat was found expired (Redis unreachable or
+    /// wiped, or the process stalled past the TTL).
+    pub heartbeat_lapses: u64,
+    /// Executions this supervisor was running whose entries a peer took over during
+    /// such a lapse: killed, their outcomes neither committed nor acknowledged.
+    pub lost_to_peers: u64,
+    /// Pending entries this supervisor took over from dead supervisors.
+    pub taken_over: u64,
+    /// Executions this supervisor's sweeper recorded `crashed` / `SupervisorLost`.
+    pub swept: u64,
 }
 
 /// A start-up failure, as one sentence for the operator.
@@ -151,6 +176,11 @@ pub async fn serve(
         .ensure_group()
         .await
         .map_err(|e| ServeError(e.to_string()))?;
+    // Peers see this supervisor alive from now on; set before the first read.
+    let heartbeat = Heartbeat::start(&intake, cfg.heartbeat_ttl)
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    let mut liveness = heartbeat.watch();
     // Advice only: a Redis that persists nothing loses unread requests when it restarts.
     crate::intake::persistence::warn_if_unpersisted(intake.client(), &cfg.redis_url).await;
     let mut cancels = intake
@@ -198,19 +228,37 @@ pub async fn serve(
     // Config changes of committed executions reach the cache before their completions.
     let committed = sdk.after_commit(committed);
     let pending_acks = acker::PendingAcks::default();
-    let acker = tokio::spawn(acker::run(intake.clone(), committed, pending_acks.clone()));
+    let held = held::Held::default();
+    let acker = tokio::spawn(acker::run(
+        intake.clone(),
+        committed,
+        pending_acks.clone(),
+        held.clone(),
+    ));
 
     // One permit per execution this supervisor holds (running or queued in the pool).
     let capacity = cfg.pool.workers + cfg.prefetch;
     let permits = Arc::new(Semaphore::new(capacity));
     let (stop_reader, reader_stopped) = watch::channel(false);
     let (dispatch_tx, mut dispatches) = mpsc::channel(4);
+    let taken_over = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sweeper = tokio::spawn(
+        sweeper::Sweeper {
+            store: store.clone(),
+            intake: intake.clone(),
+            every: cfg.sweep_every,
+            older_than: cfg.heartbeat_ttl * 2,
+            stop: reader_stopped.clone(),
+        }
+        .run(),
+    );
     let reader = tokio::spawn(
         prepare::Reader {
             intake: intake.clone(),
             store: store.clone(),
             writer: writer.clone(),
             acks: pending_acks.clone(),
+            held: held.clone(),
             sdk: sdk.clone(),
             modules: modules.clone(),
             permits: permits.clone(),
@@ -218,7 +266,8 @@ pub async fn serve(
             read_linger: cfg.read_linger,
             out: dispatch_tx,
             consumer: cfg.consumer.clone(),
-            reclaim_idle: cfg.reclaim_idle,
+            liveness: heartbeat.watch(),
+            taken_over: taken_over.clone(),
             read_block: cfg.read_block,
             default_timeout: cfg.pool.timeout,
             stop: reader_stopped,
@@ -237,7 +286,7 @@ pub async fn serve(
     let mut live_logs = Vec::new();
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut log_tick = tokio::time::interval(Duration::from_millis(20));
-    let mut last_keep = Instant::now();
+    let mut liveness_open = true;
     let mut rate = RateWindow::default();
     let started = chrono::Utc::now();
     let mut draining: Option<tokio::task::JoinHandle<()>> = None;
@@ -256,6 +305,29 @@ pub async fn serve(
                     tracing::warn!("second signal: killing what is still running");
                     let p = pool.clone();
                     tokio::spawn(async move { p.shutdown(Duration::ZERO).await; });
+                }
+            }
+            changed = liveness.changed(), if liveness_open => {
+                if changed.is_err() {
+                    liveness_open = false;
+                    continue;
+                }
+                let now = *liveness.borrow_and_update();
+                if now.lapses > report.heartbeat_lapses {
+                    report.heartbeat_lapses = now.lapses;
+                    // Peers may have taken over entries meanwhile: those runs are theirs.
+                    let sids = inflight.stream_ids();
+                    match intake.taken_over(&sids).await {
+                        Ok(taken) => {
+                            held.remove(taken.iter().map(String::as_str));
+                            for id in inflight.mark_lost(&taken) {
+                                tracing::warn!(execution = %id, "a peer took this execution over while the heartbeat was gone: killing it here, its outcome will not be recorded");
+                                report.lost_to_peers += 1;
+                                pool.cancel(&id);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not check which entries peers took over (results of those are refused by the store anyway)"),
+                    }
                 }
             }
             Some(batch) = dispatches.recv() => {
@@ -334,15 +406,6 @@ pub async fn serve(
                 if let Err(e) = intake.publish_status(&st).await {
                     tracing::debug!(error = %e, "status publish failed");
                 }
-                if last_keep.elapsed() >= KEEP_CLAIMED_EVERY {
-                    last_keep = Instant::now();
-                    let sids = inflight.stream_ids();
-                    if !sids.is_empty() {
-                        if let Err(e) = intake.keep_claimed(&sids).await {
-                            tracing::warn!(error = %e, "could not refresh claims on running entries");
-                        }
-                    }
-                }
             }
         }
         if let Some(d) = &draining {
@@ -375,6 +438,10 @@ pub async fn serve(
     drop(writer);
     // The writer commits what it holds, then closes its channel; the acker drains it.
     let _ = acker.await;
+    report.swept = sweeper.await.unwrap_or(0);
+    report.taken_over = taken_over.load(std::sync::atomic::Ordering::Relaxed);
+    // What is still pending here (if anything) may be taken over at once.
+    heartbeat.stop().await;
     let _ = intake.retire_status().await;
     report.redis = intake.calls();
     let _ = stop_modules.send(true);
@@ -395,16 +462,21 @@ async fn finish(
     out: ExecutionOutcome,
     report: &mut ServeReport,
 ) {
-    report.executions += 1;
-    *report
-        .by_status
-        .entry(out.status.as_str().to_string())
-        .or_default() += 1;
     // Every end of a dispatch gives its place back, whether or not its execution is
     // still in flight (a second dispatch of the same id ends after the first).
     if inflight.release_place(&out.execution_id) {
         permits.add_permits(1);
     }
+    if inflight.take_lost(&out.execution_id) {
+        // A peer runs it now: nothing of this run is recorded or acknowledged.
+        inflight.remove(&out.execution_id);
+        return;
+    }
+    report.executions += 1;
+    *report
+        .by_status
+        .entry(out.status.as_str().to_string())
+        .or_default() += 1;
     let Some((meta, logs)) = inflight.remove(&out.execution_id) else {
         tracing::warn!(execution = %out.execution_id, "finished execution was not in flight");
         return;

@@ -190,3 +190,42 @@ async fn rejected_requests_are_recorded_failed_and_listed() {
     assert_eq!(by_name.len(), 1);
     assert!(s.show_execution("missing").await.unwrap().is_none());
 }
+
+/// A result is fenced by attempt: once the same stream entry was begun again (a peer
+/// took it over), the earlier run's outcome is refused as superseded and the acker
+/// leaves the entry alone; the later attempt's outcome is recorded.
+#[tokio::test]
+async fn an_outcome_of_a_superseded_attempt_is_not_written() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let first = s.begin_batch(&[new_execution("x", None)]).await.unwrap();
+    assert_eq!(first, vec![Begin::Run { attempt: 1 }]);
+    let mut taken = new_execution("x", None);
+    taken.supervisor = "peer".into();
+    let second = s.begin_batch(&[taken]).await.unwrap();
+    assert_eq!(second, vec![Begin::Run { attempt: 2 }]);
+
+    let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
+    let mut stale = completed("x", Status::Failed, 3, None, None);
+    stale.attempt = Some(1);
+    writer.submit(stale).await.unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Superseded);
+    let row = s.show_execution("x").await.unwrap().unwrap();
+    assert_eq!(
+        (row.execution.status, row.execution.attempt, row.logs.len()),
+        (ExecutionStatus::Running, 2, 0),
+        "nothing of the superseded run was written"
+    );
+
+    let mut current = completed("x", Status::Success, 1, None, None);
+    current.attempt = Some(2);
+    writer.submit(current).await.unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Recorded);
+    let row = s.show_execution("x").await.unwrap().unwrap();
+    assert_eq!(
+        (row.execution.status, row.execution.supervisor.as_deref()),
+        (ExecutionStatus::Success, Some("peer"))
+    );
+}

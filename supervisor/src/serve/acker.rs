@@ -3,7 +3,9 @@
 //! completions. Runs only on what the writer reports as committed, so an entry is never
 //! acknowledged before its terminal state is in PostgreSQL. While Redis is away it
 //! retries the same batch (every command in it is safe to repeat); entries left
-//! unacknowledged by a crash are reclaimed and found already done.
+//! unacknowledged by a crash are taken over by a peer and found already done. An
+//! outcome the store reports superseded (its entry was taken over and begun again
+//! elsewhere) is neither acknowledged nor published.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::held::Held;
 use crate::intake::{Completion, Done, Intake};
 use crate::outcome::{ExecutionOutcome, Status};
 use crate::store::{Backoff, Committed, Disposition};
@@ -45,18 +48,30 @@ pub async fn run(
     intake: Intake,
     mut committed: mpsc::Receiver<Vec<Committed>>,
     pending: PendingAcks,
+    held: Held,
 ) {
     while let Some(batch) = committed.recv().await {
+        let mut superseded = Vec::new();
         let dones: Vec<Done> = batch
             .into_iter()
-            .filter_map(|c| done_for(&pending, c))
+            .filter_map(|c| {
+                let sid = c.stream_id.clone();
+                let done = done_for(&pending, c);
+                if done.is_none() {
+                    superseded.extend(sid);
+                }
+                done
+            })
             .collect();
-        ack_with_retry(&intake, &dones).await;
+        // Given up to the peer that runs them now.
+        held.remove(superseded.iter().map(String::as_str));
+        ack_with_retry(&intake, &held, &dones).await;
     }
 }
 
-/// Acknowledges `dones`, retrying with back-off until Redis takes them.
-pub async fn ack_with_retry(intake: &Intake, dones: &[Done]) {
+/// Acknowledges `dones`, retrying with back-off until Redis takes them; then they are
+/// no longer held.
+pub async fn ack_with_retry(intake: &Intake, held: &Held, dones: &[Done]) {
     if dones.is_empty() {
         return;
     }
@@ -66,10 +81,17 @@ pub async fn ack_with_retry(intake: &Intake, dones: &[Done]) {
         tracing::warn!(error = %e, retry_in = ?wait, n = dones.len(), "cannot acknowledge committed executions yet");
         tokio::time::sleep(wait).await;
     }
+    held.remove(dones.iter().map(|d| d.stream_id.as_str()));
 }
 
 fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
     let expected = pending.take(&c.execution_id, c.stream_id.as_deref());
+    if c.disposition == Disposition::Superseded {
+        // A peer took the entry over and runs it again: acknowledging it here would
+        // drop it from that peer's pending list (and lose it if the peer died too).
+        tracing::info!(execution = %c.execution_id, "outcome superseded by a later attempt elsewhere: not acknowledged");
+        return None;
+    }
     let stream_id = expected
         .as_ref()
         .map(|d| d.stream_id.clone())
@@ -82,6 +104,7 @@ fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
             stream_id,
             completion: None,
         }),
+        (_, Disposition::Superseded) => None,
         // What is in the database wins: publish that status, not ours.
         (_, Disposition::AlreadyTerminal) | (None, _) => Some(Done::new(
             stream_id,
