@@ -250,10 +250,10 @@ impl Intake {
         Ok(entries)
     }
 
-    /// What this consumer's previous incarnation read and never acknowledged, at most
-    /// `max` entries. Call once at start-up, before [`Intake::read`]: it returns
-    /// everything pending on this consumer name, which once reading has begun
-    /// includes work in flight. Pending ids whose entry was deleted are acknowledged.
+    /// Everything pending on this consumer name, at most `max` entries: at start-up,
+    /// what its previous incarnation read and never acknowledged; once reading has
+    /// begun, work in flight too, so the caller filters out what it holds
+    /// (crate::serve::held). Pending ids whose entry was deleted are acknowledged.
     pub async fn recover_own(&self, max: usize) -> Result<Vec<Entry>, IntakeError> {
         let mut entries = Vec::new();
         let mut gone = Vec::new();
