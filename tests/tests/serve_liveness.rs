@@ -466,6 +466,7 @@ async fn a_peer_finishes_a_sigkilled_supervisors_thousand_entries_within_10s() {
     let (killed_at, done) = kill(&db, doomed).await;
     wait_terminal(&db, 1000, Duration::from_secs(120)).await;
     let took = killed_at.elapsed();
+    eprintln!("a peer finished the dead supervisor's entries {took:?} after the kill");
     let report = stop(sig, handle).await;
     assert!(
         took < Duration::from_secs(10),
@@ -496,6 +497,7 @@ async fn a_restarted_supervisor_finishes_its_predecessors_thousand_entries_withi
     );
     wait_terminal(&db, 1000, Duration::from_secs(120)).await;
     let took = killed_at.elapsed();
+    eprintln!("a restarted supervisor finished its predecessor's entries {took:?} after the kill");
     sigterm(&next);
     assert!(next.wait().unwrap().success());
     assert!(
