@@ -25,4 +25,4 @@ pub use message::*;
 
 /// Bumped whenever a message changes shape. Both sides exchange it in the handshake
 /// ([`Hello`] / [`Welcome`]) and refuse to talk across versions.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

@@ -24,6 +24,9 @@ use crate::limits::ExecutionLimits;
 
 /// Supervisor → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Execute is most of the traffic and lives only while it is sent or run: boxing it would
+// cost an allocation per execution to save bytes on the rare small messages.
+#[allow(clippy::large_enum_variant)]
 pub enum ToWorker {
     Welcome(Welcome),
     Execute(Execute),
@@ -54,6 +57,10 @@ pub enum FromWorker {
     /// The running execution asks the supervisor for something (a module the cache
     /// lost, an SDK read). It blocks until the matching [`Reply`].
     Request(Request),
+    /// A fork-mode child's answer to [`Code::Wanted`]: `marshal.dumps` of the code it
+    /// compiled (empty: not reusable, e.g. its compilation warned). Only ever the first
+    /// frame of a child that was asked for it; the template keeps it and never relays it.
+    Compiled(Vec<u8>),
 }
 
 /// First message of a template: who it is and which protocol it speaks.
@@ -108,6 +115,34 @@ pub struct Execute {
     /// against (sent before, in [`ToWorker::Modules`]); 0 with no module cache.
     pub modules_manifest: u64,
     pub limits: ExecutionLimits,
+    /// The organization it runs for (empty: none or unknown). A fork-mode template keeps
+    /// compiled code for one organization at a time (see [`Code`]).
+    pub org: String,
+    /// The workflow's compiled code, as the template hands it to its child (fork mode
+    /// only; the supervisor always sends [`Code::None`]).
+    pub code: Code,
+}
+
+/// Compiled code a fork-mode template hands down with an [`Execute`].
+///
+/// Compiling even a two-line function costs more than running it, yet a fork-mode
+/// template must not compile user code itself: every later child, of any organization,
+/// would inherit the result. Instead the child compiles, and — before any of the
+/// workflow's code has run, so the bytes are still trustworthy — sends the marshalled
+/// code back in its first frame ([`FromWorker::Compiled`]). The template keeps it, for
+/// the same organization's later executions only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Code {
+    /// Compile the source; send nothing back.
+    #[default]
+    None,
+    /// Compile the source and send the marshalled code back as the first frame
+    /// ([`FromWorker::Compiled`], empty when it cannot be reused), before running any of
+    /// it.
+    Wanted,
+    /// `marshal.dumps` of the source's code, from an earlier child of the same
+    /// organization on this template: load it instead of compiling.
+    Cached(Vec<u8>),
 }
 
 /// Every workspace module path with the SHA-256 of its content, taken from PostgreSQL

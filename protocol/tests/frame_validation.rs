@@ -42,6 +42,8 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
         (".*", ".*", ".*", "[a-z_]{0,20}", ".*", limits()).prop_map(
             |(execution_id, path, source, function, params_json, limits)| {
                 ToWorker::Execute(Execute {
+                    org: function.clone(),
+                    code: Code::Cached(source.as_bytes().to_vec()),
                     execution_id,
                     path,
                     source,

@@ -46,8 +46,9 @@ pub enum Command {
     /// database and key prefix), or the pool alone with --local.
     Bench(crate::bench::BenchArgs),
     /// Run the supervisor daemon: take executions from the Redis stream, run them in
-    /// the worker pool, and record them in PostgreSQL. SIGTERM/SIGINT drain; a second
-    /// signal stops at once.
+    /// the worker pool, and record them in PostgreSQL. SIGTERM/SIGINT drain (queued
+    /// executions are handed back to other supervisors); a second signal stops within a
+    /// second.
     Serve(crate::cmd::serve::ServeArgs),
     /// Create the database if needed and bring its schema up to date.
     Migrate {
@@ -173,7 +174,11 @@ pub struct PoolArgs {
     #[arg(long, default_value = "512M", value_parser = parse_size)]
     pub max_worker_memory: u64,
     /// On SIGTERM/SIGINT, how long running executions may take to finish before they
-    /// are killed and recorded as cancelled. A second signal kills at once.
+    /// are killed. `serve` hands queued executions back at once (another supervisor
+    /// runs them, same attempt) and records killed ones as interrupted attempts (run
+    /// again elsewhere, attempt + 1), never as cancelled; it exits by this timeout plus
+    /// about 3 s, even with PostgreSQL or Redis down. A second signal kills at once and
+    /// exits within a second.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// What network workflows get: `egress` (the default: other hosts, but nothing on

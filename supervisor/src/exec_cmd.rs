@@ -68,7 +68,10 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
                     }
                     logs.push(json!({"level": l.level.as_str(), "message": l.message}));
                 }
-                Some(PoolEvent::Finished(o)) => break o,
+                Some(PoolEvent::Finished(o) | PoolEvent::Interrupted(o)) => break o,
+                Some(PoolEvent::Returned { .. }) => {
+                    return Err("the worker pool stopped before it started the workflow".into())
+                }
                 Some(PoolEvent::Started { .. }) => {}
                 // No services here: nothing can answer (module cache, SDK reads).
                 Some(PoolEvent::Request(req)) => pool.reply(crate::pool::unavailable(

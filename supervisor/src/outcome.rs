@@ -119,7 +119,8 @@ impl ExecutionOutcome {
 }
 
 /// What the pool reports, in order per execution: `Started`, `Log`* and `Request`*,
-/// `Finished`.
+/// then exactly one end: `Finished`, `Interrupted` (started, cut off by a shutdown) or
+/// `Returned` (never started, handed back by a shutdown).
 #[derive(Debug, Clone)]
 pub enum PoolEvent {
     Started {
@@ -131,4 +132,15 @@ pub enum PoolEvent {
     /// It blocks until answered (or until its deadline).
     Request(warden_protocol::Request),
     Finished(ExecutionOutcome),
+    /// Started, then killed because the pool's drain ended (its deadline passed, or a
+    /// second shutdown request): it did not end by itself, so it has no terminal state
+    /// of its own. The outcome says what happened (`cancelled`, error type `Shutdown`)
+    /// for callers that must show one; `serve` records an interrupted attempt instead
+    /// and leaves the execution to run again elsewhere.
+    Interrupted(ExecutionOutcome),
+    /// Never started: queued when the drain began, or submitted during it. The pool
+    /// hands it back untouched; whoever submitted it may run it elsewhere.
+    Returned {
+        execution_id: String,
+    },
 }

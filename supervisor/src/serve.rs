@@ -3,24 +3,35 @@
 //!
 //! ```text
 //!  reader task ──Vec<Dispatch>──▶ main loop ──Job──▶ pool ──PoolEvent──▶ main loop
-//!   (XREADGROUP, one query for        │                                     │
-//!    the batch's workflows, one       │ logs (live, batched PUBLISH)        │ Completed
-//!    MGET of cancel markers, one      ▼                                     ▼
-//!    INSERT marking them running)   Redis                       writer (1 tx per batch)
-//!                                                                           │ Committed
+//!   (XREADGROUP, one query for        │                                     │ Finished
+//!    the batch's workflows, one       │ live logs, status: publisher        ▼
+//!    MGET of cancel markers, one      ▼ (tasks of their own)     writer (1 tx per batch)
+//!    INSERT marking them running)   Redis                                   │ Committed
 //!                                                         acker task ◀──────┘
-//!                                                         (XACK+XDEL+PUBLISH, 1 pipeline)
+//!                                                         (queue; XACK+XDEL+PUBLISH)
+//!   Interrupted / Returned (shutdown) ──▶ hand-back task (rows back to `pending`)
 //! ```
 //!
 //! - **Capacity.** The reader takes as many stream entries as there are free places: one
 //!   per worker plus a bounded prefetch (a semaphore; the main loop returns a permit when
-//!   an execution finishes). The stream, not memory, holds the backlog, and other
-//!   supervisors can take what this one cannot. Under load the reader waits until half
-//!   its places are free before reading again, so each batch (and its one transaction)
-//!   covers many executions whatever the rate; a lone request is read at once.
-//! - **Back-pressure.** While the database is away the writer keeps results in memory
-//!   up to its bound; `submit` then waits, the main loop stops returning permits, and
-//!   intake pauses. Nothing is acknowledged before it is committed.
+//!   an execution's end has been handed on). The stream, not memory, holds the backlog,
+//!   and other supervisors can take what this one cannot. Under load the reader waits
+//!   until half its places are free before reading again, so each batch (and its one
+//!   transaction) covers many executions whatever the rate; a lone request is read at
+//!   once.
+//! - **The main loop never waits on a server.** Results enter the writer through a
+//!   reservation taken inside its `select!`; live logs and status are sent by
+//!   [`publisher::Publisher`]'s tasks with timeouts; acknowledgements queue in the
+//!   acker; the heartbeat has its own task and connection, and what peers took during
+//!   a lapse is asked off the loop. So signals, pool events and cancels are answered
+//!   whatever is down.
+//! - **PostgreSQL away.** The writer keeps results in memory up to its bound; past it
+//!   the main loop stops giving places back, and the reader, which retries the batch it
+//!   holds, reads nothing new. Nothing is acknowledged before it is committed.
+//! - **Redis away.** Results still commit; their acknowledgements and completions wait
+//!   in the acker's bounded queue and go out when Redis returns; live log lines are
+//!   dropped meanwhile (they are stored with the result). One warning when the outage
+//!   begins, one line when it ends ([`outage::RedisOutage`]).
 //! - **Module cache.** At start-up the workspace's modules are synced from PostgreSQL to
 //!   Redis, and kept in step (LISTEN/NOTIFY) by crate::modules::ModuleSync, whose
 //!   LISTEN connection is the one database connection beyond `db_connections`. Each
@@ -30,20 +41,39 @@
 //!   supervisor lives; the reader takes over the entries of consumers whose heartbeat
 //!   is gone, and takes no work while its own is lapsing. After a lapse, executions
 //!   whose entries a peer took meanwhile are killed and their outcomes dropped
-//!   (crate::intake::liveness). The sweeper ends rows a dead supervisor left running
-//!   with nothing left to run them ([`sweeper`]).
-//! - **Shutdown.** The first signal stops intake and drains the pool for
-//!   `--drain-timeout` (what is still running is then killed and recorded `cancelled`);
-//!   a second signal kills at once. The writer then commits what it holds and the acker
-//!   acknowledges it; the heartbeat key is deleted last, so peers take over at once
-//!   whatever is left pending.
+//!   (crate::intake::liveness); the store refuses a result whose attempt was
+//!   superseded, and the acker neither acknowledges nor publishes it. The sweeper
+//!   ends rows a dead supervisor left running with nothing left to run them
+//!   ([`sweeper`]).
+//! - **Shutdown.** The first signal stops intake and hands back what has not started:
+//!   executions queued in the pool (or prepared by the reader) go back to `pending` in
+//!   PostgreSQL at the same attempt ([`handback`]), and their stream entries stay
+//!   unacknowledged in this consumer's pending list for another supervisor to take
+//!   over. What runs may finish for `--drain-timeout`; what still runs then is killed
+//!   and recorded as an interrupted attempt (`pending`, error type `Interrupted`, the
+//!   entry unacknowledged: it runs again elsewhere at attempt + 1). Executions a user
+//!   cancelled stay `cancelled`. The writer then commits what it holds and the acker
+//!   acknowledges it; only then is the heartbeat key deleted (and the status removed),
+//!   so peers take over at once what is left pending and find its rows `pending`,
+//!   never `running` from this clean stop. Every wait on this path is bounded: the
+//!   process is gone by drain timeout + the pool's kill grace + 1 s, and within a
+//!   second of a second signal (which interrupts what runs at once), whatever server
+//!   is down. What the deadline leaves (results not committed or not acknowledged, rows
+//!   not given back) stays unacknowledged in the stream, and rows stay as they are; the
+//!   heartbeat is deleted then too (after the writer and acker are stopped, so nothing
+//!   is committed after it), and a peer takes it over at once (at attempt + 1 for rows
+//!   still `running`).
 
 pub mod acker;
+pub mod handback;
 pub mod held;
 pub mod inflight;
+pub mod outage;
 pub mod prepare;
+pub mod publisher;
 pub mod sweeper;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,11 +82,14 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::intake::liveness::DEFAULT_HEARTBEAT_TTL;
 use crate::intake::{Heartbeat, Intake, Keys, SupervisorStatus};
 use crate::modules::{ModuleCache, ModuleSync};
-use crate::outcome::{ExecutionOutcome, PoolEvent, Status};
+use crate::outcome::{ExecutionOutcome, PoolEvent};
 use crate::pool::{Pool, PoolConfig};
 use crate::sdk::Sdk;
-use crate::store::{Store, Writer, WriterConfig};
+use crate::store::{Completed, Store, Writer, WriterConfig};
+use handback::HandBacks;
 use inflight::Inflight;
+use outage::RedisOutage;
+use publisher::Publisher;
 
 /// Everything `serve` needs; the CLI builds it from flags, tests build it directly.
 #[derive(Debug, Clone)]
@@ -148,6 +181,15 @@ pub struct ServeReport {
     pub taken_over: u64,
     /// Executions this supervisor's sweeper recorded `crashed` / `SupervisorLost`.
     pub swept: u64,
+    /// Executions given back at shutdown without starting (queued, or prepared as
+    /// intake stopped): not counted in `executions`.
+    pub returned: u64,
+    /// Executions the drain's deadline (or a second signal) cut off: not counted in
+    /// `executions`; they run again elsewhere at attempt + 1.
+    pub interrupted: u64,
+    /// Rows of those two kinds moved back to `pending` in PostgreSQL (fewer when the
+    /// database was away at shutdown, or another supervisor had taken one over).
+    pub handed_back: u64,
 }
 
 /// A start-up failure, as one sentence for the operator.
@@ -159,7 +201,7 @@ pub struct ServeError(pub String);
 /// it SIGTERM/SIGINT; tests feed it directly.
 pub async fn serve(
     cfg: ServeConfig,
-    mut signals: watch::Receiver<u32>,
+    signals: watch::Receiver<u32>,
 ) -> Result<ServeReport, ServeError> {
     let store = Store::connect(&cfg.database_url, cfg.db_connections)
         .await
@@ -229,12 +271,20 @@ pub async fn serve(
     let committed = sdk.after_commit(committed);
     let pending_acks = acker::PendingAcks::default();
     let held = held::Held::default();
-    let acker = tokio::spawn(acker::run(
+    let outage = RedisOutage::default();
+    let acks_waiting = acker::Waiting::default();
+    let (direct_acks, direct_acks_rx) = mpsc::unbounded_channel();
+    let mut acker = tokio::spawn(acker::run(
         intake.clone(),
         committed,
+        direct_acks_rx,
         pending_acks.clone(),
+        outage.clone(),
+        acks_waiting.clone(),
         held.clone(),
     ));
+    let mut publisher = Publisher::new(intake.clone(), outage.clone());
+    let mut hand_backs = HandBacks::spawn(store.clone(), cfg.consumer.clone());
 
     // One permit per execution this supervisor holds (running or queued in the pool).
     let capacity = cfg.pool.workers + cfg.prefetch;
@@ -242,7 +292,7 @@ pub async fn serve(
     let (stop_reader, reader_stopped) = watch::channel(false);
     let (dispatch_tx, mut dispatches) = mpsc::channel(4);
     let taken_over = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sweeper = tokio::spawn(
+    let mut sweeper = tokio::spawn(
         sweeper::Sweeper {
             store: store.clone(),
             intake: intake.clone(),
@@ -252,13 +302,14 @@ pub async fn serve(
         }
         .run(),
     );
-    let reader = tokio::spawn(
+    let mut reader = tokio::spawn(
         prepare::Reader {
             intake: intake.clone(),
             store: store.clone(),
             writer: writer.clone(),
             acks: pending_acks.clone(),
             held: held.clone(),
+            direct_acks,
             sdk: sdk.clone(),
             modules: modules.clone(),
             permits: permits.clone(),
@@ -283,29 +334,41 @@ pub async fn serve(
 
     let mut inflight = Inflight::default();
     let mut report = ServeReport::default();
-    let mut live_logs = Vec::new();
+    // Finished executions waiting for a place in the writer, with whether each holds an
+    // intake place (given back once the writer takes it: that is the back-pressure).
+    let mut to_writer: VecDeque<(Completed, bool)> = VecDeque::new();
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut log_tick = tokio::time::interval(Duration::from_millis(20));
     let mut liveness_open = true;
+    // Entries peers took over during a heartbeat lapse, found off the loop.
+    let (lapse_tx, mut lapse_rx) = mpsc::unbounded_channel::<Vec<String>>();
     let mut rate = RateWindow::default();
     let started = chrono::Utc::now();
+    let mut stop = Stop::new(
+        signals,
+        cfg.drain_timeout + cfg.pool.kill_grace + FLUSH_GRACE,
+    );
     let mut draining: Option<tokio::task::JoinHandle<()>> = None;
 
     loop {
+        let deadline = stop.deadline;
         tokio::select! {
-            changed = signals.changed(), if draining.as_ref().is_none_or(|_| *signals.borrow() < 2) => {
-                let level = if changed.is_err() { 2 } else { *signals.borrow_and_update() };
-                if level >= 1 && draining.is_none() {
-                    tracing::info!(drain = ?cfg.drain_timeout, in_flight = inflight.len(), "shutting down: intake stopped, draining");
+            level = stop.next_signal() => {
+                if draining.is_none() {
+                    tracing::info!(drain = ?cfg.drain_timeout, in_flight = inflight.len(), "shutting down: intake stopped, queued executions handed back, draining what runs");
                     let _ = stop_reader.send(true);
                     let p = pool.clone();
                     let drain = if level >= 2 { Duration::ZERO } else { cfg.drain_timeout };
                     draining = Some(tokio::spawn(async move { p.shutdown(drain).await; }));
                 } else if level >= 2 {
-                    tracing::warn!("second signal: killing what is still running");
+                    tracing::warn!("second signal: interrupting what still runs and stopping within a second; what is unfinished is left to another supervisor");
                     let p = pool.clone();
                     tokio::spawn(async move { p.shutdown(Duration::ZERO).await; });
                 }
+            }
+            _ = sleep_until_opt(deadline), if draining.is_some() => {
+                tracing::warn!(in_flight = inflight.len(), "shutdown deadline passed; leaving what is unfinished to another supervisor");
+                break;
             }
             changed = liveness.changed(), if liveness_open => {
                 if changed.is_err() {
@@ -316,27 +379,46 @@ pub async fn serve(
                 if now.lapses > report.heartbeat_lapses {
                     report.heartbeat_lapses = now.lapses;
                     // Peers may have taken over entries meanwhile: those runs are theirs.
-                    let sids = inflight.stream_ids();
-                    match intake.taken_over(&sids).await {
-                        Ok(taken) => {
-                            held.remove(taken.iter().map(String::as_str));
-                            for id in inflight.mark_lost(&taken) {
-                                tracing::warn!(execution = %id, "a peer took this execution over while the heartbeat was gone: killing it here, its outcome will not be recorded");
-                                report.lost_to_peers += 1;
-                                pool.cancel(&id);
+                    // Asked off the loop (Redis may be slow to answer as it returns).
+                    let (sids, i, tx) = (inflight.stream_ids(), intake.clone(), lapse_tx.clone());
+                    tokio::spawn(async move {
+                        let taken = match tokio::time::timeout(SIDE_TIMEOUT, i.taken_over(&sids)).await {
+                            Ok(Ok(taken)) => taken,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "could not check which entries peers took over (results of those are refused by the store anyway)");
+                                return;
                             }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "could not check which entries peers took over (results of those are refused by the store anyway)"),
-                    }
+                            Err(_) => {
+                                tracing::warn!("could not check in time which entries peers took over (results of those are refused by the store anyway)");
+                                return;
+                            }
+                        };
+                        let _ = tx.send(taken);
+                    });
+                }
+            }
+            Some(taken) = lapse_rx.recv() => {
+                held.remove(taken.iter().map(String::as_str));
+                for id in inflight.mark_lost(&taken) {
+                    tracing::warn!(execution = %id, "a peer took this execution over while the heartbeat was gone: killing it here, its outcome will not be recorded");
+                    report.lost_to_peers += 1;
+                    pool.cancel(&id);
                 }
             }
             Some(batch) = dispatches.recv() => {
                 for d in batch {
-                    inflight.insert(d.job.execution_id.clone(), d.meta);
-                    if let Err(job) = pool.submit(d.job) {
-                        // The pool stopped between read and submit: record it, never drop it.
-                        let out = refused(&job.execution_id);
-                        finish(&mut inflight, &writer, &pending_acks, &permits, out, &mut report).await;
+                    let (id, sid) = (d.job.execution_id.clone(), d.meta.stream_id.clone());
+                    if draining.is_some() {
+                        // Prepared as intake stopped: never started, so it goes back.
+                        hand_backs.give_back(id, sid, false);
+                        permits.add_permits(1);
+                        report.returned += 1;
+                        continue;
+                    }
+                    inflight.insert(id.clone(), d.meta);
+                    if pool.submit(d.job).is_err() {
+                        // The pool stopped between read and submit: give it back, never drop it.
+                        returned(&mut inflight, &mut hand_backs, &permits, &id, &mut report);
                     }
                 }
             }
@@ -363,16 +445,35 @@ pub async fn serve(
                 }
                 PoolEvent::Log(mut log) => {
                     sdk.on_log(&mut log);
-                    live_logs.push(log.clone());
+                    publisher.log(log.clone());
                     inflight.log(log);
                 }
                 PoolEvent::Finished(mut out) => {
                     // Redacted and checked before it reaches the writer or the acker.
                     let org_id = inflight.org_id(&out.execution_id).flatten();
                     sdk.on_finished(&mut out, org_id);
-                    finish(&mut inflight, &writer, &pending_acks, &permits, out, &mut report).await;
+                    finish(&mut inflight, &pending_acks, &permits, &mut to_writer, out, &mut report);
+                }
+                PoolEvent::Interrupted(mut out) => {
+                    let org_id = inflight.org_id(&out.execution_id).flatten();
+                    sdk.on_finished(&mut out, org_id);
+                    interrupted(&mut inflight, &mut hand_backs, &permits, &out.execution_id, &mut report);
+                }
+                PoolEvent::Returned { execution_id } => {
+                    returned(&mut inflight, &mut hand_backs, &permits, &execution_id, &mut report);
                 }
             },
+            reservation = writer.reserve(), if !to_writer.is_empty() => {
+                let (item, place) = to_writer.pop_front().expect("not empty");
+                if let Ok(r) = reservation {
+                    if r.submit(item).is_err() {
+                        tracing::error!("the result writer stopped; the execution stays pending in the stream and will be taken over");
+                    }
+                }
+                if place {
+                    permits.add_permits(1);
+                }
+            }
             Some(sig) = cancels.recv() => match sig {
                 crate::intake::CancelSignal::Cancel(id) => {
                     if inflight.contains(&id) {
@@ -381,21 +482,19 @@ pub async fn serve(
                     }
                 }
                 crate::intake::CancelSignal::Resubscribed => {
-                    // Cancels sent while we were not listening are still marked.
-                    let ids = inflight.ids();
-                    if let Ok(flags) = intake.is_cancelled(&ids).await {
-                        for (id, c) in ids.iter().zip(flags) {
-                            if c { pool.cancel(id); }
+                    // Cancels sent while we were not listening are still marked; checked
+                    // off the loop (Redis may be slow to answer right after it returns).
+                    let (ids, i, p) = (inflight.ids(), intake.clone(), pool.clone());
+                    tokio::spawn(async move {
+                        if let Ok(Ok(flags)) = tokio::time::timeout(SIDE_TIMEOUT, i.is_cancelled(&ids)).await {
+                            for (id, c) in ids.iter().zip(flags) {
+                                if c { p.cancel(id); }
+                            }
                         }
-                    }
+                    });
                 }
             },
-            _ = log_tick.tick(), if !live_logs.is_empty() => {
-                if let Err(e) = intake.publish_logs(&live_logs).await {
-                    tracing::debug!(error = %e, "live log publish failed (logs are still stored)");
-                }
-                live_logs.clear();
-            }
+            _ = log_tick.tick(), if publisher.has_logs() => publisher.flush_logs(),
             _ = status_tick.tick() => {
                 let stats = pool.stats();
                 let mut st = SupervisorStatus::for_this_process(cfg.consumer.clone(), stats.workers as u32);
@@ -403,73 +502,243 @@ pub async fn serve(
                 st.executions_completed = report.executions;
                 st.executions_per_sec = rate.per_sec(report.executions);
                 st.started_at = started;
-                if let Err(e) = intake.publish_status(&st).await {
-                    tracing::debug!(error = %e, "status publish failed");
-                }
+                publisher.status(st);
             }
         }
         if let Some(d) = &draining {
-            if d.is_finished() && inflight.is_empty() && pool_events.is_empty() {
+            if d.is_finished()
+                && inflight.is_empty()
+                && pool_events.is_empty()
+                && to_writer.is_empty()
+            {
                 break;
             }
         }
     }
 
-    let _ = reader.await;
-    // Batches the reader prepared after the loop stopped looking: recorded as refused,
-    // like those the stopped pool turns away.
+    // Every wait from here on is bounded by the shutdown deadline (a second signal
+    // brings it to within a second).
+    let _ = stop_reader.send(true);
+    // Batches the reader prepares until it stops are given back, unstarted.
+    let reader_done = stop
+        .within("waiting for the intake to stop", async {
+            loop {
+                tokio::select! {
+                    Some(batch) = dispatches.recv() => {
+                        for d in batch {
+                            hand_backs.give_back(d.job.execution_id, d.meta.stream_id, false);
+                            permits.add_permits(1);
+                            report.returned += 1;
+                        }
+                    }
+                    _ = &mut reader => break,
+                }
+            }
+        })
+        .await;
+    if reader_done.is_none() {
+        reader.abort();
+    }
+    // What it sent just before it ended.
     while let Ok(batch) = dispatches.try_recv() {
         for d in batch {
-            let out = refused(&d.job.execution_id);
-            inflight.insert(d.job.execution_id, d.meta);
-            finish(
-                &mut inflight,
-                &writer,
-                &pending_acks,
-                &permits,
-                out,
-                &mut report,
-            )
-            .await;
+            hand_backs.give_back(d.job.execution_id, d.meta.stream_id, false);
+            permits.add_permits(1);
+            report.returned += 1;
+        }
+    }
+    // Results still waiting for the writer (the deadline came first): their places are
+    // given back; their entries stay pending for another supervisor.
+    if !to_writer.is_empty() {
+        tracing::warn!(
+            executions = to_writer.len(),
+            "results not handed to the writer before the deadline; their stream entries stay pending"
+        );
+        for (_, place) in to_writer.drain(..) {
+            if place {
+                permits.add_permits(1);
+            }
         }
     }
     report.places = capacity;
     report.places_free_at_stop = permits.available_permits();
-    drop(writer);
+    // Given back before this supervisor's heartbeat goes, so that whoever takes the
+    // entries over finds the rows `pending`.
+    let left = stop.left();
+    report.handed_back = hand_backs.finish(left).await.unwrap_or(0);
     // The writer commits what it holds, then closes its channel; the acker drains it.
-    let _ = acker.await;
-    report.swept = sweeper.await.unwrap_or(0);
+    let writer = writer.close();
+    let flushed = stop
+        .within("committing and acknowledging the last results", async {
+            let _ = (&mut acker).await;
+        })
+        .await;
+    if flushed.is_none() {
+        writer.abandon();
+        acker.abort();
+        tracing::warn!(
+            acknowledgements_waiting = acks_waiting.get(),
+            results_uncommitted = writer.pending(),
+            "stopping with results not committed or not acknowledged (is PostgreSQL or Redis \
+             away?): their stream entries stay pending and another supervisor takes them over \
+             (a committed one is found done and only acknowledged)"
+        );
+    }
+    // The sweeper stopped with intake; a sweep in flight is given what time is left.
+    match tokio::time::timeout(stop.left().min(SIDE_TIMEOUT), &mut sweeper).await {
+        Ok(swept) => report.swept = swept.unwrap_or(0),
+        Err(_) => sweeper.abort(),
+    }
     report.taken_over = taken_over.load(std::sync::atomic::Ordering::Relaxed);
-    // What is still pending here (if anything) may be taken over at once.
-    heartbeat.stop().await;
-    let _ = intake.retire_status().await;
+    // Last: rows are handed back and what was committed is acknowledged (or, past the
+    // deadline, the writer and the acker are stopped, so nothing of this supervisor's
+    // is committed after this). Peers may now take over at once what is left pending.
+    // Even past the deadline the key is deleted if Redis answers quickly; otherwise it
+    // expires on its own within the TTL.
+    let heartbeat_left = stop.left().clamp(HEARTBEAT_DELETE_MIN, SIDE_TIMEOUT);
+    if tokio::time::timeout(heartbeat_left, heartbeat.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not delete the heartbeat in time; it expires on its own");
+    }
+    publisher.retire(stop.left().min(SIDE_TIMEOUT)).await;
     report.redis = intake.calls();
     let _ = stop_modules.send(true);
-    let _ = module_follower.await;
+    let mut module_follower = module_follower;
+    if tokio::time::timeout(stop.left().min(SIDE_TIMEOUT), &mut module_follower)
+        .await
+        .is_err()
+    {
+        module_follower.abort();
+    }
     report.module_cache_redis = modules.cache().calls();
-    store.close().await;
-    tracing::info!(executions = report.executions, statuses = ?report.by_status, "stopped");
+    let _ = tokio::time::timeout(stop.left().min(SIDE_TIMEOUT), store.close()).await;
+    tracing::info!(
+        executions = report.executions,
+        statuses = ?report.by_status,
+        returned = report.returned,
+        interrupted = report.interrupted,
+        handed_back = report.handed_back,
+        "stopped"
+    );
     Ok(report)
 }
 
-/// Hands a finished execution to the writer (which may wait: that is the
-/// back-pressure) and frees its worker permit.
-async fn finish(
+/// After the drain's deadline, time to kill what still runs, give back what will not
+/// finish and write the last results, before the process must be gone.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
+/// How soon after a second signal the process is gone.
+const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(1);
+/// The most one side call to Redis or PostgreSQL may take off the main path.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Even past the deadline, this long to delete the heartbeat (so peers take over at
+/// once instead of after the TTL).
+const HEARTBEAT_DELETE_MIN: Duration = Duration::from_millis(300);
+
+/// The shutdown's clock: the signals, and the instant by which the process must be
+/// gone (set by the first signal, brought closer by a second).
+struct Stop {
+    signals: watch::Receiver<u32>,
+    closed: bool,
+    level: u32,
+    /// Drain timeout plus [`FLUSH_GRACE`] and the pool's kill grace.
+    first_grace: Duration,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Stop {
+    fn new(signals: watch::Receiver<u32>, first_grace: Duration) -> Stop {
+        Stop {
+            signals,
+            closed: false,
+            level: 0,
+            first_grace,
+            deadline: None,
+        }
+    }
+
+    /// The next signal level (1: drain, 2: stop now); a dropped sender counts as 2.
+    /// Sets or tightens the deadline.
+    async fn next_signal(&mut self) -> u32 {
+        loop {
+            if self.closed {
+                std::future::pending::<()>().await;
+            }
+            let level = match self.signals.changed().await {
+                Ok(()) => *self.signals.borrow_and_update(),
+                Err(_) => {
+                    self.closed = true;
+                    2
+                }
+            };
+            if level <= self.level {
+                continue;
+            }
+            self.level = level;
+            let now = tokio::time::Instant::now();
+            let grace = if level >= 2 {
+                SECOND_SIGNAL_GRACE
+            } else {
+                self.first_grace
+            };
+            self.deadline = Some(self.deadline.map_or(now + grace, |d| d.min(now + grace)));
+            return level;
+        }
+    }
+
+    /// Time left before the deadline.
+    fn left(&self) -> Duration {
+        self.deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        })
+    }
+
+    /// `work`, unless the deadline comes first (`None`); a second signal meanwhile
+    /// brings the deadline closer.
+    async fn within<F: std::future::Future>(&mut self, what: &str, work: F) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            let deadline = self.deadline;
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = sleep_until_opt(deadline) => {
+                    tracing::warn!(what, "shutdown deadline passed");
+                    return None;
+                }
+                _ = self.next_signal() => {}
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands a finished execution on to the writer, through `to_writer` (the main loop
+/// moves it into the writer as soon as the writer has room; its place is given back
+/// then, which is how intake pauses while the database is away).
+fn finish(
     inflight: &mut Inflight,
-    writer: &crate::store::WriterHandle,
     acks: &acker::PendingAcks,
     permits: &Semaphore,
+    to_writer: &mut VecDeque<(Completed, bool)>,
     out: ExecutionOutcome,
     report: &mut ServeReport,
 ) {
     // Every end of a dispatch gives its place back, whether or not its execution is
     // still in flight (a second dispatch of the same id ends after the first).
-    if inflight.release_place(&out.execution_id) {
-        permits.add_permits(1);
-    }
+    let place = inflight.release_place(&out.execution_id);
     if inflight.take_lost(&out.execution_id) {
         // A peer runs it now: nothing of this run is recorded or acknowledged.
         inflight.remove(&out.execution_id);
+        if place {
+            permits.add_permits(1);
+        }
         return;
     }
     report.executions += 1;
@@ -479,22 +748,58 @@ async fn finish(
         .or_default() += 1;
     let Some((meta, logs)) = inflight.remove(&out.execution_id) else {
         tracing::warn!(execution = %out.execution_id, "finished execution was not in flight");
+        if place {
+            permits.add_permits(1);
+        }
         return;
     };
     acks.expect(&meta.stream_id, &out);
-    let item = meta.into_completed(out, logs);
-    if let Err(e) = writer.submit(item).await {
-        tracing::error!(error = %e, "the result writer stopped; the execution stays pending in the stream and will be reclaimed");
-    }
+    to_writer.push_back((meta.into_completed(out, logs), place));
 }
 
-fn refused(id: &str) -> ExecutionOutcome {
-    ExecutionOutcome::not_run(
-        id,
-        Status::Cancelled,
-        "Shutdown",
-        "the supervisor was shutting down and did not start this execution",
-    )
+/// An execution the pool never started (or that never reached it): its row goes back
+/// to `pending` at the same attempt, its entry stays pending in the stream.
+fn returned(
+    inflight: &mut Inflight,
+    hand_backs: &mut HandBacks,
+    permits: &Semaphore,
+    id: &str,
+    report: &mut ServeReport,
+) {
+    report.returned += 1;
+    give_back(inflight, hand_backs, permits, id, false);
+}
+
+/// An execution the drain's deadline (or a second signal) cut off: an interrupted
+/// attempt, run again elsewhere at attempt + 1; its logs are not kept.
+fn interrupted(
+    inflight: &mut Inflight,
+    hand_backs: &mut HandBacks,
+    permits: &Semaphore,
+    id: &str,
+    report: &mut ServeReport,
+) {
+    report.interrupted += 1;
+    give_back(inflight, hand_backs, permits, id, true);
+}
+
+fn give_back(
+    inflight: &mut Inflight,
+    hand_backs: &mut HandBacks,
+    permits: &Semaphore,
+    id: &str,
+    started: bool,
+) {
+    if inflight.release_place(id) {
+        permits.add_permits(1);
+    }
+    let lost = inflight.take_lost(id);
+    if let Some((meta, _logs)) = inflight.remove(id) {
+        // A row a peer took over is the peer's: nothing to give back.
+        if !lost {
+            hand_backs.give_back(id.to_string(), meta.stream_id, started);
+        }
+    }
 }
 
 /// Executions per second over the last few status ticks.

@@ -13,11 +13,12 @@
 //!   Redis config cache; the SDK's config writes.
 //! - [`kv`]: the per-organization key-value store of the SDK (reads; writes are applied
 //!   by [`commit`]).
-//! - [`deliveries`]: event deliveries, created on intake; their status is written by
-//!   [`commit`].
+//! - [`deliveries`]: event deliveries, created on intake by [`Store::begin_batch`]'s
+//!   statement; their status is written by [`commit`].
 //! - [`executions`]: the one-statement [`Store::begin_batch`] that marks a batch
-//!   `running` (and says which ids were already finished), rejected requests, and the
-//!   read side (`list`, `show`).
+//!   `running` (and says which ids were already finished), [`Store::hand_back`] for
+//!   what a supervisor that shuts down gives back, rejected requests, and the read
+//!   side (`list`, `show`).
 //! - [`commit`]: one batch of outcomes in one transaction (rows, logs, SDK writes,
 //!   delivery statuses, daily metrics), idempotent so a replay never records twice.
 //! - [`lost`]: executions a dead supervisor left unfinished with nothing left to run
@@ -50,17 +51,18 @@ pub use sqlx;
 pub use commit::CommitOutcome;
 pub use configs::{ConfigEntry, ConfigKind, ConfigRow, Organization};
 pub use connect::{redact_url, Store};
-pub use deliveries::{Delivery, NewDelivery};
+pub use deliveries::Delivery;
 pub use executions::{
     Begin, ExecutionDetail, ExecutionFilter, ExecutionRecord, ExecutionStatus, ExecutionSummary,
-    LogLine, NewExecution, Rejected,
+    HandBack, LogLine, NewExecution, Rejected, INTERRUPTED,
 };
 pub use kv::KvEntry;
 pub use migrate::{SchemaStatus, MIGRATOR};
 pub use retry::{retry_with_backoff, Backoff};
 pub use workflows::{PushAction, PushResult, Workflow, WorkflowRef, WorkflowSpec, WorkflowSummary};
 pub use writer::{
-    Committed, Completed, Disposition, Writer, WriterConfig, WriterHandle, WriterStats,
+    Committed, Completed, Disposition, Reservation, Writer, WriterConfig, WriterHandle,
+    WriterStats, WriterTask,
 };
 
 /// Everything the store can fail with. Each variant says what was being done, so the

@@ -310,6 +310,7 @@ pub mod fixtures {
             // The entry `completed` acknowledges: only the entry that began an
             // execution writes its result.
             stream_id: Some(format!("1-{id}")),
+            delivery_id: None,
         }
     }
 }

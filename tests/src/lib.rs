@@ -4,5 +4,6 @@
 
 pub mod db;
 pub mod pool;
+pub mod proxy;
 pub mod redis;
 pub mod serve;

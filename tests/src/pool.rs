@@ -51,6 +51,8 @@ pub fn unique_uid_base() -> Option<u32> {
 pub struct TestPool {
     pub pool: Pool,
     pub events: mpsc::UnboundedReceiver<PoolEvent>,
+    /// Executions the pool handed back unstarted (at shutdown), as they were seen.
+    pub returned: Vec<String>,
     pub cfg: PoolConfig,
     _dir: tempfile::TempDir,
 }
@@ -59,6 +61,8 @@ pub struct TestPool {
 #[derive(Debug)]
 pub struct Finished {
     pub outcome: ExecutionOutcome,
+    /// Reported `Interrupted`: killed because the pool's drain ended.
+    pub interrupted: bool,
     pub logs: Vec<Log>,
     pub pid: Option<u32>,
 }
@@ -81,6 +85,7 @@ impl TestPool {
         TestPool {
             pool,
             events,
+            returned: Vec::new(),
             cfg,
             _dir: dir,
         }
@@ -119,9 +124,19 @@ impl TestPool {
                     PoolEvent::Started { pid: p, .. } => pid = Some(p),
                     PoolEvent::Log(l) => logs.push(l),
                     PoolEvent::Request(req) => self.pool.reply(answer(&req)),
+                    PoolEvent::Returned { execution_id } => self.returned.push(execution_id),
                     PoolEvent::Finished(outcome) => {
                         return Finished {
                             outcome,
+                            interrupted: false,
+                            logs: std::mem::take(&mut logs),
+                            pid,
+                        }
+                    }
+                    PoolEvent::Interrupted(outcome) => {
+                        return Finished {
+                            outcome,
+                            interrupted: true,
                             logs: std::mem::take(&mut logs),
                             pid,
                         }

@@ -249,7 +249,7 @@ async fn shutdown_lets_running_work_finish_within_the_drain() {
 }
 
 #[tokio::test]
-async fn shutdown_kills_and_records_what_outlives_the_drain() {
+async fn shutdown_hands_back_the_queue_and_interrupts_what_outlives_the_drain() {
     let mut p = TestPool::start(|_| {}).await;
     p.submit("long", SLEEPY, r#"{"s": 30}"#, None);
     p.submit("queued", DOUBLE, r#"{"x": 1}"#, None);
@@ -257,14 +257,14 @@ async fn shutdown_kills_and_records_what_outlives_the_drain() {
     let t = Instant::now();
     let report = p.pool.shutdown(Duration::from_millis(300)).await;
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-    assert_eq!(report.abandoned, 2);
-    let mut ended = [p.finished().await.outcome, p.finished().await.outcome];
-    ended.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
-    assert_eq!(ended[0].execution_id, "long");
-    assert_eq!(ended[0].status, Status::Cancelled);
-    assert_eq!(ended[0].error.as_ref().unwrap().error_type, "Shutdown");
-    assert_eq!(ended[1].execution_id, "queued");
-    assert_eq!(ended[1].status, Status::Cancelled);
+    assert_eq!((report.abandoned, report.returned), (1, 1));
+    let ended = p.finished().await;
+    assert!(ended.interrupted, "reported Interrupted: {ended:?}");
+    assert_eq!(ended.outcome.execution_id, "long");
+    assert_eq!(ended.outcome.status, Status::Cancelled);
+    assert_eq!(ended.outcome.error.as_ref().unwrap().error_type, "Shutdown");
+    // The queued one never started: handed back (before the interrupted one ended).
+    assert_eq!(p.returned, vec!["queued".to_string()]);
     // Work submitted after shutdown is handed back, never silently dropped.
     let refused = p.pool.submit(job("late", DOUBLE, "{}", None));
     assert_eq!(

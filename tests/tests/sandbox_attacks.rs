@@ -665,3 +665,75 @@ def run():
         "UDP to the host got through"
     );
 }
+
+/// The compiled-code hand-down (see the worker's `code_cache`): a workflow forges the
+/// frame a child sends its template with the code it compiled, carrying code of its
+/// choosing, so that later executions of the workflow would run it. The template takes
+/// that frame only first and only when it asked for it, before any of the workflow ran;
+/// a forged one kills the execution, and the next run is the genuine code.
+#[tokio::test]
+async fn a_workflow_cannot_plant_compiled_code_for_later_executions() {
+    const WORKFLOW: &str = "import os\ndef run(forge):\n    if forge:\n        os.write(3, bytes.fromhex(forge))\n    return 'genuine'\n";
+    let path = "flows/planted.py";
+    // What the attacker wants later executions to run: the same function, returning
+    // something else, compiled by the same CPython the worker embeds.
+    let planted = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import marshal, sys; sys.stdout.buffer.write(marshal.dumps(compile(sys.argv[1], sys.argv[2], 'exec')))",
+            "def run(forge):\n    return 'planted'\n",
+            path,
+        ])
+        .output()
+        .expect("python3");
+    assert!(planted.status.success() && !planted.stdout.is_empty());
+    let forged = warden_protocol::frame::encode(
+        &warden_protocol::FromWorker::Compiled(planted.stdout),
+        warden_protocol::frame::DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    let forged: String = forged.iter().map(|b| format!("{b:02x}")).collect();
+
+    let mut p = TestPool::start(|_| {}).await;
+    let mut run = async |i: usize, forge: &str| {
+        let mut j = warden_tests::pool::job(
+            &format!("planted-{i}"),
+            WORKFLOW,
+            &serde_json::json!({ "forge": forge }).to_string(),
+            None,
+        );
+        j.path = path.into();
+        j.org = Some("attacker-org".into());
+        assert!(p.pool.submit(j).is_ok());
+        p.finished().await
+    };
+    // The first of a row (no code asked for), then the second (asked for: the child's
+    // genuine code goes first, the forgery after it), then more.
+    for i in 0..4 {
+        let f = run(i, &forged).await;
+        assert_eq!(
+            f.outcome.status,
+            Status::Crashed,
+            "run {i}: {:?}",
+            f.outcome
+        );
+        let e = f.outcome.error.unwrap();
+        assert!(
+            e.message.contains("compiled code"),
+            "run {i}: {}",
+            e.message
+        );
+        let f = run(i + 100, "").await;
+        assert_eq!(
+            f.outcome.status,
+            Status::Success,
+            "run {i}: {:?}",
+            f.outcome.error
+        );
+        assert_eq!(
+            f.outcome.result_json.as_deref(),
+            Some("\"genuine\""),
+            "run {i}: later executions must run the workflow's own code"
+        );
+    }
+}

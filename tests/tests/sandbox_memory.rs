@@ -264,3 +264,63 @@ async fn an_execution_finds_nothing_of_an_earlier_one_after_other_traffic() {
     let report = victim_then_attacker(3).await;
     assert_nothing_found(&report);
 }
+
+/// Runs the victim's workflow (one path, as a real workflow has) `times` times for
+/// `victim-org`, so that the template hands its compiled code down (asked for on the
+/// second execution in a row, handed down from the third), then the attacker for
+/// `attacker_org`, and returns what the attacker found.
+async fn attacker_after_code_cache(attacker_org: &str) -> serde_json::Map<String, Value> {
+    let token = random_token();
+    let mut p = TestPool::start(|_| {}).await;
+    let source = victim_source(&token);
+    for i in 0..3 {
+        let mut victim = job(
+            "victim",
+            &source,
+            &json!({ "p": "p", "padding": "" }).to_string(),
+            None,
+        );
+        victim.execution_id = format!("victim-{i}");
+        victim.org = Some("victim-org".into());
+        assert!(p.pool.submit(victim).is_ok());
+        let f = p.finished().await;
+        // config.get is answered `unavailable` by the test pool: the function raises
+        // after its source's marker went through compilation, which is what matters.
+        assert_eq!(f.outcome.execution_id, format!("victim-{i}"));
+    }
+    let needles: serde_json::Map<String, Value> = KINDS
+        .iter()
+        .map(|(kind, _)| (kind.to_string(), shifted(&format!("{kind}{token}")).into()))
+        .collect();
+    let params = json!({ "needles": needles, "control": shifted(&format!("ctl{token}")) });
+    let mut attacker = job("attacker", ATTACKER, &params.to_string(), None);
+    attacker.org = Some(attacker_org.into());
+    assert!(p.pool.submit(attacker).is_ok());
+    let f = p.finished().await;
+    assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    let report: Value = serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+    let report = report.as_object().unwrap().clone();
+    assert_eq!(report["control"], json!(true), "{report:?}");
+    report
+}
+
+#[tokio::test]
+async fn compiled_code_a_template_hands_down_never_reaches_another_organization() {
+    let report = attacker_after_code_cache("attacker-org").await;
+    assert_nothing_found(&report);
+}
+
+/// The control for the test above: within one organization the template does hand the
+/// compiled code down (so the scan above had something to miss), and nothing else.
+#[tokio::test]
+async fn compiled_code_is_handed_down_within_the_organization_and_nothing_else_is() {
+    let report = attacker_after_code_cache("victim-org").await;
+    let found = report["found"].as_object().unwrap();
+    let kinds: Vec<&str> = found.keys().map(String::as_str).collect();
+    assert_eq!(
+        kinds,
+        ["src"],
+        "the victim's own organization should inherit its compiled code (the source's \
+         string constant) and nothing else: {report:?}"
+    );
+}

@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use warden::outcome::Status;
 use warden::store::sqlx;
-use warden::store::{
-    Completed, Disposition, NewDelivery, Store, WorkflowSpec, Writer, WriterConfig,
-};
+use warden::store::{Completed, Disposition, Store, WorkflowSpec, Writer, WriterConfig};
 use warden_tests::db::fixtures::{completed, new_execution};
 use warden_tests::db::{collect_committed, TestDb};
 
@@ -50,18 +48,11 @@ async fn begin(store: &Store, ids: &[&str], wf: i64, org: i64) {
         .iter()
         .map(|id| warden::store::NewExecution {
             org_id: Some(org),
+            delivery_id: Some(format!("d-{id}")),
             ..new_execution(id, Some(wf))
         })
         .collect();
     store.begin_batch(&rows).await.unwrap();
-    let deliveries: Vec<NewDelivery> = ids
-        .iter()
-        .map(|id| NewDelivery {
-            delivery_id: format!("d-{id}"),
-            execution_id: id.to_string(),
-        })
-        .collect();
-    store.begin_deliveries(&deliveries).await.unwrap();
 }
 
 async fn kv_keys(store: &Store, org: i64) -> Vec<String> {
@@ -334,28 +325,42 @@ async fn malformed_writes_are_isolated_not_applied() {
 #[tokio::test]
 async fn deliveries_count_attempts_and_a_replay_leaves_a_finished_one_alone() {
     let db = TestDb::new().await;
-    let d = |exec: &str| NewDelivery {
-        delivery_id: "evt-1".into(),
-        execution_id: exec.into(),
+    let begin = |exec: &str, sup: &str| warden::store::NewExecution {
+        delivery_id: Some("evt-1".into()),
+        supervisor: sup.into(),
+        ..new_execution(exec, None)
     };
-    db.store.begin_deliveries(&[d("e1")]).await.unwrap();
+    db.store.begin_batch(&[begin("e1", "s1")]).await.unwrap();
+    let row = db.store.delivery("evt-1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.execution_id.as_str(), row.status.as_str(), row.attempts),
+        ("e1", "running", 1),
+        "recorded by the statement that begins the execution"
+    );
     // Reclaimed after its supervisor died: the same execution, taken up again.
-    db.store.begin_deliveries(&[d("e1")]).await.unwrap();
+    db.store.begin_batch(&[begin("e1", "s2")]).await.unwrap();
     let row = db.store.delivery("evt-1").await.unwrap().unwrap();
     assert_eq!(
         (row.execution_id.as_str(), row.status.as_str(), row.attempts),
         ("e1", "running", 2)
     );
+    // Handed back before it started (its supervisor shut down): taken up again, it is
+    // still the same start.
+    let back = warden::store::HandBack {
+        id: "e1".into(),
+        stream_id: "1-e1".into(),
+        started: false,
+    };
+    assert_eq!(db.store.hand_back("s2", &[back]).await.unwrap(), 1);
+    db.store.begin_batch(&[begin("e1", "s3")]).await.unwrap();
+    let row = db.store.delivery("evt-1").await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.attempts), ("running", 2));
 
-    db.store
-        .begin_batch(&[new_execution("e1", None)])
-        .await
-        .unwrap();
     db.store
         .commit_batch(&[completed("e1", Status::Failed, 0, None, None)])
         .await
         .unwrap();
-    db.store.begin_deliveries(&[d("e1")]).await.unwrap();
+    db.store.begin_batch(&[begin("e1", "s4")]).await.unwrap();
     let row = db.store.delivery("evt-1").await.unwrap().unwrap();
     assert_eq!(
         (row.status.as_str(), row.attempts),
@@ -364,7 +369,7 @@ async fn deliveries_count_attempts_and_a_replay_leaves_a_finished_one_alone() {
     );
 
     // The event system redelivers it as a new execution.
-    db.store.begin_deliveries(&[d("e2")]).await.unwrap();
+    db.store.begin_batch(&[begin("e2", "s4")]).await.unwrap();
     let row = db.store.delivery("evt-1").await.unwrap().unwrap();
     assert_eq!(
         (row.execution_id.as_str(), row.status.as_str(), row.attempts),

@@ -62,8 +62,8 @@ async fn run(
                     });
                     requests.push(req);
                 }
-                PoolEvent::Finished(outcome) => return outcome,
-                PoolEvent::Started { .. } => {}
+                PoolEvent::Finished(outcome) | PoolEvent::Interrupted(outcome) => return outcome,
+                PoolEvent::Started { .. } | PoolEvent::Returned { .. } => {}
             }
         }
     };

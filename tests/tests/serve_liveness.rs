@@ -576,6 +576,20 @@ async fn running_row(db: &TestDb, id: &str, supervisor: &str, stream_id: &str) {
     .unwrap();
 }
 
+/// A row as [`warden::store::Store::hand_back`] leaves one that never started.
+async fn handed_back_row(db: &TestDb, id: &str, stream_id: &str) {
+    let mut conn = db.connection().await;
+    sqlx::query(
+        "INSERT INTO executions (id, workflow_name, status, params, queued_at, stream_id)
+         VALUES ($1, 'quick', 'pending', '{}', now() - interval '1 minute', $2)",
+    )
+    .bind(id)
+    .bind(stream_id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
 async fn row(db: &TestDb, id: &str) -> (String, i32, Option<String>, Option<String>) {
     let mut conn = db.connection().await;
     sqlx::query_as(
@@ -591,6 +605,8 @@ async fn row(db: &TestDb, id: &str) -> (String, i32, Option<String>, Option<Stri
 /// ends `crashed` / `SupervisorLost`, once across two sweeping supervisors, and its
 /// waiter learns it; a live supervisor's row is never swept, whatever Redis holds; a
 /// dead supervisor's row whose entry is still pending is taken over and run instead.
+/// Rows handed back at shutdown (no supervisor) are treated the same way: swept when
+/// their entry is gone, taken over (at the same attempt) when it is pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_dead_supervisors_with_no_entry_left_end_supervisor_lost_once() {
     let db = TestDb::new().await;
@@ -606,8 +622,19 @@ async fn rows_of_dead_supervisors_with_no_entry_left_end_supervisor_lost_once() 
     let read = ghost.read(1, Duration::ZERO).await.unwrap();
     assert_eq!(read.len(), 1);
     running_row(&db, "pending-1", "ghost-with-entry", &read[0].stream_id).await;
+    // A row a supervisor handed back at shutdown (never started), its entry still
+    // pending on that supervisor's consumer: taken over and run, at the same attempt.
+    client
+        .submit(&TestServe::request("pending-2", "quick", r#"{"i": 2}"#))
+        .await
+        .unwrap();
+    let read = ghost.read(1, Duration::ZERO).await.unwrap();
+    assert_eq!(read.len(), 1);
+    handed_back_row(&db, "pending-2", &read[0].stream_id).await;
     // A dead supervisor whose entry is gone (never existed here).
     running_row(&db, "lost-1", "ghost", "1-1").await;
+    // A row handed back at shutdown whose entry is gone: nothing can run it either.
+    handed_back_row(&db, "lost-2", "1-3").await;
     // A live supervisor (its heartbeat is there) whose entry is gone too.
     running_row(&db, "alive-1", "alive", "1-2").await;
     let _: () = redis::cmd("SET")
@@ -644,13 +671,26 @@ async fn rows_of_dead_supervisors_with_no_entry_left_end_supervisor_lost_once() 
         (status.as_str(), error_type.as_deref()),
         ("crashed", Some("SupervisorLost"))
     );
-    // The pending entry was taken over and run, not swept.
-    wait_for("pending-1 run again", Duration::from_secs(30), async || {
-        row(&db, "pending-1").await.0 == "success"
+    wait_for("lost-2 swept", Duration::from_secs(30), async || {
+        row(&db, "lost-2").await.0 == "crashed"
     })
     .await;
-    let (_, attempt, error_type, _) = row(&db, "pending-1").await;
-    assert_eq!((attempt, error_type), (2, None));
+    let (_, attempt, error_type, _) = row(&db, "lost-2").await;
+    assert_eq!(
+        (attempt, error_type.as_deref()),
+        (1, Some("SupervisorLost"))
+    );
+    // The pending entries were taken over and run, not swept.
+    for (id, again_at) in [("pending-1", 2), ("pending-2", 1)] {
+        wait_for(
+            "pending entries run again",
+            Duration::from_secs(30),
+            async || row(&db, id).await.0 == "success",
+        )
+        .await;
+        let (_, attempt, error_type, _) = row(&db, id).await;
+        assert_eq!((attempt, error_type), (again_at, None), "{id}");
+    }
     // Several more sweeps: the live supervisor's row stays as it is.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(row(&db, "alive-1").await.0, "running");
@@ -661,8 +701,8 @@ async fn rows_of_dead_supervisors_with_no_entry_left_end_supervisor_lost_once() 
     }
     assert_eq!(
         reports.iter().map(|r| r.swept).sum::<u64>(),
-        1,
-        "swept (and published) once: {reports:?}"
+        2,
+        "swept (and published) once each: {reports:?}"
     );
     assert_eq!(row(&db, "alive-1").await.0, "running");
     assert_eq!(
@@ -671,7 +711,7 @@ async fn rows_of_dead_supervisors_with_no_entry_left_end_supervisor_lost_once() 
             "SELECT COALESCE(sum(crashed), 0)::bigint FROM daily_metrics WHERE workflow_id = 0"
         )
         .await,
-        1,
-        "the swept row is counted once"
+        2,
+        "each swept row is counted once"
     );
 }

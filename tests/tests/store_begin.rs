@@ -1,6 +1,7 @@
 //! `begin_batch`: new executions run with attempt 1, a non-terminal one taken up again
 //! runs with the next attempt, a committed one is reported done (acknowledge, don't
-//! run). Rejected requests become `failed` rows; `list` and `show` read them back.
+//! run). Rows a supervisor hands back at shutdown are begun again at the right attempt.
+//! Rejected requests become `failed` rows; `list` and `show` read them back.
 
 use std::time::Duration;
 
@@ -228,4 +229,145 @@ async fn an_outcome_of_a_superseded_attempt_is_not_written() {
         (row.execution.status, row.execution.supervisor.as_deref()),
         (ExecutionStatus::Success, Some("peer"))
     );
+}
+
+/// A supervisor that shuts down gives its `running` rows back: one that never started
+/// keeps its attempt when begun again, an interrupted one counts it; rows another
+/// supervisor holds, or begun from another entry, are not touched.
+#[tokio::test]
+async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
+    use warden::store::HandBack;
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let rows: Vec<NewExecution> = ["queued", "cut", "other"]
+        .iter()
+        .map(|id| NewExecution {
+            supervisor: "sup-1".to_string(),
+            ..new_execution(id, None)
+        })
+        .collect();
+    s.begin_batch(&rows).await.unwrap();
+    let back = |id: &str, started: bool| HandBack {
+        id: id.into(),
+        stream_id: format!("1-{id}"),
+        started,
+    };
+    // Wrong supervisor, wrong entry: nothing.
+    assert_eq!(
+        s.hand_back("sup-2", &[back("queued", false)])
+            .await
+            .unwrap(),
+        0
+    );
+    let mut wrong = back("other", false);
+    wrong.stream_id = "2-other".into();
+    assert_eq!(s.hand_back("sup-1", &[wrong]).await.unwrap(), 0);
+    assert_eq!(
+        s.hand_back("sup-1", &[back("queued", false), back("cut", true)])
+            .await
+            .unwrap(),
+        2
+    );
+    let row =
+        |id: &'static str| async move { s.show_execution(id).await.unwrap().unwrap().execution };
+    let queued = row("queued").await;
+    assert_eq!(queued.status.to_string(), "pending");
+    assert!(queued.started_at.is_none() && queued.supervisor.is_none());
+    assert!(queued.error_type.is_none());
+    let cut = row("cut").await;
+    assert_eq!(cut.status.to_string(), "pending");
+    assert!(cut.started_at.is_some() && cut.supervisor.is_none());
+    assert_eq!(cut.error_type.as_deref(), Some("Interrupted"));
+    assert!(
+        cut.error_message.as_deref().unwrap().contains("attempt 1")
+            && cut.error_message.as_deref().unwrap().contains("sup-1"),
+        "{:?}",
+        cut.error_message
+    );
+    assert_eq!(row("other").await.status.to_string(), "running");
+
+    let again: Vec<NewExecution> = ["queued", "cut", "other"]
+        .iter()
+        .map(|id| NewExecution {
+            supervisor: "sup-2".to_string(),
+            ..new_execution(id, None)
+        })
+        .collect();
+    assert_eq!(
+        s.begin_batch(&again).await.unwrap(),
+        vec![
+            Begin::Run { attempt: 1 },
+            Begin::Run { attempt: 2 },
+            Begin::Run { attempt: 2 },
+        ]
+    );
+    let cut = row("cut").await;
+    assert_eq!(cut.status.to_string(), "running");
+    assert!(cut.error_type.is_none(), "the note was the last attempt's");
+}
+
+/// The attempt fence covers hand-back: an interrupted row begun again elsewhere is a
+/// later attempt, so the cut-off run's outcome (had it reached a writer) is refused;
+/// a never-started row keeps its attempt, and the run that takes it up records at it.
+#[tokio::test]
+async fn handed_back_rows_are_fenced_by_the_attempt_they_are_begun_at() {
+    use warden::store::HandBack;
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let rows: Vec<NewExecution> = ["queued", "cut"]
+        .iter()
+        .map(|id| NewExecution {
+            supervisor: "sup-1".to_string(),
+            ..new_execution(id, None)
+        })
+        .collect();
+    s.begin_batch(&rows).await.unwrap();
+    let back = |id: &str, started: bool| HandBack {
+        id: id.into(),
+        stream_id: format!("1-{id}"),
+        started,
+    };
+    assert_eq!(
+        s.hand_back("sup-1", &[back("queued", false), back("cut", true)])
+            .await
+            .unwrap(),
+        2
+    );
+    let again: Vec<NewExecution> = ["queued", "cut"]
+        .iter()
+        .map(|id| NewExecution {
+            supervisor: "sup-2".to_string(),
+            ..new_execution(id, None)
+        })
+        .collect();
+    assert_eq!(
+        s.begin_batch(&again).await.unwrap(),
+        vec![Begin::Run { attempt: 1 }, Begin::Run { attempt: 2 }]
+    );
+
+    let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
+    let mut stale = completed("cut", Status::Success, 1, None, None);
+    stale.attempt = Some(1);
+    writer.submit(stale).await.unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Superseded);
+    let cut = s.show_execution("cut").await.unwrap().unwrap().execution;
+    assert_eq!(
+        (cut.status, cut.attempt, cut.supervisor.as_deref()),
+        (ExecutionStatus::Running, 2, Some("sup-2"))
+    );
+
+    for (id, attempt) in [("queued", 1), ("cut", 2)] {
+        let mut current = completed(id, Status::Success, 1, None, None);
+        current.attempt = Some(attempt);
+        writer.submit(current).await.unwrap();
+        let c = committed.recv().await.unwrap();
+        assert_eq!(c[0].disposition, Disposition::Recorded, "{id}");
+        let row = s.show_execution(id).await.unwrap().unwrap().execution;
+        assert_eq!(
+            (row.status, row.attempt, row.supervisor.as_deref()),
+            (ExecutionStatus::Success, attempt, Some("sup-2")),
+            "{id}"
+        );
+    }
 }

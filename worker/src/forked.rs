@@ -36,11 +36,12 @@ use std::os::unix::net::UnixStream;
 use nix::unistd::{setpgid, Pid};
 use pyo3::Python;
 use warden_protocol::{
-    frame, Ended, ErrorInfo, Execute, ExecutionResult, ExitKind, FrameError, FromWorker, Outcome,
-    Started, ToWorker,
+    frame, Code, Ended, ErrorInfo, Execute, ExecutionResult, ExitKind, FrameError, FromWorker,
+    Outcome, Started, ToWorker,
 };
 
 use crate::child;
+use crate::code_cache::CodeCache;
 use crate::connection::Connection;
 use crate::error::WorkerError;
 use crate::procfs;
@@ -160,8 +161,16 @@ pub fn execute(
     conn: &mut Connection,
     e: &mut Execute,
     spare: &mut Option<Spare>,
+    code: &mut CodeCache,
 ) -> Result<Next, WorkerError> {
     pyo3::Python::attach(|py| runner.prepare_for(py, e));
+    let prepared = code.prepare(e);
+    if prepared.discard_spare {
+        // Forked while the cache held another organization's code.
+        if let Some(s) = spare.take() {
+            s.discard();
+        }
+    }
     let child = match Spare::usable(spare.take()) {
         Some(s) => s,
         None => match Spare::fork(runner, conn.max_frame()) {
@@ -190,7 +199,11 @@ pub fn execute(
         pid,
         pidfd: child.pidfd,
         socket: Some(child.socket),
-        relay: Relay::new(&e.execution_id, conn.max_frame()),
+        relay: Relay::new(
+            &e.execution_id,
+            conn.max_frame(),
+            matches!(e.code, Code::Wanted),
+        ),
         // The Execute goes first, as the socket takes it (it may be larger than the
         // socket's buffer).
         replies: handoff,
@@ -215,7 +228,11 @@ pub fn execute(
             watch.lost = Some(Lost::Error(err));
         }
     }
+    let compiled = watch.relay.take_code();
     let next = watch.finish(conn)?;
+    if let (Some(key), Some(bytes)) = (prepared.key, compiled) {
+        code.store(key, bytes);
+    }
     // Nothing it was sent may stay: the next spare is a copy of this process.
     wipe::execute(e);
     if next == Next::Continue {

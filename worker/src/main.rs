@@ -16,6 +16,8 @@
 //! - [`seccomp`]: the system calls a child (or a reuse template) may not make.
 //! - [`std_output`]: a child's fds 1 and 2, collected into its execution's logs.
 //! - [`relay`]: validation and forwarding of a child's frames.
+//! - [`code_cache`]: compiled code a fork-mode template hands down, one organization's
+//!   at a time.
 //! - [`request`]: one blocking Request/Reply exchange with the supervisor (the child's
 //!   socket in fork mode, fd 3 in reuse mode).
 //! - [`modules`]: the workspace module cache: the Rust import hook serving a snapshot
@@ -34,6 +36,7 @@
 
 mod child;
 mod cli;
+mod code_cache;
 mod connection;
 mod error;
 mod fds;

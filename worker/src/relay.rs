@@ -11,6 +11,12 @@
 //! [`frame::check`], rather than with a blocking "read one frame": a child that writes
 //! half a frame and then stalls must not stop the template from hearing a `Kill`.
 //!
+//! A child that was asked for its compiled code ([`warden_protocol::Code::Wanted`]) sends
+//! it as its first frame, before any of the workflow's code has run; the relay takes it
+//! out of the stream for the template ([`Relay::take_code`]) and never forwards it.
+//! `Compiled` anywhere else (not first, or not asked for) is a violation: it can only
+//! be the workflow's own forgery.
+//!
 //! The child's bytes are its execution's logs, requests and result: the buffer, the
 //! stack chunk they are read into and the messages decoded to validate them are zeroed
 //! once used (see [`crate::wipe`]), so no later child inherits them.
@@ -35,6 +41,10 @@ pub struct Relay {
     buf: Buffer,
     result_seen: bool,
     broken: Option<String>,
+    /// The child was asked for its compiled code and no frame has arrived yet.
+    code_expected: bool,
+    /// What it sent in answer.
+    code: Option<Vec<u8>>,
 }
 
 /// What one [`Relay::pump`] saw on the socket.
@@ -51,14 +61,24 @@ pub enum Pumped {
 }
 
 impl Relay {
-    pub fn new(execution_id: &str, max_frame: usize) -> Relay {
+    /// `code_expected`: the child was sent [`warden_protocol::Code::Wanted`], so its
+    /// first frame may be [`FromWorker::Compiled`].
+    pub fn new(execution_id: &str, max_frame: usize, code_expected: bool) -> Relay {
         Relay {
             execution_id: execution_id.to_string(),
             max_frame,
             buf: Buffer::new(),
             result_seen: false,
             broken: None,
+            code_expected,
+            code: None,
         }
+    }
+
+    /// The compiled code the child sent as its first frame, if it was asked for it and
+    /// did (empty: it had none to offer).
+    pub fn take_code(&mut self) -> Option<Vec<u8>> {
+        self.code.take()
     }
 
     /// Why the relay stopped, if the child broke the protocol.
@@ -105,7 +125,14 @@ impl Relay {
 
         let mut used = 0;
         let mut violation = None;
-        loop {
+        if self.code_expected {
+            match self.take_code_frame() {
+                Ok(()) => {}
+                Err(FrameError::Incomplete) => return Ok(Pumped::Progress),
+                Err(e) => violation = Some(format!("bad frame from the child: {e}")),
+            }
+        }
+        while violation.is_none() {
             match frame::check(&self.buf.data()[used..], self.max_frame) {
                 Ok(total) => {
                     let body = &self.buf.data()[used + PREFIX_LEN..used + total];
@@ -139,6 +166,24 @@ impl Relay {
             return Ok(Pumped::Broken);
         }
         Ok(Pumped::Progress)
+    }
+
+    /// Looks at the child's first frame once it is whole: its compiled code is taken out
+    /// of the buffer (never forwarded); anything else is left for the normal path.
+    fn take_code_frame(&mut self) -> Result<(), FrameError> {
+        let total = frame::check(self.buf.data(), self.max_frame)?;
+        self.code_expected = false;
+        let body = &self.buf.data()[PREFIX_LEN..total];
+        match frame::decode::<FromWorker>(body) {
+            Ok(FromWorker::Compiled(code)) => {
+                self.code = Some(code);
+                self.buf.consume(total);
+            }
+            // Validated (and decoded again) on the normal path; this copy is wiped.
+            Ok(mut other) => wipe::from_worker(&mut other),
+            Err(_) => {}
+        }
+        Ok(())
     }
 
     /// Whether the child's Result has been relayed (it is the child's last frame).
@@ -197,6 +242,13 @@ fn check(msg: &FromWorker, execution_id: &str, result_seen: bool) -> Result<Kind
         FromWorker::Result(result) => (Kind::Result, &result.execution_id),
         FromWorker::Request(request) => (Kind::Request, &request.execution_id),
         FromWorker::Hello(_) => return Err(forbidden("Hello")),
+        FromWorker::Compiled(_) => {
+            return Err(
+                "the child sent compiled code other than as its first frame, or unasked \
+                 (only the workflow itself could have written it)"
+                    .to_string(),
+            )
+        }
         FromWorker::Started(_) => return Err(forbidden("Started")),
         FromWorker::Ended(_) => return Err(forbidden("Ended")),
     };
@@ -278,7 +330,11 @@ mod tests {
     }
 
     fn run(data: Vec<u8>, step: usize, eof: bool) -> (Relay, Vec<u8>) {
-        let mut relay = Relay::new("e1", MAX);
+        run_asked(data, step, eof, false)
+    }
+
+    fn run_asked(data: Vec<u8>, step: usize, eof: bool, asked: bool) -> (Relay, Vec<u8>) {
+        let mut relay = Relay::new("e1", MAX, asked);
         let mut src = Trickle {
             data,
             pos: 0,
@@ -395,9 +451,57 @@ mod tests {
         assert!(relay.leftover().unwrap().contains("middle of a frame"));
     }
 
+    fn compiled(code: &[u8]) -> Vec<u8> {
+        frame::encode(&FromWorker::Compiled(code.to_vec()), MAX).unwrap()
+    }
+
+    #[test]
+    fn compiled_code_asked_for_is_taken_first_and_never_forwarded() {
+        let mut data = compiled(b"marshalled");
+        let rest = [log("e1", 0), result("e1")].concat();
+        data.extend(&rest);
+        for step in [1, 5, 1000] {
+            let (mut relay, out) = run_asked(data.clone(), step, true, true);
+            assert_eq!(out, rest, "step {step}");
+            assert_eq!(relay.violation(), None);
+            assert_eq!(relay.take_code().as_deref(), Some(&b"marshalled"[..]));
+        }
+    }
+
+    #[test]
+    fn a_child_asked_for_code_may_send_none_and_its_frames_pass() {
+        let data = [log("e1", 0), result("e1")].concat();
+        let (mut relay, out) = run_asked(data.clone(), 3, true, true);
+        assert_eq!(out, data);
+        assert_eq!(relay.violation(), None);
+        assert_eq!(relay.take_code(), None);
+    }
+
+    #[test]
+    fn compiled_code_unasked_or_not_first_is_a_forgery() {
+        // Unasked: the workflow wrote it (the child sends none unless asked).
+        let (mut relay, out) = run_asked(compiled(b"evil"), 1000, true, false);
+        assert!(out.is_empty());
+        assert!(relay.violation().unwrap().contains("compiled code"));
+        assert_eq!(relay.take_code(), None);
+        // Asked, but after another frame: the workflow's code was already running.
+        let mut data = log("e1", 0);
+        let good = data.clone();
+        data.extend(compiled(b"evil"));
+        let (mut relay, out) = run_asked(data, 1000, true, true);
+        assert_eq!(out, good);
+        assert!(relay.violation().unwrap().contains("compiled code"));
+        assert_eq!(relay.take_code(), None);
+        // Asked, sent first, then again.
+        let data = [compiled(b"ok"), compiled(b"evil")].concat();
+        let (mut relay, _) = run_asked(data, 1000, true, true);
+        assert!(relay.violation().unwrap().contains("compiled code"));
+        assert_eq!(relay.take_code().as_deref(), Some(&b"ok"[..]));
+    }
+
     #[test]
     fn a_supervisor_write_error_is_returned_not_swallowed() {
-        let mut relay = Relay::new("e1", MAX);
+        let mut relay = Relay::new("e1", MAX, false);
         let mut src = io::Cursor::new(log("e1", 0));
         let err = relay
             .pump(&mut src, &mut |_: &[u8]| {

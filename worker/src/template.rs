@@ -20,6 +20,7 @@ use pyo3::Python;
 use warden_protocol::{FromWorker, Hello, Isolation, ToWorker, PROTOCOL_VERSION};
 
 use crate::cli::Args;
+use crate::code_cache::CodeCache;
 use crate::connection::Connection;
 use crate::error::WorkerError;
 use crate::forked::{self, Next};
@@ -63,6 +64,7 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
     })?;
     // Fork mode: the child for the next execution, forked while there is nothing to do.
     let mut spare = None;
+    let mut code = CodeCache::default();
     if args.isolation == Isolation::Fork {
         spare = forked::Spare::fork(&python.runner, conn.max_frame())
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
@@ -78,9 +80,13 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
                     match Python::attach(|py| sync::prepare(py, &mut conn, &e, args.isolation))? {
                         Prepared::Skip(next) => next,
                         Prepared::Run => match args.isolation {
-                            Isolation::Fork => {
-                                forked::execute(&python.runner, &mut conn, &mut e, &mut spare)?
-                            }
+                            Isolation::Fork => forked::execute(
+                                &python.runner,
+                                &mut conn,
+                                &mut e,
+                                &mut spare,
+                                &mut code,
+                            )?,
                             Isolation::Reuse => reuse::execute(&python.runner, &mut conn, &e)?,
                         },
                     };

@@ -27,7 +27,9 @@
 //! the template runs the code itself and every execution sees what earlier ones left in
 //! the process (reuse templates are bound to one organization instead).
 
-use warden_protocol::{Execute, ExitKind, FromWorker, Outcome, Reply, ReplyOutcome, ToWorker};
+use warden_protocol::{
+    Code, Execute, ExitKind, FromWorker, Outcome, Reply, ReplyOutcome, ToWorker,
+};
 use zeroize::Zeroize;
 
 /// A buffer emptied at zero above this capacity gives its block back rather than keep
@@ -137,6 +139,8 @@ pub fn execute(e: &mut Execute) {
         modules_generation: _,
         modules_manifest: _,
         limits: _,
+        org,
+        code,
     } = e;
     for s in [
         execution_id,
@@ -145,9 +149,14 @@ pub fn execute(e: &mut Execute) {
         function,
         params_json,
         context_json,
+        org,
     ] {
         s.zeroize();
     }
+    if let Code::Cached(bytes) = code {
+        bytes.zeroize();
+    }
+    *code = Code::None;
 }
 
 /// Zeroes every string of a message from the supervisor (an `Execute`, a `Reply`).
@@ -201,6 +210,7 @@ pub fn from_worker(msg: &mut FromWorker) {
                 reason.zeroize();
             }
         }
+        FromWorker::Compiled(code) => code.zeroize(),
         FromWorker::Hello(_) => {}
     }
 }

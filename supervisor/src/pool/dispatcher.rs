@@ -16,7 +16,12 @@
 //! ```
 //!
 //! Finalisation is driven by `Ended` (the last frame for an execution) or by the
-//! template's death: whichever comes, the execution gets exactly one `Finished`.
+//! template's death: whichever comes, the execution gets exactly one end event.
+//!
+//! The drain on shutdown: what is queued when it begins (or submitted during it) never
+//! started and is handed back at once (`PoolEvent::Returned`); what runs may finish
+//! until the drain's deadline, and what is still running then is killed and reported
+//! `PoolEvent::Interrupted` (a second shutdown request moves the deadline to now).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +38,9 @@ use super::template::{self, TemplateCmd, TemplateEvent};
 use super::uids::{self, SlotIds};
 use super::{firewall, posture};
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
+
+/// The error type of an execution killed because the drain ended (`Interrupted`).
+pub const SHUTDOWN: &str = "Shutdown";
 
 /// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
 /// is called or every handle is dropped.
@@ -61,8 +69,10 @@ pub struct PoolStats {
 pub struct ShutdownReport {
     /// Executions that finished during the drain.
     pub drained: usize,
-    /// Executions killed or never started because the drain timed out.
+    /// Executions killed because the drain timed out (reported `Interrupted`).
     pub abandoned: usize,
+    /// Executions handed back without starting (reported `Returned`).
+    pub returned: usize,
 }
 
 #[derive(Default)]
@@ -145,6 +155,7 @@ impl Pool {
             drain: None,
             next_generation: 1,
             drained: 0,
+            returned: 0,
             dispatches: 0,
             manifest: None,
             _lease: lease,
@@ -208,8 +219,10 @@ impl Pool {
         let _ = self.requests.send(Request::Reply(reply));
     }
 
-    /// Stops taking work, lets what is queued or running finish for up to `drain`,
-    /// then kills what is left (recorded as `cancelled`) and stops every template.
+    /// Stops taking work and hands back what is queued (`PoolEvent::Returned`), lets
+    /// what is running finish for up to `drain`, then kills what is left (reported
+    /// `PoolEvent::Interrupted`) and stops every template. Called again, the drain
+    /// ends now.
     pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
         let (done, rx) = oneshot::channel();
         if self
@@ -252,9 +265,10 @@ struct Slot {
     failed_starts: u32,
     /// When this slot was last given an execution (dispatch order, see `dispatch`).
     last_dispatch: u64,
-    /// Reuse mode: the organization the current template has run code for (`None`: it
-    /// has run nothing yet). A reuse template runs every execution in one interpreter,
-    /// so it serves one organization only; see [`Dispatcher::pick_slot`].
+    /// The organization the current template has run code for (`None`: it has run
+    /// nothing yet). A reuse template runs every execution in one interpreter, so it
+    /// serves one organization only; a fork template prefers its last one. See
+    /// [`Dispatcher::pick_slot`].
     tenant: Option<Option<String>>,
     /// The id of the module manifest the current template was sent (0: none).
     manifest: u64,
@@ -290,6 +304,13 @@ struct Running {
     template_killed: bool,
 }
 
+impl Running {
+    /// Killed because the drain ended, not for its own deadline or a cancel.
+    fn interrupted(&self) -> bool {
+        matches!(self.kill, Some((KillReason::Shutdown, _)))
+    }
+}
+
 struct Drain {
     deadline: Instant,
     done: Option<oneshot::Sender<ShutdownReport>>,
@@ -311,6 +332,8 @@ struct Dispatcher {
     drain: Option<Drain>,
     next_generation: u64,
     drained: usize,
+    /// Executions handed back without starting (`PoolEvent::Returned`).
+    returned: usize,
     /// Executions dispatched so far (orders `Slot::last_dispatch`).
     dispatches: u64,
     /// The module manifest of the last job dispatched, given to templates as soon as
@@ -363,14 +386,9 @@ impl Dispatcher {
         match req {
             Request::Submit(job) => {
                 if self.drain.is_some() {
+                    // Shutting down: never started here, so it goes back untouched.
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    let out = ExecutionOutcome::not_run(
-                        &job.execution_id,
-                        Status::Cancelled,
-                        "Shutdown",
-                        "the worker pool is shutting down and takes no new work",
-                    );
-                    self.finish(out);
+                    self.hand_back(job.execution_id);
                 } else {
                     self.queue.push_back(*job);
                 }
@@ -427,9 +445,20 @@ impl Dispatcher {
                     abandoned: 0,
                     stopping: false,
                 });
+                // What has not started goes back now: the drain is for what runs.
+                while let Some(job) = self.queue.pop_front() {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.hand_back(job.execution_id);
+                }
             }
         }
         self.on_timer(Instant::now());
+    }
+
+    /// Reports a job that never started as handed back (see `PoolEvent::Returned`).
+    fn hand_back(&mut self, execution_id: String) {
+        self.returned += 1;
+        let _ = self.events.send(PoolEvent::Returned { execution_id });
     }
 
     /// Hands queued jobs to idle templates.
@@ -437,7 +466,10 @@ impl Dispatcher {
     ///
     /// Fork mode: the idle slot that has waited longest (a fork-mode template forks its
     /// next child right after an execution, so one that has been idle a while has it
-    /// ready, while the one that just finished may still be forking).
+    /// ready, while the one that just finished may still be forking), among those whose
+    /// last execution was of the same organization if there are any: such a template
+    /// may hold that organization's compiled code, and one of another organization would
+    /// have to drop its own (see the worker's `code_cache`).
     ///
     /// Reuse mode: a template serves one organization. The longest-idle slot already
     /// serving the execution's organization, else one that has served nobody yet; else
@@ -451,10 +483,14 @@ impl Dispatcher {
                 .filter(|&i| idle(&slots[i]) && ok(&slots[i]))
                 .min_by_key(|&i| slots[i].last_dispatch)
         };
-        if self.cfg.isolation != Isolation::Reuse {
-            return longest_idle(&self.slots, &|_| true);
-        }
         let org = self.queue.front()?.org.clone();
+        if self.cfg.isolation != Isolation::Reuse {
+            return org
+                .is_some()
+                .then(|| longest_idle(&self.slots, &|s| s.tenant.as_ref() == Some(&org)))
+                .flatten()
+                .or_else(|| longest_idle(&self.slots, &|_| true));
+        }
         if let Some(i) = longest_idle(&self.slots, &|s| s.tenant.as_ref() == Some(&org))
             .or_else(|| longest_idle(&self.slots, &|s| s.tenant.is_none()))
         {
@@ -515,6 +551,8 @@ impl Dispatcher {
                     .limits
                     .clone()
                     .unwrap_or_else(|| self.cfg.limits.clone()),
+                org: job.org.clone().unwrap_or_default(),
+                code: warden_protocol::Code::None,
             });
             let now = Instant::now();
             let s = &mut self.slots[slot];
@@ -602,6 +640,10 @@ impl Dispatcher {
             FromWorker::Ended(m) => &m.execution_id,
             FromWorker::Request(m) => &m.execution_id,
             FromWorker::Hello(_) => return self.protocol_violation(slot, "a second hello"),
+            // A child's first frame, for its template only: never relayed.
+            FromWorker::Compiled(_) => {
+                return self.protocol_violation(slot, "compiled code (a child's frame)")
+            }
         };
         if *id != running.job.execution_id {
             return self.protocol_violation(slot, "a frame for another execution");
@@ -631,11 +673,12 @@ impl Dispatcher {
                 else {
                     unreachable!("checked above")
                 };
+                let interrupted = running.interrupted();
                 let out = self.outcome_from_ended(*running, ended.clone());
-                self.finish(out);
+                self.end(out, interrupted);
                 self.after_execution(slot, &ended);
             }
-            FromWorker::Hello(_) => unreachable!("handled above"),
+            FromWorker::Hello(_) | FromWorker::Compiled(_) => unreachable!("handled above"),
         }
     }
 
@@ -678,8 +721,9 @@ impl Dispatcher {
         let state = std::mem::replace(&mut self.slots[slot].state, SlotState::Down(None));
         let retiring = matches!(state, SlotState::Retiring);
         if let SlotState::Busy(running) = state {
+            let interrupted = running.interrupted();
             let out = self.outcome_from_template_death(*running, &reason, exit_code, exit_signal);
-            self.finish(out);
+            self.end(out, interrupted);
         }
         if !was_ready {
             if self.drain.is_some() {
@@ -753,19 +797,10 @@ impl Dispatcher {
     fn on_timer(&mut self, now: Instant) {
         let drain_over = self.drain.as_ref().is_some_and(|d| now >= d.deadline);
         if drain_over {
-            // Whatever is queued never ran: it ends cancelled.
+            // Nothing is queued during a drain (see `begin_drain`); kept for safety.
             while let Some(job) = self.queue.pop_front() {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                let out = ExecutionOutcome::not_run(
-                    &job.execution_id,
-                    Status::Cancelled,
-                    "Shutdown",
-                    "the supervisor shut down before this execution started",
-                );
-                self.finish(out);
-                if let Some(d) = &mut self.drain {
-                    d.abandoned += 1;
-                }
+                self.hand_back(job.execution_id);
             }
         }
         for slot in 0..self.slots.len() {
@@ -867,6 +902,7 @@ impl Dispatcher {
         let report = ShutdownReport {
             drained: self.drained,
             abandoned: d.abandoned,
+            returned: self.returned,
         };
         if let Some(done) = d.done.take() {
             let _ = done.send(report);
@@ -892,6 +928,16 @@ impl Dispatcher {
         }
         self.shared.ready.store(ready, Ordering::Relaxed);
         self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// The end of a started execution: `Interrupted` when the drain killed it.
+    fn end(&mut self, out: ExecutionOutcome, interrupted: bool) {
+        if interrupted {
+            self.shared.completed.fetch_add(1, Ordering::Relaxed);
+            let _ = self.events.send(PoolEvent::Interrupted(out));
+        } else {
+            self.finish(out);
+        }
     }
 
     fn finish(&mut self, out: ExecutionOutcome) {
@@ -1007,7 +1053,7 @@ fn killed(out: &mut ExecutionOutcome, why: KillReason, r: &Running) {
         ),
         KillReason::Shutdown => (
             Status::Cancelled,
-            "Shutdown",
+            SHUTDOWN,
             "the supervisor shut down and its drain timeout passed; the process was killed"
                 .to_string(),
         ),

@@ -162,5 +162,6 @@ fn kind(msg: &FromWorker) -> &'static str {
         FromWorker::Result(_) => "Result",
         FromWorker::Ended(_) => "Ended",
         FromWorker::Request(_) => "Request",
+        FromWorker::Compiled(_) => "Compiled",
     }
 }

@@ -3,7 +3,6 @@
 //!
 //! ```text
 //!  prepare (per batch)   configs_for_batch ── one Redis read ──▶ context_json (per dispatch)
-//!                        begin_deliveries  ── one statement (only if a message has one)
 //!  main loop             PoolEvent::Request ──▶ handle (spawned; store pool / cache)
 //!                        PoolEvent::Log     ──▶ on_log      (redact)
 //!                        PoolEvent::Finished ─▶ on_finished (redact, check writes)
@@ -30,7 +29,10 @@ use crate::sdk::handler::{self, Asker, Sources};
 use crate::sdk::redact::Redactions;
 use crate::sdk::writes::SdkWrites;
 use crate::sdk::SdkError;
-use crate::store::{Backoff, Committed, Disposition, NewDelivery, Store};
+use crate::store::{Backoff, Committed, Disposition, Store};
+
+/// The most [`Sdk::after_commit`] spends invalidating the config cache for one batch.
+const INVALIDATE_WITHIN: Duration = Duration::from_secs(2);
 
 /// The `error_type` of a successful execution whose SDK writes cannot be applied.
 pub const SDK_WRITE_ERROR: &str = "SdkWriteError";
@@ -204,8 +206,19 @@ impl Sdk {
                     }
                 };
                 if !scopes.is_empty() {
-                    sdk.invalidate(&scopes.into_iter().collect::<Vec<_>>())
-                        .await;
+                    // Bounded: while Redis is away this must not hold up the writer's
+                    // reports (and so its commits); the cache's TTL bounds staleness.
+                    let scopes: Vec<Scope> = scopes.into_iter().collect();
+                    if tokio::time::timeout(INVALIDATE_WITHIN, sdk.invalidate(&scopes))
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!(
+                            "could not invalidate the config cache in time; changed config \
+                             may be served stale for up to {} s",
+                            crate::sdk::cache::CACHE_TTL.as_secs()
+                        );
+                    }
                 }
                 if tx.send(batch).await.is_err() {
                     return;
@@ -229,25 +242,6 @@ impl Sdk {
                     crate::sdk::cache::CACHE_TTL.as_secs()
                 ),
                 Err(_) => tokio::time::sleep(backoff.next_delay()).await,
-            }
-        }
-    }
-
-    /// Records the deliveries of a batch's executions about to run (one statement),
-    /// retrying with back-off while the database is away.
-    pub async fn begin_deliveries(&self, items: &[NewDelivery]) {
-        if items.is_empty() {
-            return;
-        }
-        let mut backoff = Backoff::default();
-        loop {
-            match self.sources.store.begin_deliveries(items).await {
-                Ok(()) => return,
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot record event deliveries; retrying");
-                    tokio::time::sleep(wait).await;
-                }
             }
         }
     }

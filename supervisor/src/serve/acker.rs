@@ -1,22 +1,43 @@
 //! Acknowledging committed executions: for every transaction the writer commits, one
 //! Redis pipeline acknowledges (and deletes) their stream entries and publishes their
-//! completions. Runs only on what the writer reports as committed, so an entry is never
-//! acknowledged before its terminal state is in PostgreSQL. While Redis is away it
-//! retries the same batch (every command in it is safe to repeat); entries left
-//! unacknowledged by a crash are taken over by a peer and found already done. An
-//! outcome the store reports superseded (its entry was taken over and begun again
-//! elsewhere) is neither acknowledged nor published.
+//! completions. Runs only on what the writer reports as committed (or, for entries the
+//! intake answers without running anything, on what the reader hands it), so an entry
+//! is never acknowledged before its terminal state is in PostgreSQL. An outcome the
+//! store reports superseded (its entry was taken over and begun again elsewhere) is
+//! neither acknowledged nor published, and no longer held ([`Held`]); an entry leaves
+//! `Held` too once Redis has taken its acknowledgement.
+//!
+//! **Redis outages do not reach the writer.** The acker keeps taking committed batches
+//! while a pipeline is in flight or Redis is away: they wait in its queue (at most
+//! [`MAX_WAITING`] acknowledgements; past that it stops taking more, and only then
+//! does the writer wait for it), and go out in order, [`ACK_CHUNK`] per pipeline, when
+//! Redis answers again. Every command is safe to repeat, so a pipeline whose answer was
+//! lost is simply sent again. Entries left unacknowledged (a crash, or a shutdown whose
+//! deadline came first) are taken over by a peer once this supervisor's heartbeat is
+//! gone, and found already done.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::held::Held;
-use crate::intake::{Completion, Done, Intake};
+use super::outage::RedisOutage;
+use crate::intake::{Completion, Done, Intake, IntakeError};
 use crate::outcome::{ExecutionOutcome, Status};
 use crate::store::{Backoff, Committed, Disposition};
+
+/// Most acknowledgements waiting for Redis before the acker stops taking more.
+pub const MAX_WAITING: usize = 10_000;
+/// Most acknowledgements in one pipeline.
+pub const ACK_CHUNK: usize = 1_000;
+/// How long one pipeline may take before it counts as failed (and is sent again).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The completion to publish for each execution handed to the writer, by execution id
 /// and stream entry (two entries may carry the same id: a duplicate submission, or a
@@ -43,45 +64,100 @@ impl PendingAcks {
     }
 }
 
-/// Runs until the writer closes its channel (after it committed everything it held).
-pub async fn run(
-    intake: Intake,
-    mut committed: mpsc::Receiver<Vec<Committed>>,
-    pending: PendingAcks,
-    held: Held,
-) {
-    while let Some(batch) = committed.recv().await {
-        let mut superseded = Vec::new();
-        let dones: Vec<Done> = batch
-            .into_iter()
-            .filter_map(|c| {
-                let sid = c.stream_id.clone();
-                let done = done_for(&pending, c);
-                if done.is_none() {
-                    superseded.extend(sid);
-                }
-                done
-            })
-            .collect();
-        // Given up to the peer that runs them now.
-        held.remove(superseded.iter().map(String::as_str));
-        ack_with_retry(&intake, &held, &dones).await;
+/// Acknowledgements queued and not yet taken by Redis (for the shutdown's report).
+#[derive(Clone, Default)]
+pub struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
-/// Acknowledges `dones`, retrying with back-off until Redis takes them; then they are
-/// no longer held.
-pub async fn ack_with_retry(intake: &Intake, held: &Held, dones: &[Done]) {
-    if dones.is_empty() {
-        return;
-    }
+type Sending = Pin<Box<dyn Future<Output = (usize, Result<(), IntakeError>)> + Send>>;
+
+/// Runs until both inputs are closed (the writer closes `committed` after committing
+/// everything it held; `direct` closes when the reader and the daemon drop it) and
+/// everything queued is acknowledged.
+pub async fn run(
+    intake: Intake,
+    mut committed: mpsc::Receiver<Vec<Committed>>,
+    mut direct: mpsc::UnboundedReceiver<Vec<Done>>,
+    pending: PendingAcks,
+    outage: RedisOutage,
+    waiting: Waiting,
+    held: Held,
+) {
+    let mut queue: VecDeque<Done> = VecDeque::new();
+    let (mut committed_open, mut direct_open) = (true, true);
+    let mut sending: Option<Sending> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    while let Err(e) = intake.ack_and_publish(dones).await {
-        let wait = backoff.next_delay();
-        tracing::warn!(error = %e, retry_in = ?wait, n = dones.len(), "cannot acknowledge committed executions yet");
-        tokio::time::sleep(wait).await;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        waiting.0.store(queue.len(), Ordering::Relaxed);
+        if sending.is_none() && !queue.is_empty() && retry_at.is_none_or(|t| t <= Instant::now()) {
+            let n = queue.len().min(ACK_CHUNK);
+            let chunk: Vec<Done> = queue.iter().take(n).cloned().collect();
+            let intake = intake.clone();
+            sending = Some(Box::pin(async move {
+                let sent = tokio::time::timeout(ACK_TIMEOUT, intake.ack_and_publish(&chunk))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(IntakeError::TimedOut {
+                            context: format!("acknowledging {n} committed executions"),
+                            after: ACK_TIMEOUT,
+                        })
+                    });
+                (n, sent)
+            }));
+        }
+        if !committed_open && !direct_open && queue.is_empty() && sending.is_none() {
+            return;
+        }
+        let room = queue.len() < MAX_WAITING;
+        tokio::select! {
+            batch = committed.recv(), if committed_open && room => match batch {
+                Some(batch) => {
+                    let mut superseded = Vec::new();
+                    for c in batch {
+                        let sid = c.stream_id.clone();
+                        match done_for(&pending, c) {
+                            Some(done) => queue.push_back(done),
+                            None => superseded.extend(sid),
+                        }
+                    }
+                    // Given up to the peer that runs them now.
+                    held.remove(superseded.iter().map(String::as_str));
+                }
+                None => committed_open = false,
+            },
+            dones = direct.recv(), if direct_open && room => match dones {
+                Some(dones) => queue.extend(dones),
+                None => direct_open = false,
+            },
+            (n, sent) = async { sending.as_mut().expect("checked").await }, if sending.is_some() => {
+                sending = None;
+                match sent {
+                    Ok(()) => {
+                        let acked: Vec<Done> = queue.drain(..n).collect();
+                        held.remove(acked.iter().map(|d| d.stream_id.as_str()));
+                        backoff.reset();
+                        retry_at = None;
+                        outage.reached();
+                    }
+                    Err(e) => {
+                        let wait = backoff.next_delay();
+                        outage.failed("acknowledging committed executions", &e);
+                        tracing::debug!(error = %e, retry_in = ?wait, waiting = queue.len(), "acknowledgements wait for Redis");
+                        retry_at = Some(Instant::now() + wait);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if sending.is_none() && retry_at.is_some() => {
+                retry_at = None;
+            }
+        }
     }
-    held.remove(dones.iter().map(|d| d.stream_id.as_str()));
 }
 
 fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {

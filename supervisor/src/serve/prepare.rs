@@ -8,14 +8,23 @@
 //!    supervisor's own heartbeat is lapsing;
 //! 2. one query loading every workflow the batch names;
 //! 3. one `MGET` of cancel markers (cancelled while still queued: never run);
-//! 4. one statement recording the batch `running`, which also says which ids are
-//!    already finished (a replay after a crash) or duplicated;
+//! 4. one statement recording the batch `running` (and the event deliveries it starts),
+//!    which also says which ids are already finished (a replay after a crash) or
+//!    duplicated;
 //! 5. one `GET` of the module cache's generation, carried by every job of the batch (a
 //!    wiped cache is refilled first: crate::modules::ModuleSync::check).
 //!
 //! Entries that cannot run (malformed, unknown workflow) are dead-lettered with the
 //! reason and recorded `failed` through the writer, so they are acknowledged only
-//! after that row is committed, like any other outcome.
+//! after that row is committed, like any other outcome. Entries answered without
+//! running anything (already done, duplicates) go straight to the acker's queue.
+//!
+//! **Stopping.** Every wait here gives way to the stop signal. Before the batch is
+//! recorded `running` the reader just returns (what it read stays pending in the
+//! stream, for another supervisor); after, it hands the batch's jobs on unfinished
+//! (no config, no module check), and the daemon, draining, gives them back without
+//! running them. While PostgreSQL is away the reader retries the batch it holds and
+//! reads nothing new.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::acker::{ack_with_retry, PendingAcks};
+use super::acker::PendingAcks;
 use super::held::Held;
 use super::inflight::Meta;
 use crate::intake::liveness::TAKEOVER_EVERY;
@@ -49,6 +58,8 @@ pub struct Reader {
     pub acks: PendingAcks,
     /// Entries read and not yet acknowledged (see [`Held`]).
     pub held: Held,
+    /// The acker's queue for entries acknowledged without a commit of their own.
+    pub direct_acks: mpsc::UnboundedSender<Vec<Done>>,
     /// Config for the executions' contexts; event deliveries.
     pub sdk: crate::sdk::Sdk,
     /// The module cache, checked once per batch.
@@ -115,47 +126,57 @@ impl Reader {
                 lapses = now.lapses;
                 check_orphans = true;
             }
-            let read = if check_orphans {
-                check_orphans = false;
-                match self.intake.recover_own(usize::MAX).await {
-                    Ok(mine) => {
-                        let mut orphans = self.held.orphans(mine);
-                        if orphans.len() > n {
-                            orphans.truncate(n);
+            let reading = async {
+                if check_orphans {
+                    check_orphans = false;
+                    match self.intake.recover_own(usize::MAX).await {
+                        Ok(mine) => {
+                            let mut orphans = self.held.orphans(mine);
+                            if orphans.len() > n {
+                                orphans.truncate(n);
+                                check_orphans = true;
+                            }
+                            if orphans.is_empty() {
+                                self.intake.read(n, self.read_block).await
+                            } else {
+                                tracing::info!(count = orphans.len(), "running entries pending on this consumer that it did not hold (left by its previous incarnation, or a read whose reply was lost)");
+                                Ok(orphans)
+                            }
+                        }
+                        Err(e) => {
                             check_orphans = true;
-                        }
-                        if orphans.is_empty() {
-                            self.intake.read(n, self.read_block).await
-                        } else {
-                            tracing::info!(count = orphans.len(), "running entries pending on this consumer that it did not hold (left by its previous incarnation, or a read whose reply was lost)");
-                            Ok(orphans)
+                            Err(e)
                         }
                     }
-                    Err(e) => {
-                        check_orphans = true;
-                        Err(e)
+                } else if more_to_take
+                    || last_takeover.is_none_or(|t| t.elapsed() >= TAKEOVER_EVERY)
+                {
+                    last_takeover = Some(Instant::now());
+                    match self.intake.take_over(n).await {
+                        Ok(t) => {
+                            more_to_take = t.more;
+                            self.taken_over
+                                .fetch_add(t.entries.len() as u64, Ordering::Relaxed);
+                            if t.entries.is_empty() {
+                                self.intake.read(n, self.read_block).await
+                            } else {
+                                Ok(t.entries)
+                            }
+                        }
+                        Err(e) => {
+                            more_to_take = false;
+                            Err(e)
+                        }
                     }
+                } else {
+                    self.intake.read(n, self.read_block).await
                 }
-            } else if more_to_take || last_takeover.is_none_or(|t| t.elapsed() >= TAKEOVER_EVERY) {
-                last_takeover = Some(Instant::now());
-                match self.intake.take_over(n).await {
-                    Ok(t) => {
-                        more_to_take = t.more;
-                        self.taken_over
-                            .fetch_add(t.entries.len() as u64, Ordering::Relaxed);
-                        if t.entries.is_empty() {
-                            self.intake.read(n, self.read_block).await
-                        } else {
-                            Ok(t.entries)
-                        }
-                    }
-                    Err(e) => {
-                        more_to_take = false;
-                        Err(e)
-                    }
-                }
-            } else {
-                self.intake.read(n, self.read_block).await
+            };
+            let mut stop = self.stop.clone();
+            let Some(read) = or_stop(&mut stop, reading).await else {
+                // Whatever the read took stays pending in the stream.
+                self.permits.add_permits(n);
+                return;
             };
             match read {
                 Err(e) => {
@@ -233,15 +254,15 @@ impl Reader {
             .iter()
             .map(|(_, r)| r.execution_id.as_str())
             .collect();
-        let cancelled = self
-            .intake
-            .is_cancelled(&ids)
-            .await
-            .unwrap_or_else(|_| vec![false; ids.len()]);
+        let mut stop = self.stop.clone();
+        let Some(cancelled) = or_stop(&mut stop, self.intake.is_cancelled(&ids)).await else {
+            return Vec::new();
+        };
+        let cancelled = cancelled.unwrap_or_else(|_| vec![false; ids.len()]);
         // One transaction: load the batch's workflows, and record the runnable ones (a
         // workflow found, not cancelled) running, in the order of `requests`.
         let consumer = self.consumer.clone();
-        let (workflows, begins) = self
+        let Some((workflows, begins)) = self
             .prepare_in_db(&refs, |wfs| {
                 requests
                     .iter()
@@ -259,11 +280,19 @@ impl Reader {
                             queued_at: stream_time(sid),
                             supervisor: consumer.clone(),
                             stream_id: Some(sid.clone()),
+                            delivery_id: req.delivery_id.clone(),
                         })
                     })
                     .collect()
             })
-            .await;
+            .await
+        else {
+            // Stopped before the batch was recorded: nothing of it has begun.
+            return Vec::new();
+        };
+        // From here the batch is recorded `running`: when the stop signal comes, its
+        // jobs still go to the daemon (which gives them back), unprepared.
+        let mut stopped = false;
 
         let mut unknown = Vec::new();
         let mut runnable: Vec<(String, Request, Workflow)> = Vec::new();
@@ -326,13 +355,16 @@ impl Reader {
         if !dead_fields.is_empty() {
             let batch: Vec<(&intake::Rejected, &[intake::entry::Field])> =
                 dead_fields.iter().map(|(r, f)| (r, f.as_slice())).collect();
-            if let Err(e) = self.intake.dead_letter_batch(&batch).await {
-                tracing::warn!(error = %e, "could not write dead letters (the executions are still recorded failed)");
+            match or_stop(&mut stop, self.intake.dead_letter_batch(&batch)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "could not write dead letters (the executions are still recorded failed)")
+                }
+                None => stopped = true,
             }
         }
 
-        // The SDK's part: the event deliveries this batch starts (one statement, only if
-        // there are any) and the configs of its organizations (one Redis read).
+        // The SDK's part: the configs of the batch's organizations (one Redis read).
         let runs = || {
             runnable
                 .iter()
@@ -340,30 +372,28 @@ impl Reader {
                 .filter(|(_, b)| matches!(b, Begin::Run { .. }))
                 .map(|(r, _)| r)
         };
-        let deliveries: Vec<crate::store::NewDelivery> = runs()
-            .filter_map(|(_, req, _)| {
-                Some(crate::store::NewDelivery {
-                    delivery_id: req.delivery_id.clone()?,
-                    execution_id: req.execution_id.clone(),
-                })
-            })
-            .collect();
-        self.sdk.begin_deliveries(&deliveries).await;
-        let configs = if runs().next().is_some() {
-            self.sdk
-                .configs_for_batch(runs().map(|(_, _, wf)| wf.org_id))
-                .await
-        } else {
-            crate::sdk::cache::ConfigSnapshot::default()
-        };
+        let mut configs = crate::sdk::cache::ConfigSnapshot::default();
+        if !stopped && runs().next().is_some() {
+            let loading = self
+                .sdk
+                .configs_for_batch(runs().map(|(_, _, wf)| wf.org_id));
+            match or_stop(&mut stop, loading).await {
+                Some(c) => configs = c,
+                None => stopped = true,
+            }
+        }
 
         // One GET per batch; templates behind it reload before running if it moved.
-        let (modules_generation, modules_manifest) = if runs().next().is_some() {
-            let g = self.modules.check().await;
-            (g, Some(self.modules.manifest()))
-        } else {
-            (0, None)
-        };
+        let (mut modules_generation, mut modules_manifest) = (0, None);
+        if !stopped && runs().next().is_some() {
+            match or_stop(&mut stop, self.modules.check()).await {
+                Some(g) => {
+                    modules_generation = g;
+                    modules_manifest = Some(self.modules.manifest());
+                }
+                None => stopped = true,
+            }
+        }
 
         let mut out = Vec::new();
         for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
@@ -393,37 +423,61 @@ impl Reader {
         }
 
         for item in records {
-            if self.writer.submit(item).await.is_err() {
-                tracing::error!(
-                    "the result writer stopped; entries stay pending and will be reclaimed"
-                );
+            if stopped {
+                // Not recorded: their entries stay pending, for another supervisor.
+                break;
+            }
+            match or_stop(&mut stop, self.writer.submit(item)).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => tracing::error!(
+                    "the result writer stopped; entries stay pending and will be taken over"
+                ),
+                None => stopped = true,
             }
         }
-        ack_with_retry(&self.intake, &self.held, &ack_only).await;
+        // Held until the acker has them acknowledged (see `acker::run`).
+        if !ack_only.is_empty() && self.direct_acks.send(ack_only).is_err() {
+            tracing::debug!("the acker stopped; those entries stay pending");
+        }
         out
     }
 
     /// [`Store::prepare_batch`], retried with back-off while the database is away (the
-    /// entries stay pending in the stream meanwhile, so nothing is lost).
+    /// entries stay pending in the stream meanwhile, so nothing is lost, and nothing new
+    /// is read). `None`: the stop signal came first; whether a transaction in flight
+    /// then committed is unknown, so its rows are left as they are (a supervisor that
+    /// takes the entries over runs them as a next attempt).
     async fn prepare_in_db<F>(
         &self,
         refs: &[WorkflowRef],
         rows: F,
-    ) -> (HashMap<WorkflowRef, Workflow>, Vec<Begin>)
+    ) -> Option<(HashMap<WorkflowRef, Workflow>, Vec<Begin>)>
     where
         F: Fn(&HashMap<WorkflowRef, Workflow>) -> Vec<NewExecution>,
     {
+        let mut stop = self.stop.clone();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            match self.store.prepare_batch(refs, &rows).await {
-                Ok((workflows, _, begins)) => return (workflows, begins),
+            match or_stop(&mut stop, self.store.prepare_batch(refs, &rows)).await? {
+                Ok((workflows, _, begins)) => return Some((workflows, begins)),
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot load the batch's workflows or record it running; retrying");
-                    tokio::time::sleep(wait).await;
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot load the batch's workflows or record it running; retrying (intake paused)");
+                    or_stop(&mut stop, tokio::time::sleep(wait)).await?;
                 }
             }
         }
+    }
+}
+
+/// `work`, unless the stop signal comes first (`None`).
+async fn or_stop<F: std::future::Future>(
+    stop: &mut watch::Receiver<bool>,
+    work: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        out = work => Some(out),
+        _ = stop.wait_for(|s| *s) => None,
     }
 }
 

@@ -9,7 +9,9 @@
 //! duplicate. Every few seconds ([`SWEEP_EVERY`]) each supervisor:
 //!
 //! 1. reads the unfinished rows of *other* supervisors begun more than twice the
-//!    heartbeat TTL ago (one statement on the status index; nothing per execution);
+//!    heartbeat TTL ago, and rows handed back at shutdown (`pending`, no supervisor:
+//!    crate::serve::handback), which have no heartbeat to check (one statement on the
+//!    status index; nothing per execution);
 //! 2. keeps those whose supervisor's heartbeat is gone (one `EXISTS` per supervisor
 //!    named) and whose stream entry is gone for good (pending nowhere, and deleted or
 //!    already delivered: [`crate::intake::Intake::entries_gone`]);
@@ -27,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::intake::{Completion, Intake};
 use crate::outcome::Status;
-use crate::store::lost::{Unfinished, SUPERVISOR_LOST};
+use crate::store::lost::{Unfinished, HANDED_BACK, SUPERVISOR_LOST};
 use crate::store::Store;
 
 /// How often each supervisor sweeps by default.
@@ -94,18 +96,24 @@ impl Sweeper {
     }
 }
 
-/// Of `rows`, those whose supervisor is dead and whose stream entry is gone for good.
+/// Of `rows`, those whose supervisor is dead (a row handed back at shutdown has none)
+/// and whose stream entry is gone for good.
 async fn lost_rows(intake: &Intake, rows: Vec<Unfinished>) -> Result<Vec<Unfinished>, SweepError> {
-    let mut supervisors: Vec<String> = rows.iter().map(|r| r.supervisor.clone()).collect();
+    let mut supervisors: Vec<String> = rows
+        .iter()
+        .map(|r| r.supervisor.clone())
+        .filter(|s| s != HANDED_BACK)
+        .collect();
     supervisors.sort();
     supervisors.dedup();
     let alive = intake.heartbeats(&supervisors).await?;
-    let dead: std::collections::HashSet<&str> = supervisors
+    let mut dead: std::collections::HashSet<&str> = supervisors
         .iter()
         .zip(alive)
         .filter(|(_, live)| !live)
         .map(|(s, _)| s.as_str())
         .collect();
+    dead.insert(HANDED_BACK);
     let candidates: Vec<Unfinished> = rows
         .into_iter()
         .filter(|r| dead.contains(r.supervisor.as_str()))

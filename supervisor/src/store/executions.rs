@@ -1,11 +1,19 @@
 //! Execution rows: the one-statement [`Store::begin_batch`] that records a batch as
-//! `running` before dispatch, rejected requests, and the read side for `warden list` and
-//! `warden show`. Terminal states are written by the group-commit writer
-//! ([`crate::store::commit`]).
+//! `running` before dispatch (and, in the same statement, the event deliveries it
+//! starts), [`Store::hand_back`] for what a supervisor that shuts down gives back,
+//! rejected requests, and the read side for `warden list` and `warden show`. Terminal
+//! states are written by the group-commit writer ([`crate::store::commit`]).
 //!
-//! A row moves `pending`/`running` → one terminal state, once: every statement that
-//! writes a status only touches rows that are not terminal yet, which is what makes a
-//! reclaimed stream message or a replayed batch harmless.
+//! A row moves `running` → one terminal state, once: every statement that writes a
+//! status only touches rows that are not terminal yet, which is what makes a reclaimed
+//! stream message or a replayed batch harmless. A supervisor that shuts down may move
+//! its `running` rows back to `pending` ([`Store::hand_back`]):
+//!
+//! | row | means | the next `begin_batch` of its entry |
+//! | --- | --- | --- |
+//! | `pending`, `started_at` empty | handed back before it started | runs it, same attempt |
+//! | `pending`, `started_at` set, `error_type` `Interrupted` | its attempt was cut off by a shutdown | runs it, attempt + 1 |
+//! | `running` | running, or its supervisor died | runs it, attempt + 1 |
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
@@ -122,13 +130,32 @@ pub struct NewExecution {
     /// Consumer name of the supervisor that will run it.
     pub supervisor: String,
     pub stream_id: Option<String>,
+    /// The event delivery this execution carries (`delivery_id` on the stream):
+    /// recorded by the same statement, only if the execution runs (see
+    /// crate::store::deliveries).
+    pub delivery_id: Option<String>,
+}
+
+/// The `error_type` of a row whose attempt a shutdown cut off ([`Store::hand_back`]).
+pub const INTERRUPTED: &str = "Interrupted";
+
+/// A `running` row a supervisor that shuts down gives back ([`Store::hand_back`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandBack {
+    pub id: String,
+    /// The stream entry that began it (only that entry's row is given back).
+    pub stream_id: String,
+    /// Whether it had started: then its attempt counts (the next run is attempt + 1)
+    /// and the row says which supervisor's shutdown interrupted it.
+    pub started: bool,
 }
 
 /// What [`Store::begin_batch`] says to do with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Begin {
     /// Run it. `attempt` is 1 for a new execution, more when a non-terminal row is taken
-    /// up again (its previous supervisor died, the message was reclaimed).
+    /// up again (its previous supervisor died or was interrupted, the message was
+    /// reclaimed); a row handed back before it started keeps its attempt.
     Run { attempt: i32 },
     /// Its terminal state is already committed: acknowledge the message, do not run it.
     AlreadyDone { status: Status },
@@ -292,9 +319,16 @@ impl Store {
     /// order), whether to run it.
     ///
     /// New ids are inserted with attempt 1. An id whose row exists but is not terminal
-    /// (a reclaimed message) is taken over: attempt + 1, this supervisor and stream id,
-    /// a fresh `started_at`. An id whose row is terminal is left alone and reported as
-    /// [`Begin::AlreadyDone`].
+    /// (a reclaimed message) is taken over: this supervisor and stream id, a fresh
+    /// `started_at`, and attempt + 1, unless the row was handed back before it ever
+    /// started ([`Store::hand_back`]), which keeps its attempt. An id whose row is
+    /// terminal is left alone and reported as [`Begin::AlreadyDone`].
+    ///
+    /// The same statement records the event deliveries of the rows it begins (a
+    /// data-modifying CTE): new, `running`, attempt 1; another execution, or the same
+    /// one taken up again: `running`, attempts + 1 (+ 0 when the execution never
+    /// started); the same, terminal execution (a replay): left alone. A delivery named
+    /// twice in `rows` is taken by its first occurrence.
     pub async fn begin_batch(&self, rows: &[NewExecution]) -> Result<Vec<Begin>, StoreError> {
         let mut conn = self
             .pool()
@@ -346,6 +380,15 @@ impl Store {
             .iter()
             .map(|r| r.stream_id.as_deref().map(strip_nul))
             .collect();
+        let delivery_ids: Vec<Option<String>> = unique
+            .iter()
+            .map(|r| {
+                r.delivery_id
+                    .as_deref()
+                    .filter(|d| !d.is_empty())
+                    .map(strip_nul)
+            })
+            .collect();
 
         // `prev` reads the snapshot from before this statement: for rows the upsert left
         // alone (terminal ones) it is their committed status.
@@ -353,9 +396,9 @@ impl Store {
             "WITH input AS (
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
                                       $5::text[], $6::text[], $7::timestamptz[], $8::text[],
-                                      $9::text[])
+                                      $9::text[], $10::text[]) WITH ORDINALITY
                      AS t(id, workflow_id, workflow_name, org_id, caller, params, queued_at,
-                          supervisor, stream_id)
+                          supervisor, stream_id, delivery_id, ord)
              ),
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, caller,
@@ -369,8 +412,13 @@ impl Store {
                  FROM input
                  ON CONFLICT (id) DO UPDATE SET
                      status = 'running',
-                     attempt = e.attempt + 1,
+                     -- Handed back before it started: this is still its first try.
+                     attempt = CASE WHEN e.status = 'pending' AND e.started_at IS NULL
+                                    THEN e.attempt ELSE e.attempt + 1 END,
                      started_at = now(),
+                     -- The note of an interrupted attempt belongs to that attempt.
+                     error_type = NULL,
+                     error_message = NULL,
                      supervisor = EXCLUDED.supervisor,
                      stream_id = COALESCE(EXCLUDED.stream_id, e.stream_id),
                      workflow_id = COALESCE(e.workflow_id, EXCLUDED.workflow_id),
@@ -382,6 +430,26 @@ impl Store {
                    AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
                         OR e.stream_id = EXCLUDED.stream_id)
                  RETURNING e.id, e.attempt
+             ),
+             -- Reads `executions` as it was before this statement, like `prev` below.
+             delivered AS (
+                 INSERT INTO deliveries AS d (id, execution_id)
+                 SELECT DISTINCT ON (i.delivery_id) i.delivery_id, i.id
+                 FROM input i JOIN up ON up.id = i.id
+                 WHERE i.delivery_id IS NOT NULL
+                 ORDER BY i.delivery_id, i.ord
+                 ON CONFLICT (id) DO UPDATE SET
+                     execution_id = EXCLUDED.execution_id,
+                     status = 'running',
+                     attempts = d.attempts + CASE
+                         WHEN d.execution_id = EXCLUDED.execution_id AND EXISTS (
+                             SELECT 1 FROM executions p
+                             WHERE p.id = EXCLUDED.execution_id AND p.status = 'pending'
+                               AND p.started_at IS NULL)
+                         THEN 0 ELSE 1 END,
+                     updated_at = now(),
+                     completed_at = NULL
+                 WHERE d.execution_id <> EXCLUDED.execution_id OR d.status = 'running'
              )
              SELECT i.id, up.attempt, prev.status::text
              FROM input i
@@ -397,6 +465,7 @@ impl Store {
         .bind(&queued)
         .bind(&supervisors)
         .bind(&stream_ids)
+        .bind(&delivery_ids)
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::query("record the batch as running"))?;
@@ -435,6 +504,49 @@ impl Store {
                     })
             })
             .collect()
+    }
+
+    /// Gives back `running` rows that `supervisor` holds and will not finish, in one
+    /// statement, so that another supervisor runs them from their stream entries (which
+    /// stay unacknowledged): each goes back to `pending` with no supervisor. One that
+    /// never started also loses its `started_at`, so its next run keeps the attempt;
+    /// one that started keeps it and is marked [`INTERRUPTED`], naming the supervisor
+    /// whose shutdown cut it off, so its next run is attempt + 1.
+    ///
+    /// Only rows still `running` under `supervisor` from the same stream entry are
+    /// touched: one another supervisor has taken over meanwhile is left alone. Returns
+    /// how many rows were given back.
+    pub async fn hand_back(&self, supervisor: &str, items: &[HandBack]) -> Result<u64, StoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = items.iter().map(|h| strip_nul(&h.id)).collect();
+        let stream_ids: Vec<String> = items.iter().map(|h| strip_nul(&h.stream_id)).collect();
+        let started: Vec<bool> = items.iter().map(|h| h.started).collect();
+        let done = sqlx::query(
+            "UPDATE executions e SET
+                 status = 'pending',
+                 supervisor = NULL,
+                 started_at = CASE WHEN i.started THEN e.started_at END,
+                 error_type = CASE WHEN i.started THEN $5 END,
+                 error_message = CASE WHEN i.started THEN format(
+                     'attempt %s was interrupted by the shutdown of supervisor %s; \
+                      it runs again on another supervisor', e.attempt, $4) END
+             FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS i(id, stream_id, started)
+             WHERE e.id = i.id AND e.status = 'running' AND e.supervisor = $4
+               AND e.stream_id = i.stream_id",
+        )
+        .bind(&ids)
+        .bind(&stream_ids)
+        .bind(&started)
+        .bind(strip_nul(supervisor))
+        .bind(INTERRUPTED)
+        .execute(self.pool())
+        .await
+        .map_err(StoreError::query(
+            "give back the executions this supervisor will not finish",
+        ))?;
+        Ok(done.rows_affected())
     }
 
     /// Record a rejected request now, in its own transaction (row and daily metrics),

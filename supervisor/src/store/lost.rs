@@ -1,8 +1,9 @@
-//! Executions whose supervisor died with nothing left to run them again: the sweeper's
-//! two statements ([`Store::unfinished_elsewhere`] to find candidates, and
-//! [`Store::record_lost`] to end them `crashed` / [`SUPERVISOR_LOST`]). Deciding which
-//! candidates are lost (their supervisor's heartbeat and their stream entry are gone)
-//! is the sweeper's job (crate::serve::sweeper), in Redis.
+//! Executions whose supervisor died (or that a stopping supervisor handed back) with
+//! nothing left to run them again: the sweeper's two statements
+//! ([`Store::unfinished_elsewhere`] to find candidates, and [`Store::record_lost`] to
+//! end them `crashed` / [`SUPERVISOR_LOST`]). Deciding which candidates are lost (their
+//! supervisor's heartbeat and their stream entry are gone) is the sweeper's job
+//! (crate::serve::sweeper), in Redis.
 //!
 //! [`Store::record_lost`] is one transaction (rows, delivery statuses, daily metrics)
 //! that only touches a row still unfinished at the attempt and supervisor the sweeper
@@ -22,11 +23,17 @@ use crate::store::{Store, StoreError};
 /// gone too (Redis lost its data, or the entry was trimmed): nothing can run it again.
 pub const SUPERVISOR_LOST: &str = "SupervisorLost";
 
+/// [`Unfinished::supervisor`] of a row handed back at shutdown: it has no supervisor
+/// (none is alive for it), so only its stream entry decides whether it is lost.
+pub const HANDED_BACK: &str = "";
+
 /// An unfinished row, as the sweeper checks it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Unfinished {
     pub id: String,
     pub attempt: i32,
+    /// Its supervisor; [`HANDED_BACK`] for a row a supervisor gave back at shutdown
+    /// (`pending` with no supervisor: [`Store::hand_back`]).
     pub supervisor: String,
     pub stream_id: Option<String>,
 }
@@ -51,8 +58,9 @@ struct Ended {
 }
 
 impl Store {
-    /// Rows `pending`/`running` of supervisors other than `except`, begun more than
-    /// `older_than` ago, oldest first, at most `limit`. One statement (on the status
+    /// Rows `pending`/`running` of supervisors other than `except`, and rows handed back
+    /// at shutdown (`pending`, no supervisor: [`HANDED_BACK`]), begun (or queued) more
+    /// than `older_than` ago, oldest first, at most `limit`. One statement (on the status
     /// index).
     pub async fn unfinished_elsewhere(
         &self,
@@ -61,9 +69,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Unfinished>, StoreError> {
         sqlx::query_as(
-            "SELECT id, attempt, supervisor, stream_id FROM executions
+            "SELECT id, attempt, COALESCE(supervisor, '') AS supervisor, stream_id
+             FROM executions
              WHERE status IN ('pending', 'running')
-               AND supervisor IS NOT NULL AND supervisor <> $1
+               AND (supervisor <> $1
+                    OR (supervisor IS NULL AND status = 'pending' AND stream_id IS NOT NULL))
                AND COALESCE(started_at, queued_at) < now() - make_interval(secs => $2)
              ORDER BY COALESCE(started_at, queued_at)
              LIMIT $3",
@@ -104,17 +114,19 @@ impl Store {
                      UPDATE executions e SET
                          status = 'crashed',
                          error_type = $4,
-                         error_message = 'its supervisor `' || e.supervisor || '` died and '
+                         error_message = CASE WHEN e.supervisor IS NULL
+                             THEN 'it was handed back by a supervisor that stopped, and '
+                             ELSE 'its supervisor `' || e.supervisor || '` died and ' END
                              || 'its stream entry is gone too (Redis lost its data, or the '
                              || 'entry was trimmed), so nothing can run it again; submit it '
                              || 'again if it should still run',
                          completed_at = now()
                      FROM input
                      WHERE e.id = input.id AND e.attempt = input.attempt
-                       AND e.supervisor = input.supervisor
+                       AND COALESCE(e.supervisor, '') = input.supervisor
                        AND e.status IN ('pending', 'running')
-                     RETURNING e.id, e.supervisor, e.error_message, e.workflow_id, e.org_id,
-                               e.completed_at
+                     RETURNING e.id, COALESCE(e.supervisor, '') AS supervisor,
+                               e.error_message, e.workflow_id, e.org_id, e.completed_at
                  ),
                  delivered AS (
                      UPDATE deliveries d SET

@@ -9,7 +9,13 @@
 //!
 //! - **Bounded.** [`WriterHandle::submit`] waits while `max_pending` items are in the
 //!   writer (queued or being written). That is how the intake pauses when the database
-//!   is away: results wait in memory, up to the bound, and nothing is dropped.
+//!   is away: results wait in memory, up to the bound, and nothing is dropped. A caller
+//!   that must not wait (the daemon's main loop, which also answers signals) takes a
+//!   place first with [`WriterHandle::reserve`] inside its `select!`.
+//! - **Stopping.** Dropping every handle makes the writer write what it holds, then
+//!   close its `Committed` channel. A shutdown that cannot wait for that (the database
+//!   is away and the deadline has come) calls [`WriterTask::abandon`]: what is not
+//!   committed is dropped, and its stream entries, never acknowledged, are redelivered.
 //! - **Connectivity errors** (database down, restart, `pg_terminate_backend`), and any
 //!   other error that is not about the batch's values (a missing table, a permission):
 //!   the batch stays in memory and is retried with exponential back-off (50 ms → 5 s)
@@ -249,6 +255,50 @@ pub struct WriterHandle {
     permits: Arc<Semaphore>,
     max_pending: usize,
     counters: Arc<Counters>,
+    task: Arc<tokio::task::AbortHandle>,
+}
+
+/// The writer task, seen from a closed handle ([`WriterHandle::close`]).
+#[derive(Debug)]
+pub struct WriterTask {
+    task: Arc<tokio::task::AbortHandle>,
+    permits: Arc<Semaphore>,
+    max_pending: usize,
+}
+
+impl WriterTask {
+    /// Items inside the writer now (not yet committed and reported).
+    pub fn pending(&self) -> usize {
+        self.max_pending - self.permits.available_permits()
+    }
+
+    /// Stops the writer now, wherever it is: items not yet committed are dropped (a
+    /// transaction in flight rolls back) and nothing more is reported. For a shutdown
+    /// whose deadline has come while the database is away; the dropped items' stream
+    /// entries stay unacknowledged, so another supervisor runs them again.
+    pub fn abandon(&self) {
+        self.task.abort();
+    }
+}
+
+/// A place in the writer's `max_pending` budget, taken by [`WriterHandle::reserve`]:
+/// submitting through it never waits.
+#[derive(Debug)]
+pub struct Reservation {
+    tx: mpsc::UnboundedSender<Envelope>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Reservation {
+    /// Hands `item` to the writer in the place taken.
+    pub fn submit(self, item: Completed) -> Result<(), StoreError> {
+        self.tx
+            .send(Envelope {
+                item,
+                _permit: self.permit,
+            })
+            .map_err(|_| StoreError::WriterClosed)
+    }
 }
 
 impl std::fmt::Debug for Envelope {
@@ -272,6 +322,28 @@ impl WriterHandle {
                 _permit: permit,
             })
             .map_err(|_| StoreError::WriterClosed)
+    }
+
+    /// Waits for a place in the writer (cancel-safe: dropping the future takes none).
+    pub async fn reserve(&self) -> Result<Reservation, StoreError> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
+        Ok(Reservation {
+            tx: self.tx.clone(),
+            permit,
+        })
+    }
+
+    /// Drops this handle (once every handle is gone the writer writes what it holds and
+    /// finishes) and keeps a way to stop the writer if that takes too long.
+    pub fn close(self) -> WriterTask {
+        WriterTask {
+            task: Arc::clone(&self.task),
+            permits: Arc::clone(&self.permits),
+            max_pending: self.max_pending,
+        }
     }
 
     /// Hand several outcomes to the writer (in order), waiting for room as needed.
@@ -340,21 +412,23 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let (out, committed) = mpsc::channel((config.max_pending / config.max_batch).max(16));
         let counters = Arc::new(Counters::default());
-        let handle = WriterHandle {
-            tx,
-            permits: Arc::new(Semaphore::new(config.max_pending)),
-            max_pending: config.max_pending,
-            counters: Arc::clone(&counters),
-        };
+        let max_pending = config.max_pending;
         let writer = Writer {
             store,
             config,
             rx,
             out,
             parked: Vec::new(),
-            counters,
+            counters: Arc::clone(&counters),
         };
-        tokio::spawn(writer.run());
+        let task = tokio::spawn(writer.run());
+        let handle = WriterHandle {
+            tx,
+            permits: Arc::new(Semaphore::new(max_pending)),
+            max_pending,
+            counters,
+            task: Arc::new(task.abort_handle()),
+        };
         (handle, committed)
     }
 

@@ -19,6 +19,7 @@ import io
 import json
 import linecache
 import logging
+import marshal
 import os
 import sys
 import traceback
@@ -196,17 +197,43 @@ def finish_output():
             pass
 
 
-def execute(path, source, function, params_json, max_result_bytes):
-    """Runs ``function`` from ``source`` with the JSON-object ``params_json`` as keyword
-    arguments. Never raises: returns ``(True, result_json)`` or
-    ``(False, error_type, message, traceback)``."""
+def execute(path, source, function, params_json, max_result_bytes, code=None):
+    """Runs ``function`` from ``source`` (already compiled: ``code``, if given) with the
+    JSON-object ``params_json`` as keyword arguments. Never raises: returns
+    ``(True, result_json)`` or ``(False, error_type, message, traceback)``."""
     # Register the source so tracebacks show the workflow's lines (mtime None: never
     # checked against the file system, where the path does not exist).
     linecache.cache[path] = (len(source), None, source.splitlines(True), path)
     try:
-        return _execute(path, source, function, params_json, max_result_bytes)
+        return _execute(path, source, function, params_json, max_result_bytes, code)
     finally:
         linecache.cache.pop(path, None)
+
+
+def compile_code(path, source):
+    """A fork-mode child asked for its code (``Code::Wanted``), before running any of
+    it: ``(code, marshal.dumps(code))``, or ``(None, b"")`` when the code is not worth
+    handing down (it does not compile, or its compilation warns: every execution must
+    show those warnings in its own logs). ``execute`` then compiles it itself."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = compile(source, path, "exec", dont_inherit=True)
+    except BaseException:
+        return (None, b"")
+    if caught:
+        return (None, b"")
+    return (code, marshal.dumps(code))
+
+
+def load_code(data):
+    """The code an earlier child of the same organization compiled (``Code::Cached``),
+    or None if it cannot be loaded (then ``execute`` compiles the source)."""
+    try:
+        code = marshal.loads(data)
+    except Exception:
+        return None
+    return code if isinstance(code, types.CodeType) else None
 
 
 # Compiled workflows by (path, source), in reuse mode: compiling even a two-line function
@@ -241,9 +268,10 @@ def _compile(path, source):
     return code
 
 
-def _execute(path, source, function, params_json, max_result_bytes):
+def _execute(path, source, function, params_json, max_result_bytes, code):
     try:
-        code = _compile(path, source)
+        if code is None:
+            code = _compile(path, source)
     except SyntaxError as exc:
         # SyntaxError's own str() shows only the file's basename; name the whole path.
         message = f"{exc.msg} ({exc.filename or path}, line {exc.lineno})"

@@ -11,9 +11,9 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyModule, PyString};
+use pyo3::types::{PyBytes, PyModule, PyString};
 use warden_protocol::{
-    frame, ErrorInfo, Execute, ExecutionResult, FrameError, FromWorker, Outcome,
+    frame, Code, ErrorInfo, Execute, ExecutionResult, FrameError, FromWorker, Outcome,
 };
 
 use crate::fds;
@@ -58,12 +58,18 @@ impl Runner {
         max_frame: usize,
         preamble: Vec<u8>,
     ) -> io::Result<Vec<u8>> {
+        // First, before anything of the workflow runs (see `code_cache`).
+        let code = match side {
+            Side::Child => self.code_for(py, e, fd, max_frame)?,
+            // A template's own connection is the supervisor's: nothing is handed down.
+            Side::Template => None,
+        };
         capture::begin(fd, &e.execution_id, &e.limits, max_frame, preamble);
         request::begin(fd, side, &e.execution_id, max_frame);
         let _ = self.call(py, "begin_output", ());
         let started = Instant::now();
         crate::python::sdk::begin(py, e);
-        let outcome = self.execute(py, e);
+        let outcome = self.execute(py, e, code);
         let sdk_writes_json = crate::python::sdk::finish(py);
         let duration_us = started.elapsed().as_micros() as u64;
         // Partial last lines belong before the Result.
@@ -89,13 +95,45 @@ impl Runner {
         Ok(out)
     }
 
-    fn execute(&self, py: Python<'_>, e: &Execute) -> Outcome {
+    /// The execution's code when its template handed it down, or compiled here when the
+    /// template asked for it — then sent back at once, as the child's first frame
+    /// ([`FromWorker::Compiled`]; empty when there is nothing reusable). `None`: the
+    /// runner compiles the source itself.
+    fn code_for<'py>(
+        &self,
+        py: Python<'py>,
+        e: &Execute,
+        fd: RawFd,
+        max_frame: usize,
+    ) -> io::Result<Option<Bound<'py, PyAny>>> {
+        match &e.code {
+            Code::None => Ok(None),
+            Code::Cached(bytes) => Ok(self
+                .call(py, "load_code", (PyBytes::new(py, bytes),))
+                .ok()
+                .filter(|c| !c.is_none())),
+            Code::Wanted => {
+                let (code, bytes): (Option<Bound<'py, PyAny>>, Vec<u8>) = self
+                    .call(py, "compile_code", (e.path.as_str(), e.source.as_str()))
+                    .and_then(|r| r.extract())
+                    .unwrap_or((None, Vec::new()));
+                let frame = frame::encode(&FromWorker::Compiled(bytes), max_frame)
+                    .or_else(|_| frame::encode(&FromWorker::Compiled(Vec::new()), max_frame))
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                fds::write_all(fd, &frame)?;
+                Ok(code)
+            }
+        }
+    }
+
+    fn execute(&self, py: Python<'_>, e: &Execute, code: Option<Bound<'_, PyAny>>) -> Outcome {
         let args = (
             e.path.as_str(),
             e.source.as_str(),
             e.function.as_str(),
             e.params_json.as_str(),
             e.limits.max_result_bytes,
+            code,
         );
         match self.call(py, "execute", args) {
             Ok(ret) => outcome_from_python(&ret),
@@ -143,6 +181,8 @@ impl Runner {
             modules_generation: 0,
             modules_manifest: 0,
             limits: Default::default(),
+            org: String::new(),
+            code: Code::None,
         };
         let _ = self.run(py, &e, fd, Side::Child, max_frame, Vec::new());
     }

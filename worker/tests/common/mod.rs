@@ -256,6 +256,7 @@ impl Worker {
                     return run;
                 }
                 FromWorker::Hello(h) => panic!("unexpected Hello {h:?}"),
+                FromWorker::Compiled(_) => panic!("a child's Compiled frame was relayed"),
                 FromWorker::Request(r) => {
                     assert_eq!(r.execution_id, id);
                     let outcome = answer(&r);
@@ -318,6 +319,7 @@ fn kind(msg: &FromWorker) -> &'static str {
         FromWorker::Result(_) => "Result",
         FromWorker::Ended(_) => "Ended",
         FromWorker::Request(_) => "Request",
+        FromWorker::Compiled(_) => "Compiled",
     }
 }
 
@@ -378,6 +380,8 @@ pub fn exec(id: &str, source: &str) -> Execute {
         modules_generation: 0,
         modules_manifest: 0,
         limits: ExecutionLimits::default(),
+        org: String::new(),
+        code: Default::default(),
     }
 }
 
