@@ -8,8 +8,10 @@
 //! - [`entry`]: a stream entry as read, and byte-safe decoding of read replies.
 //! - [`messages`]: the JSON published for clients: [`Completion`], [`LogLine`],
 //!   [`SupervisorStatus`].
-//! - [`stream`]: [`Intake`], the supervisor's handle: read, reclaim, acknowledge and
-//!   publish, dead-letter, status.
+//! - [`stream`]: [`Intake`], the supervisor's handle: read, acknowledge and publish,
+//!   dead-letter, status.
+//! - [`liveness`]: each supervisor's heartbeat key ([`Heartbeat`]), and taking over the
+//!   pending entries of supervisors whose heartbeat is gone ([`Intake::take_over`]).
 //! - [`cancel`]: cancel requests (a marker key plus a pub/sub notice) and the
 //!   [`CancelListener`].
 //! - [`client`]: [`IntakeClient`], what the CLI uses: submit, cancel, wait, status.
@@ -24,8 +26,9 @@
 //! PostgreSQL, one pipeline `XACK`s and `XDEL`s the batch's entries and, for each,
 //! `SET`s its completion key and `PUBLISH`es its completion. An entry is never
 //! acknowledged before its commit, so a supervisor that dies leaves its entries
-//! pending, and [`Intake::reclaim`] (`XAUTOCLAIM`) hands them to a live one. The store
-//! makes a second delivery of an already-committed execution harmless.
+//! pending, and once its heartbeat expires a live one takes them over
+//! ([`Intake::take_over`]). The store makes a second delivery of an already-committed
+//! execution harmless.
 //!
 //! # Redis commands on the steady-state path
 //!
@@ -41,9 +44,10 @@
 //! The ack pipeline is `XACK` + `XDEL` for the whole batch plus `SET EX` and `PUBLISH`
 //! per execution: the per-execution commands exist because each execution has its
 //! own channel, but they ride in the same round trip. Nothing on this path costs a
-//! round trip per execution. Off the steady path, at fixed intervals: `XAUTOCLAIM`
-//! (reclaim), `XCLAIM … JUSTID` (keep long-running entries claimed), `SET EX` + `SADD`
-//! (status). [`Intake::calls`] counts round trips and commands so tests can hold the
+//! round trip per execution. Off the steady path, at fixed intervals: the heartbeat
+//! (`SET … PX … GET`, on its own connection, every third of its TTL), the takeover
+//! pass (`XINFO CONSUMERS` about once a second, plus one `EXISTS` per other consumer
+//! and a claim script per dead one), `SET EX` + `SADD` (status). [`Intake::calls`] counts round trips and commands so tests can hold the
 //! code to this table.
 //!
 //! # Decisions
@@ -60,11 +64,10 @@
 //! - **A lost group heals itself.** A `NOGROUP` reply (the stream or group vanished,
 //!   e.g. `FLUSHALL` or a Redis restart without persistence) re-creates the group
 //!   and retries, instead of failing the supervisor.
-//! - **Pending is not proof of life.** An entry's idle time grows while its execution
-//!   runs (up to the 24 h maximum timeout), so `XAUTOCLAIM`'s min-idle alone would let
-//!   a live supervisor's long execution be stolen. The owner resets the idle time of
-//!   its in-flight entries with [`Intake::keep_claimed`] at an interval well under the
-//!   reclaim min-idle; what is still idle past it was abandoned.
+//! - **Idle time is not death.** An entry's idle time grows while its execution runs
+//!   (up to the 24 h maximum timeout) and while its supervisor cannot reach Redis, so
+//!   entries are taken over only from consumers whose heartbeat key is gone, never on
+//!   idle time ([`liveness`] explains the design).
 //! - **Completions are also kept** (`warden:execution:<id>:completion`, one hour), so
 //!   a client that subscribes after the publish still gets the outcome: clients
 //!   subscribe first, then check the key ([`IntakeClient::wait_for_completion`]).
@@ -78,6 +81,7 @@ pub mod cancel;
 pub mod client;
 pub mod entry;
 pub mod keys;
+pub mod liveness;
 pub mod messages;
 pub mod persistence;
 pub mod request;
@@ -89,6 +93,7 @@ pub use cancel::{is_cancelled, request_cancel, CancelListener, CancelSignal, CAN
 pub use client::{IntakeClient, Overview, WaitEvent, Waiter};
 pub use entry::Entry;
 pub use keys::Keys;
+pub use liveness::{Heartbeat, Liveness};
 pub use messages::{Completion, Done, LogLine, SupervisorStatus};
 /// The Redis client crate, re-exported so tests and tools use the same version.
 pub use redis;

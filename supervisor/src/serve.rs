@@ -20,9 +20,11 @@
 //!   transaction) covers many executions whatever the rate; a lone request is read at
 //!   once.
 //! - **The main loop never waits on a server.** Results enter the writer through a
-//!   reservation taken inside its `select!`; live logs, status and claim refreshes are
-//!   sent by [`publisher::Publisher`]'s tasks with timeouts; acknowledgements queue in
-//!   the acker. So signals, pool events and cancels are answered whatever is down.
+//!   reservation taken inside its `select!`; live logs and status are sent by
+//!   [`publisher::Publisher`]'s tasks with timeouts; acknowledgements queue in the
+//!   acker; the heartbeat has its own task and connection, and what peers took during
+//!   a lapse is asked off the loop. So signals, pool events and cancels are answered
+//!   whatever is down.
 //! - **PostgreSQL away.** The writer keeps results in memory up to its bound; past it
 //!   the main loop stops giving places back, and the reader, which retries the batch it
 //!   holds, reads nothing new. Nothing is acknowledged before it is committed.
@@ -35,6 +37,14 @@
 //!   LISTEN connection is the one database connection beyond `db_connections`. Each
 //!   batch carries the cache's generation (one GET); workers' `module_miss` requests
 //!   are answered from the database here.
+//! - **Liveness.** A heartbeat key (its own task and connection) tells peers this
+//!   supervisor lives; the reader takes over the entries of consumers whose heartbeat
+//!   is gone, and takes no work while its own is lapsing. After a lapse, executions
+//!   whose entries a peer took meanwhile are killed and their outcomes dropped
+//!   (crate::intake::liveness); the store refuses a result whose attempt was
+//!   superseded, and the acker neither acknowledges nor publishes it. The sweeper
+//!   ends rows a dead supervisor left running with nothing left to run them
+//!   ([`sweeper`]).
 //! - **Shutdown.** The first signal stops intake and hands back what has not started:
 //!   executions queued in the pool (or prepared by the reader) go back to `pending` in
 //!   PostgreSQL at the same attempt ([`handback`]), and their stream entries stay
@@ -43,19 +53,25 @@
 //!   and recorded as an interrupted attempt (`pending`, error type `Interrupted`, the
 //!   entry unacknowledged: it runs again elsewhere at attempt + 1). Executions a user
 //!   cancelled stay `cancelled`. The writer then commits what it holds and the acker
-//!   acknowledges it; then the status is removed. Every wait on this path is bounded:
-//!   the process is gone by drain timeout + the pool's kill grace + 1 s, and within a
+//!   acknowledges it; only then is the heartbeat key deleted (and the status removed),
+//!   so peers take over at once what is left pending and find its rows `pending`,
+//!   never `running` from this clean stop. Every wait on this path is bounded: the
+//!   process is gone by drain timeout + the pool's kill grace + 1 s, and within a
 //!   second of a second signal (which interrupts what runs at once), whatever server
 //!   is down. What the deadline leaves (results not committed or not acknowledged, rows
-//!   not given back) stays unacknowledged in the stream, and rows stay as they are, for
-//!   another supervisor to take over (at attempt + 1 for rows still `running`).
+//!   not given back) stays unacknowledged in the stream, and rows stay as they are; the
+//!   heartbeat is deleted then too (after the writer and acker are stopped, so nothing
+//!   is committed after it), and a peer takes it over at once (at attempt + 1 for rows
+//!   still `running`).
 
 pub mod acker;
 pub mod handback;
+pub mod held;
 pub mod inflight;
 pub mod outage;
 pub mod prepare;
 pub mod publisher;
+pub mod sweeper;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -63,8 +79,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::intake::stream::{KEEP_CLAIMED_EVERY, RECLAIM_MIN_IDLE};
-use crate::intake::{Intake, Keys, SupervisorStatus};
+use crate::intake::liveness::DEFAULT_HEARTBEAT_TTL;
+use crate::intake::{Heartbeat, Intake, Keys, SupervisorStatus};
 use crate::modules::{ModuleCache, ModuleSync};
 use crate::outcome::{ExecutionOutcome, PoolEvent};
 use crate::pool::{Pool, PoolConfig};
@@ -89,8 +105,13 @@ pub struct ServeConfig {
     pub consumer: String,
     pub writer: WriterConfig,
     pub drain_timeout: Duration,
-    /// Entries idle this long on another (dead) consumer are taken over.
-    pub reclaim_idle: Duration,
+    /// This supervisor's heartbeat key lives this long unless refreshed (every third
+    /// of it). Peers take over its pending entries once it is gone, so this bounds how
+    /// long a dead supervisor's work waits (crate::intake::liveness).
+    pub heartbeat_ttl: Duration,
+    /// How often the sweeper looks for executions left `running` by a dead supervisor
+    /// whose stream entry is gone (crate::serve::sweeper).
+    pub sweep_every: Duration,
     /// How long one XREADGROUP waits for new entries.
     pub read_block: Duration,
     /// Entries taken ahead of free workers (they wait in the pool's queue), so that a
@@ -116,7 +137,8 @@ impl ServeConfig {
             consumer: default_consumer(),
             writer: WriterConfig::default(),
             drain_timeout: Duration::from_secs(30),
-            reclaim_idle: RECLAIM_MIN_IDLE,
+            heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
+            sweep_every: sweeper::SWEEP_EVERY,
             read_block: Duration::from_millis(200),
             read_linger: Duration::from_millis(50),
             secret_key: None,
@@ -149,6 +171,16 @@ pub struct ServeReport {
     /// the two are equal after a clean stop.
     pub places: usize,
     pub places_free_at_stop: usize,
+    /// Times this supervisor's heartbeat was found expired (Redis unreachable or
+    /// wiped, or the process stalled past the TTL).
+    pub heartbeat_lapses: u64,
+    /// Executions this supervisor was running whose entries a peer took over during
+    /// such a lapse: killed, their outcomes neither committed nor acknowledged.
+    pub lost_to_peers: u64,
+    /// Pending entries this supervisor took over from dead supervisors.
+    pub taken_over: u64,
+    /// Executions this supervisor's sweeper recorded `crashed` / `SupervisorLost`.
+    pub swept: u64,
     /// Executions given back at shutdown without starting (queued, or prepared as
     /// intake stopped): not counted in `executions`.
     pub returned: u64,
@@ -186,6 +218,11 @@ pub async fn serve(
         .ensure_group()
         .await
         .map_err(|e| ServeError(e.to_string()))?;
+    // Peers see this supervisor alive from now on; set before the first read.
+    let heartbeat = Heartbeat::start(&intake, cfg.heartbeat_ttl)
+        .await
+        .map_err(|e| ServeError(e.to_string()))?;
+    let mut liveness = heartbeat.watch();
     // Advice only: a Redis that persists nothing loses unread requests when it restarts.
     crate::intake::persistence::warn_if_unpersisted(intake.client(), &cfg.redis_url).await;
     let mut cancels = intake
@@ -233,6 +270,7 @@ pub async fn serve(
     // Config changes of committed executions reach the cache before their completions.
     let committed = sdk.after_commit(committed);
     let pending_acks = acker::PendingAcks::default();
+    let held = held::Held::default();
     let outage = RedisOutage::default();
     let acks_waiting = acker::Waiting::default();
     let (direct_acks, direct_acks_rx) = mpsc::unbounded_channel();
@@ -243,6 +281,7 @@ pub async fn serve(
         pending_acks.clone(),
         outage.clone(),
         acks_waiting.clone(),
+        held.clone(),
     ));
     let mut publisher = Publisher::new(intake.clone(), outage.clone());
     let mut hand_backs = HandBacks::spawn(store.clone(), cfg.consumer.clone());
@@ -252,12 +291,24 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(capacity));
     let (stop_reader, reader_stopped) = watch::channel(false);
     let (dispatch_tx, mut dispatches) = mpsc::channel(4);
+    let taken_over = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut sweeper = tokio::spawn(
+        sweeper::Sweeper {
+            store: store.clone(),
+            intake: intake.clone(),
+            every: cfg.sweep_every,
+            older_than: cfg.heartbeat_ttl * 2,
+            stop: reader_stopped.clone(),
+        }
+        .run(),
+    );
     let mut reader = tokio::spawn(
         prepare::Reader {
             intake: intake.clone(),
             store: store.clone(),
             writer: writer.clone(),
             acks: pending_acks.clone(),
+            held: held.clone(),
             direct_acks,
             sdk: sdk.clone(),
             modules: modules.clone(),
@@ -266,7 +317,8 @@ pub async fn serve(
             read_linger: cfg.read_linger,
             out: dispatch_tx,
             consumer: cfg.consumer.clone(),
-            reclaim_idle: cfg.reclaim_idle,
+            liveness: heartbeat.watch(),
+            taken_over: taken_over.clone(),
             read_block: cfg.read_block,
             default_timeout: cfg.pool.timeout,
             stop: reader_stopped,
@@ -287,7 +339,9 @@ pub async fn serve(
     let mut to_writer: VecDeque<(Completed, bool)> = VecDeque::new();
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut log_tick = tokio::time::interval(Duration::from_millis(20));
-    let mut last_keep = Instant::now();
+    let mut liveness_open = true;
+    // Entries peers took over during a heartbeat lapse, found off the loop.
+    let (lapse_tx, mut lapse_rx) = mpsc::unbounded_channel::<Vec<String>>();
     let mut rate = RateWindow::default();
     let started = chrono::Utc::now();
     let mut stop = Stop::new(
@@ -315,6 +369,41 @@ pub async fn serve(
             _ = sleep_until_opt(deadline), if draining.is_some() => {
                 tracing::warn!(in_flight = inflight.len(), "shutdown deadline passed; leaving what is unfinished to another supervisor");
                 break;
+            }
+            changed = liveness.changed(), if liveness_open => {
+                if changed.is_err() {
+                    liveness_open = false;
+                    continue;
+                }
+                let now = *liveness.borrow_and_update();
+                if now.lapses > report.heartbeat_lapses {
+                    report.heartbeat_lapses = now.lapses;
+                    // Peers may have taken over entries meanwhile: those runs are theirs.
+                    // Asked off the loop (Redis may be slow to answer as it returns).
+                    let (sids, i, tx) = (inflight.stream_ids(), intake.clone(), lapse_tx.clone());
+                    tokio::spawn(async move {
+                        let taken = match tokio::time::timeout(SIDE_TIMEOUT, i.taken_over(&sids)).await {
+                            Ok(Ok(taken)) => taken,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "could not check which entries peers took over (results of those are refused by the store anyway)");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::warn!("could not check in time which entries peers took over (results of those are refused by the store anyway)");
+                                return;
+                            }
+                        };
+                        let _ = tx.send(taken);
+                    });
+                }
+            }
+            Some(taken) = lapse_rx.recv() => {
+                held.remove(taken.iter().map(String::as_str));
+                for id in inflight.mark_lost(&taken) {
+                    tracing::warn!(execution = %id, "a peer took this execution over while the heartbeat was gone: killing it here, its outcome will not be recorded");
+                    report.lost_to_peers += 1;
+                    pool.cancel(&id);
+                }
             }
             Some(batch) = dispatches.recv() => {
                 for d in batch {
@@ -378,7 +467,7 @@ pub async fn serve(
                 let (item, place) = to_writer.pop_front().expect("not empty");
                 if let Ok(r) = reservation {
                     if r.submit(item).is_err() {
-                        tracing::error!("the result writer stopped; the execution stays pending in the stream and will be reclaimed");
+                        tracing::error!("the result writer stopped; the execution stays pending in the stream and will be taken over");
                     }
                 }
                 if place {
@@ -413,11 +502,7 @@ pub async fn serve(
                 st.executions_completed = report.executions;
                 st.executions_per_sec = rate.per_sec(report.executions);
                 st.started_at = started;
-                let claims = (last_keep.elapsed() >= KEEP_CLAIMED_EVERY).then(|| {
-                    last_keep = Instant::now();
-                    inflight.stream_ids()
-                });
-                publisher.status(st, claims);
+                publisher.status(st);
             }
         }
         if let Some(d) = &draining {
@@ -477,8 +562,8 @@ pub async fn serve(
     }
     report.places = capacity;
     report.places_free_at_stop = permits.available_permits();
-    // Given back before this supervisor's status and claims go, so that whoever takes
-    // the entries over finds the rows `pending`.
+    // Given back before this supervisor's heartbeat goes, so that whoever takes the
+    // entries over finds the rows `pending`.
     let left = stop.left();
     report.handed_back = hand_backs.finish(left).await.unwrap_or(0);
     // The writer commits what it holds, then closes its channel; the acker drains it.
@@ -498,6 +583,24 @@ pub async fn serve(
              away?): their stream entries stay pending and another supervisor takes them over \
              (a committed one is found done and only acknowledged)"
         );
+    }
+    // The sweeper stopped with intake; a sweep in flight is given what time is left.
+    match tokio::time::timeout(stop.left().min(SIDE_TIMEOUT), &mut sweeper).await {
+        Ok(swept) => report.swept = swept.unwrap_or(0),
+        Err(_) => sweeper.abort(),
+    }
+    report.taken_over = taken_over.load(std::sync::atomic::Ordering::Relaxed);
+    // Last: rows are handed back and what was committed is acknowledged (or, past the
+    // deadline, the writer and the acker are stopped, so nothing of this supervisor's
+    // is committed after this). Peers may now take over at once what is left pending.
+    // Even past the deadline the key is deleted if Redis answers quickly; otherwise it
+    // expires on its own within the TTL.
+    let heartbeat_left = stop.left().clamp(HEARTBEAT_DELETE_MIN, SIDE_TIMEOUT);
+    if tokio::time::timeout(heartbeat_left, heartbeat.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not delete the heartbeat in time; it expires on its own");
     }
     publisher.retire(stop.left().min(SIDE_TIMEOUT)).await;
     report.redis = intake.calls();
@@ -529,6 +632,9 @@ const FLUSH_GRACE: Duration = Duration::from_secs(1);
 const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(1);
 /// The most one side call to Redis or PostgreSQL may take off the main path.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Even past the deadline, this long to delete the heartbeat (so peers take over at
+/// once instead of after the TTL).
+const HEARTBEAT_DELETE_MIN: Duration = Duration::from_millis(300);
 
 /// The shutdown's clock: the signals, and the instant by which the process must be
 /// gone (set by the first signal, brought closer by a second).
@@ -624,14 +730,22 @@ fn finish(
     out: ExecutionOutcome,
     report: &mut ServeReport,
 ) {
+    // Every end of a dispatch gives its place back, whether or not its execution is
+    // still in flight (a second dispatch of the same id ends after the first).
+    let place = inflight.release_place(&out.execution_id);
+    if inflight.take_lost(&out.execution_id) {
+        // A peer runs it now: nothing of this run is recorded or acknowledged.
+        inflight.remove(&out.execution_id);
+        if place {
+            permits.add_permits(1);
+        }
+        return;
+    }
     report.executions += 1;
     *report
         .by_status
         .entry(out.status.as_str().to_string())
         .or_default() += 1;
-    // Every end of a dispatch gives its place back, whether or not its execution is
-    // still in flight (a second dispatch of the same id ends after the first).
-    let place = inflight.release_place(&out.execution_id);
     let Some((meta, logs)) = inflight.remove(&out.execution_id) else {
         tracing::warn!(execution = %out.execution_id, "finished execution was not in flight");
         if place {
@@ -679,8 +793,12 @@ fn give_back(
     if inflight.release_place(id) {
         permits.add_permits(1);
     }
+    let lost = inflight.take_lost(id);
     if let Some((meta, _logs)) = inflight.remove(id) {
-        hand_backs.give_back(id.to_string(), meta.stream_id, started);
+        // A row a peer took over is the peer's: nothing to give back.
+        if !lost {
+            hand_backs.give_back(id.to_string(), meta.stream_id, started);
+        }
     }
 }
 

@@ -21,6 +21,8 @@
 //!   side (`list`, `show`).
 //! - [`commit`]: one batch of outcomes in one transaction (rows, logs, SDK writes,
 //!   delivery statuses, daily metrics), idempotent so a replay never records twice.
+//! - [`lost`]: executions a dead supervisor left unfinished with nothing left to run
+//!   them: found and ended `crashed` / `SupervisorLost` for the sweeper.
 //! - [`metrics`]: the per-(day, org, workflow) aggregation done in Rust before the
 //!   metrics upsert.
 //! - [`writer`]: the group-commit writer task: collects outcomes, writes them with
@@ -37,6 +39,7 @@ pub mod connect;
 pub mod deliveries;
 pub mod executions;
 pub mod kv;
+pub mod lost;
 pub mod metrics;
 pub mod migrate;
 pub mod retry;

@@ -1,5 +1,6 @@
 //! The execution stream and its consumer group against a real Redis: read limits,
-//! at-least-once delivery (pending entries are reclaimed, acknowledged ones are not),
+//! at-least-once delivery (pending entries of a dead consumer are taken over, those of a
+//! live one and acknowledged ones are not),
 //! self-healing after the stream vanishes, work sharing between consumers, publishing
 //! after acknowledgement, and the number of Redis round trips per batch.
 
@@ -7,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use warden::intake::redis;
-use warden::intake::{Completion, Done, Entry, Intake, Request, WorkflowRef};
+use warden::intake::{Completion, Done, Entry, Heartbeat, Intake, Request, WorkflowRef};
 use warden::outcome::{ExecutionOutcome, Status};
 use warden_tests::redis::TestRedis;
 
@@ -141,11 +142,29 @@ async fn a_blocking_read_wakes_up_for_a_new_entry() {
     );
 }
 
+const TTL: Duration = Duration::from_millis(900);
+
+/// XINFO CONSUMERS names of the group.
+async fn consumer_names(t: &TestRedis) -> Vec<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(t.keys().stream())
+        .arg(t.keys().group())
+        .query_async(&mut t.conn().await)
+        .await
+        .expect("XINFO CONSUMERS");
+    let mut names: Vec<String> = reply.consumers.into_iter().map(|c| c.name).collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
-async fn unacked_entries_are_reclaimed_by_another_consumer_acked_ones_are_not() {
+async fn unacked_entries_of_a_dead_consumer_are_taken_over_acked_ones_are_not() {
     let t = TestRedis::new();
     let a = t.intake("sup-a").await;
     let b = t.intake("sup-b").await;
+    let a_beat = Heartbeat::start(&a, TTL).await.expect("a's heartbeat");
+    let _b_beat = Heartbeat::start(&b, TTL).await.expect("b's heartbeat");
     t.client()
         .await
         .submit_many(&requests(10, "e"))
@@ -157,19 +176,20 @@ async fn unacked_entries_are_reclaimed_by_another_consumer_acked_ones_are_not() 
     let (acked, unacked) = read.split_at(4);
     a.ack_and_publish(&ack_only(acked)).await.expect("ack");
 
-    // Not idle long enough yet: nothing to take.
-    assert!(b
-        .reclaim(Duration::from_secs(60), 100)
-        .await
-        .expect("reclaim")
-        .is_empty());
-    // Margins are generous: a loaded machine may stall for tens of milliseconds.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reclaimed = b
-        .reclaim(Duration::from_millis(250), 100)
-        .await
-        .expect("reclaim");
-    let mut got = ids(&reclaimed);
+    // a lives (well past the TTL: its heartbeat task refreshes it): nothing to take,
+    // however long its entries have been idle.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let t = b.take_over(100).await.expect("take over");
+        assert!(t.entries.is_empty() && t.from.is_empty(), "{t:?}");
+    }
+
+    // a stops cleanly: its heartbeat is deleted, its entries are taken at once.
+    a_beat.stop().await;
+    let taken = b.take_over(100).await.expect("take over");
+    assert!(!taken.more);
+    assert_eq!(taken.from, vec![("sup-a".to_owned(), 6)]);
+    let mut got = ids(&taken.entries);
     got.sort();
     let mut want = ids(unacked);
     want.sort();
@@ -177,19 +197,12 @@ async fn unacked_entries_are_reclaimed_by_another_consumer_acked_ones_are_not() 
         got, want,
         "exactly the unacknowledged entries move to sup-b"
     );
-    // The reclaimed entries carry their fields.
+    // They carry their fields.
     assert_eq!(
-        reclaimed[0].parse().expect("valid").workflow,
+        taken.entries[0].parse().expect("valid").workflow,
         WorkflowRef::Id(1)
     );
-
-    // They are b's now, idle time reset: a does not take them back.
-    assert!(a
-        .reclaim(Duration::from_millis(250), 100)
-        .await
-        .expect("reclaim")
-        .is_empty());
-    let backlog = a.stream_backlog().await.expect("backlog");
+    let backlog = b.stream_backlog().await.expect("backlog");
     assert_eq!(backlog.pending, 6);
     let b_pending = backlog
         .consumers
@@ -198,15 +211,20 @@ async fn unacked_entries_are_reclaimed_by_another_consumer_acked_ones_are_not() 
         .map(|c| c.pending);
     assert_eq!(b_pending, Some(6));
 
-    // Once acknowledged, nothing is left to reclaim, however long we wait.
-    b.ack_and_publish(&ack_only(&reclaimed)).await.expect("ack");
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    assert!(a
-        .reclaim(Duration::from_millis(50), 100)
+    // A dead consumer never takes from a live one, nor from itself.
+    let back = a.take_over(100).await.expect("take over");
+    assert!(back.entries.is_empty(), "{back:?}");
+
+    // The dead consumer, now with nothing pending, is removed from the group.
+    let again = b.take_over(100).await.expect("take over");
+    assert!(again.entries.is_empty());
+    assert_eq!(again.forgotten, 1);
+    assert_eq!(consumer_names(&t).await, vec!["sup-b"]);
+
+    b.ack_and_publish(&ack_only(&taken.entries))
         .await
-        .expect("reclaim")
-        .is_empty());
-    let backlog = a.stream_backlog().await.expect("backlog");
+        .expect("ack");
+    let backlog = b.stream_backlog().await.expect("backlog");
     assert_eq!(
         (backlog.length, backlog.pending),
         (0, 0),
@@ -215,35 +233,38 @@ async fn unacked_entries_are_reclaimed_by_another_consumer_acked_ones_are_not() 
 }
 
 #[tokio::test]
-async fn reclaim_respects_max() {
+async fn an_expired_heartbeat_counts_as_dead_and_take_over_respects_max() {
     let t = TestRedis::new();
     let a = t.intake("sup-a").await;
     let b = t.intake("sup-b").await;
+    let a_beat = Heartbeat::start(&a, TTL).await.expect("a's heartbeat");
+    let _b_beat = Heartbeat::start(&b, TTL).await.expect("b's heartbeat");
     t.client()
         .await
         .submit_many(&requests(30, "e"))
         .await
         .expect("submit");
     assert_eq!(a.read(30, Duration::ZERO).await.expect("read").len(), 30);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let first = b
-        .reclaim(Duration::from_millis(250), 12)
-        .await
-        .expect("reclaim");
-    assert_eq!(first.len(), 12);
-    let rest = b
-        .reclaim(Duration::from_millis(250), 100)
-        .await
-        .expect("reclaim");
-    assert_eq!(
-        rest.len(),
-        18,
-        "the rest; the first 12 are not idle any more"
-    );
+    // a dies without a word (its refreshes stop, the key expires).
+    drop(a_beat);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let t = b.take_over(12).await.expect("take over");
+        if !t.entries.is_empty() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "a's heartbeat never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first.entries.len(), 12);
+    assert!(first.more, "18 are left for the next pass");
+    let rest = b.take_over(100).await.expect("take over");
+    assert_eq!(rest.entries.len(), 18);
+    assert!(!rest.more);
 }
 
 #[tokio::test]
-async fn keep_claimed_stops_a_live_supervisors_work_from_being_reclaimed() {
+async fn a_consumer_without_a_heartbeat_of_its_own_takes_nothing() {
     let t = TestRedis::new();
     let a = t.intake("sup-a").await;
     let b = t.intake("sup-b").await;
@@ -252,27 +273,59 @@ async fn keep_claimed_stops_a_live_supervisors_work_from_being_reclaimed() {
         .submit_many(&requests(5, "e"))
         .await
         .expect("submit");
-    let in_flight = ids(&a.read(5, Duration::ZERO).await.expect("read"));
+    assert_eq!(a.read(5, Duration::ZERO).await.expect("read").len(), 5);
+    // Neither has a heartbeat: b must not claim (it may be lapsing itself).
+    let t1 = b.take_over(100).await.expect("take over");
+    assert!(t1.entries.is_empty(), "{t1:?}");
+    let _b_beat = Heartbeat::start(&b, TTL).await.expect("b's heartbeat");
+    assert_eq!(b.take_over(100).await.expect("take over").entries.len(), 5);
+}
 
-    // Touched every 100 ms for 800 ms, longer than min_idle: nothing is taken.
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(a.keep_claimed(&in_flight).await.expect("touch"), 5);
-        assert!(b
-            .reclaim(Duration::from_millis(500), 100)
-            .await
-            .expect("reclaim")
-            .is_empty());
-    }
-    // a stops touching (it died): now they are fair game.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+#[tokio::test]
+async fn taken_over_names_the_entries_now_pending_elsewhere() {
+    let t = TestRedis::new();
+    let a = t.intake("sup-a").await;
+    let b = t.intake("sup-b").await;
+    let _b_beat = Heartbeat::start(&b, TTL).await.expect("b's heartbeat");
+    t.client()
+        .await
+        .submit_many(&requests(6, "e"))
+        .await
+        .expect("submit");
+    let mine = ids(&a.read(3, Duration::ZERO).await.expect("read"));
+    // a has no heartbeat: b takes its 3; then a reads 3 more, which stay a's.
+    assert_eq!(b.take_over(100).await.expect("take over").entries.len(), 3);
+    let still = ids(&a.read(3, Duration::ZERO).await.expect("read"));
+    let mut all = mine.clone();
+    all.extend(still.clone());
+    all.push("1-1".to_owned()); // never existed: pending nowhere, not reported
+    let mut taken = a.taken_over(&all).await.expect("check");
+    taken.sort();
+    let mut want = mine.clone();
+    want.sort();
+    assert_eq!(taken, want);
+
+    // Gone for good: not pending and deleted. The others are still pending.
+    let mut check = still.clone();
+    check.push("1-1".to_owned());
     assert_eq!(
-        b.reclaim(Duration::from_millis(500), 100)
-            .await
-            .expect("reclaim")
-            .len(),
-        5
+        a.entries_gone(&check).await.expect("gone?"),
+        vec![false, false, false, true]
     );
+    a.ack_and_publish(&ack_only_ids(&still)).await.expect("ack");
+    assert_eq!(
+        a.entries_gone(&still).await.expect("gone?"),
+        vec![true, true, true]
+    );
+}
+
+fn ack_only_ids(ids: &[String]) -> Vec<Done> {
+    ids.iter()
+        .map(|id| Done {
+            stream_id: id.clone(),
+            completion: None,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -356,16 +409,17 @@ async fn read_heals_after_the_stream_is_deleted() {
         .expect("stale ack");
     intake.ack_and_publish(&ack_only(&got)).await.expect("ack");
 
-    // Wiped with nothing new: reads and reclaims keep working (and stay empty).
+    // Wiped with nothing new: reads and takeover passes keep working (and stay empty).
     let _: () = redis::cmd("DEL")
         .arg(t.keys().stream())
         .query_async(&mut conn)
         .await
         .expect("DEL");
     assert!(intake
-        .reclaim(Duration::from_millis(1), 10)
+        .take_over(10)
         .await
-        .expect("reclaim heals")
+        .expect("take over heals")
+        .entries
         .is_empty());
     let _: () = redis::cmd("DEL")
         .arg(t.keys().stream())

@@ -279,17 +279,26 @@ async fn a_drain_gives_back_what_it_did_not_finish_and_another_supervisor_runs_i
         20,
         "nothing acknowledged"
     );
+    let s1_live: bool = redis::cmd("EXISTS")
+        .arg(first.redis.keys().heartbeat("s1"))
+        .query_async(&mut first.redis.conn().await)
+        .await
+        .unwrap();
+    assert!(
+        !s1_live,
+        "a clean stop deletes the heartbeat, after the hand-back"
+    );
 
-    // A second supervisor takes the entries over (idle reclaim) and runs them, quickly
-    // this time.
+    // s1 deleted its heartbeat last, after the rows went back: a second supervisor
+    // takes the entries over at once (not after the TTL) and runs them, quickly this
+    // time.
     push(
         db,
         SLEEP.replace("time.sleep(s)", "time.sleep(0.01)").as_str(),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(db, &first.redis, &dir, "s2");
-    cfg.reclaim_idle = Duration::from_millis(1000);
+    let cfg = config(db, &first.redis, &dir, "s2");
     let (signals, handle) = spawn(cfg);
     wait_count(
         db,
@@ -302,6 +311,7 @@ async fn a_drain_gives_back_what_it_did_not_finish_and_another_supervisor_runs_i
     signals.send(1).unwrap();
     let second = handle.await.unwrap().unwrap();
     assert_eq!(second.executions, 20, "each exactly once: {second:?}");
+    assert_eq!(second.taken_over, 20, "{second:?}");
     assert_eq!(second.places_free_at_stop, second.places);
     let attempts: Vec<(i32, i64)> = sqlx::query_as(
         "SELECT attempt, count(*) FROM executions WHERE supervisor = 's2' GROUP BY 1 ORDER BY 1",
@@ -457,6 +467,29 @@ async fn signal_during_outage(away: Away, second_after: Option<Duration>) -> Dur
             )
             .await,
             2
+        );
+    }
+    if away == Away::Postgres {
+        // Redis was there: even on an exit the deadline cut short, the heartbeat is
+        // deleted (last, once the writer and the hand-back were stopped), so a peer
+        // takes the entries over at once; the rows it could not give back stay
+        // `running` at their attempt, and nothing of them was written.
+        let live: bool = redis::cmd("EXISTS")
+            .arg(redis.keys().heartbeat("sig"))
+            .query_async(&mut redis.conn().await)
+            .await
+            .unwrap();
+        assert!(!live, "heartbeat deleted on exit");
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM executions
+                  WHERE status = 'running' AND supervisor = 'sig' AND attempt = 1"
+            )
+            .await,
+            10,
+            "left as they were; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
     elapsed

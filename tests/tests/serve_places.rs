@@ -179,18 +179,38 @@ async fn every_kind_of_end_gives_its_place_back() {
     );
 }
 
-/// An entry reclaimed (here by its own supervisor: its claim was not refreshed in
-/// time) while its execution runs is dispatched again; the second run's end finds
-/// its id no longer in flight and must still give its place back.
+/// An entry read again while its execution runs (here: the consumer group vanished,
+/// was re-created from the start of the stream, and the entry was delivered again) is
+/// dispatched again; the second run's end finds its id no longer in flight and must
+/// still give its place back.
 #[tokio::test]
 async fn an_end_of_an_id_no_longer_in_flight_gives_its_place_back() {
-    let mut s = TestServe::start(|c| {
-        two_places(c);
-        c.reclaim_idle = Duration::from_millis(800);
-    })
-    .await;
+    let mut s = TestServe::start(two_places).await;
     s.push("sleep", SLEEP, None).await;
-    let c = s.run("long-1", "sleep", r#"{"s": 2}"#).await;
+    let waiter = s
+        .client
+        .wait_for_completion("long-1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    s.client
+        .submit(&TestServe::request("long-1", "sleep", r#"{"s": 2}"#))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.db.store.show_execution("long-1").await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "long-1 never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The group vanishes while long-1 runs: the reader re-creates it from id 0 and
+    // reads long-1's entry again.
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(s.redis.keys().stream())
+        .arg(s.redis.keys().group())
+        .query_async(&mut s.redis.conn().await)
+        .await
+        .unwrap();
+    let c = waiter.completion().await.unwrap();
     assert_eq!(c.status, Status::Success);
     let d = s.db.store.show_execution("long-1").await.unwrap().unwrap();
     assert!(

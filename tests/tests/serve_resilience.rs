@@ -203,8 +203,8 @@ fn serve_process(db: &TestDb, redis: &TestRedis, consumer: &str, uid_base: Optio
         "2",
         "--consumer",
         consumer,
-        "--reclaim-idle",
-        "2s",
+        "--heartbeat-ttl",
+        "1s",
     ])
     .arg("--worker-bin")
     .arg(worker_bin())

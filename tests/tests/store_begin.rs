@@ -192,6 +192,45 @@ async fn rejected_requests_are_recorded_failed_and_listed() {
     assert!(s.show_execution("missing").await.unwrap().is_none());
 }
 
+/// A result is fenced by attempt: once the same stream entry was begun again (a peer
+/// took it over), the earlier run's outcome is refused as superseded and the acker
+/// leaves the entry alone; the later attempt's outcome is recorded.
+#[tokio::test]
+async fn an_outcome_of_a_superseded_attempt_is_not_written() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let first = s.begin_batch(&[new_execution("x", None)]).await.unwrap();
+    assert_eq!(first, vec![Begin::Run { attempt: 1 }]);
+    let mut taken = new_execution("x", None);
+    taken.supervisor = "peer".into();
+    let second = s.begin_batch(&[taken]).await.unwrap();
+    assert_eq!(second, vec![Begin::Run { attempt: 2 }]);
+
+    let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
+    let mut stale = completed("x", Status::Failed, 3, None, None);
+    stale.attempt = Some(1);
+    writer.submit(stale).await.unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Superseded);
+    let row = s.show_execution("x").await.unwrap().unwrap();
+    assert_eq!(
+        (row.execution.status, row.execution.attempt, row.logs.len()),
+        (ExecutionStatus::Running, 2, 0),
+        "nothing of the superseded run was written"
+    );
+
+    let mut current = completed("x", Status::Success, 1, None, None);
+    current.attempt = Some(2);
+    writer.submit(current).await.unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Recorded);
+    let row = s.show_execution("x").await.unwrap().unwrap();
+    assert_eq!(
+        (row.execution.status, row.execution.supervisor.as_deref()),
+        (ExecutionStatus::Success, Some("peer"))
+    );
+}
+
 /// A supervisor that shuts down gives its `running` rows back: one that never started
 /// keeps its attempt when begun again, an interrupted one counts it; rows another
 /// supervisor holds, or begun from another entry, are not touched.
@@ -265,4 +304,70 @@ async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
     let cut = row("cut").await;
     assert_eq!(cut.status.to_string(), "running");
     assert!(cut.error_type.is_none(), "the note was the last attempt's");
+}
+
+/// The attempt fence covers hand-back: an interrupted row begun again elsewhere is a
+/// later attempt, so the cut-off run's outcome (had it reached a writer) is refused;
+/// a never-started row keeps its attempt, and the run that takes it up records at it.
+#[tokio::test]
+async fn handed_back_rows_are_fenced_by_the_attempt_they_are_begun_at() {
+    use warden::store::HandBack;
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let rows: Vec<NewExecution> = ["queued", "cut"]
+        .iter()
+        .map(|id| NewExecution {
+            supervisor: "sup-1".to_string(),
+            ..new_execution(id, None)
+        })
+        .collect();
+    s.begin_batch(&rows).await.unwrap();
+    let back = |id: &str, started: bool| HandBack {
+        id: id.into(),
+        stream_id: format!("1-{id}"),
+        started,
+    };
+    assert_eq!(
+        s.hand_back("sup-1", &[back("queued", false), back("cut", true)])
+            .await
+            .unwrap(),
+        2
+    );
+    let again: Vec<NewExecution> = ["queued", "cut"]
+        .iter()
+        .map(|id| NewExecution {
+            supervisor: "sup-2".to_string(),
+            ..new_execution(id, None)
+        })
+        .collect();
+    assert_eq!(
+        s.begin_batch(&again).await.unwrap(),
+        vec![Begin::Run { attempt: 1 }, Begin::Run { attempt: 2 }]
+    );
+
+    let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
+    let mut stale = completed("cut", Status::Success, 1, None, None);
+    stale.attempt = Some(1);
+    writer.submit(stale).await.unwrap();
+    let c = committed.recv().await.unwrap();
+    assert_eq!(c[0].disposition, Disposition::Superseded);
+    let cut = s.show_execution("cut").await.unwrap().unwrap().execution;
+    assert_eq!(
+        (cut.status, cut.attempt, cut.supervisor.as_deref()),
+        (ExecutionStatus::Running, 2, Some("sup-2"))
+    );
+
+    for (id, attempt) in [("queued", 1), ("cut", 2)] {
+        let mut current = completed(id, Status::Success, 1, None, None);
+        current.attempt = Some(attempt);
+        writer.submit(current).await.unwrap();
+        let c = committed.recv().await.unwrap();
+        assert_eq!(c[0].disposition, Disposition::Recorded, "{id}");
+        let row = s.show_execution(id).await.unwrap().unwrap().execution;
+        assert_eq!(
+            (row.status, row.attempt, row.supervisor.as_deref()),
+            (ExecutionStatus::Success, attempt, Some("sup-2")),
+            "{id}"
+        );
+    }
 }

@@ -39,9 +39,14 @@ pub struct ServeArgs {
     /// Results held in memory while PostgreSQL is unreachable; intake pauses past it.
     #[arg(long, default_value_t = 10_000)]
     pub max_pending_results: usize,
-    /// Entries another (dead) supervisor left unfinished this long are taken over.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub reclaim_idle: Duration,
+    /// Time to live of this supervisor's heartbeat key in Redis (refreshed every third
+    /// of it). When a supervisor dies, peers take over its unfinished stream entries
+    /// once its heartbeat has expired, so this bounds how long they wait (plus about a
+    /// second). Live supervisors' entries are never taken, however long they run.
+    /// While this supervisor cannot refresh its heartbeat (Redis unreachable) it takes
+    /// no new work. Keep it well above Redis's worst answer time.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_ttl: Duration,
 }
 
 pub async fn run(args: ServeArgs) -> Result<i32, String> {
@@ -64,7 +69,9 @@ pub async fn run(args: ServeArgs) -> Result<i32, String> {
     cfg.writer.max_delay = args.commit_delay;
     cfg.writer.max_pending = args.max_pending_results.max(1);
     cfg.drain_timeout = args.pool.drain_timeout;
-    cfg.reclaim_idle = args.reclaim_idle;
+    cfg.heartbeat_ttl = args
+        .heartbeat_ttl
+        .max(crate::intake::liveness::MIN_HEARTBEAT_TTL);
     if let Some(p) = args.prefetch {
         cfg.prefetch = p;
     }

@@ -1,5 +1,6 @@
 //! `warden status`: live supervisors (from the status each publishes every second),
-//! their workers, and the stream's backlog.
+//! their workers, the stream's backlog, and each consumer of the stream's group as
+//! live or dead (its heartbeat key present or not) with its unfinished entries.
 
 use super::ConnArgs;
 
@@ -26,15 +27,46 @@ pub async fn run(conn: ConnArgs) -> Result<i32, String> {
         }
     }
     let b = &o.backlog;
+    let dead_pending: u64 = b
+        .consumers
+        .iter()
+        .filter(|c| !c.live)
+        .map(|c| c.pending)
+        .sum();
     println!(
-        "stream: {} waiting, {} in progress{}",
+        "stream: {} waiting, {} in progress{}{}",
         b.waiting(),
-        b.pending,
+        b.pending - dead_pending.min(b.pending),
+        if dead_pending > 0 {
+            format!(", {dead_pending} left by dead supervisors")
+        } else {
+            String::new()
+        },
         if b.group_exists {
             ""
         } else {
             " (no supervisor has read it yet)"
         }
     );
+    let any_live = b.consumers.iter().any(|c| c.live);
+    for c in b.consumers.iter().filter(|c| c.live || c.pending > 0) {
+        println!("  {}", consumer_line(c, any_live));
+    }
     Ok(0)
+}
+
+/// One consumer of the group: live or dead, and what becomes of a dead one's entries.
+fn consumer_line(c: &crate::intake::ConsumerBacklog, any_live: bool) -> String {
+    if c.live {
+        return format!("{:<32} live   {:>6} in progress", c.name, c.pending);
+    }
+    let fate = if any_live {
+        format!(
+            "taken over within ~{}s",
+            crate::intake::liveness::TAKEOVER_EVERY.as_secs().max(1)
+        )
+    } else {
+        "taken over when a supervisor starts".to_owned()
+    };
+    format!("{:<32} dead   {:>6} unfinished, {fate}", c.name, c.pending)
 }

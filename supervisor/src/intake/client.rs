@@ -184,10 +184,16 @@ impl IntakeClient {
         list_supervisors(&mut self.conn.clone(), &self.keys).await
     }
 
-    /// Supervisors and backlog together.
+    /// Supervisors and backlog together, each consumer marked live or dead.
     pub async fn status(&self) -> Result<Overview, IntakeError> {
         let supervisors = self.list_supervisors().await?;
-        let backlog = backlog(&mut self.conn.clone(), &self.keys).await?;
+        let mut backlog = backlog(&mut self.conn.clone(), &self.keys).await?;
+        super::liveness::consumer_liveness(
+            &mut self.conn.clone(),
+            &self.keys,
+            &mut backlog.consumers,
+        )
+        .await?;
         Ok(Overview {
             supervisors,
             backlog,

@@ -1,5 +1,5 @@
 //! A stream entry as read from Redis ([`Entry`]), and the decoding of `XREADGROUP` and
-//! `XAUTOCLAIM` replies into entries.
+//! `XCLAIM` replies into entries.
 //!
 //! The replies are decoded from raw [`redis::Value`]s instead of the crate's typed
 //! stream replies because those map field names to `String`: one entry with a
@@ -65,36 +65,11 @@ pub(crate) fn decode_read(reply: Value) -> Result<Decoded, String> {
     Ok(out)
 }
 
-/// Decodes an `XAUTOCLAIM` reply: `[next-cursor, [[id, [f, v, ...]], ...], [deleted-id, ...]]`
-/// (the third element since Redis 7.0). Returns the cursor and the entries.
-pub(crate) fn decode_autoclaim(reply: Value) -> Result<(String, Decoded), String> {
-    let Value::Array(mut parts) = reply else {
-        return Err(format!(
-            "expected [cursor, entries, deleted], got {reply:?}"
-        ));
-    };
-    if parts.len() < 2 {
-        return Err(format!(
-            "expected [cursor, entries, deleted], got {parts:?}"
-        ));
-    }
-    let deleted = if parts.len() >= 3 {
-        Some(parts.swap_remove(2))
-    } else {
-        None
-    };
-    let entries = parts.swap_remove(1);
-    let cursor = text(parts.swap_remove(0)).ok_or("cursor is not a string")?;
+/// Decodes an `XCLAIM` reply (or a script returning one): `[[id, [f, v, ...]], ...]`.
+pub(crate) fn decode_claim(reply: Value) -> Result<Decoded, String> {
     let mut out = Decoded::default();
-    decode_entries(entries, &mut out)?;
-    if let Some(Value::Array(ids)) = deleted {
-        for id in ids {
-            if let Some(id) = text(id) {
-                out.gone.push(id);
-            }
-        }
-    }
-    Ok((cursor, out))
+    decode_entries(reply, &mut out)?;
+    Ok(out)
 }
 
 fn decode_entries(entries: Value, out: &mut Decoded) -> Result<(), String> {
@@ -103,7 +78,7 @@ fn decode_entries(entries: Value, out: &mut Decoded) -> Result<(), String> {
     };
     for entry in entries {
         match entry {
-            // Redis 6 XAUTOCLAIM put nil where a claimed entry had been deleted.
+            // Redis 6 XCLAIM put nil where a claimed entry had been deleted.
             Value::Nil => {}
             Value::Array(mut pair) if pair.len() == 2 => {
                 let fields = pair.swap_remove(1);
@@ -188,26 +163,10 @@ mod tests {
     }
 
     #[test]
-    fn decodes_autoclaim() {
-        let reply = Value::Array(vec![
-            bulk(b"0-0"),
-            Value::Array(vec![Value::Array(vec![
-                bulk(b"3-0"),
-                Value::Array(vec![bulk(b"id"), bulk(b"x")]),
-            ])]),
-            Value::Array(vec![bulk(b"4-0")]),
-        ]);
-        let (cursor, d) = decode_autoclaim(reply).expect("decodes");
-        assert_eq!(cursor, "0-0");
-        assert_eq!(d.entries[0].stream_id, "3-0");
-        assert_eq!(d.gone, vec!["4-0".to_owned()]);
-    }
-
-    #[test]
     fn malformed_replies_are_errors_not_panics() {
         assert!(decode_read(Value::Int(1)).is_err());
         assert!(decode_read(Value::Array(vec![Value::Int(1)])).is_err());
-        assert!(decode_autoclaim(Value::Array(vec![])).is_err());
-        assert!(decode_autoclaim(Value::Nil).is_err());
+        assert!(decode_claim(Value::Array(vec![Value::Int(1)])).is_err());
+        assert!(decode_claim(Value::Nil).is_err());
     }
 }

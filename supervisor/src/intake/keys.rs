@@ -119,6 +119,13 @@ impl Keys {
         format!("{}warden:module:generation", self.prefix)
     }
 
+    /// One supervisor's heartbeat (a token, short TTL): `{prefix}warden:heartbeat:<consumer>`.
+    /// Present while the supervisor lives; peers take over the pending entries of a
+    /// consumer whose heartbeat is gone (crate::intake::liveness).
+    pub fn heartbeat(&self, consumer: &str) -> String {
+        format!("{}warden:heartbeat:{consumer}", self.prefix)
+    }
+
     /// The set of consumer names that have published a status: `{prefix}warden:supervisors`.
     /// Members whose status key has expired are stale and pruned by readers.
     pub fn supervisors(&self) -> String {
@@ -142,6 +149,7 @@ mod tests {
         assert_eq!(k.cancelled("e1"), "warden:cancelled:e1");
         assert_eq!(k.supervisor_status("h1"), "warden:supervisor:h1");
         assert_eq!(k.supervisors(), "warden:supervisors");
+        assert_eq!(k.heartbeat("h1"), "warden:heartbeat:h1");
         // The worker builds the same names (worker/src/modules/keys.rs).
         assert_eq!(
             k.module("shared/tickets.py"),
@@ -166,6 +174,7 @@ mod tests {
             k.cancelled("x"),
             k.supervisor_status("x"),
             k.supervisors(),
+            k.heartbeat("x"),
             k.module("a.py"),
             k.module_index(),
             k.module_generation(),

@@ -1,5 +1,6 @@
 //! [`Intake`]: the supervisor's handle on the execution stream: join the consumer group,
-//! read and reclaim entries, acknowledge them and publish completions after commit,
+//! read entries (taking over dead supervisors' entries is [`super::liveness`]'s),
+//! acknowledge them and publish completions after commit,
 //! dead-letter bad ones, publish live logs and the supervisor's status.
 //!
 //! See the [module overview](super) for the command budget per batch and why reads
@@ -17,7 +18,7 @@ use warden_protocol::Log;
 use super::cancel::{self, CancelListener};
 use super::entry::{self, Entry, Field};
 use super::keys::Keys;
-use super::messages::{Done, LogLine, SupervisorStatus};
+use super::messages::{Completion, Done, LogLine, SupervisorStatus};
 use super::request::Rejected;
 use super::{redact_url, IntakeError};
 
@@ -27,12 +28,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time a blocking read may take beyond its `BLOCK` before we give up on it.
 const READ_GRACE: Duration = Duration::from_secs(5);
-/// A sensible `min_idle` for [`Intake::reclaim`]: an entry untouched this long was
-/// abandoned by its consumer.
-pub const RECLAIM_MIN_IDLE: Duration = Duration::from_secs(60);
-/// A sensible interval for [`Intake::keep_claimed`]: a quarter of [`RECLAIM_MIN_IDLE`],
-/// so a few missed rounds (a stalled event loop, a Redis blip) do not lose the claim.
-pub const KEEP_CLAIMED_EVERY: Duration = Duration::from_secs(15);
 /// The most entries one read returns, whatever is asked.
 pub const MAX_READ: usize = 10_000;
 /// How long a completion stays readable at its key after it was published.
@@ -101,6 +96,8 @@ pub struct ConsumerBacklog {
     pub pending: u64,
     /// Milliseconds since this consumer last read or claimed.
     pub idle_ms: u64,
+    /// Its heartbeat exists (filled by `warden status`; `false` until checked).
+    pub live: bool,
 }
 
 /// The supervisor's connection to the execution stream. Cheap to clone: clones share
@@ -253,10 +250,10 @@ impl Intake {
         Ok(entries)
     }
 
-    /// What this consumer's previous incarnation read and never acknowledged, at most
-    /// `max` entries. Call once at start-up, before [`Intake::read`]: it returns
-    /// everything pending on this consumer name, which once reading has begun
-    /// includes work in flight. Pending ids whose entry was deleted are acknowledged.
+    /// Everything pending on this consumer name, at most `max` entries: at start-up,
+    /// what its previous incarnation read and never acknowledged; once reading has
+    /// begun, work in flight too, so the caller filters out what it holds
+    /// (crate::serve::held). Pending ids whose entry was deleted are acknowledged.
     pub async fn recover_own(&self, max: usize) -> Result<Vec<Entry>, IntakeError> {
         let mut entries = Vec::new();
         let mut gone = Vec::new();
@@ -305,90 +302,13 @@ impl Intake {
         Ok(entries)
     }
 
-    /// Claims up to `max` entries that have been pending on any consumer (a dead
-    /// supervisor, or this one's previous incarnation) for at least `min_idle`, via
-    /// `XAUTOCLAIM`. Live supervisors keep their in-flight entries fresh with
-    /// [`Intake::keep_claimed`], so `min_idle` must exceed that interval comfortably.
-    pub async fn reclaim(&self, min_idle: Duration, max: usize) -> Result<Vec<Entry>, IntakeError> {
-        // Each XAUTOCLAIM scans at most 10 * COUNT pending ids; a few passes cover a
-        // large pending list without letting one call run unbounded.
-        const MAX_PASSES: usize = 16;
-        let mut entries = Vec::new();
-        let mut cursor = "0-0".to_owned();
-        let min_idle_ms = millis(min_idle).max(1);
-        for _ in 0..MAX_PASSES {
-            if entries.len() >= max {
-                break;
-            }
-            let mut cmd = redis::cmd("XAUTOCLAIM");
-            cmd.arg(self.keys.stream())
-                .arg(self.keys.group())
-                .arg(&self.consumer)
-                .arg(min_idle_ms)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg((max - entries.len()).min(MAX_READ));
-            let reply = match self.send::<Value>(&mut self.writer.clone(), &cmd).await {
-                Err(e) if is_nogroup(&e) => {
-                    // A fresh group has nothing pending; make sure it exists for `read`.
-                    self.ensure_group().await?;
-                    return Ok(entries);
-                }
-                other => other,
-            }
-            .map_err(|e| IntakeError::redis(self.reclaiming_context(), e))?;
-            let (next, decoded) =
-                entry::decode_autoclaim(reply).map_err(|detail| IntakeError::UnexpectedReply {
-                    context: self.reclaiming_context(),
-                    detail,
-                })?;
-            if !decoded.gone.is_empty() {
-                // Redis 7 already dropped these from the pending list.
-                tracing::warn!(
-                    count = decoded.gone.len(),
-                    "pending entries no longer exist; dropped"
-                );
-            }
-            entries.extend(decoded.entries);
-            cursor = next;
-            if cursor == "0-0" {
-                break;
-            }
-        }
-        entries.truncate(max);
-        if !entries.is_empty() {
-            tracing::info!(count = entries.len(), consumer = %self.consumer, "reclaimed abandoned entries");
-        }
-        Ok(entries)
-    }
-
-    /// Resets the idle time of entries this supervisor is still working on
-    /// (`XCLAIM … JUSTID`, one command for all), so [`Intake::reclaim`] elsewhere does not
-    /// take them. Returns how many are still pending here.
-    pub async fn keep_claimed(&self, stream_ids: &[String]) -> Result<usize, IntakeError> {
-        if stream_ids.is_empty() {
-            return Ok(0);
-        }
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(self.keys.stream())
-            .arg(self.keys.group())
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(stream_ids)
-            .arg("JUSTID");
-        let claimed: Vec<Value> = self
-            .send(&mut self.writer.clone(), &cmd)
-            .await
-            .map_err(|e| IntakeError::redis("refreshing in-flight stream entries", e))?;
-        Ok(claimed.len())
-    }
-
     /// After the store committed these executions: acknowledge and delete their
     /// entries, and store and publish each completion. One pipeline, one round trip:
     /// `XACK` + `XDEL` for all, then `SET EX` + `PUBLISH` per completion.
     ///
     /// If this fails the entries stay pending; retry with the same `done` (every
-    /// command here is idempotent) or let them be reclaimed and found committed.
+    /// command here is idempotent), or, if this supervisor dies, a peer takes them over
+    /// and finds them committed.
     pub async fn ack_and_publish(&self, done: &[Done]) -> Result<(), IntakeError> {
         if done.is_empty() {
             return Ok(());
@@ -425,6 +345,33 @@ impl Intake {
                     ),
                     e,
                 )
+            })
+    }
+
+    /// Stores and publishes completions that have no stream entry to acknowledge (the
+    /// sweeper's: the entry is gone). One pipeline of `SET EX` + `PUBLISH` each.
+    pub async fn publish_completions(&self, completions: &[Completion]) -> Result<(), IntakeError> {
+        if completions.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for completion in completions {
+            let json = completion.to_json();
+            pipe.cmd("SET")
+                .arg(self.keys.completion_key(&completion.id))
+                .arg(&json)
+                .arg("EX")
+                .arg(COMPLETION_TTL.as_secs())
+                .ignore();
+            pipe.cmd("PUBLISH")
+                .arg(self.keys.completion_channel(&completion.id))
+                .arg(&json)
+                .ignore();
+        }
+        self.send_pipe::<()>(&mut self.writer.clone(), &pipe)
+            .await
+            .map_err(|e| {
+                IntakeError::redis(format!("publishing {} completions", completions.len()), e)
             })
     }
 
@@ -621,14 +568,19 @@ impl Intake {
             })
     }
 
-    fn count(&self, round_trips: u64, commands: u64) {
+    /// The connection for everything but blocking reads.
+    pub(super) fn writer_conn(&self) -> ConnectionManager {
+        self.writer.clone()
+    }
+
+    pub(super) fn count(&self, round_trips: u64, commands: u64) {
         self.calls
             .round_trips
             .fetch_add(round_trips, Ordering::Relaxed);
         self.calls.commands.fetch_add(commands, Ordering::Relaxed);
     }
 
-    async fn send<T: redis::FromRedisValue>(
+    pub(super) async fn send<T: redis::FromRedisValue>(
         &self,
         conn: &mut ConnectionManager,
         cmd: &Cmd,
@@ -637,7 +589,7 @@ impl Intake {
         cmd.query_async(conn).await
     }
 
-    async fn send_pipe<T: redis::FromRedisValue>(
+    pub(super) async fn send_pipe<T: redis::FromRedisValue>(
         &self,
         conn: &mut ConnectionManager,
         pipe: &Pipeline,
@@ -669,10 +621,6 @@ impl Intake {
             self.consumer,
             self.keys.stream()
         )
-    }
-
-    fn reclaiming_context(&self) -> String {
-        format!("reclaiming abandoned entries of `{}`", self.keys.stream())
     }
 }
 
@@ -730,6 +678,7 @@ pub(crate) async fn backlog<C: ConnectionLike>(
                 name: c.name,
                 pending: c.pending as u64,
                 idle_ms: c.idle as u64,
+                live: false,
             })
             .collect();
     }
@@ -809,16 +758,16 @@ fn check_consumer(name: &str) -> Result<(), IntakeError> {
     }
 }
 
-fn is_nogroup(e: &RedisError) -> bool {
+pub(super) fn is_nogroup(e: &RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Orders `ms-seq` stream ids numerically (a plain string compare gets `9-0` > `10-0` wrong).
-fn cmp_stream_ids(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn cmp_stream_ids(a: &str, b: &str) -> std::cmp::Ordering {
     let key = |s: &str| {
         let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
         (

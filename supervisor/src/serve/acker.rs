@@ -2,7 +2,10 @@
 //! Redis pipeline acknowledges (and deletes) their stream entries and publishes their
 //! completions. Runs only on what the writer reports as committed (or, for entries the
 //! intake answers without running anything, on what the reader hands it), so an entry
-//! is never acknowledged before its terminal state is in PostgreSQL.
+//! is never acknowledged before its terminal state is in PostgreSQL. An outcome the
+//! store reports superseded (its entry was taken over and begun again elsewhere) is
+//! neither acknowledged nor published, and no longer held ([`Held`]); an entry leaves
+//! `Held` too once Redis has taken its acknowledgement.
 //!
 //! **Redis outages do not reach the writer.** The acker keeps taking committed batches
 //! while a pipeline is in flight or Redis is away: they wait in its queue (at most
@@ -10,7 +13,8 @@
 //! does the writer wait for it), and go out in order, [`ACK_CHUNK`] per pipeline, when
 //! Redis answers again. Every command is safe to repeat, so a pipeline whose answer was
 //! lost is simply sent again. Entries left unacknowledged (a crash, or a shutdown whose
-//! deadline came first) are reclaimed by another supervisor and found already done.
+//! deadline came first) are taken over by a peer once this supervisor's heartbeat is
+//! gone, and found already done.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -22,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::held::Held;
 use super::outage::RedisOutage;
 use crate::intake::{Completion, Done, Intake, IntakeError};
 use crate::outcome::{ExecutionOutcome, Status};
@@ -81,6 +86,7 @@ pub async fn run(
     pending: PendingAcks,
     outage: RedisOutage,
     waiting: Waiting,
+    held: Held,
 ) {
     let mut queue: VecDeque<Done> = VecDeque::new();
     let (mut committed_open, mut direct_open) = (true, true);
@@ -111,7 +117,18 @@ pub async fn run(
         let room = queue.len() < MAX_WAITING;
         tokio::select! {
             batch = committed.recv(), if committed_open && room => match batch {
-                Some(batch) => queue.extend(batch.into_iter().filter_map(|c| done_for(&pending, c))),
+                Some(batch) => {
+                    let mut superseded = Vec::new();
+                    for c in batch {
+                        let sid = c.stream_id.clone();
+                        match done_for(&pending, c) {
+                            Some(done) => queue.push_back(done),
+                            None => superseded.extend(sid),
+                        }
+                    }
+                    // Given up to the peer that runs them now.
+                    held.remove(superseded.iter().map(String::as_str));
+                }
                 None => committed_open = false,
             },
             dones = direct.recv(), if direct_open && room => match dones {
@@ -122,7 +139,8 @@ pub async fn run(
                 sending = None;
                 match sent {
                     Ok(()) => {
-                        queue.drain(..n);
+                        let acked: Vec<Done> = queue.drain(..n).collect();
+                        held.remove(acked.iter().map(|d| d.stream_id.as_str()));
                         backoff.reset();
                         retry_at = None;
                         outage.reached();
@@ -144,6 +162,12 @@ pub async fn run(
 
 fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
     let expected = pending.take(&c.execution_id, c.stream_id.as_deref());
+    if c.disposition == Disposition::Superseded {
+        // A peer took the entry over and runs it again: acknowledging it here would
+        // drop it from that peer's pending list (and lose it if the peer died too).
+        tracing::info!(execution = %c.execution_id, "outcome superseded by a later attempt elsewhere: not acknowledged");
+        return None;
+    }
     let stream_id = expected
         .as_ref()
         .map(|d| d.stream_id.clone())
@@ -156,6 +180,7 @@ fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
             stream_id,
             completion: None,
         }),
+        (_, Disposition::Superseded) => None,
         // What is in the database wins: publish that status, not ours.
         (_, Disposition::AlreadyTerminal) | (None, _) => Some(Done::new(
             stream_id,

@@ -19,6 +19,8 @@ pub struct Meta {
     pub caller: Option<String>,
     pub time_saved_seconds: f64,
     pub value: f64,
+    /// The attempt `begin_batch` gave this run (`None`: never begun).
+    pub attempt: Option<i32>,
 }
 
 impl Meta {
@@ -32,6 +34,7 @@ impl Meta {
         c.stream_id = Some(self.stream_id);
         c.workflow_name = Some(self.workflow_name);
         c.caller = self.caller;
+        c.attempt = self.attempt;
         c
     }
 }
@@ -43,6 +46,10 @@ pub struct Inflight {
     /// one end of that dispatch. Usually 1; more when the same id was dispatched again
     /// while it ran (its entry reclaimed), whose ends find no `map` entry left.
     places: HashMap<String, usize>,
+    /// Executions whose stream entry a peer took over while this supervisor's
+    /// heartbeat was gone: their outcome is dropped (neither committed nor
+    /// acknowledged), since the peer runs them again.
+    lost: std::collections::HashSet<String>,
 }
 
 impl Inflight {
@@ -79,6 +86,26 @@ impl Inflight {
         self.map.remove(id)
     }
 
+    /// Marks the executions in flight from these stream entries as lost to a peer;
+    /// returns their ids (to kill them).
+    pub fn mark_lost(&mut self, stream_ids: &[String]) -> Vec<String> {
+        let taken: std::collections::HashSet<&str> =
+            stream_ids.iter().map(String::as_str).collect();
+        let ids: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, (m, _))| taken.contains(m.stream_id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.lost.extend(ids.iter().cloned());
+        ids
+    }
+
+    /// Whether `id` was lost to a peer (forgetting it: asked once, at its end).
+    pub fn take_lost(&mut self, id: &str) -> bool {
+        self.lost.remove(id)
+    }
+
     /// The organization of an execution in flight (`Some(None)`: it has none; `None`:
     /// not in flight).
     pub fn org_id(&self, id: &str) -> Option<Option<i64>> {
@@ -107,6 +134,6 @@ impl Inflight {
     /// Nothing in flight and no place held (a dispatch still running somewhere keeps
     /// its place until its end arrives).
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty() && self.places.is_empty()
+        self.map.is_empty() && self.places.is_empty() && self.lost.is_empty()
     }
 }

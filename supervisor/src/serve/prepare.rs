@@ -1,8 +1,11 @@
 //! The reader task: takes stream entries as worker slots free up and turns a batch of
 //! them into dispatchable jobs with a fixed number of round trips per *batch*:
 //!
-//! 1. one `XREADGROUP` (or, periodically, `XAUTOCLAIM` of entries idle on dead
-//!    consumers; once at start-up, this consumer's own pending entries);
+//! 1. one `XREADGROUP` (or, about once a second, a takeover pass that claims the
+//!    entries of consumers whose heartbeat is gone: crate::intake::liveness; or, at
+//!    start-up and after a failed read or a heartbeat lapse, this consumer's own
+//!    pending entries that it does not hold: [`Held`]). No read while this
+//!    supervisor's own heartbeat is lapsing;
 //! 2. one query loading every workflow the batch names;
 //! 3. one `MGET` of cancel markers (cancelled while still queued: never run);
 //! 4. one statement recording the batch `running` (and the event deliveries it starts),
@@ -24,6 +27,7 @@
 //! reads nothing new.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,8 +35,10 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::acker::PendingAcks;
+use super::held::Held;
 use super::inflight::Meta;
-use crate::intake::{self, Completion, Done, Entry, Intake, Request};
+use crate::intake::liveness::TAKEOVER_EVERY;
+use crate::intake::{self, Completion, Done, Entry, Intake, Liveness, Request};
 use crate::outcome::{ExecutionOutcome, Job, Status};
 use crate::store::{
     Backoff, Begin, Completed, NewExecution, Store, Workflow, WorkflowRef, WriterHandle,
@@ -50,6 +56,8 @@ pub struct Reader {
     pub store: Store,
     pub writer: WriterHandle,
     pub acks: PendingAcks,
+    /// Entries read and not yet acknowledged (see [`Held`]).
+    pub held: Held,
     /// The acker's queue for entries acknowledged without a commit of their own.
     pub direct_acks: mpsc::UnboundedSender<Vec<Done>>,
     /// Config for the executions' contexts; event deliveries.
@@ -64,7 +72,10 @@ pub struct Reader {
     pub read_linger: Duration,
     pub out: mpsc::Sender<Vec<Dispatch>>,
     pub consumer: String,
-    pub reclaim_idle: Duration,
+    /// This supervisor's heartbeat: no work is taken while it is not live.
+    pub liveness: watch::Receiver<Liveness>,
+    /// Entries taken over from dead supervisors, for the report.
+    pub taken_over: Arc<AtomicU64>,
     pub read_block: Duration,
     pub default_timeout: Duration,
     pub stop: watch::Receiver<bool>,
@@ -73,8 +84,13 @@ pub struct Reader {
 impl Reader {
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        let mut recovered = false;
-        let mut last_reclaim = Instant::now();
+        // Own pending entries this supervisor does not hold: at start-up, what its
+        // previous incarnation left; later, reads whose reply was lost.
+        let mut check_orphans = true;
+        let mut lapses = 0;
+        // The first pass runs as soon as there is a free place.
+        let mut last_takeover: Option<Instant> = None;
+        let mut more_to_take = false;
         // When the last read brought more than one entry, work is arriving faster than
         // one at a time: gather before reading again (see `gather`).
         let mut busy_since: Option<Instant> = None;
@@ -83,6 +99,14 @@ impl Reader {
                 let gathered = gather(&self.permits, self.capacity, read_at + self.read_linger);
                 tokio::select! {
                     _ = gathered => {}
+                    _ = self.stop.wait_for(|s| *s) => return,
+                }
+            }
+            if !self.liveness.borrow().live {
+                // Peers may soon see this supervisor dead: take nothing until its
+                // heartbeat is refreshed again.
+                tokio::select! {
+                    _ = self.liveness.wait_for(|l| l.live) => {}
                     _ = self.stop.wait_for(|s| *s) => return,
                 }
             }
@@ -97,14 +121,52 @@ impl Reader {
                 p.forget();
                 n += 1;
             }
+            let now = *self.liveness.borrow();
+            if now.lapses > lapses {
+                lapses = now.lapses;
+                check_orphans = true;
+            }
             let reading = async {
-                if !recovered {
-                    self.intake.recover_own(n).await
-                } else if last_reclaim.elapsed() >= self.reclaim_idle / 4 {
-                    last_reclaim = Instant::now();
-                    match self.intake.reclaim(self.reclaim_idle, n).await {
-                        Ok(v) if v.is_empty() => self.intake.read(n, self.read_block).await,
-                        other => other,
+                if check_orphans {
+                    check_orphans = false;
+                    match self.intake.recover_own(usize::MAX).await {
+                        Ok(mine) => {
+                            let mut orphans = self.held.orphans(mine);
+                            if orphans.len() > n {
+                                orphans.truncate(n);
+                                check_orphans = true;
+                            }
+                            if orphans.is_empty() {
+                                self.intake.read(n, self.read_block).await
+                            } else {
+                                tracing::info!(count = orphans.len(), "running entries pending on this consumer that it did not hold (left by its previous incarnation, or a read whose reply was lost)");
+                                Ok(orphans)
+                            }
+                        }
+                        Err(e) => {
+                            check_orphans = true;
+                            Err(e)
+                        }
+                    }
+                } else if more_to_take
+                    || last_takeover.is_none_or(|t| t.elapsed() >= TAKEOVER_EVERY)
+                {
+                    last_takeover = Some(Instant::now());
+                    match self.intake.take_over(n).await {
+                        Ok(t) => {
+                            more_to_take = t.more;
+                            self.taken_over
+                                .fetch_add(t.entries.len() as u64, Ordering::Relaxed);
+                            if t.entries.is_empty() {
+                                self.intake.read(n, self.read_block).await
+                            } else {
+                                Ok(t.entries)
+                            }
+                        }
+                        Err(e) => {
+                            more_to_take = false;
+                            Err(e)
+                        }
                     }
                 } else {
                     self.intake.read(n, self.read_block).await
@@ -118,6 +180,8 @@ impl Reader {
             };
             match read {
                 Err(e) => {
+                    // A read may have been delivered and its reply lost: look for it.
+                    check_orphans = true;
                     self.permits.add_permits(n);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot read the execution stream");
@@ -127,7 +191,8 @@ impl Reader {
                     }
                 }
                 Ok(entries) => {
-                    recovered = true;
+                    self.held
+                        .insert(entries.iter().map(|e| e.stream_id.as_str()));
                     backoff.reset();
                     if *self.stop.borrow() {
                         // Left pending: a live supervisor (or this one, restarted) takes
@@ -365,11 +430,12 @@ impl Reader {
             match or_stop(&mut stop, self.writer.submit(item)).await {
                 Some(Ok(())) => {}
                 Some(Err(_)) => tracing::error!(
-                    "the result writer stopped; entries stay pending and will be reclaimed"
+                    "the result writer stopped; entries stay pending and will be taken over"
                 ),
                 None => stopped = true,
             }
         }
+        // Held until the acker has them acknowledged (see `acker::run`).
         if !ack_only.is_empty() && self.direct_acks.send(ack_only).is_err() {
             tracing::debug!("the acker stopped; those entries stay pending");
         }
@@ -447,6 +513,7 @@ fn meta_for(sid: &str, req: &Request, wf: &Workflow) -> Meta {
         caller: req.caller.clone(),
         time_saved_seconds: wf.time_saved_seconds,
         value: wf.value,
+        attempt: None,
     }
 }
 
@@ -475,7 +542,8 @@ fn dispatch(
         "timeout_seconds": timeout.as_secs_f64(),
         "delivery_id": req.delivery_id,
     });
-    let meta = meta_for(&sid, &req, wf);
+    let mut meta = meta_for(&sid, &req, wf);
+    meta.attempt = Some(attempt);
     Dispatch {
         job: Job {
             execution_id: req.execution_id,

@@ -1,8 +1,9 @@
 //! What the main loop sends to Redis on the side: live log lines (one `PUBLISH`
-//! pipeline per flush), the supervisor's status and the refresh of its claims on the
-//! entries it runs (once a second). Each send runs as a task of its own, at most one of
-//! each kind at a time, bounded by [`SEND_TIMEOUT`], so the main loop (which hands
-//! results to the writer and answers signals) never waits on Redis.
+//! pipeline per flush) and the supervisor's status (once a second). Claims on the
+//! entries it runs need no refresh: peers take over only from a consumer whose
+//! heartbeat is gone (crate::intake::liveness). Each send runs as a task of its own,
+//! at most one of each kind at a time, bounded by [`SEND_TIMEOUT`], so the main loop
+//! (which hands results to the writer and answers signals) never waits on Redis.
 //!
 //! While Redis is away ([`RedisOutage`]) live log lines are dropped, not queued: they
 //! are stored with their execution's result anyway, and a backlog of them would only
@@ -75,9 +76,8 @@ impl Publisher {
         }));
     }
 
-    /// Publishes the status and, if given, refreshes the claims on `claims` (the stream
-    /// entries of executions in flight); skipped while the previous one is in flight.
-    pub fn status(&mut self, status: SupervisorStatus, claims: Option<Vec<String>>) {
+    /// Publishes the status; skipped while the previous one is in flight.
+    pub fn status(&mut self, status: SupervisorStatus) {
         if busy(&self.status_in_flight) {
             return;
         }
@@ -87,16 +87,6 @@ impl Publisher {
                 Ok(Ok(())) => outage.reached(),
                 Ok(Err(e)) => outage.failed("publishing the supervisor status", &e),
                 Err(_) => outage.failed("publishing the supervisor status", &"timed out"),
-            }
-            let Some(sids) = claims.filter(|s| !s.is_empty()) else {
-                return;
-            };
-            match tokio::time::timeout(SEND_TIMEOUT, intake.keep_claimed(&sids)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not refresh claims on running entries")
-                }
-                Err(_) => tracing::warn!("could not refresh claims on running entries: timed out"),
             }
         }));
     }

@@ -49,11 +49,22 @@ pub enum CommitOutcome {
     /// is a duplicate submission's, e.g. a malformed copy of a running request): its
     /// row belongs to that entry's run, and nothing was written for this one.
     NotOwner,
+    /// The same stream entry was begun again (a later attempt: a peer took the entry
+    /// over while this supervisor could not reach Redis) and is not finished: that run
+    /// owns the row; nothing was written for this one.
+    Superseded,
 }
 
-/// Per item: id, whether this statement recorded it, its status before the statement,
-/// and (when recorded) the row's workflow and organization.
-type Answer = (String, bool, Option<String>, Option<i64>, Option<i64>);
+/// Per item: id, whether this statement recorded it, its status and stream entry
+/// before the statement, and (when recorded) the row's workflow and organization.
+type Answer = (
+    String,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// The arrays of the row upsert, one element per (unique) item.
 #[derive(Default)]
@@ -77,6 +88,7 @@ struct Rows {
     exit_signal: Vec<Option<i32>>,
     logs_dropped: Vec<i32>,
     stream_id: Vec<Option<String>>,
+    attempt: Vec<Option<i32>>,
 }
 
 /// The arrays of the log insert.
@@ -150,11 +162,11 @@ impl Store {
                                       $9::text[], $10::timestamptz[], $11::timestamptz[],
                                       $12::float8[], $13::bigint[], $14::float8[],
                                       $15::int[], $16::int[], $17::int[], $18::text[],
-                                      $19::text[])
+                                      $19::text[], $20::int[])
                      AS t(id, workflow_id, workflow_name, org_id, status, result, error_type,
                           error_message, traceback, started_at, completed_at, duration_ms,
                           peak_memory_bytes, cpu_seconds, exit_code, exit_signal,
-                          logs_dropped, stream_id, caller)
+                          logs_dropped, stream_id, caller, attempt)
              ),
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, status,
@@ -191,6 +203,10 @@ impl Store {
                  WHERE e.status IN ('pending', 'running')
                    AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
                         OR e.stream_id = EXCLUDED.stream_id)
+                   -- Fenced by attempt: once the entry was begun again (a peer took it
+                   -- over), only that attempt's outcome is written.
+                   AND e.attempt = COALESCE(
+                       (SELECT i.attempt FROM input i WHERE i.id = EXCLUDED.id), e.attempt)
                  RETURNING e.id, e.workflow_id, e.org_id, e.status
              ),
              delivered AS (
@@ -199,7 +215,8 @@ impl Store {
                  FROM up
                  WHERE d.execution_id = up.id
              )
-             SELECT i.id, up.id IS NOT NULL, prev.status::text, up.workflow_id, up.org_id
+             SELECT i.id, up.id IS NOT NULL, prev.status::text, prev.stream_id,
+                    up.workflow_id, up.org_id
              FROM input i
              LEFT JOIN up ON up.id = i.id
              LEFT JOIN executions prev ON prev.id = i.id",
@@ -223,6 +240,7 @@ impl Store {
         .bind(&rows.logs_dropped)
         .bind(&rows.stream_id)
         .bind(&rows.caller)
+        .bind(&rows.attempt)
         .fetch_all(&mut *tx)
         .await
         .map_err(StoreError::query("write the execution rows"))?;
@@ -234,7 +252,7 @@ impl Store {
         let mut config_writes: BTreeMap<(Option<i64>, String), Change> = BTreeMap::new();
         let mut kv_writes: BTreeMap<(Option<i64>, String), (Change, String)> = BTreeMap::new();
         let mut recorded_order: Vec<(usize, Option<i64>)> = Vec::new();
-        for (id, recorded, previous, workflow_id, org_id) in answers {
+        for (id, recorded, previous, previous_stream, workflow_id, org_id) in answers {
             let Some(&i) = index.get(&id) else { continue };
             let item = unique[i];
             if recorded {
@@ -258,8 +276,13 @@ impl Store {
                 let previous = previous
                     .as_deref()
                     .and_then(|p| p.parse::<ExecutionStatus>().ok());
+                let same_entry = item.stream_id.is_some()
+                    && previous_stream.as_deref()
+                        == item.stream_id.as_deref().map(strip_nul).as_deref();
                 outcome_of[i] = Some(match previous.map(ExecutionStatus::terminal) {
-                    // A row that is not terminal was left alone: another entry owns it.
+                    // A row that is not terminal was left alone: the same entry was begun
+                    // again by a later attempt, or another entry owns it.
+                    Some(None) if same_entry && item.attempt.is_some() => CommitOutcome::Superseded,
                     Some(None) => CommitOutcome::NotOwner,
                     status => CommitOutcome::AlreadyTerminal {
                         status: status.flatten().unwrap_or(item.outcome.status),
@@ -376,6 +399,7 @@ fn rows_of(items: &[&Completed]) -> Rows {
         r.logs_dropped
             .push(i32::try_from(o.logs_dropped as u64 + logs_past_i32 as u64).unwrap_or(i32::MAX));
         r.stream_id.push(item.stream_id.as_deref().map(strip_nul));
+        r.attempt.push(item.attempt);
     }
     r
 }

@@ -60,6 +60,11 @@ pub struct Completed {
     /// (a rejected request never went through `begin_batch`).
     pub workflow_name: Option<String>,
     pub caller: Option<String>,
+    /// The attempt this outcome is of, as `begin_batch` numbered it (`None`: the item
+    /// was never begun, e.g. a rejected request). A result is written only while the
+    /// row is still at this attempt: once a peer took the stream entry over and began
+    /// it again, this run's outcome is [`CommitOutcome::Superseded`].
+    pub attempt: Option<i32>,
 }
 
 impl Completed {
@@ -75,6 +80,7 @@ impl Completed {
             stream_id: None,
             workflow_name: None,
             caller: None,
+            attempt: None,
         }
     }
 
@@ -90,6 +96,7 @@ impl Completed {
             stream_id: r.stream_id,
             workflow_name: r.workflow_name,
             caller: r.caller,
+            attempt: None,
         }
     }
 
@@ -136,6 +143,7 @@ impl Completed {
             stream_id: self.stream_id.clone(),
             workflow_name: None,
             caller: None,
+            attempt: self.attempt,
         }
     }
 }
@@ -192,6 +200,10 @@ pub enum Disposition {
     /// Its execution was begun by another stream entry and is not finished: nothing
     /// was written; acknowledge this entry without publishing a completion.
     NotOwner,
+    /// Its stream entry was taken over and begun again by another supervisor (a later
+    /// attempt): nothing was written, and the entry is that supervisor's to
+    /// acknowledge, not this one's.
+    Superseded,
 }
 
 /// An item whose terminal state is committed: acknowledge its stream entry and publish.
@@ -686,10 +698,11 @@ impl Writer {
                 CommitOutcome::Recorded => (item.outcome.status, Disposition::Recorded),
                 CommitOutcome::AlreadyTerminal { status } => (status, Disposition::AlreadyTerminal),
                 CommitOutcome::NotOwner => (item.outcome.status, Disposition::NotOwner),
+                CommitOutcome::Superseded => (item.outcome.status, Disposition::Superseded),
             };
             let counter = match disposition {
                 Disposition::Recorded => &self.counters.recorded,
-                Disposition::AlreadyTerminal | Disposition::NotOwner => {
+                Disposition::AlreadyTerminal | Disposition::NotOwner | Disposition::Superseded => {
                     &self.counters.already_terminal
                 }
                 Disposition::Isolated => &self.counters.isolated,
