@@ -115,6 +115,24 @@ pub async fn sessions(conn: &mut PgConnection) -> i64 {
 }
 
 impl TestDb {
+    /// Stores a global workflow `name` (path `workflows/<name>.py`) whose function is
+    /// `run`, with no default timeout.
+    pub async fn push_workflow(&self, name: &str, source: &str) {
+        self.store
+            .push_workflow(&warden::store::WorkflowSpec {
+                org: None,
+                name: name.into(),
+                path: format!("workflows/{name}.py"),
+                function_name: "run".into(),
+                source: source.into(),
+                default_timeout_ms: None,
+                time_saved_seconds: None,
+                value: None,
+            })
+            .await
+            .expect("push workflow");
+    }
+
     /// A connection to the server's `postgres` database: watching and killing this
     /// database's backends from there adds no transactions to its statistics.
     async fn admin(&self) -> PgConnection {

@@ -156,6 +156,15 @@ pub fn spawn(
 }
 
 /// A completion's result as JSON, failing the test (with the completion) when it has none.
+/// Sends SIGTERM to a `warden serve` process a test started.
+pub fn sigterm(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("send SIGTERM");
+}
+
 pub fn value(c: &Completion) -> serde_json::Value {
     let raw = c
         .result

@@ -20,7 +20,7 @@ use warden::store::sqlx;
 use warden_tests::db::{scalar, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::redis::TestRedis;
-use warden_tests::serve::{config, spawn, TestServe};
+use warden_tests::serve::{config, sigterm, spawn, TestServe};
 
 const SLEEP: &str = "import time\ndef run(i, s):\n    time.sleep(s)\n    return i\n";
 /// Slow on its first attempt only: the supervisor that is killed holds its entries for
@@ -30,19 +30,7 @@ const SLOW_FIRST: &str = "import time\nfrom warden import context\n\ndef run(i):
 const QUICK: &str = "def run(i):\n    return i\n";
 
 async fn push(db: &TestDb, name: &str, source: &str) {
-    db.store
-        .push_workflow(&warden::store::WorkflowSpec {
-            org: None,
-            name: name.into(),
-            path: format!("workflows/{name}.py"),
-            function_name: "run".into(),
-            source: source.into(),
-            default_timeout_ms: None,
-            time_saved_seconds: None,
-            value: None,
-        })
-        .await
-        .unwrap();
+    db.push_workflow(name, source).await;
 }
 
 fn requests(prefix: &str, n: usize, workflow: &str, extra: &str) -> Vec<Request> {
@@ -368,14 +356,6 @@ fn serve_process(db: &TestDb, redis: &TestRedis, consumer: &str, extra: &[&str])
         None => cmd.arg("--worker-uid-base").arg("0"),
     };
     cmd.spawn().expect("start warden serve")
-}
-
-fn sigterm(child: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
 }
 
 /// Starts a killable supervisor holding all of 1,000 entries (its prefetch covers them,

@@ -19,25 +19,13 @@ use warden_tests::db::{scalar, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::proxy::{target_of, Proxy};
 use warden_tests::redis::TestRedis;
-use warden_tests::serve::{config, spawn, TestServe};
+use warden_tests::serve::{config, sigterm, spawn, TestServe};
 
 const SLEEP: &str =
     "import time\ndef run(i, s):\n    print('working on', i)\n    time.sleep(s)\n    return i\n";
 
 async fn push(db: &TestDb, source: &str) {
-    db.store
-        .push_workflow(&warden::store::WorkflowSpec {
-            org: None,
-            name: "sleep".into(),
-            path: "workflows/sleep.py".into(),
-            function_name: "run".into(),
-            source: source.into(),
-            default_timeout_ms: None,
-            time_saved_seconds: None,
-            value: None,
-        })
-        .await
-        .unwrap();
+    db.push_workflow("sleep", source).await;
 }
 
 async fn submit(redis: &TestRedis, prefix: &str, n: usize, seconds: f64) -> Vec<String> {
@@ -365,14 +353,6 @@ fn serve_process(
         None => cmd.arg("--worker-uid-base").arg("0"),
     };
     cmd.spawn().expect("start warden serve")
-}
-
-fn sigterm(child: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
 }
 
 /// Waits for the process to exit; returns how long that took, failing after `within`.

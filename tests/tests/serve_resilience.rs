@@ -65,19 +65,7 @@ async fn metric_count(db: &TestDb) -> i64 {
 }
 
 async fn push(db: &TestDb, name: &str, source: &str) {
-    db.store
-        .push_workflow(&warden::store::WorkflowSpec {
-            org: None,
-            name: name.into(),
-            path: format!("workflows/{name}.py"),
-            function_name: "run".into(),
-            source: source.into(),
-            default_timeout_ms: None,
-            time_saved_seconds: None,
-            value: None,
-        })
-        .await
-        .unwrap();
+    db.push_workflow(name, source).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

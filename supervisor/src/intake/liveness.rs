@@ -499,12 +499,7 @@ impl Intake {
         for chunk in stream_ids.chunks(CHECK_CHUNK) {
             let mut pipe = redis::pipe();
             for sid in chunk {
-                pipe.cmd("XPENDING")
-                    .arg(&stream)
-                    .arg(self.keys().group())
-                    .arg(sid)
-                    .arg(sid)
-                    .arg(1);
+                xpending_of(&mut pipe, &stream, self.keys().group(), sid);
             }
             let replies: Vec<Vec<(String, String, u64, u64)>> =
                 match self.send_pipe(&mut self.writer_conn(), &pipe).await {
@@ -556,12 +551,7 @@ impl Intake {
             let mut pipe = redis::pipe();
             pipe.cmd("XINFO").arg("GROUPS").arg(&stream);
             for sid in chunk {
-                pipe.cmd("XPENDING")
-                    .arg(&stream)
-                    .arg(self.keys().group())
-                    .arg(sid)
-                    .arg(sid)
-                    .arg(1);
+                xpending_of(&mut pipe, &stream, self.keys().group(), sid);
                 pipe.cmd("XRANGE")
                     .arg(&stream)
                     .arg(sid)
@@ -669,6 +659,17 @@ pub(crate) async fn consumer_liveness<C: redis::aio::ConnectionLike>(
         c.live = live;
     }
     Ok(())
+}
+
+/// Adds `XPENDING stream group id id 1` to `pipe`: the one entry `id`, with its consumer,
+/// if it is pending anywhere in the group (an empty reply if not).
+fn xpending_of(pipe: &mut redis::Pipeline, stream: &str, group: &str, id: &str) {
+    pipe.cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(id)
+        .arg(id)
+        .arg(1);
 }
 
 #[cfg(test)]

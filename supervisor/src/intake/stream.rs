@@ -323,17 +323,7 @@ impl Intake {
             .ignore();
         pipe.cmd("XDEL").arg(&stream).arg(&ids).ignore();
         for completion in done.iter().filter_map(|d| d.completion.as_ref()) {
-            let json = completion.to_json();
-            pipe.cmd("SET")
-                .arg(self.keys.completion_key(&completion.id))
-                .arg(&json)
-                .arg("EX")
-                .arg(COMPLETION_TTL.as_secs())
-                .ignore();
-            pipe.cmd("PUBLISH")
-                .arg(self.keys.completion_channel(&completion.id))
-                .arg(&json)
-                .ignore();
+            self.queue_completion(&mut pipe, completion);
         }
         self.send_pipe::<()>(&mut self.writer.clone(), &pipe)
             .await
@@ -348,6 +338,21 @@ impl Intake {
             })
     }
 
+    /// Adds a completion's `SET … EX` (kept for late waiters) and `PUBLISH` to `pipe`.
+    fn queue_completion(&self, pipe: &mut redis::Pipeline, completion: &Completion) {
+        let json = completion.to_json();
+        pipe.cmd("SET")
+            .arg(self.keys.completion_key(&completion.id))
+            .arg(&json)
+            .arg("EX")
+            .arg(COMPLETION_TTL.as_secs())
+            .ignore();
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.completion_channel(&completion.id))
+            .arg(&json)
+            .ignore();
+    }
+
     /// Stores and publishes completions that have no stream entry to acknowledge (the
     /// sweeper's: the entry is gone). One pipeline of `SET EX` + `PUBLISH` each.
     pub async fn publish_completions(&self, completions: &[Completion]) -> Result<(), IntakeError> {
@@ -356,17 +361,7 @@ impl Intake {
         }
         let mut pipe = redis::pipe();
         for completion in completions {
-            let json = completion.to_json();
-            pipe.cmd("SET")
-                .arg(self.keys.completion_key(&completion.id))
-                .arg(&json)
-                .arg("EX")
-                .arg(COMPLETION_TTL.as_secs())
-                .ignore();
-            pipe.cmd("PUBLISH")
-                .arg(self.keys.completion_channel(&completion.id))
-                .arg(&json)
-                .ignore();
+            self.queue_completion(&mut pipe, completion);
         }
         self.send_pipe::<()>(&mut self.writer.clone(), &pipe)
             .await
