@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Args;
 use warden_protocol::Isolation;
 
-use crate::cli::PoolArgs;
+use crate::args::{ConnArgs, PoolArgs};
 
 pub const TRIVIAL: &str = "def run(x):\n    return {\"y\": x * 2}\n";
 
@@ -50,7 +50,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
     #[command(flatten)]
-    pub conn: crate::cmd::ConnArgs,
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

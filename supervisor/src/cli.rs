@@ -1,14 +1,10 @@
-//! The command line: clap definitions shared by every subcommand, and the parsers for
-//! sizes and durations. Each subcommand's behaviour lives in its own module.
+//! The command line: the tree of subcommands (clap) and the one `match` that hands
+//! each to its module. Each subcommand's flags and behaviour live in its own module;
+//! the flags several share (pool, services, durations) live in [`crate::args`].
 
-use std::path::PathBuf;
-use std::time::Duration;
+use clap::{Parser, Subcommand};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use warden_protocol::{ExecutionLimits, Isolation};
-
-use crate::pool::config::{default_uid_base, default_worker_bin};
-use crate::pool::PoolConfig;
+use crate::args::ConnArgs;
 use crate::telemetry::LogFormat;
 
 /// Warden runs Python workflow functions in sandboxed, forked worker processes: `serve`
@@ -40,7 +36,7 @@ pub enum Command {
     ///
     /// Streams the workflow's logs to stderr and prints its result on stdout. Exit
     /// code: 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled, 2 usage error.
-    Exec(ExecArgs),
+    Exec(crate::exec_cmd::ExecArgs),
     /// Measure executions/s, latency percentiles, PostgreSQL sessions and transactions and
     /// Redis commands per execution, and RSS: end to end through `serve` (a scratch
     /// database and key prefix), or the pool alone with --local.
@@ -53,7 +49,7 @@ pub enum Command {
     /// Create the database if needed and bring its schema up to date.
     Migrate {
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
     /// Store, list and remove the workspace's shared Python modules, which workflows
     /// import (`from shared.tickets import open_ticket`).
@@ -61,14 +57,14 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cmd::module::ModuleCmd,
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
     /// Store and list workflows.
     Workflow {
         #[command(subcommand)]
         cmd: crate::cmd::workflow::WorkflowCmd,
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
     /// Queue an execution of a workflow (and, with --wait, follow it to its end).
     Submit(crate::cmd::submit::SubmitArgs),
@@ -77,19 +73,19 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cmd::executions::ExecutionsCmd,
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
     /// Cancel a queued or running execution (it ends `cancelled`).
     Cancel {
         /// The execution's id.
         id: String,
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
     /// Live supervisors, their workers, and the stream's backlog.
     Status {
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
     /// Set, delete and list the config workflows read (`warden.config`), global or per
     /// organization; secrets are stored encrypted and shown as `***`.
@@ -97,264 +93,42 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cmd::config::ConfigCmd,
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
     /// Inspect the per-organization key-value store workflows use (`warden.kv`).
     Kv {
         #[command(subcommand)]
         cmd: crate::cmd::kv::KvCmd,
         #[command(flatten)]
-        conn: crate::cmd::ConnArgs,
+        conn: ConnArgs,
     },
 }
 
-#[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// The workflow's Python file.
-    pub file: PathBuf,
-    /// The function to call.
-    #[arg(long, short = 'f', default_value = "run")]
-    pub function: String,
-    /// Parameters as a JSON object; its keys become keyword arguments.
-    #[arg(long, short = 'p', default_value = "{}")]
-    pub params: String,
-    /// Print one JSON object (status, result, error, logs, resources) instead of text.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub pool: PoolArgs,
-}
-
-/// Flags shared by everything that runs a pool (`exec`, `serve`, `bench`).
-#[derive(Debug, Clone, Args)]
-pub struct PoolArgs {
-    /// Maximum concurrent executions (one worker template each).
-    #[arg(long, default_value_t = 2, env = "WARDEN_WORKERS")]
-    pub workers: usize,
-    /// Default deadline per execution: `30`, `1.5`, `500ms`, `2m`. On expiry the
-    /// execution's whole process group is killed and it ends `timeout`.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Address-space limit per execution (`512M`, `1G`, bytes; `0` = none). Python
-    /// raises MemoryError past it.
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
-    pub memory_limit: u64,
-    /// CPU seconds per execution (`0` = none): a backstop behind --timeout.
-    #[arg(long, default_value_t = 0)]
-    pub cpu_limit: u64,
-    /// Processes per execution (RLIMIT_NPROC; contains fork bombs). Enforced when
-    /// workers run under their own uid, which they do when the supervisor is root.
-    #[arg(long, default_value_t = 64)]
-    pub max_processes: u64,
-    /// Open files per execution.
-    #[arg(long, default_value_t = 256)]
-    pub max_open_files: u64,
-    /// Largest JSON result an execution may return (`4M`).
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
-    pub max_result_size: u64,
-    /// Largest file an execution may write (RLIMIT_FSIZE; `256M`; 0 = no limit): a
-    /// write past it fails with "File too large".
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
-    pub max_file_size: u64,
-    /// Size of each worker's private /tmp, /var/tmp and /dev/shm when the supervisor is
-    /// root (`64M` each); emptied after every execution.
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    pub tmp_size: u64,
-    /// Log lines kept per execution; the rest are counted and dropped.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_log_lines: u32,
-    /// `fork`: a fresh forked child per execution (isolated; default). `reuse`: the
-    /// worker runs executions itself (trusted code only; fastest).
-    #[arg(long, value_enum, default_value = "fork")]
-    pub isolation: IsolationArg,
-    /// Reuse mode: replace a worker after this many executions (0 = never).
-    #[arg(long, default_value_t = 1000)]
-    pub max_executions_per_worker: u32,
-    /// Reuse mode: replace a worker whose memory grows past this (`512M`).
-    #[arg(long, default_value = "512M", value_parser = parse_size)]
-    pub max_worker_memory: u64,
-    /// On SIGTERM/SIGINT, how long running executions may take to finish before they
-    /// are killed. `serve` hands queued executions back at once (another supervisor
-    /// runs them, same attempt) and records killed ones as interrupted attempts (run
-    /// again elsewhere, attempt + 1), never as cancelled; it exits by this timeout plus
-    /// about 3 s, even with PostgreSQL or Redis down. A second signal kills at once and
-    /// exits within a second.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
-    /// What network workflows get: `egress` (the default: other hosts, but nothing on
-    /// this one when the supervisor is root) or `none` (a network namespace of their own
-    /// with no interface; needs root; the module cache must then be a Unix-socket Redis).
-    #[arg(long, value_enum, default_value = "egress")]
-    pub network: NetworkArg,
-    /// The same as `--network none`.
-    #[arg(long)]
-    pub network_isolation: bool,
-    /// When root, worker slots lease uids from BASE to BASE+999 (default 61000; their
-    /// children run as the slot's uid + 1000), unique on the host; `--worker-uid-base 0` keeps
-    /// root (fork bombs are then not contained by RLIMIT_NPROC).
-    #[arg(long)]
-    pub worker_uid_base: Option<u32>,
-    /// Extra environment for workers, `KEY=VALUE` (repeatable). Workers otherwise see
-    /// only PATH, HOME, TMPDIR, LANG, LC_ALL and TZ.
-    #[arg(long = "worker-env", value_parser = parse_key_value)]
-    pub worker_env: Vec<(String, String)>,
-    /// Path of the warden-worker binary (default: next to this executable).
-    #[arg(long, env = "WARDEN_WORKER_BIN")]
-    pub worker_bin: Option<PathBuf>,
-    /// Directory for the workers' private working directories (default: a fresh
-    /// temporary directory, removed at exit).
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetworkArg {
-    Egress,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum IsolationArg {
-    Fork,
-    Reuse,
-}
-
-impl From<IsolationArg> for Isolation {
-    fn from(a: IsolationArg) -> Self {
-        match a {
-            IsolationArg::Fork => Isolation::Fork,
-            IsolationArg::Reuse => Isolation::Reuse,
+impl Command {
+    /// The default log level: `serve` is a daemon, the rest are one-shot commands.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "info",
+            _ => "warn",
         }
     }
-}
 
-impl PoolArgs {
-    /// The pool configuration these flags describe, with workers under `run_dir`.
-    pub fn to_config(&self, run_dir: PathBuf) -> PoolConfig {
-        let mut cfg = PoolConfig::new(
-            self.worker_bin.clone().unwrap_or_else(default_worker_bin),
-            run_dir,
-        );
-        cfg.workers = self.workers;
-        cfg.timeout = self.timeout;
-        cfg.isolation = self.isolation.into();
-        cfg.max_executions_per_worker = self.max_executions_per_worker;
-        cfg.max_worker_memory = self.max_worker_memory;
-        cfg.network_isolation = self.network_isolation || self.network == NetworkArg::None;
-        cfg.worker_uid_base = match self.worker_uid_base {
-            Some(0) => None,
-            Some(b) => Some(b),
-            None => default_uid_base(),
-        };
-        cfg.worker_env = self.worker_env.clone();
-        cfg.tmp_size = self.tmp_size;
-        // Without a uid of its own, RLIMIT_NPROC would count every process of the
-        // user running the supervisor, so it is left off.
-        let nproc = if cfg.worker_uid_base.is_some() {
-            self.max_processes
-        } else {
-            0
-        };
-        cfg.limits = ExecutionLimits {
-            memory_bytes: self.memory_limit,
-            cpu_seconds: self.cpu_limit,
-            open_files: self.max_open_files,
-            processes: nproc,
-            max_log_lines: self.max_log_lines,
-            max_result_bytes: self.max_result_size,
-            file_bytes: self.max_file_size,
-            ..ExecutionLimits::default()
-        };
-        cfg
-    }
-
-    /// The run directory to use: the one given, or a fresh temporary one (kept alive
-    /// by the returned guard).
-    pub fn run_dir(&self) -> std::io::Result<(PathBuf, Option<tempfile::TempDir>)> {
-        match &self.run_dir {
-            Some(d) => Ok((d.clone(), None)),
-            None => {
-                let t = tempfile::Builder::new().prefix("warden-").tempdir()?;
-                Ok((t.path().to_path_buf(), Some(t)))
-            }
+    /// Runs the subcommand and returns the process exit code; `Err` is one sentence
+    /// for the user.
+    pub async fn run(self) -> Result<i32, String> {
+        match self {
+            Command::Exec(args) => crate::exec_cmd::run(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
+            Command::Serve(args) => crate::cmd::serve::run(args).await,
+            Command::Migrate { conn } => crate::cmd::migrate::run(conn).await,
+            Command::Module { cmd, conn } => crate::cmd::module::run(conn, cmd).await,
+            Command::Workflow { cmd, conn } => crate::cmd::workflow::run(conn, cmd).await,
+            Command::Submit(args) => crate::cmd::submit::run(args).await,
+            Command::Executions { cmd, conn } => crate::cmd::executions::run(conn, cmd).await,
+            Command::Cancel { id, conn } => crate::cmd::cancel::run(conn, id).await,
+            Command::Status { conn } => crate::cmd::status::run(conn).await,
+            Command::Config { cmd, conn } => crate::cmd::config::run(conn, cmd).await,
+            Command::Kv { cmd, conn } => crate::cmd::kv::run(conn, cmd).await,
         }
-    }
-}
-
-/// `1048576`, `512K`, `512M`, `1G`, `1GiB`, `1.5G` → bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        format!("`{s}` is not a size: use bytes or a number with K, M or G, e.g. 512M")
-    })?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1u64,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{s}`: use K, M or G"
-            ))
-        }
-    };
-    Ok((n * mult as f64) as u64)
-}
-
-/// `30` (seconds), `1.5`, `500ms`, `30s`, `2m` → a duration.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    let n: f64 = num.trim().parse().map_err(|_| {
-        format!("`{s}` is not a duration: use seconds (`30`, `1.5`) or `500ms`, `2m`")
-    })?;
-    if !(n.is_finite() && n > 0.0) {
-        return Err(format!("`{s}`: a duration must be positive"));
-    }
-    Ok(Duration::from_secs_f64(n * mult))
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("1.5k").unwrap(), 1536);
-        assert_eq!(parse_size("42").unwrap(), 42);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("3X").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("0").is_err());
-        assert!(parse_duration("soon").is_err());
     }
 }

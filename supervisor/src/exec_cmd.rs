@@ -2,12 +2,14 @@
 //! Logs stream to stderr as they arrive; the result goes to stdout (or one JSON
 //! object with `--json`). Ctrl-C cancels the execution; a second Ctrl-C kills it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Args;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::cli::ExecArgs;
+use crate::args::PoolArgs;
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
 use crate::pool::Pool;
 
@@ -23,6 +25,24 @@ pub fn exit_code(status: Status) -> i32 {
         Status::Crashed => 4,
         Status::Cancelled => 5,
     }
+}
+
+/// The flags of `warden exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The workflow's Python file.
+    pub file: PathBuf,
+    /// The function to call.
+    #[arg(long, short = 'f', default_value = "run")]
+    pub function: String,
+    /// Parameters as a JSON object; its keys become keyword arguments.
+    #[arg(long, short = 'p', default_value = "{}")]
+    pub params: String,
+    /// Print one JSON object (status, result, error, logs, resources) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub pool: PoolArgs,
 }
 
 /// Runs `warden exec`; `Err` is a one-sentence message for a user mistake.

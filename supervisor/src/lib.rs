@@ -13,13 +13,16 @@
 //!   Redis (full sync, LISTEN/NOTIFY, per-batch generation check, worker misses).
 //! - [`sdk`]: the workflow SDK's supervisor side: config and secrets, kv reads,
 //!   buffered writes, redaction.
-//! - [`cli`]: the command line (clap), and the subcommands that are not the daemon.
+//! - [`cli`]: the command line (clap): the tree of subcommands, and the dispatch.
+//! - [`args`]: the flags and value parsers several subcommands share (pool, services,
+//!   sizes, durations); a leaf the command modules import, never each other.
 //! - [`cmd`]: the subcommands that use the services (serve, migrate, workflow, submit,
 //!   executions, cancel, status, config, kv), one file each.
 //! - [`exec_cmd`]: `warden exec`, one workflow through the pool with no services.
 //! - [`bench`]: `warden bench`.
 //! - [`telemetry`]: tracing set-up (human or JSON).
 
+pub mod args;
 pub mod bench;
 pub mod cli;
 pub mod cmd;

@@ -4,7 +4,7 @@
 //! Any client can do the same: `SET warden:cancelled:<id> 1 EX 86400` (so a supervisor
 //! that reads the request later still sees it) and `PUBLISH warden:cancel <id>`.
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 
 pub async fn run(conn: ConnArgs, id: String) -> Result<i32, String> {
     let client = conn.intake().await?;

@@ -5,7 +5,7 @@
 
 use clap::Subcommand;
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 use crate::sdk::{admin, Scope, SecretKeyArgs};
 
 #[derive(Debug, Subcommand)]

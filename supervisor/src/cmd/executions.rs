@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 use crate::store::{ExecutionFilter, ExecutionStatus};
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum KvCmd {

@@ -1,6 +1,6 @@
 //! `warden migrate`: creates the database if it is missing and applies the schema.
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 use crate::store::Store;
 
 pub async fn run(conn: ConnArgs) -> Result<i32, String> {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 use crate::modules::{files, store, ModuleCache, ModuleSync, PushAction};
 use crate::store::Store;
 

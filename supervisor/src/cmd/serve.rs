@@ -6,8 +6,7 @@ use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use super::ConnArgs;
-use crate::cli::{parse_duration, PoolArgs};
+use crate::args::{parse_duration, ConnArgs, PoolArgs};
 use crate::serve::{serve, ServeConfig};
 
 #[derive(Debug, Args)]

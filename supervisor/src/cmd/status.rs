@@ -2,7 +2,7 @@
 //! their workers, the stream's backlog, and each consumer of the stream's group as
 //! live or dead (its heartbeat key present or not) with its unfinished entries.
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 
 pub async fn run(conn: ConnArgs) -> Result<i32, String> {
     let client = conn.intake().await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{Map, Value};
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 use crate::intake::{Request, WaitEvent, WorkflowRef};
 
 #[derive(Debug, Args)]
@@ -28,7 +28,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub caller: Option<String>,
     /// Deadline for this execution (default: the workflow's, else the supervisor's).
-    #[arg(long, value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     pub timeout: Option<Duration>,
     /// Execution id (default: a new UUID). Resubmitting an id never runs it twice.
     #[arg(long)]
@@ -37,7 +37,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up waiting after this long (the execution goes on).
-    #[arg(long, default_value = "1h", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::args::parse_duration)]
     pub wait_timeout: Duration,
     #[command(flatten)]
     pub conn: ConnArgs,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use super::ConnArgs;
+use crate::args::ConnArgs;
 use crate::store::{PushAction, WorkflowSpec};
 
 #[derive(Debug, Subcommand)]
@@ -23,7 +23,7 @@ pub enum WorkflowCmd {
         #[arg(long, default_value = "run")]
         function: String,
         /// Default deadline of its executions (`30`, `500ms`, `2m`).
-        #[arg(long, value_parser = crate::cli::parse_duration)]
+        #[arg(long, value_parser = crate::args::parse_duration)]
         timeout: Option<std::time::Duration>,
         /// Organization (created if new); none: a global workflow.
         #[arg(long)]
