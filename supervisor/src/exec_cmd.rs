@@ -16,17 +16,6 @@ use crate::pool::Pool;
 /// Exit code for a user mistake (bad flags, missing file).
 pub const EXIT_USAGE: i32 = 2;
 
-/// The process exit code for a terminal status: 0 only for success.
-pub fn exit_code(status: Status) -> i32 {
-    match status {
-        Status::Success => 0,
-        Status::Failed => 1,
-        Status::Timeout => 3,
-        Status::Crashed => 4,
-        Status::Cancelled => 5,
-    }
-}
-
 /// The flags of `warden exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -118,7 +107,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
     } else {
         print_human(&outcome);
     }
-    Ok(exit_code(outcome.status))
+    Ok(outcome.status.exit_code())
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

@@ -1,6 +1,7 @@
 //! What one execution asked for ([`Job`]) and how it ended ([`ExecutionOutcome`]): the
 //! types the pool hands to whoever persists or prints results (the store, `warden exec`,
-//! the benchmark). Plain data, no behaviour beyond naming.
+//! the benchmark). Plain data, no behaviour beyond naming (and the exit code each
+//! terminal status maps to).
 
 use std::time::{Duration, SystemTime};
 
@@ -53,6 +54,18 @@ impl Status {
             Status::Timeout => "timeout",
             Status::Cancelled => "cancelled",
             Status::Crashed => "crashed",
+        }
+    }
+
+    /// The process exit code of a command that ran an execution to this end (`warden
+    /// exec`, `warden submit --wait`): 0 only for success; 2 is left for usage errors.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Success => 0,
+            Status::Failed => 1,
+            Status::Timeout => 3,
+            Status::Crashed => 4,
+            Status::Cancelled => 5,
         }
     }
 }
@@ -143,4 +156,22 @@ pub enum PoolEvent {
     Returned {
         execution_id: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn exit_code_per_status() {
+        let all = [
+            Status::Success,
+            Status::Failed,
+            Status::Timeout,
+            Status::Cancelled,
+            Status::Crashed,
+        ];
+        let codes: Vec<i32> = all.iter().map(|s| s.exit_code()).collect();
+        assert_eq!(codes, [0, 1, 3, 5, 4]);
+    }
 }

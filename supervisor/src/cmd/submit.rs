@@ -84,7 +84,7 @@ pub async fn run(args: SubmitArgs) -> Result<i32, String> {
             Some(WaitEvent::Log(l)) => eprintln!("[{}] {}", l.level, l.message),
             Some(WaitEvent::Completed(c)) => {
                 println!("{}", c.to_json());
-                return Ok(crate::exec_cmd::exit_code(c.status));
+                return Ok(c.status.exit_code());
             }
             None => return Err("the completion stream ended without a result".into()),
         }
