@@ -11,10 +11,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use warden_protocol::{ExecutionLimits, Isolation};
 
-use crate::intake::{IntakeClient, Keys};
+use crate::intake::{IntakeClient, IntakeError, Keys};
 use crate::pool::config::{default_uid_base, default_worker_bin};
 use crate::pool::PoolConfig;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Flags shared by everything that runs a pool (`exec`, `serve`, `bench`).
 #[derive(Debug, Clone, Args)]
@@ -198,16 +198,12 @@ pub struct ConnArgs {
 
 impl ConnArgs {
     /// One connection, for a short admin command.
-    pub async fn store(&self) -> Result<Store, String> {
-        Store::connect(&self.database_url, 1)
-            .await
-            .map_err(|e| e.to_string())
+    pub async fn store(&self) -> Result<Store, StoreError> {
+        Store::connect(&self.database_url, 1).await
     }
 
-    pub async fn intake(&self) -> Result<IntakeClient, String> {
-        IntakeClient::connect(&self.redis_url, self.keys())
-            .await
-            .map_err(|e| e.to_string())
+    pub async fn intake(&self) -> Result<IntakeClient, IntakeError> {
+        IntakeClient::connect(&self.redis_url, self.keys()).await
     }
 
     pub fn keys(&self) -> Keys {

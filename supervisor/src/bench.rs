@@ -20,6 +20,7 @@ use clap::Args;
 use warden_protocol::Isolation;
 
 use crate::args::{ConnArgs, PoolArgs};
+use crate::cli_error::CliError;
 
 pub const TRIVIAL: &str = "def run(x):\n    return {\"y\": x * 2}\n";
 
@@ -60,7 +61,7 @@ pub enum Modes {
     Both,
 }
 
-pub async fn run(args: BenchArgs) -> Result<i32, String> {
+pub async fn run(args: BenchArgs) -> Result<i32, CliError> {
     let modes: &[Isolation] = match args.modes {
         Modes::Fork => &[Isolation::Fork],
         Modes::Reuse => &[Isolation::Reuse],
@@ -103,10 +104,11 @@ pub async fn run(args: BenchArgs) -> Result<i32, String> {
     for &wl in args.workload.list() {
         for &mode in modes {
             let r = if args.local {
-                local::bench_mode(&args, mode, wl).await?
+                local::bench_mode(&args, mode, wl).await
             } else {
-                service::bench_mode(&args, mode, wl).await?
-            };
+                service::bench_mode(&args, mode, wl).await
+            }
+            .map_err(CliError::Bench)?;
             let mut line = format!("{:<8} {:<6}", wl.name(), r["mode"].as_str().unwrap_or(""));
             for (_, key) in columns {
                 line.push_str(&format!(" {:>10.3}", r[*key].as_f64().unwrap_or(0.0)));

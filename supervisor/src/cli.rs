@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 use crate::telemetry::LogFormat;
 
 /// Warden runs Python workflow functions in sandboxed, forked worker processes: `serve`
@@ -113,9 +114,8 @@ impl Command {
         }
     }
 
-    /// Runs the subcommand and returns the process exit code; `Err` is one sentence
-    /// for the user.
-    pub async fn run(self) -> Result<i32, String> {
+    /// Runs the subcommand and returns the process exit code.
+    pub async fn run(self) -> Result<i32, CliError> {
         match self {
             Command::Exec(args) => crate::exec_cmd::run(args).await,
             Command::Bench(args) => crate::bench::run(args).await,

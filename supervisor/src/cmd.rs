@@ -2,8 +2,8 @@
 //! (which need neither) live in `exec_cmd` and `bench`. Where the services are
 //! ([`crate::args::ConnArgs`]) is a flag group they share with `bench`.
 //!
-//! Every function returns the process exit code, or `Err` with one sentence for the
-//! user (printed as `error: ...`, exit code 2).
+//! Every function returns the process exit code, or a [`crate::cli_error::CliError`]
+//! (printed once by `main` as `error: ...`, exit code 2).
 
 pub mod cancel;
 pub mod config;

@@ -10,11 +10,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::args::PoolArgs;
+use crate::cli_error::CliError;
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
 use crate::pool::Pool;
-
-/// Exit code for a user mistake (bad flags, missing file).
-pub const EXIT_USAGE: i32 = 2;
 
 /// The flags of `warden exec`.
 #[derive(Debug, Args)]
@@ -34,19 +32,23 @@ pub struct ExecArgs {
     pub pool: PoolArgs,
 }
 
-/// Runs `warden exec`; `Err` is a one-sentence message for a user mistake.
-pub async fn run(args: ExecArgs) -> Result<i32, String> {
-    let source = std::fs::read_to_string(&args.file)
-        .map_err(|e| format!("cannot read workflow file {}: {e}", args.file.display()))?;
-    check_params(&args.params)?;
-    let (run_dir, _guard) = args
-        .pool
-        .run_dir()
-        .map_err(|e| format!("cannot create a run directory: {e}"))?;
+/// Runs `warden exec`: the exit code follows the execution's end
+/// ([`Status::exit_code`]); `Err` is a user mistake or a pool that could not start.
+pub async fn run(args: ExecArgs) -> Result<i32, CliError> {
+    let source = std::fs::read_to_string(&args.file).map_err(|source| CliError::Read {
+        what: "workflow file",
+        path: args.file.clone(),
+        source,
+    })?;
+    check_params(&args.params).map_err(CliError::InvalidInput)?;
+    let (run_dir, _guard) = args.pool.run_dir().map_err(|source| CliError::Local {
+        what: "create a run directory",
+        source,
+    })?;
     let mut cfg = args.pool.to_config(run_dir);
     cfg.workers = 1;
     let (tx, mut events) = mpsc::unbounded_channel();
-    let pool = Pool::start(cfg, tx).await.map_err(|e| e.to_string())?;
+    let pool = Pool::start(cfg, tx).await?;
 
     let id = format!("exec-{}", std::process::id());
     pool.submit(Job {
@@ -62,12 +64,15 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
         org: None,
         modules_manifest: None,
     })
-    .map_err(|_| "the worker pool stopped before it could run the workflow".to_string())?;
+    .map_err(|_| CliError::Stopped("the worker pool stopped before it could run the workflow"))?;
 
     let mut logs = Vec::new();
     let mut interrupts = 0;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+        .map_err(|source| CliError::Local {
+            what: "install the SIGTERM handler",
+            source,
+        })?;
     let outcome = loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -79,7 +84,9 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
                 }
                 Some(PoolEvent::Finished(o) | PoolEvent::Interrupted(o)) => break o,
                 Some(PoolEvent::Returned { .. }) => {
-                    return Err("the worker pool stopped before it started the workflow".into())
+                    return Err(CliError::Stopped(
+                        "the worker pool stopped before it started the workflow",
+                    ))
                 }
                 Some(PoolEvent::Started { .. }) => {}
                 // No services here: nothing can answer (module cache, SDK reads).
@@ -87,7 +94,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
                     &req,
                     "`warden exec` runs without PostgreSQL and Redis",
                 )),
-                None => return Err("the worker pool stopped unexpectedly".into()),
+                None => return Err(CliError::Stopped("the worker pool stopped unexpectedly")),
             },
             _ = interrupted(&mut term) => {
                 interrupts += 1;
@@ -118,6 +125,7 @@ async fn interrupted(term: &mut tokio::signal::unix::Signal) {
     }
 }
 
+/// `Err` is the sentence saying what is wrong with `--params`.
 fn check_params(params: &str) -> Result<(), String> {
     match serde_json::from_str::<Value>(params) {
         Ok(Value::Object(_)) => Ok(()),

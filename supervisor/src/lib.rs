@@ -16,6 +16,7 @@
 //! - [`cli`]: the command line (clap): the tree of subcommands, and the dispatch.
 //! - [`args`]: the flags and value parsers several subcommands share (pool, services,
 //!   sizes, durations); a leaf the command modules import, never each other.
+//! - [`cli_error`]: `CliError`, the one error type of the subcommands.
 //! - [`cmd`]: the subcommands that use the services (serve, migrate, workflow, submit,
 //!   executions, cancel, status, config, kv), one file each.
 //! - [`exec_cmd`]: `warden exec`, one workflow through the pool with no services.
@@ -25,6 +26,7 @@
 pub mod args;
 pub mod bench;
 pub mod cli;
+pub mod cli_error;
 pub mod cmd;
 pub mod exec_cmd;
 pub mod intake;

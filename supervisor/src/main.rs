@@ -1,5 +1,6 @@
 //! The `warden` binary: parses the command line and hands off to the library. Every
-//! user mistake ends here as one `error:` line and exit code 2.
+//! failed command ends here, printed once as one `error:` line, with its exit code
+//! (2: [`warden::cli_error::CliError::exit_code`]).
 
 use clap::Parser;
 use warden::cli::Cli;
@@ -15,9 +16,9 @@ async fn main() {
     let result = cli.command.run().await;
     match result {
         Ok(code) => std::process::exit(code),
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            std::process::exit(warden::exec_cmd::EXIT_USAGE);
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
         }
     }
 }

@@ -5,10 +5,11 @@
 //! that reads the request later still sees it) and `PUBLISH warden:cancel <id>`.
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 
-pub async fn run(conn: ConnArgs, id: String) -> Result<i32, String> {
+pub async fn run(conn: ConnArgs, id: String) -> Result<i32, CliError> {
     let client = conn.intake().await?;
-    client.cancel(&id).await.map_err(|e| e.to_string())?;
+    client.cancel(&id).await?;
     println!("cancel requested for {id}");
     Ok(0)
 }

@@ -6,6 +6,7 @@
 use clap::Subcommand;
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 use crate::sdk::{admin, Scope, SecretKeyArgs};
 
 #[derive(Debug, Subcommand)]
@@ -40,7 +41,7 @@ pub enum ConfigCmd {
     },
 }
 
-pub async fn run(conn: ConnArgs, cmd: ConfigCmd) -> Result<i32, String> {
+pub async fn run(conn: ConnArgs, cmd: ConfigCmd) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let result = run_on(&conn, &store, cmd).await;
     store.close().await;
@@ -51,7 +52,7 @@ async fn run_on(
     conn: &ConnArgs,
     store: &crate::store::Store,
     cmd: ConfigCmd,
-) -> Result<i32, String> {
+) -> Result<i32, CliError> {
     match cmd {
         ConfigCmd::Set {
             key,
@@ -60,11 +61,7 @@ async fn run_on(
             secret,
             key_args,
         } => {
-            let secret_key = if secret {
-                key_args.load().map_err(|e| e.to_string())?
-            } else {
-                None
-            };
+            let secret_key = if secret { key_args.load()? } else { None };
             let scope = admin::set(
                 store,
                 org.as_deref(),
@@ -73,8 +70,7 @@ async fn run_on(
                 secret,
                 secret_key.as_ref(),
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             invalidate(conn, scope).await;
             println!(
                 "{} {key} set{}",
@@ -83,18 +79,11 @@ async fn run_on(
             );
         }
         ConfigCmd::Delete { key, org } => {
-            let existed = store
-                .delete_config(org.as_deref(), &key)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !existed {
-                return Err(match org.as_deref() {
-                    Some(o) => format!("organization {o} has no config key {key}"),
-                    None => format!("there is no global config key {key}"),
-                });
+            if !store.delete_config(org.as_deref(), &key).await? {
+                return Err(CliError::ConfigKeyNotFound { org, key });
             }
             let scope = match org.as_deref() {
-                Some(name) => match store.org_id(name).await.map_err(|e| e.to_string())? {
+                Some(name) => match store.org_id(name).await? {
                     Some(id) => Scope::Org(id),
                     None => return Ok(0),
                 },
@@ -105,16 +94,13 @@ async fn run_on(
         }
         ConfigCmd::List { org } => {
             if let Some(name) = org.as_deref() {
-                if store
-                    .org_id(name)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_none()
-                {
-                    return Err(format!("there is no organization {name}"));
+                if store.org_id(name).await?.is_none() {
+                    return Err(CliError::OrganizationNotFound {
+                        name: name.to_string(),
+                    });
                 }
             }
-            let all = store.list_configs().await.map_err(|e| e.to_string())?;
+            let all = store.list_configs().await?;
             println!("{:<16} {:<32} {:<7} value", "org", "key", "kind");
             for c in all
                 .iter()

@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 use crate::store::{ExecutionFilter, ExecutionStatus};
 
 #[derive(Debug, Subcommand)]
@@ -22,7 +23,7 @@ pub enum ExecutionsCmd {
     Show { id: String },
 }
 
-pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, String> {
+pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let code = match cmd {
         ExecutionsCmd::List {
@@ -33,7 +34,7 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, String> {
             let status = status
                 .map(|s| {
                     ExecutionStatus::try_from(s.clone()).map_err(|_| {
-                        format!("unknown status `{s}`: use pending, running, success, failed, timeout, cancelled or crashed")
+                        CliError::InvalidInput(format!("unknown status `{s}`: use pending, running, success, failed, timeout, cancelled or crashed"))
                     })
                 })
                 .transpose()?;
@@ -43,8 +44,7 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, String> {
                     workflow,
                     limit,
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             println!(
                 "{:<38} {:<20} {:<10} {:>7} {:>10}  error",
                 "id", "workflow", "status", "attempt", "ms"
@@ -63,8 +63,8 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, String> {
             0
         }
         ExecutionsCmd::Show { id } => {
-            let Some(d) = store.show_execution(&id).await.map_err(|e| e.to_string())? else {
-                return Err(format!("no execution with id `{id}`"));
+            let Some(d) = store.show_execution(&id).await? else {
+                return Err(CliError::ExecutionNotFound { id });
             };
             let e = &d.execution;
             println!("id:        {}", e.id);

@@ -4,6 +4,7 @@
 use clap::Subcommand;
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 
 #[derive(Debug, Subcommand)]
 pub enum KvCmd {
@@ -17,25 +18,19 @@ pub enum KvCmd {
     },
 }
 
-pub async fn run(conn: ConnArgs, cmd: KvCmd) -> Result<i32, String> {
+pub async fn run(conn: ConnArgs, cmd: KvCmd) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let result = async {
         match cmd {
             KvCmd::List { org, prefix } => {
                 if let Some(name) = org.as_deref() {
-                    if store
-                        .org_id(name)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .is_none()
-                    {
-                        return Err(format!("there is no organization {name}"));
+                    if store.org_id(name).await?.is_none() {
+                        return Err(CliError::OrganizationNotFound {
+                            name: name.to_string(),
+                        });
                     }
                 }
-                let entries = store
-                    .kv_list(org.as_deref(), &prefix)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let entries = store.kv_list(org.as_deref(), &prefix).await?;
                 println!("{:<16} {:<32} {:<24} value", "org", "key", "updated by");
                 for e in entries {
                     println!(

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 use crate::modules::{files, store, ModuleCache, ModuleSync, PushAction};
 use crate::store::Store;
 
@@ -49,7 +50,7 @@ pub enum ModuleCmd {
     },
 }
 
-pub async fn run(conn: ConnArgs, cmd: ModuleCmd) -> Result<i32, String> {
+pub async fn run(conn: ConnArgs, cmd: ModuleCmd) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let code = match cmd {
         ModuleCmd::Push { paths, prefix } => push(&conn, &store, &paths, prefix.as_deref()).await,
@@ -65,19 +66,19 @@ async fn push(
     store: &Store,
     paths: &[PathBuf],
     prefix: Option<&str>,
-) -> Result<i32, String> {
-    let cwd =
-        std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
-    let collected = files::collect(paths, prefix, &cwd).map_err(|e| e.to_string())?;
+) -> Result<i32, CliError> {
+    let cwd = std::env::current_dir().map_err(|source| CliError::Local {
+        what: "read the current directory",
+        source,
+    })?;
+    let collected = files::collect(paths, prefix, &cwd)?;
     for (file, why) in &collected.skipped {
         eprintln!("warning: skipped {}: {why}", file.display());
     }
     if collected.files.is_empty() {
-        return Err("no .py files to push".into());
+        return Err(CliError::InvalidInput("no .py files to push".into()));
     }
-    let results = store::push(store, &collected.files)
-        .await
-        .map_err(|e| e.to_string())?;
+    let results = store::push(store, &collected.files).await?;
     for (path, action) in &results {
         let what = match action {
             PushAction::Created => "created",
@@ -97,8 +98,8 @@ async fn push(
     Ok(0)
 }
 
-async fn list(store: &Store) -> Result<i32, String> {
-    let all = store::list(store).await.map_err(|e| e.to_string())?;
+async fn list(store: &Store) -> Result<i32, CliError> {
+    let all = store::list(store).await?;
     println!("{:<48} {:>9}  {:<12}  updated", "path", "bytes", "hash");
     for m in &all {
         println!(
@@ -112,13 +113,11 @@ async fn list(store: &Store) -> Result<i32, String> {
     Ok(0)
 }
 
-async fn remove(conn: &ConnArgs, store: &Store, paths: &[String]) -> Result<i32, String> {
+async fn remove(conn: &ConnArgs, store: &Store, paths: &[String]) -> Result<i32, CliError> {
     let mut removed = Vec::new();
     let mut missing = Vec::new();
     for path in paths {
-        let gone = store::remove(store, path)
-            .await
-            .map_err(|e| e.to_string())?;
+        let gone = store::remove(store, path).await?;
         if gone.is_empty() {
             missing.push(path.as_str());
         }

@@ -7,6 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::args::{parse_duration, ConnArgs, PoolArgs};
+use crate::cli_error::CliError;
 use crate::serve::{serve, ServeConfig};
 
 #[derive(Debug, Args)]
@@ -48,18 +49,18 @@ pub struct ServeArgs {
     pub heartbeat_ttl: Duration,
 }
 
-pub async fn run(args: ServeArgs) -> Result<i32, String> {
-    let (run_dir, _guard) = args
-        .pool
-        .run_dir()
-        .map_err(|e| format!("cannot create a run directory: {e}"))?;
+pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
+    let (run_dir, _guard) = args.pool.run_dir().map_err(|source| CliError::Local {
+        what: "create a run directory",
+        source,
+    })?;
     let mut cfg = ServeConfig::new(
         args.pool.to_config(run_dir),
         args.conn.database_url.clone(),
         args.conn.redis_url.clone(),
     );
     cfg.key_prefix = args.conn.key_prefix.clone();
-    cfg.secret_key = args.secret.load().map_err(|e| e.to_string())?;
+    cfg.secret_key = args.secret.load()?;
     cfg.db_connections = args.db_connections.max(1);
     if let Some(c) = args.consumer {
         cfg.consumer = c;
@@ -74,7 +75,12 @@ pub async fn run(args: ServeArgs) -> Result<i32, String> {
     if let Some(p) = args.prefetch {
         cfg.prefetch = p;
     }
+    until_stopped(cfg).await.map_err(CliError::Serve)
+}
 
+/// Runs the daemon with SIGTERM/SIGINT as its shutdown requests; `Err` is a start-up
+/// failure, one sentence naming the service.
+async fn until_stopped(cfg: ServeConfig) -> Result<i32, String> {
     let (tx, rx) = watch::channel(0u32);
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;

@@ -3,10 +3,11 @@
 //! live or dead (its heartbeat key present or not) with its unfinished entries.
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 
-pub async fn run(conn: ConnArgs) -> Result<i32, String> {
+pub async fn run(conn: ConnArgs) -> Result<i32, CliError> {
     let client = conn.intake().await?;
-    let o = client.status().await.map_err(|e| e.to_string())?;
+    let o = client.status().await?;
     if o.supervisors.is_empty() {
         println!("no live supervisor (start one with `warden serve`)");
     } else {

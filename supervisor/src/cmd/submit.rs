@@ -8,6 +8,7 @@ use clap::Args;
 use serde_json::{Map, Value};
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 use crate::intake::{Request, WaitEvent, WorkflowRef};
 
 #[derive(Debug, Args)]
@@ -43,14 +44,15 @@ pub struct SubmitArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn run(args: SubmitArgs) -> Result<i32, String> {
-    let params = params_json(args.params.as_deref(), &args.param)?;
+pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
+    let params =
+        params_json(args.params.as_deref(), &args.param).map_err(CliError::InvalidInput)?;
     let workflow = if !args.workflow.is_empty() && args.workflow.bytes().all(|b| b.is_ascii_digit())
     {
         WorkflowRef::Id(
             args.workflow
                 .parse()
-                .map_err(|_| "workflow id is too large".to_string())?,
+                .map_err(|_| CliError::InvalidInput("workflow id is too large".into()))?,
         )
     } else {
         WorkflowRef::Name(args.workflow.clone())
@@ -60,33 +62,37 @@ pub async fn run(args: SubmitArgs) -> Result<i32, String> {
     req.org = args.org.clone();
     req.caller = args.caller.clone();
     req.timeout = args.timeout;
-    req.validate().map_err(|r| r.reason)?;
+    req.validate()
+        .map_err(|r| CliError::InvalidInput(r.reason))?;
     let client = args.conn.intake().await?;
     // Subscribe before submitting, so nothing published in between is missed.
     let waiter = if args.wait {
         Some(
             client
                 .wait_for_completion(&req.execution_id, args.wait_timeout)
-                .await
-                .map_err(|e| e.to_string())?,
+                .await?,
         )
     } else {
         None
     };
-    client.submit(&req).await.map_err(|e| e.to_string())?;
+    client.submit(&req).await?;
     let Some(mut waiter) = waiter else {
         println!("{}", req.execution_id);
         return Ok(0);
     };
     eprintln!("submitted {}", req.execution_id);
     loop {
-        match waiter.next().await.map_err(|e| e.to_string())? {
+        match waiter.next().await? {
             Some(WaitEvent::Log(l)) => eprintln!("[{}] {}", l.level, l.message),
             Some(WaitEvent::Completed(c)) => {
                 println!("{}", c.to_json());
                 return Ok(c.status.exit_code());
             }
-            None => return Err("the completion stream ended without a result".into()),
+            None => {
+                return Err(CliError::Stopped(
+                    "the completion stream ended without a result",
+                ))
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use crate::args::ConnArgs;
+use crate::cli_error::CliError;
 use crate::store::{PushAction, WorkflowSpec};
 
 #[derive(Debug, Subcommand)]
@@ -39,7 +40,7 @@ pub enum WorkflowCmd {
     List,
 }
 
-pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
+pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
     let store = conn.store().await?;
     match cmd {
         WorkflowCmd::Push {
@@ -52,8 +53,11 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
             value,
         } => {
             for (file, name) in workflow_files(&file, name)? {
-                let source = std::fs::read_to_string(&file)
-                    .map_err(|e| format!("cannot read workflow file {}: {e}", file.display()))?;
+                let source = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
+                    what: "workflow file",
+                    path: file.clone(),
+                    source,
+                })?;
                 let path = file
                     .file_name()
                     .map(|f| format!("workflows/{}", f.to_string_lossy()))
@@ -68,10 +72,7 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
                     time_saved_seconds: time_saved,
                     value,
                 };
-                let r = store
-                    .push_workflow(&spec)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let r = store.push_workflow(&spec).await?;
                 let what = match r.action {
                     PushAction::Created => "created",
                     PushAction::Updated => "updated",
@@ -81,7 +82,7 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
             }
         }
         WorkflowCmd::List => {
-            let all = store.list_workflows().await.map_err(|e| e.to_string())?;
+            let all = store.list_workflows().await?;
             println!(
                 "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
                 "id", "org", "name", "path", "function", "timeout"
@@ -107,7 +108,7 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, String> {
 
 /// The files a push stores, with their workflow names: `file` itself, or every `.py`
 /// file directly in it when it is a directory (sorted, named after the file).
-fn workflow_files(file: &Path, name: Option<String>) -> Result<Vec<(PathBuf, String)>, String> {
+fn workflow_files(file: &Path, name: Option<String>) -> Result<Vec<(PathBuf, String)>, CliError> {
     let stem = |f: &Path| {
         f.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -116,27 +117,33 @@ fn workflow_files(file: &Path, name: Option<String>) -> Result<Vec<(PathBuf, Str
     if !file.is_dir() {
         let name = name.unwrap_or_else(|| stem(file));
         if name.is_empty() {
-            return Err(format!(
+            return Err(CliError::InvalidInput(format!(
                 "cannot name a workflow after {}: give --name",
                 file.display()
-            ));
+            )));
         }
         return Ok(vec![(file.to_path_buf(), name)]);
     }
     if name.is_some() {
-        return Err(
+        return Err(CliError::InvalidInput(
             "--name names one workflow; a directory's workflows are named after their files".into(),
-        );
+        ));
     }
-    let entries = std::fs::read_dir(file)
-        .map_err(|e| format!("cannot read directory {}: {e}", file.display()))?;
+    let entries = std::fs::read_dir(file).map_err(|source| CliError::Read {
+        what: "directory",
+        path: file.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "py"))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(format!("no .py files in {}", file.display()));
+        return Err(CliError::InvalidInput(format!(
+            "no .py files in {}",
+            file.display()
+        )));
     }
     Ok(files
         .into_iter()
