@@ -104,11 +104,12 @@ pub async fn run(args: BenchArgs) -> Result<i32, CliError> {
     for &wl in args.workload.list() {
         for &mode in modes {
             let r = if args.local {
-                local::bench_mode(&args, mode, wl).await
+                local::bench_mode(&args, mode, wl).await?
             } else {
-                service::bench_mode(&args, mode, wl).await
-            }
-            .map_err(CliError::Bench)?;
+                service::bench_mode(&args, mode, wl)
+                    .await
+                    .map_err(CliError::Bench)?
+            };
             let mut line = format!("{:<8} {:<6}", wl.name(), r["mode"].as_str().unwrap_or(""));
             for (_, key) in columns {
                 line.push_str(&format!(" {:>10.3}", r[*key].as_f64().unwrap_or(0.0)));

@@ -12,6 +12,7 @@ use warden_protocol::Isolation;
 
 use super::workload::Workload;
 use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
+use crate::cli_error::CliError;
 use crate::modules::bench::LocalModules;
 use crate::outcome::{Job, PoolEvent, Status};
 use crate::pool::Pool;
@@ -20,12 +21,19 @@ pub async fn bench_mode(
     args: &BenchArgs,
     mode: Isolation,
     workload: Workload,
-) -> Result<serde_json::Value, String> {
-    let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
+) -> Result<serde_json::Value, CliError> {
+    let (run_dir, _guard) = args.pool.run_dir().map_err(|source| CliError::Local {
+        what: "create a run directory",
+        source,
+    })?;
     let mut cfg = args.pool.to_config(run_dir);
     cfg.isolation = mode;
     let modules = match workload {
-        Workload::Modules => Some(LocalModules::start(&args.conn.redis_url).await?),
+        Workload::Modules => Some(
+            LocalModules::start(&args.conn.redis_url)
+                .await
+                .map_err(CliError::Bench)?,
+        ),
         _ => None,
     };
     if let Some(m) = &modules {
@@ -36,7 +44,7 @@ pub async fn bench_mode(
     // Recycling is part of reuse mode's cost; keep the configured value.
     let workers = cfg.workers;
     let (tx, mut events) = mpsc::unbounded_channel();
-    let pool = Pool::start(cfg, tx).await.map_err(|e| e.to_string())?;
+    let pool = Pool::start(cfg, tx).await?;
     let spawn_ms = pool.stats().last_spawn_to_ready_us as f64 / 1000.0;
 
     let context = workload.local_context();
@@ -57,7 +65,7 @@ pub async fn bench_mode(
     // Warm up (first forks fault in pages).
     for i in 0..(50 * workers) {
         pool.submit(job(i))
-            .map_err(|_| "the pool stopped".to_string())?;
+            .map_err(|_| CliError::Stopped("the pool stopped"))?;
     }
     wait_for(&mut events, 50 * workers).await?;
 
@@ -66,7 +74,7 @@ pub async fn bench_mode(
     let t0 = Instant::now();
     for i in 0..args.n {
         pool.submit(job(i))
-            .map_err(|_| "the pool stopped".to_string())?;
+            .map_err(|_| CliError::Stopped("the pool stopped"))?;
     }
     let mut lat = wait_for(&mut events, args.n).await?;
     let wall = t0.elapsed();
@@ -77,7 +85,7 @@ pub async fn bench_mode(
     for i in 0..args.sequential {
         let t = Instant::now();
         pool.submit(job(i))
-            .map_err(|_| "the pool stopped".to_string())?;
+            .map_err(|_| CliError::Stopped("the pool stopped"))?;
         wait_for(&mut events, 1).await?;
         one.push(t.elapsed());
     }
@@ -118,21 +126,21 @@ pub async fn bench_mode(
 async fn wait_for(
     events: &mut mpsc::UnboundedReceiver<PoolEvent>,
     n: usize,
-) -> Result<Vec<Duration>, String> {
+) -> Result<Vec<Duration>, CliError> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         match events.recv().await {
             Some(PoolEvent::Finished(o)) => {
                 if o.status != Status::Success {
-                    return Err(format!(
+                    return Err(CliError::Bench(format!(
                         "benchmark execution {} ended {}: {:?}",
                         o.execution_id, o.status, o.error
-                    ));
+                    )));
                 }
                 out.push(o.duration);
             }
             Some(_) => {}
-            None => return Err("the pool stopped during the benchmark".into()),
+            None => return Err(CliError::Stopped("the pool stopped during the benchmark")),
         }
     }
     Ok(out)
