@@ -145,16 +145,35 @@ struct Running {
     timeout: Duration,
     deadline: Instant,
     result: Option<ExecutionResult>,
-    /// Why and when we asked for it to be killed.
-    kill: Option<(KillReason, Instant)>,
-    /// Whether the template itself has been killed over this execution.
-    template_killed: bool,
+    kill: KillState,
+}
+
+/// How far killing a running execution has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillState {
+    /// Not asked: it runs until it ends or its deadline passes.
+    NotAsked,
+    /// Asked at `at`: in fork mode the template kills the child and sends `Ended`; if
+    /// that has not come by `at + kill_grace`, the template itself is killed.
+    Asked { why: KillReason, at: Instant },
+    /// The template itself was killed over it (reuse mode, or the grace passed): its
+    /// `Gone` ends the execution, and there is nothing left to time.
+    TemplateKilled { why: KillReason },
+}
+
+impl KillState {
+    fn reason(self) -> Option<KillReason> {
+        match self {
+            KillState::NotAsked => None,
+            KillState::Asked { why, .. } | KillState::TemplateKilled { why } => Some(why),
+        }
+    }
 }
 
 impl Running {
     /// Killed because the drain ended, not for its own deadline or a cancel.
     fn interrupted(&self) -> bool {
-        matches!(self.kill, Some((KillReason::Shutdown, _)))
+        self.kill.reason() == Some(KillReason::Shutdown)
     }
 }
 
@@ -290,7 +309,7 @@ impl Dispatcher {
             return;
         }
         let found = self.slots.iter().position(|s| {
-            matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == id && r.kill.is_none())
+            matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == id && r.kill == KillState::NotAsked)
         });
         if let Some(slot) = found {
             self.kill_running(slot, KillReason::Cancelled, now);
@@ -424,8 +443,7 @@ impl Dispatcher {
                 timeout,
                 deadline: now + timeout,
                 result: None,
-                kill: None,
-                template_killed: false,
+                kill: KillState::NotAsked,
             }));
         }
     }
@@ -641,9 +659,9 @@ impl Dispatcher {
         for s in &self.slots {
             match &s.state {
                 SlotState::Busy(r) => match r.kill {
-                    None => consider(r.deadline),
-                    Some((_, at)) if !r.template_killed => consider(at + self.cfg.kill_grace),
-                    Some(_) => {}
+                    KillState::NotAsked => consider(r.deadline),
+                    KillState::Asked { at, .. } => consider(at + self.cfg.kill_grace),
+                    KillState::TemplateKilled { .. } => {}
                 },
                 SlotState::Down(Some(at)) => consider(*at),
                 _ => {}
@@ -664,14 +682,16 @@ impl Dispatcher {
         for slot in 0..self.slots.len() {
             match &self.slots[slot].state {
                 SlotState::Busy(r) => match r.kill {
-                    None if now >= r.deadline => self.kill_running(slot, KillReason::Timeout, now),
-                    None if drain_over => {
+                    KillState::NotAsked if now >= r.deadline => {
+                        self.kill_running(slot, KillReason::Timeout, now)
+                    }
+                    KillState::NotAsked if drain_over => {
                         if let Some(d) = &mut self.drain {
                             d.abandoned += 1;
                         }
                         self.kill_running(slot, KillReason::Shutdown, now)
                     }
-                    Some((_, at)) if !r.template_killed && now >= at + self.cfg.kill_grace => {
+                    KillState::Asked { at, .. } if now >= at + self.cfg.kill_grace => {
                         tracing::warn!(
                             slot,
                             "worker did not stop its execution in time; killing the worker"
@@ -693,7 +713,7 @@ impl Dispatcher {
         let SlotState::Busy(r) = &mut self.slots[slot].state else {
             return;
         };
-        r.kill = Some((why, now));
+        r.kill = KillState::Asked { why, at: now };
         match isolation {
             // The child is the template's: it kills the child's process group.
             Isolation::Fork => {
@@ -707,7 +727,9 @@ impl Dispatcher {
 
     fn kill_template(&mut self, slot: usize) {
         if let SlotState::Busy(r) = &mut self.slots[slot].state {
-            r.template_killed = true;
+            if let KillState::Asked { why, .. } = r.kill {
+                r.kill = KillState::TemplateKilled { why };
+            }
         }
         self.actions.push(Action::Template {
             slot,
@@ -823,7 +845,7 @@ fn outcome_from_ended(r: Running, ended: Ended, now: Instant) -> ExecutionOutcom
     out.cpu_seconds = (ended.user_cpu_us + ended.system_cpu_us) as f64 / 1e6;
     out.exit_code = exit_code;
     out.exit_signal = exit_signal;
-    if let Some((why, _)) = r.kill {
+    if let Some(why) = r.kill.reason() {
         killed(&mut out, why, &r);
         return out;
     }
@@ -868,7 +890,7 @@ fn outcome_from_template_death(
     let mut out = base_outcome(&r, now);
     out.exit_code = exit_code;
     out.exit_signal = exit_signal;
-    if let Some((why, _)) = r.kill {
+    if let Some(why) = r.kill.reason() {
         killed(&mut out, why, &r);
         return out;
     }
