@@ -75,7 +75,7 @@ pub async fn run(
             return;
         }
     };
-    let pgid = nix::unistd::Pid::from_raw(spawned.pid as i32);
+    let pgid = spawned.pid;
     let mut child = spawned.child;
     let mut conn = Connection::new(spawned.socket, cfg.max_frame);
     let mut ready = false;
