@@ -127,7 +127,7 @@ pub async fn run(
                 Ok(Some(msg)) if ready => {
                     let _ = events.send(TemplateEvent::Frame { slot, generation, msg });
                 }
-                Ok(Some(other)) => kill(format!("protocol error: unexpected {} before hello", kind(&other)), &mut kill_reason),
+                Ok(Some(other)) => kill(format!("protocol error: unexpected {} before hello", other.kind()), &mut kill_reason),
                 Ok(None) => {
                     open = false;
                     kill("worker closed its connection".into(), &mut kill_reason);
@@ -151,17 +151,5 @@ pub async fn run(
                 kill(format!("no hello within {:?} of start", cfg.start_timeout), &mut kill_reason);
             }
         }
-    }
-}
-
-fn kind(msg: &FromWorker) -> &'static str {
-    match msg {
-        FromWorker::Hello(_) => "Hello",
-        FromWorker::Started(_) => "Started",
-        FromWorker::Log(_) => "Log",
-        FromWorker::Result(_) => "Result",
-        FromWorker::Ended(_) => "Ended",
-        FromWorker::Request(_) => "Request",
-        FromWorker::Compiled(_) => "Compiled",
     }
 }
