@@ -7,9 +7,11 @@
 //! - [`uids`]: the uids a pool's slots lease, unique on the host.
 //! - [`firewall`]: the nftables rule that keeps children away from the host's services.
 //! - [`posture`]: the start-up line saying which sandbox layers are on, and which off.
-//! - [`connection`]: async frame reading/writing over that socket.
-//! - [`template`]: one task per template process: owns the child and its connection,
+//! - [`template_socket`]: async frame reading/writing over that socket (the supervisor's
+//!   end; the worker's end is the worker crate's `connection`).
+//! - [`template_task`]: one task per template process: owns the child and its socket,
 //!   turns frames into events, carries out kills. The only code that signals a template.
+//!   (The worker crate's `template` is the template process's own loop.)
 //! - [`dispatcher`]: the pool's decisions, with no I/O: queue, slots, deadlines,
 //!   cancellation, finalisation, replacement of dead templates, drain on shutdown. It
 //!   takes events with the time they happened and returns actions, so it is unit-tested
@@ -28,13 +30,13 @@
 //! last frame and the supervisor never has to join two sockets to finalise.
 
 pub mod config;
-pub mod connection;
 pub mod dispatcher;
 pub mod driver;
 pub mod firewall;
 pub mod posture;
 pub mod spawn;
-pub mod template;
+pub mod template_socket;
+pub mod template_task;
 pub mod uids;
 
 pub use config::{PoolConfig, PoolError};

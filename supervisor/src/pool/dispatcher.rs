@@ -1,9 +1,9 @@
 //! The pool's decisions: the queue, every slot's state, deadlines, cancellation,
 //! finalisation, replacement of dead templates, and the drain on shutdown.
 //!
-//! This module does no I/O. [`Dispatcher::step`] takes one [`Event`] (a caller's
-//! request, a template task's report, or a [`Event::Tick`]) and the time it happened,
-//! and returns the [`Action`]s that follow (start a template, send it a command, report
+//! This module does no I/O. `Dispatcher::step` takes one `Event` (a caller's
+//! request, a template task's report, or a `Event::Tick`) and the time it happened,
+//! and returns the `Action`s that follow (start a template, send it a command, report
 //! a [`PoolEvent`], answer start-up or shutdown). The driver ([`super::driver`]) owns the
 //! channels and the template tasks, feeds it events and carries the actions out; the
 //! unit tests at the bottom feed it events with made-up `Instant`s instead, so every
@@ -39,7 +39,7 @@ use warden_protocol::{
 };
 
 use super::config::PoolConfig;
-use super::template::{TemplateCmd, TemplateEvent};
+use super::template_task::{TemplateCmd, TemplateEvent};
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
 
 /// The error type of an execution killed because the drain ended (`Interrupted`).

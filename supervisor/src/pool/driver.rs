@@ -1,9 +1,9 @@
 //! The pool's I/O side: the [`Pool`] handle callers hold, and the task that runs the
-//! [`Dispatcher`] and carries out what it decides.
+//! `Dispatcher` and carries out what it decides.
 //!
 //! The task puts everything that can happen into one order with a single `select!`
 //! (a caller's request, a template task's event, the dispatcher's next timer), hands it
-//! to [`Dispatcher::step`] with the time, and applies the [`Action`]s it returns:
+//! to `Dispatcher::step` with the time, and applies the `Action`s it returns:
 //! starting template tasks, sending them commands, sending [`PoolEvent`]s, answering
 //! start-up and shutdown. It makes no decision of its own (nextest's dispatcher and
 //! executor split, with the decisions kept synchronous so they are unit-tested without
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::config::{PoolConfig, PoolError};
 use super::dispatcher::{Action, Dispatcher, Event, Shared, ShutdownReport};
-use super::template::{self, TemplateCmd, TemplateEvent};
+use super::template_task::{self, TemplateCmd, TemplateEvent};
 use super::uids::{self, SlotIds};
 use super::{firewall, posture};
 use crate::outcome::{Job, PoolEvent};
@@ -249,7 +249,7 @@ impl Driver {
             match action {
                 Action::Spawn { slot, generation } => {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(template::run(
+                    tokio::spawn(template_task::run(
                         self.cfg.clone(),
                         slot,
                         generation,
