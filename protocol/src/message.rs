@@ -63,6 +63,21 @@ pub enum FromWorker {
     Compiled(Vec<u8>),
 }
 
+impl FromWorker {
+    /// The variant's name, for logs and errors ("unexpected Result before hello").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FromWorker::Hello(_) => "Hello",
+            FromWorker::Started(_) => "Started",
+            FromWorker::Log(_) => "Log",
+            FromWorker::Result(_) => "Result",
+            FromWorker::Ended(_) => "Ended",
+            FromWorker::Request(_) => "Request",
+            FromWorker::Compiled(_) => "Compiled",
+        }
+    }
+}
+
 /// First message of a template: who it is and which protocol it speaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

@@ -34,7 +34,7 @@ pub fn run(
     py: Python<'_>,
     runner: &Runner,
     socket_fd: RawFd,
-    template_pid: i32,
+    template_pid: nix::unistd::Pid,
     max_frame: usize,
 ) -> ! {
     // Group first, so that from here on one killpg reaches this process and everything it

@@ -114,9 +114,9 @@ pub fn ensure_std_fds() -> io::Result<()> {
 
 /// A pidfd for `pid` (Linux ≥ 5.3): becomes readable when the process exits, which lets
 /// the template wait for its child in the same `poll` as its sockets. Always CLOEXEC.
-pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+pub fn pidfd_open(pid: nix::unistd::Pid) -> io::Result<OwnedFd> {
     // SAFETY: raw syscall with integer arguments; the result is checked.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -72,7 +72,7 @@ pub enum Next {
 
 /// A child forked in advance, waiting on its socket for the `Execute` it will run.
 pub struct Spare {
-    pid: i32,
+    pid: Pid,
     pidfd: Option<OwnedFd>,
     /// The template's end of the child's socket (non-blocking).
     socket: UnixStream,
@@ -84,13 +84,13 @@ impl Spare {
     pub fn fork(runner: &Runner, max_frame: usize) -> io::Result<Spare> {
         let state = interpreter::state();
         let (ours, theirs) = UnixStream::pair()?;
-        let template_pid = std::process::id() as i32;
+        let template_pid = Pid::this();
         let pid = fork_child(runner, theirs.as_raw_fd(), template_pid, max_frame)?;
         drop(theirs);
         // Also set from the child; doing it here too closes the window in which a Kill
         // would find the child still in the template's group. EACCES/ESRCH mean the
         // child already did it or is already gone.
-        let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+        let _ = setpgid(pid, pid);
         let spare = Spare {
             pid,
             pidfd: fds::pidfd_open(pid).ok(),
@@ -218,7 +218,8 @@ pub fn execute(
     match conn.hold(
         &FromWorker::Started(Started {
             execution_id: e.execution_id.clone(),
-            pid: pid as u32,
+            // The wire carries a pid as u32 (a live pid is positive).
+            pid: pid.as_raw() as u32,
         }),
         "sending Started",
     ) {
@@ -252,9 +253,9 @@ pub fn execute(
 fn fork_child(
     runner: &Runner,
     socket_fd: RawFd,
-    template_pid: i32,
+    template_pid: Pid,
     max_frame: usize,
-) -> io::Result<i32> {
+) -> io::Result<Pid> {
     Python::attach(|py| {
         // SAFETY: the CPython fork protocol, called with the GIL held as os.fork does.
         // The template is single-threaded, so no lock can be held by another thread.
@@ -269,7 +270,7 @@ fn fork_child(
         if pid < 0 {
             Err(err)
         } else {
-            Ok(pid)
+            Ok(Pid::from_raw(pid))
         }
     })
 }
@@ -284,7 +285,7 @@ enum Lost {
 /// One running child and everything the template knows about it.
 struct Watch<'a> {
     e: &'a Execute,
-    pid: i32,
+    pid: Pid,
     /// Readable once the child has exited. `None` if pidfd_open failed (old kernel):
     /// then the loop polls with a short timeout and asks `waitid`.
     pidfd: Option<OwnedFd>,

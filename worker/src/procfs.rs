@@ -4,6 +4,8 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 
+use nix::unistd::Pid;
+
 /// `/proc/<template pid>/statm`, opened once: it is read after every execution, and
 /// re-reading an open procfs file from offset 0 regenerates it, without the open, stat
 /// and close of a fresh read. Opened by pid, not `self`, so that it keeps naming the
@@ -60,7 +62,7 @@ fn page_size() -> u64 {
 /// (children are listed per thread, and reuse-mode user code may have started threads);
 /// falls back to scanning every `/proc/<pid>/stat` for our pid as parent when that file
 /// does not exist (kernels built without CONFIG_PROC_CHILDREN).
-pub fn children() -> Vec<i32> {
+pub fn children() -> Vec<Pid> {
     let mut out = Vec::new();
     let mut found_listing = false;
     if let Ok(tasks) = fs::read_dir("/proc/self/task") {
@@ -69,7 +71,7 @@ pub fn children() -> Vec<i32> {
                 found_listing = true;
                 out.extend(
                     list.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
+                        .filter_map(|p| p.parse().ok().map(Pid::from_raw)),
                 );
             }
         }
@@ -82,24 +84,28 @@ pub fn children() -> Vec<i32> {
     out
 }
 
-fn children_by_scan() -> Vec<i32> {
-    let me = std::process::id() as i32;
+fn children_by_scan() -> Vec<Pid> {
+    let me = Pid::this();
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok().map(Pid::from_raw))
         .filter(|&pid| parent_of(pid) == Some(me))
         .collect()
 }
 
 /// The parent pid from `/proc/<pid>/stat`. The command name (field 2) may contain spaces
 /// and parentheses, so parse from the last `)`.
-fn parent_of(pid: i32) -> Option<i32> {
+fn parent_of(pid: Pid) -> Option<Pid> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    rest.split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+        .map(Pid::from_raw)
 }
 
 #[cfg(test)]
@@ -117,7 +123,7 @@ mod tests {
             .arg("5")
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
+        let pid = Pid::from_raw(child.id() as i32);
         assert!(children().contains(&pid));
         assert!(children_by_scan().contains(&pid));
         child.kill().unwrap();

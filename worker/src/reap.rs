@@ -58,14 +58,14 @@ impl Usage {
 
 /// SIGKILLs the process group led by `pid` (and `pid` itself, in case it has not joined
 /// its own group yet). "No such process" is not an error: it means there is nothing left.
-pub fn kill_group(pid: i32) {
-    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+pub fn kill_group(pid: Pid) {
+    let _ = killpg(pid, Signal::SIGKILL);
+    let _ = kill(pid, Signal::SIGKILL);
 }
 
 /// Has `pid` exited? Leaves it a zombie (`WNOWAIT`), so its pid, and with it the
 /// process-group id, cannot be reused before we kill the rest of its group.
-pub fn has_exited(pid: i32, block: bool) -> io::Result<bool> {
+pub fn has_exited(pid: Pid, block: bool) -> io::Result<bool> {
     let mut flags = libc::WEXITED | libc::WNOWAIT;
     if !block {
         flags |= libc::WNOHANG;
@@ -73,7 +73,8 @@ pub fn has_exited(pid: i32, block: bool) -> io::Result<bool> {
     loop {
         // SAFETY: waitid only writes into the zeroed siginfo we pass.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let ret = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+        let ret =
+            unsafe { libc::waitid(libc::P_PID, pid.as_raw() as libc::id_t, &mut info, flags) };
         if ret == 0 {
             // With WNOHANG and nothing to report, si_pid stays 0.
             // SAFETY: reading si_pid of a siginfo filled (or zeroed) for SIGCHLD.
@@ -87,13 +88,13 @@ pub fn has_exited(pid: i32, block: bool) -> io::Result<bool> {
 }
 
 /// Reaps `pid` and returns how it ended and what it used.
-pub fn reap(pid: i32) -> io::Result<(ExitKind, Usage)> {
+pub fn reap(pid: Pid) -> io::Result<(ExitKind, Usage)> {
     let mut status = 0;
     // SAFETY: wait4 only writes into the status and zeroed rusage we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        let ret = unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut ru) };
-        if ret == pid {
+        let ret = unsafe { libc::wait4(pid.as_raw(), &mut status, libc::__WALL, &mut ru) };
+        if ret == pid.as_raw() {
             break;
         }
         let err = io::Error::last_os_error();
@@ -127,8 +128,8 @@ pub fn sweep() -> usize {
         }
         for &pid in &children {
             // A child that made itself a group leader may have taken others with it.
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            if kill(Pid::from_raw(pid), Signal::SIGKILL) != Err(Errno::ESRCH) {
+            let _ = killpg(pid, Signal::SIGKILL);
+            if kill(pid, Signal::SIGKILL) != Err(Errno::ESRCH) {
                 killed += 1;
             }
         }
@@ -137,7 +138,7 @@ pub fn sweep() -> usize {
             // Blocking: a SIGKILLed process dies promptly. Errors mean another wait
             // already reaped it, which is what we want anyway.
             // SAFETY: waitpid only writes the status integer.
-            while unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } < 0
+            while unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::__WALL) } < 0
                 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
             {}
         }

@@ -65,10 +65,10 @@ pub fn enter_own_group() -> io::Result<()> {
 
 /// Arranges SIGKILL when the template dies, then checks it has not died already (the
 /// classic race: if it died before `prctl`, we were reparented and no signal will come).
-pub fn die_with_template(template_pid: i32) -> Result<(), String> {
+pub fn die_with_template(template_pid: nix::unistd::Pid) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
-    if nix::unistd::getppid().as_raw() != template_pid {
+    if nix::unistd::getppid() != template_pid {
         return Err("the template exited before the child started".into());
     }
     Ok(())
@@ -237,7 +237,7 @@ pub fn scratch_root() -> PathBuf {
 /// children's uid when they have one of their own. Nothing an execution wrote outlives
 /// it. Called after the next spare is forked (off the critical path), which is safe: the
 /// spare runs no workflow before the template hands it an execution, after this.
-pub fn clean_after(pid: i32) {
+pub fn clean_after(pid: nix::unistd::Pid) {
     let Some(s) = SCRATCH.get() else {
         return;
     };

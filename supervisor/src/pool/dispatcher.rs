@@ -1,9 +1,15 @@
-//! The pool's single owner: the queue, every slot's state, deadlines, cancellation,
+//! The pool's decisions: the queue, every slot's state, deadlines, cancellation,
 //! finalisation, replacement of dead templates, and the drain on shutdown.
 //!
-//! It runs as one task. Callers talk to it through [`Pool`] (a cheap, cloneable handle);
-//! template tasks report by [`TemplateEvent`]; results leave as [`PoolEvent`]s on the
-//! channel given at start, in order per execution: `Started`, `Log`*, `Finished`.
+//! This module does no I/O. `Dispatcher::step` takes one `Event` (a caller's
+//! request, a template task's report, or a `Event::Tick`) and the time it happened,
+//! and returns the `Action`s that follow (start a template, send it a command, report
+//! a [`PoolEvent`], answer start-up or shutdown). The driver ([`super::driver`]) owns the
+//! channels and the template tasks, feeds it events and carries the actions out; the
+//! unit tests at the bottom feed it events with made-up `Instant`s instead, so every
+//! decision below is tested without a process (nextest's `DispatcherContext`).
+//! Results leave as [`PoolEvent`]s, in order per execution: `Started`, `Log`*,
+//! `Finished`.
 //!
 //! A slot's life (one template process at a time):
 //!
@@ -28,41 +34,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
 use warden_protocol::{
     Ended, ErrorInfo, ExecutionResult, ExitKind, FromWorker, Isolation, Outcome, ToWorker,
 };
 
-use super::config::{PoolConfig, PoolError};
-use super::template::{self, TemplateCmd, TemplateEvent};
-use super::uids::{self, SlotIds};
-use super::{firewall, posture};
+use super::config::PoolConfig;
+use super::template_task::{TemplateCmd, TemplateEvent};
 use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
 
 /// The error type of an execution killed because the drain ended (`Interrupted`).
 pub const SHUTDOWN: &str = "Shutdown";
-
-/// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
-/// is called or every handle is dropped.
-#[derive(Clone)]
-pub struct Pool {
-    requests: mpsc::UnboundedSender<Request>,
-    shared: Arc<Shared>,
-    slot_ids: Vec<SlotIds>,
-}
-
-/// A snapshot of the pool's counters.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PoolStats {
-    pub workers: usize,
-    pub ready: usize,
-    pub busy: usize,
-    pub queued: usize,
-    pub completed: u64,
-    pub templates_started: u64,
-    /// Spawn-to-hello time of the most recent template, microseconds.
-    pub last_spawn_to_ready_us: u64,
-}
 
 /// What was left when the pool stopped.
 #[derive(Debug, Clone, Default)]
@@ -75,189 +56,55 @@ pub struct ShutdownReport {
     pub returned: usize,
 }
 
+/// The counters behind [`super::Pool::stats`]: written by the dispatcher (and `queued`
+/// also by `Pool::submit`), read by any handle.
 #[derive(Default)]
-struct Shared {
-    workers: AtomicUsize,
-    ready: AtomicUsize,
-    busy: AtomicUsize,
-    queued: AtomicUsize,
-    completed: AtomicU64,
-    templates_started: AtomicU64,
-    last_spawn_to_ready_us: AtomicU64,
+pub(super) struct Shared {
+    pub(super) workers: AtomicUsize,
+    pub(super) ready: AtomicUsize,
+    pub(super) busy: AtomicUsize,
+    pub(super) queued: AtomicUsize,
+    pub(super) completed: AtomicU64,
+    pub(super) templates_started: AtomicU64,
+    pub(super) last_spawn_to_ready_us: AtomicU64,
 }
 
-enum Request {
+/// Something that happened, for [`Dispatcher::step`].
+#[derive(Debug)]
+pub(super) enum Event {
     Submit(Box<Job>),
     Cancel(String),
     Reply(warden_protocol::Reply),
-    Shutdown {
-        drain: Duration,
-        done: oneshot::Sender<ShutdownReport>,
-    },
+    /// Stop taking work; let what runs finish for up to this long (a second one: now).
+    Shutdown(Duration),
+    /// Every `Pool` handle is gone: stop now.
+    Closed,
+    Template(TemplateEvent),
+    /// Nothing arrived, but time passed (see [`Dispatcher::next_timer`]).
+    Tick,
 }
 
-impl Pool {
-    /// Starts `cfg.workers` templates and returns once every one has said hello (or
-    /// with the first start-up failure, e.g. a missing worker binary).
-    pub async fn start(
-        cfg: PoolConfig,
-        events: mpsc::UnboundedSender<PoolEvent>,
-    ) -> Result<Pool, PoolError> {
-        if cfg.workers == 0 {
-            return Err(PoolError::Config("--workers must be at least 1".into()));
-        }
-        if let Err(source) = std::fs::metadata(&cfg.worker_bin) {
-            return Err(PoolError::WorkerBinary {
-                path: cfg.worker_bin.clone(),
-                source,
-            });
-        }
-        std::fs::create_dir_all(&cfg.run_dir).map_err(|source| PoolError::RunDir {
-            path: cfg.run_dir.clone(),
-            source,
-        })?;
-        let mut cfg = cfg;
-        let mut firewall = None;
-        let lease = match cfg.worker_uid_base {
-            Some(base) => {
-                let lease = uids::lease(std::path::Path::new(uids::LOCK_DIR), base, cfg.workers)?;
-                cfg.slot_ids = lease.ids.clone();
-                let first_child = base + uids::RANGE;
-                let last_child = first_child + uids::RANGE - 1;
-                firewall = Some(firewall::block_host_services(first_child, last_child));
-                Some(lease)
-            }
-            None => None,
-        };
-        let (layers, warnings) = posture::describe(&cfg, firewall.as_ref());
-        tracing::info!("{layers}");
-        for w in warnings {
-            tracing::warn!("sandbox: {w}");
-        }
-        let slot_ids = cfg.slot_ids.clone();
-        let (req_tx, req_rx) = mpsc::unbounded_channel();
-        let (tmpl_tx, tmpl_rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let shared = Arc::new(Shared::default());
-        shared.workers.store(cfg.workers, Ordering::Relaxed);
-        let start_timeout = cfg.start_timeout;
-        let cfg = Arc::new(cfg);
-        let mut d = Dispatcher {
-            slots: Vec::with_capacity(cfg.workers),
-            cfg,
-            queue: VecDeque::new(),
-            requests: req_rx,
-            tmpl_tx,
-            tmpl_rx,
-            events,
-            shared: shared.clone(),
-            startup: Some(ready_tx),
-            drain: None,
-            next_generation: 1,
-            drained: 0,
-            returned: 0,
-            dispatches: 0,
-            manifest: None,
-            _lease: lease,
-        };
-        for slot in 0..d.cfg.workers {
-            let (cmds, generation) = d.launch(slot);
-            d.slots.push(Slot {
-                generation,
-                cmds,
-                state: SlotState::Starting,
-                executions: 0,
-                failed_starts: 0,
-                last_dispatch: 0,
-                tenant: None,
-                manifest: 0,
-            });
-        }
-        tokio::spawn(d.run());
-        match tokio::time::timeout(start_timeout + Duration::from_secs(1), ready_rx).await {
-            Ok(Ok(Ok(()))) => Ok(Pool {
-                requests: req_tx,
-                shared,
-                slot_ids,
-            }),
-            Ok(Ok(Err(reason))) => Err(PoolError::WorkerStart(reason)),
-            Ok(Err(_)) => Err(PoolError::WorkerStart(
-                "the pool stopped while starting".into(),
-            )),
-            Err(_) => Err(PoolError::WorkerStart(format!(
-                "templates not ready within {start_timeout:?}"
-            ))),
-        }
-    }
-
-    /// Queues an execution; its events arrive on the pool's event channel. A pool that
-    /// has stopped hands the job back, so the caller can record it: nothing accepted is
-    /// ever dropped silently.
-    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match self.requests.send(Request::Submit(Box::new(job))) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendError(Request::Submit(job))) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(job)
-            }
-            Err(_) => unreachable!("we sent a Submit"),
-        }
-    }
-
-    /// Cancels a queued or running execution (it ends `cancelled`). Unknown ids are
-    /// ignored: the execution already finished, or never came here.
-    pub fn cancel(&self, execution_id: &str) {
-        let _ = self
-            .requests
-            .send(Request::Cancel(execution_id.to_string()));
-    }
-
-    /// Answers a [`PoolEvent::Request`]. A reply for an execution that already ended
-    /// is dropped.
-    pub fn reply(&self, reply: warden_protocol::Reply) {
-        let _ = self.requests.send(Request::Reply(reply));
-    }
-
-    /// Stops taking work and hands back what is queued (`PoolEvent::Returned`), lets
-    /// what is running finish for up to `drain`, then kills what is left (reported
-    /// `PoolEvent::Interrupted`) and stops every template. Called again, the drain
-    /// ends now.
-    pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
-        let (done, rx) = oneshot::channel();
-        if self
-            .requests
-            .send(Request::Shutdown { drain, done })
-            .is_err()
-        {
-            return ShutdownReport::default();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    /// The uids each slot's template and children run under (empty when the
-    /// supervisor is not root).
-    pub fn slot_ids(&self) -> &[SlotIds] {
-        &self.slot_ids
-    }
-
-    pub fn stats(&self) -> PoolStats {
-        let s = &self.shared;
-        PoolStats {
-            workers: s.workers.load(Ordering::Relaxed),
-            ready: s.ready.load(Ordering::Relaxed),
-            busy: s.busy.load(Ordering::Relaxed),
-            queued: s.queued.load(Ordering::Relaxed),
-            completed: s.completed.load(Ordering::Relaxed),
-            templates_started: s.templates_started.load(Ordering::Relaxed),
-            last_spawn_to_ready_us: s.last_spawn_to_ready_us.load(Ordering::Relaxed),
-        }
-    }
+/// What the driver must do, in this order.
+#[derive(Debug)]
+// Most actions are `Emit`s, and they live only until the step's end: boxing them would
+// cost an allocation per log line to save bytes on the rare small ones.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Action {
+    /// Start a template task for `slot`; later commands for the slot go to it.
+    Spawn { slot: usize, generation: u64 },
+    /// A command for the slot's current template task.
+    Template { slot: usize, cmd: TemplateCmd },
+    /// Report to whoever started the pool.
+    Emit(PoolEvent),
+    /// Start-up is over: every template is ready, or why the pool cannot start.
+    Started(Result<(), String>),
+    /// The drain is complete: answer the shutdown request and stop (dropping every
+    /// template task's channel, so each kills what is left of its template).
+    Stop(ShutdownReport),
 }
 
 struct Slot {
     generation: u64,
-    cmds: mpsc::UnboundedSender<TemplateCmd>,
     state: SlotState,
     /// Executions run by the current template (reuse-mode recycling).
     executions: u32,
@@ -298,37 +145,53 @@ struct Running {
     timeout: Duration,
     deadline: Instant,
     result: Option<ExecutionResult>,
-    /// Why and when we asked for it to be killed.
-    kill: Option<(KillReason, Instant)>,
-    /// Whether the template itself has been killed over this execution.
-    template_killed: bool,
+    kill: KillState,
+}
+
+/// How far killing a running execution has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillState {
+    /// Not asked: it runs until it ends or its deadline passes.
+    NotAsked,
+    /// Asked at `at`: in fork mode the template kills the child and sends `Ended`; if
+    /// that has not come by `at + kill_grace`, the template itself is killed.
+    Asked { why: KillReason, at: Instant },
+    /// The template itself was killed over it (reuse mode, or the grace passed): its
+    /// `Gone` ends the execution, and there is nothing left to time.
+    TemplateKilled { why: KillReason },
+}
+
+impl KillState {
+    fn reason(self) -> Option<KillReason> {
+        match self {
+            KillState::NotAsked => None,
+            KillState::Asked { why, .. } | KillState::TemplateKilled { why } => Some(why),
+        }
+    }
 }
 
 impl Running {
     /// Killed because the drain ended, not for its own deadline or a cancel.
     fn interrupted(&self) -> bool {
-        matches!(self.kill, Some((KillReason::Shutdown, _)))
+        self.kill.reason() == Some(KillReason::Shutdown)
     }
 }
 
 struct Drain {
     deadline: Instant,
-    done: Option<oneshot::Sender<ShutdownReport>>,
     abandoned: usize,
     /// Set once every template has been asked to stop.
     stopping: bool,
 }
 
-struct Dispatcher {
+/// The pool's state and every decision about it; see the module header.
+pub(super) struct Dispatcher {
     cfg: Arc<PoolConfig>,
     slots: Vec<Slot>,
     queue: VecDeque<Job>,
-    requests: mpsc::UnboundedReceiver<Request>,
-    tmpl_tx: mpsc::UnboundedSender<TemplateEvent>,
-    tmpl_rx: mpsc::UnboundedReceiver<TemplateEvent>,
-    events: mpsc::UnboundedSender<PoolEvent>,
     shared: Arc<Shared>,
-    startup: Option<oneshot::Sender<Result<(), String>>>,
+    /// Start-up has not been reported yet (`Action::Started`).
+    starting: bool,
     drain: Option<Drain>,
     next_generation: u64,
     drained: usize,
@@ -339,52 +202,49 @@ struct Dispatcher {
     /// The module manifest of the last job dispatched, given to templates as soon as
     /// they are ready (so they load and check the workspace before their first job).
     manifest: Option<Arc<warden_protocol::ModuleManifest>>,
-    /// The slots' uids, held until the dispatcher (and so every template) is gone.
-    _lease: Option<uids::Lease>,
+    /// What the current step decided, handed to the driver when it ends.
+    actions: Vec<Action>,
 }
 
 impl Dispatcher {
-    async fn run(mut self) {
-        loop {
-            let timer = self.next_timer();
-            tokio::select! {
-                req = self.requests.recv() => match req {
-                    Some(r) => self.on_request(r),
-                    // Every handle dropped: stop now.
-                    None => self.begin_drain(Duration::ZERO, None),
-                },
-                Some(ev) = self.tmpl_rx.recv() => self.on_template(ev),
-                _ = sleep_until_opt(timer) => self.on_timer(Instant::now()),
-            }
-            self.dispatch();
-            self.publish_stats();
-            if self.finish_drain_if_done() {
-                return;
-            }
+    /// A pool of `cfg.workers` slots, and the actions that start their templates.
+    pub(super) fn new(cfg: Arc<PoolConfig>, shared: Arc<Shared>) -> (Self, Vec<Action>) {
+        shared.workers.store(cfg.workers, Ordering::Relaxed);
+        let mut d = Dispatcher {
+            slots: Vec::with_capacity(cfg.workers),
+            cfg,
+            queue: VecDeque::new(),
+            shared,
+            starting: true,
+            drain: None,
+            next_generation: 1,
+            drained: 0,
+            returned: 0,
+            dispatches: 0,
+            manifest: None,
+            actions: Vec::new(),
+        };
+        for slot in 0..d.cfg.workers {
+            let generation = d.launch(slot);
+            d.slots.push(Slot {
+                generation,
+                state: SlotState::Starting,
+                executions: 0,
+                failed_starts: 0,
+                last_dispatch: 0,
+                tenant: None,
+                manifest: 0,
+            });
         }
+        let first = std::mem::take(&mut d.actions);
+        (d, first)
     }
 
-    /// Starts the template task for `slot`; returns its command channel and generation.
-    fn launch(&mut self, slot: usize) -> (mpsc::UnboundedSender<TemplateCmd>, u64) {
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.shared
-            .templates_started
-            .fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(template::run(
-            self.cfg.clone(),
-            slot,
-            generation,
-            self.tmpl_tx.clone(),
-            rx,
-        ));
-        (tx, generation)
-    }
-
-    fn on_request(&mut self, req: Request) {
-        match req {
-            Request::Submit(job) => {
+    /// Takes one event that happened at `now`; returns what to do about it. After an
+    /// [`Action::Stop`] the dispatcher is done and must not be stepped again.
+    pub(super) fn step(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Submit(job) => {
                 if self.drain.is_some() {
                     // Shutting down: never started here, so it goes back untouched.
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -393,22 +253,49 @@ impl Dispatcher {
                     self.queue.push_back(*job);
                 }
             }
-            Request::Cancel(id) => self.cancel(&id),
-            Request::Reply(reply) => {
+            Event::Cancel(id) => self.cancel(&id, now),
+            Event::Reply(reply) => {
                 let slot = self.slots.iter().position(|s| {
                     matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == reply.execution_id)
                 });
                 if let Some(slot) = slot {
-                    let _ = self.slots[slot]
-                        .cmds
-                        .send(TemplateCmd::Send(Box::new(ToWorker::Reply(reply))));
+                    self.send(slot, ToWorker::Reply(reply));
                 }
             }
-            Request::Shutdown { drain, done } => self.begin_drain(drain, Some(done)),
+            Event::Shutdown(drain) => self.begin_drain(drain, now),
+            Event::Closed => self.begin_drain(Duration::ZERO, now),
+            Event::Template(ev) => self.on_template(ev, now),
+            Event::Tick => self.on_timer(now),
         }
+        self.dispatch(now);
+        self.publish_stats();
+        self.finish_drain_if_done(now);
+        std::mem::take(&mut self.actions)
     }
 
-    fn cancel(&mut self, id: &str) {
+    /// Starts a template for `slot`; returns its generation.
+    fn launch(&mut self, slot: usize) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.shared
+            .templates_started
+            .fetch_add(1, Ordering::Relaxed);
+        self.actions.push(Action::Spawn { slot, generation });
+        generation
+    }
+
+    fn send(&mut self, slot: usize, msg: ToWorker) {
+        self.actions.push(Action::Template {
+            slot,
+            cmd: TemplateCmd::Send(Box::new(msg)),
+        });
+    }
+
+    fn emit(&mut self, event: PoolEvent) {
+        self.actions.push(Action::Emit(event));
+    }
+
+    fn cancel(&mut self, id: &str, now: Instant) {
         if let Some(pos) = self.queue.iter().position(|j| j.execution_id == id) {
             let job = self.queue.remove(pos).expect("position is in range");
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -422,26 +309,20 @@ impl Dispatcher {
             return;
         }
         let found = self.slots.iter().position(|s| {
-            matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == id && r.kill.is_none())
+            matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == id && r.kill == KillState::NotAsked)
         });
         if let Some(slot) = found {
-            self.kill_running(slot, KillReason::Cancelled, Instant::now());
+            self.kill_running(slot, KillReason::Cancelled, now);
         }
     }
 
-    fn begin_drain(&mut self, drain: Duration, done: Option<oneshot::Sender<ShutdownReport>>) {
+    fn begin_drain(&mut self, drain: Duration, now: Instant) {
         match &mut self.drain {
             // A second shutdown request: escalate, the drain ends now.
-            Some(d) => {
-                d.deadline = Instant::now();
-                if d.done.is_none() {
-                    d.done = done;
-                }
-            }
+            Some(d) => d.deadline = now,
             None => {
                 self.drain = Some(Drain {
-                    deadline: Instant::now() + drain,
-                    done,
+                    deadline: now + drain,
                     abandoned: 0,
                     stopping: false,
                 });
@@ -452,16 +333,15 @@ impl Dispatcher {
                 }
             }
         }
-        self.on_timer(Instant::now());
+        self.on_timer(now);
     }
 
     /// Reports a job that never started as handed back (see `PoolEvent::Returned`).
     fn hand_back(&mut self, execution_id: String) {
         self.returned += 1;
-        let _ = self.events.send(PoolEvent::Returned { execution_id });
+        self.emit(PoolEvent::Returned { execution_id });
     }
 
-    /// Hands queued jobs to idle templates.
     /// The idle slot the queue's first execution goes to, if any may take it now.
     ///
     /// Fork mode: the idle slot that has waited longest (a fork-mode template forks its
@@ -506,15 +386,15 @@ impl Dispatcher {
                     slot = i,
                     "recycling a reuse template for another organization"
                 );
-                let s = &mut self.slots[i];
-                let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
-                s.state = SlotState::Retiring;
+                self.send(i, ToWorker::Shutdown);
+                self.slots[i].state = SlotState::Retiring;
             }
         }
         None
     }
 
-    fn dispatch(&mut self) {
+    /// Hands queued jobs to idle templates.
+    fn dispatch(&mut self, now: Instant) {
         while !self.queue.is_empty() {
             let Some(slot) = self.pick_slot() else {
                 return;
@@ -530,8 +410,7 @@ impl Dispatcher {
                     if self.slots[slot].manifest != m.id {
                         // Only when the template lacks it: never per execution.
                         self.slots[slot].manifest = m.id;
-                        let msg = ToWorker::Modules(m.as_ref().clone());
-                        let _ = self.slots[slot].cmds.send(TemplateCmd::Send(Box::new(msg)));
+                        self.send(slot, ToWorker::Modules(m.as_ref().clone()));
                     }
                     self.manifest = Some(m.clone());
                     m.id
@@ -554,25 +433,22 @@ impl Dispatcher {
                 org: job.org.clone().unwrap_or_default(),
                 code: warden_protocol::Code::None,
             });
-            let now = Instant::now();
-            let s = &mut self.slots[slot];
             // If the template task is gone its Gone event is on the way and will
             // finalise this execution as crashed.
-            let _ = s.cmds.send(TemplateCmd::Send(Box::new(msg)));
-            s.state = SlotState::Busy(Box::new(Running {
+            self.send(slot, msg);
+            self.slots[slot].state = SlotState::Busy(Box::new(Running {
                 job,
                 dispatched: now,
                 started_at: SystemTime::now(),
                 timeout,
                 deadline: now + timeout,
                 result: None,
-                kill: None,
-                template_killed: false,
+                kill: KillState::NotAsked,
             }));
         }
     }
 
-    fn on_template(&mut self, ev: TemplateEvent) {
+    fn on_template(&mut self, ev: TemplateEvent, now: Instant) {
         match ev {
             TemplateEvent::Ready {
                 slot,
@@ -592,15 +468,14 @@ impl Dispatcher {
                 s.executions = 0;
                 s.manifest = 0;
                 if self.drain.as_ref().is_some_and(|d| d.stopping) {
-                    let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
                     s.state = SlotState::Retiring;
+                    self.send(slot, ToWorker::Shutdown);
                 } else {
-                    if let Some(m) = &self.manifest {
-                        s.manifest = m.id;
-                        let msg = ToWorker::Modules(m.as_ref().clone());
-                        let _ = s.cmds.send(TemplateCmd::Send(Box::new(msg)));
-                    }
                     s.state = SlotState::Idle;
+                    if let Some(m) = self.manifest.clone() {
+                        self.slots[slot].manifest = m.id;
+                        self.send(slot, ToWorker::Modules(m.as_ref().clone()));
+                    }
                 }
                 self.check_started();
             }
@@ -610,7 +485,7 @@ impl Dispatcher {
                 msg,
             } => {
                 if self.slots[slot].generation == generation {
-                    self.on_frame(slot, msg);
+                    self.on_frame(slot, msg, now);
                 }
             }
             TemplateEvent::Gone {
@@ -624,12 +499,12 @@ impl Dispatcher {
                 if self.slots[slot].generation != generation {
                     return;
                 }
-                self.on_gone(slot, was_ready, reason, exit_code, exit_signal);
+                self.on_gone(slot, was_ready, reason, exit_code, exit_signal, now);
             }
         }
     }
 
-    fn on_frame(&mut self, slot: usize, msg: FromWorker) {
+    fn on_frame(&mut self, slot: usize, msg: FromWorker, now: Instant) {
         let SlotState::Busy(running) = &mut self.slots[slot].state else {
             return self.protocol_violation(slot, "a frame arrived while no execution was running");
         };
@@ -650,17 +525,13 @@ impl Dispatcher {
         }
         match msg {
             FromWorker::Started(m) => {
-                let _ = self.events.send(PoolEvent::Started {
+                self.emit(PoolEvent::Started {
                     execution_id: m.execution_id,
                     pid: m.pid,
                 });
             }
-            FromWorker::Log(log) => {
-                let _ = self.events.send(PoolEvent::Log(log));
-            }
-            FromWorker::Request(req) => {
-                let _ = self.events.send(PoolEvent::Request(req));
-            }
+            FromWorker::Log(log) => self.emit(PoolEvent::Log(log)),
+            FromWorker::Request(req) => self.emit(PoolEvent::Request(req)),
             FromWorker::Result(r) => {
                 if running.result.is_some() {
                     return self.protocol_violation(slot, "a second result");
@@ -674,7 +545,7 @@ impl Dispatcher {
                     unreachable!("checked above")
                 };
                 let interrupted = running.interrupted();
-                let out = self.outcome_from_ended(*running, ended.clone());
+                let out = outcome_from_ended(*running, ended.clone(), now);
                 self.end(out, interrupted);
                 self.after_execution(slot, &ended);
             }
@@ -700,14 +571,17 @@ impl Dispatcher {
                 rss = ended.worker_rss_bytes,
                 "recycling worker"
             );
-            let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
             s.state = SlotState::Retiring;
+            self.send(slot, ToWorker::Shutdown);
         }
     }
 
     fn protocol_violation(&mut self, slot: usize, what: &str) {
         tracing::warn!(slot, what, "worker broke the protocol; killing it");
-        let _ = self.slots[slot].cmds.send(TemplateCmd::Kill);
+        self.actions.push(Action::Template {
+            slot,
+            cmd: TemplateCmd::Kill,
+        });
     }
 
     fn on_gone(
@@ -717,12 +591,13 @@ impl Dispatcher {
         reason: String,
         exit_code: Option<i32>,
         exit_signal: Option<i32>,
+        now: Instant,
     ) {
         let state = std::mem::replace(&mut self.slots[slot].state, SlotState::Down(None));
         let retiring = matches!(state, SlotState::Retiring);
         if let SlotState::Busy(running) = state {
             let interrupted = running.interrupted();
-            let out = self.outcome_from_template_death(*running, &reason, exit_code, exit_signal);
+            let out = outcome_from_template_death(*running, &reason, exit_code, exit_signal, now);
             self.end(out, interrupted);
         }
         if !was_ready {
@@ -731,10 +606,11 @@ impl Dispatcher {
             } else {
                 tracing::error!(slot, %reason, "worker failed to start");
             }
-            if let Some(tx) = self.startup.take() {
-                let _ = tx.send(Err(reason));
+            if self.starting {
+                self.starting = false;
+                self.actions.push(Action::Started(Err(reason)));
                 // The pool is unusable: stop now.
-                self.begin_drain(Duration::ZERO, None);
+                self.begin_drain(Duration::ZERO, now);
                 return;
             }
             self.slots[slot].failed_starts += 1;
@@ -750,42 +626,42 @@ impl Dispatcher {
         } else {
             Duration::from_millis(100 << n).min(Duration::from_secs(10))
         };
-        self.slots[slot].state = SlotState::Down(Some(Instant::now() + backoff));
+        self.slots[slot].state = SlotState::Down(Some(now + backoff));
         if backoff.is_zero() {
             self.respawn(slot);
         }
     }
 
     fn respawn(&mut self, slot: usize) {
-        let (cmds, generation) = self.launch(slot);
+        let generation = self.launch(slot);
         let s = &mut self.slots[slot];
-        s.cmds = cmds;
         s.generation = generation;
         s.state = SlotState::Starting;
         s.tenant = None;
     }
 
     fn check_started(&mut self) {
-        if self.startup.is_some()
+        if self.starting
             && self
                 .slots
                 .iter()
                 .all(|s| !matches!(s.state, SlotState::Starting))
         {
-            let _ = self.startup.take().expect("checked").send(Ok(()));
+            self.starting = false;
+            self.actions.push(Action::Started(Ok(())));
         }
     }
 
-    /// The earliest instant at which `on_timer` has something to do.
-    fn next_timer(&self) -> Option<Instant> {
+    /// The earliest instant at which a [`Event::Tick`] has something to do.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
         let mut next: Option<Instant> = self.drain.as_ref().map(|d| d.deadline);
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for s in &self.slots {
             match &s.state {
                 SlotState::Busy(r) => match r.kill {
-                    None => consider(r.deadline),
-                    Some((_, at)) if !r.template_killed => consider(at + self.cfg.kill_grace),
-                    Some(_) => {}
+                    KillState::NotAsked => consider(r.deadline),
+                    KillState::Asked { at, .. } => consider(at + self.cfg.kill_grace),
+                    KillState::TemplateKilled { .. } => {}
                 },
                 SlotState::Down(Some(at)) => consider(*at),
                 _ => {}
@@ -806,14 +682,16 @@ impl Dispatcher {
         for slot in 0..self.slots.len() {
             match &self.slots[slot].state {
                 SlotState::Busy(r) => match r.kill {
-                    None if now >= r.deadline => self.kill_running(slot, KillReason::Timeout, now),
-                    None if drain_over => {
+                    KillState::NotAsked if now >= r.deadline => {
+                        self.kill_running(slot, KillReason::Timeout, now)
+                    }
+                    KillState::NotAsked if drain_over => {
                         if let Some(d) = &mut self.drain {
                             d.abandoned += 1;
                         }
                         self.kill_running(slot, KillReason::Shutdown, now)
                     }
-                    Some((_, at)) if !r.template_killed && now >= at + self.cfg.kill_grace => {
+                    KillState::Asked { at, .. } if now >= at + self.cfg.kill_grace => {
                         tracing::warn!(
                             slot,
                             "worker did not stop its execution in time; killing the worker"
@@ -835,16 +713,12 @@ impl Dispatcher {
         let SlotState::Busy(r) = &mut self.slots[slot].state else {
             return;
         };
-        r.kill = Some((why, now));
+        r.kill = KillState::Asked { why, at: now };
         match isolation {
             // The child is the template's: it kills the child's process group.
             Isolation::Fork => {
-                let id = r.job.execution_id.clone();
-                let _ = self.slots[slot]
-                    .cmds
-                    .send(TemplateCmd::Send(Box::new(ToWorker::Kill {
-                        execution_id: id,
-                    })));
+                let execution_id = r.job.execution_id.clone();
+                self.send(slot, ToWorker::Kill { execution_id });
             }
             // The code runs in the template itself: only killing it stops the code.
             Isolation::Reuse => self.kill_template(slot),
@@ -853,64 +727,75 @@ impl Dispatcher {
 
     fn kill_template(&mut self, slot: usize) {
         if let SlotState::Busy(r) = &mut self.slots[slot].state {
-            r.template_killed = true;
+            if let KillState::Asked { why, .. } = r.kill {
+                r.kill = KillState::TemplateKilled { why };
+            }
         }
-        let _ = self.slots[slot].cmds.send(TemplateCmd::Kill);
+        self.actions.push(Action::Template {
+            slot,
+            cmd: TemplateCmd::Kill,
+        });
     }
 
-    /// True when a drain is complete and the dispatcher may stop.
-    fn finish_drain_if_done(&mut self) -> bool {
+    /// Ends the dispatcher (`Action::Stop`) once a drain is complete.
+    fn finish_drain_if_done(&mut self, now: Instant) {
         let Some(d) = &mut self.drain else {
-            return false;
+            return;
         };
         let busy = self
             .slots
             .iter()
             .any(|s| matches!(s.state, SlotState::Busy(_)));
         if busy || !self.queue.is_empty() {
-            return false;
+            return;
         }
         if !d.stopping {
             d.stopping = true;
-            for s in &mut self.slots {
-                match s.state {
+            for slot in 0..self.slots.len() {
+                match self.slots[slot].state {
                     // A starting template is told on its hello (see `Ready`): a Shutdown
                     // frame before its Welcome would be a protocol error to it.
                     SlotState::Idle => {
-                        let _ = s.cmds.send(TemplateCmd::Send(Box::new(ToWorker::Shutdown)));
-                        s.state = SlotState::Retiring;
+                        self.slots[slot].state = SlotState::Retiring;
+                        self.send(slot, ToWorker::Shutdown);
                     }
-                    SlotState::Down(_) => s.state = SlotState::Down(None),
+                    SlotState::Down(_) => self.slots[slot].state = SlotState::Down(None),
                     _ => {}
                 }
             }
         }
+        let Some(d) = &self.drain else {
+            unreachable!("checked above")
+        };
         let all_gone = self
             .slots
             .iter()
             .all(|s| matches!(s.state, SlotState::Down(_)));
         // Templates get until the drain deadline (plus a grace) to exit by themselves.
-        let late = Instant::now() >= d.deadline + self.cfg.kill_grace;
+        let late = now >= d.deadline + self.cfg.kill_grace;
         if !all_gone && !late {
-            return false;
-        }
-        if late {
-            for s in &self.slots {
-                let _ = s.cmds.send(TemplateCmd::Kill);
-            }
+            return;
         }
         let report = ShutdownReport {
             drained: self.drained,
             abandoned: d.abandoned,
             returned: self.returned,
         };
-        if let Some(done) = d.done.take() {
-            let _ = done.send(report);
+        if late {
+            for slot in 0..self.slots.len() {
+                self.actions.push(Action::Template {
+                    slot,
+                    cmd: TemplateCmd::Kill,
+                });
+            }
         }
-        if let Some(tx) = self.startup.take() {
-            let _ = tx.send(Err("the pool was shut down while starting".into()));
+        if self.starting {
+            self.starting = false;
+            self.actions.push(Action::Started(Err(
+                "the pool was shut down while starting".into(),
+            )));
         }
-        true
+        self.actions.push(Action::Stop(report));
     }
 
     fn publish_stats(&self) {
@@ -934,7 +819,7 @@ impl Dispatcher {
     fn end(&mut self, out: ExecutionOutcome, interrupted: bool) {
         if interrupted {
             self.shared.completed.fetch_add(1, Ordering::Relaxed);
-            let _ = self.events.send(PoolEvent::Interrupted(out));
+            self.emit(PoolEvent::Interrupted(out));
         } else {
             self.finish(out);
         }
@@ -945,80 +830,82 @@ impl Dispatcher {
         if self.drain.is_some() {
             self.drained += 1;
         }
-        let _ = self.events.send(PoolEvent::Finished(out));
-    }
-
-    fn outcome_from_ended(&self, r: Running, ended: Ended) -> ExecutionOutcome {
-        let (exit_code, exit_signal) = match ended.exit {
-            ExitKind::Exited(c) => (Some(c), None),
-            ExitKind::Signaled(s) => (None, Some(s)),
-            _ => (None, None),
-        };
-        let mut out = base_outcome(&r);
-        out.peak_memory_bytes = ended.peak_memory_bytes;
-        out.cpu_seconds = (ended.user_cpu_us + ended.system_cpu_us) as f64 / 1e6;
-        out.exit_code = exit_code;
-        out.exit_signal = exit_signal;
-        if let Some((why, _)) = r.kill {
-            killed(&mut out, why, &r);
-            return out;
-        }
-        if let ExitKind::ProtocolError(reason) = &ended.exit {
-            out.status = Status::Crashed;
-            out.error = Some(error(
-                "ProtocolError",
-                format!("the execution broke the worker protocol and was killed: {reason}"),
-            ));
-            return out;
-        }
-        match r.result {
-            Some(res) => {
-                out.logs_dropped = res.logs_dropped;
-                out.sdk_writes_json = res.sdk_writes_json;
-                match res.outcome {
-                    Outcome::Success { result_json } => {
-                        out.status = Status::Success;
-                        out.result_json = Some(result_json);
-                    }
-                    Outcome::Failed(e) => {
-                        out.status = Status::Failed;
-                        out.error = Some(e);
-                    }
-                }
-            }
-            None => {
-                out.status = Status::Crashed;
-                out.error = Some(error("Crashed", crash_message(exit_code, exit_signal)));
-            }
-        }
-        out
-    }
-
-    fn outcome_from_template_death(
-        &self,
-        r: Running,
-        reason: &str,
-        exit_code: Option<i32>,
-        exit_signal: Option<i32>,
-    ) -> ExecutionOutcome {
-        let mut out = base_outcome(&r);
-        out.exit_code = exit_code;
-        out.exit_signal = exit_signal;
-        if let Some((why, _)) = r.kill {
-            killed(&mut out, why, &r);
-            return out;
-        }
-        // Reuse mode: a result may have arrived before the template died.
-        out.status = Status::Crashed;
-        out.error = Some(error(
-            "Crashed",
-            format!("{}; {reason}", crash_message(exit_code, exit_signal)),
-        ));
-        out
+        self.emit(PoolEvent::Finished(out));
     }
 }
 
-fn base_outcome(r: &Running) -> ExecutionOutcome {
+fn outcome_from_ended(r: Running, ended: Ended, now: Instant) -> ExecutionOutcome {
+    let (exit_code, exit_signal) = match ended.exit {
+        ExitKind::Exited(c) => (Some(c), None),
+        ExitKind::Signaled(s) => (None, Some(s)),
+        _ => (None, None),
+    };
+    let mut out = base_outcome(&r, now);
+    out.peak_memory_bytes = ended.peak_memory_bytes;
+    out.cpu_seconds = (ended.user_cpu_us + ended.system_cpu_us) as f64 / 1e6;
+    out.exit_code = exit_code;
+    out.exit_signal = exit_signal;
+    if let Some(why) = r.kill.reason() {
+        killed(&mut out, why, &r);
+        return out;
+    }
+    if let ExitKind::ProtocolError(reason) = &ended.exit {
+        out.status = Status::Crashed;
+        out.error = Some(error(
+            "ProtocolError",
+            format!("the execution broke the worker protocol and was killed: {reason}"),
+        ));
+        return out;
+    }
+    match r.result {
+        Some(res) => {
+            out.logs_dropped = res.logs_dropped;
+            out.sdk_writes_json = res.sdk_writes_json;
+            match res.outcome {
+                Outcome::Success { result_json } => {
+                    out.status = Status::Success;
+                    out.result_json = Some(result_json);
+                }
+                Outcome::Failed(e) => {
+                    out.status = Status::Failed;
+                    out.error = Some(e);
+                }
+            }
+        }
+        None => {
+            out.status = Status::Crashed;
+            out.error = Some(error("Crashed", crash_message(exit_code, exit_signal)));
+        }
+    }
+    out
+}
+
+fn outcome_from_template_death(
+    r: Running,
+    reason: &str,
+    exit_code: Option<i32>,
+    exit_signal: Option<i32>,
+    now: Instant,
+) -> ExecutionOutcome {
+    let mut out = base_outcome(&r, now);
+    out.exit_code = exit_code;
+    out.exit_signal = exit_signal;
+    if let Some(why) = r.kill.reason() {
+        killed(&mut out, why, &r);
+        return out;
+    }
+    // Reuse mode: a result may have arrived before the template died.
+    out.status = Status::Crashed;
+    out.error = Some(error(
+        "Crashed",
+        format!("{}; {reason}", crash_message(exit_code, exit_signal)),
+    ));
+    out
+}
+
+/// `finished_at` and `started_at` are wall-clock times for the record only; every
+/// decision uses the `Instant` the driver passed in.
+fn base_outcome(r: &Running, now: Instant) -> ExecutionOutcome {
     ExecutionOutcome {
         execution_id: r.job.execution_id.clone(),
         status: Status::Crashed,
@@ -1026,7 +913,7 @@ fn base_outcome(r: &Running) -> ExecutionOutcome {
         error: None,
         started_at: Some(r.started_at),
         finished_at: SystemTime::now(),
-        duration: r.dispatched.elapsed(),
+        duration: now.saturating_duration_since(r.dispatched),
         peak_memory_bytes: 0,
         cpu_seconds: 0.0,
         exit_code: None,
@@ -1035,7 +922,6 @@ fn base_outcome(r: &Running) -> ExecutionOutcome {
         sdk_writes_json: String::new(),
     }
 }
-
 fn killed(out: &mut ExecutionOutcome, why: KillReason, r: &Running) {
     let (status, ty, msg) = match why {
         KillReason::Timeout => (
@@ -1091,9 +977,733 @@ fn error(error_type: &str, message: String) -> ErrorInfo {
     }
 }
 
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    //! The dispatcher fed events by hand, with made-up instants: no process, no socket,
+    //! no runtime. Each test reads the actions it gets back as the driver would.
+
+    use std::path::PathBuf;
+
+    use warden_protocol::{Hello, Log, LogLevel, Reply, ReplyOutcome, Started};
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    const GRACE: Duration = Duration::from_secs(2);
+
+    fn config(workers: usize, isolation: Isolation) -> PoolConfig {
+        let mut cfg = PoolConfig::new(PathBuf::from("/nonexistent"), PathBuf::from("/nonexistent"));
+        cfg.workers = workers;
+        cfg.isolation = isolation;
+        cfg.timeout = TIMEOUT;
+        cfg.kill_grace = GRACE;
+        cfg
+    }
+
+    fn job(id: &str, org: Option<&str>) -> Job {
+        Job {
+            execution_id: id.into(),
+            path: "wf.py".into(),
+            source: "def main(): return 1".into(),
+            function: "main".into(),
+            params_json: "{}".into(),
+            context_json: "{}".into(),
+            timeout: None,
+            limits: None,
+            modules_generation: 0,
+            org: org.map(str::to_string),
+            modules_manifest: None,
+        }
+    }
+
+    fn ended(id: &str, exit: ExitKind) -> FromWorker {
+        FromWorker::Ended(Ended {
+            execution_id: id.into(),
+            exit,
+            peak_memory_bytes: 1,
+            user_cpu_us: 1,
+            system_cpu_us: 1,
+            worker_rss_bytes: 1,
+        })
+    }
+
+    fn success(id: &str) -> FromWorker {
+        FromWorker::Result(ExecutionResult {
+            execution_id: id.into(),
+            outcome: Outcome::Success {
+                result_json: "1".into(),
+            },
+            duration_us: 1,
+            logs_dropped: 0,
+            sdk_writes_json: String::new(),
+        })
+    }
+
+    /// A dispatcher and a clock; remembers each slot's current template generation.
+    struct Harness {
+        d: Dispatcher,
+        t0: Instant,
+        now: Instant,
+        generations: Vec<u64>,
+    }
+
+    impl Harness {
+        /// Every template started and ready.
+        fn ready(cfg: PoolConfig) -> Harness {
+            let mut h = Harness::starting(cfg);
+            let mut last = Vec::new();
+            for slot in 0..h.generations.len() {
+                last = h.hello(slot);
+            }
+            assert!(matches!(started(&last), Some(Ok(()))));
+            h
+        }
+
+        /// Templates spawned, none ready yet.
+        fn starting(cfg: PoolConfig) -> Harness {
+            let workers = cfg.workers;
+            let (d, first) = Dispatcher::new(Arc::new(cfg), Arc::new(Shared::default()));
+            let now = Instant::now();
+            let mut h = Harness {
+                d,
+                t0: now,
+                now,
+                generations: vec![0; workers],
+            };
+            h.note(&first);
+            assert_eq!(spawns(&first), (0..workers).collect::<Vec<_>>());
+            h
+        }
+
+        fn note(&mut self, actions: &[Action]) {
+            for a in actions {
+                if let Action::Spawn { slot, generation } = a {
+                    self.generations[*slot] = *generation;
+                }
+            }
+        }
+
+        /// Moves the clock to `secs` after the start.
+        fn at(&mut self, secs: f64) -> &mut Self {
+            self.now = self.t0 + Duration::from_secs_f64(secs);
+            self
+        }
+
+        fn step(&mut self, event: Event) -> Vec<Action> {
+            let actions = self.d.step(event, self.now);
+            self.note(&actions);
+            actions
+        }
+
+        fn tick(&mut self) -> Vec<Action> {
+            self.step(Event::Tick)
+        }
+
+        fn submit(&mut self, job: Job) -> Vec<Action> {
+            self.d.shared.queued.fetch_add(1, Ordering::Relaxed);
+            self.step(Event::Submit(Box::new(job)))
+        }
+
+        fn hello(&mut self, slot: usize) -> Vec<Action> {
+            let generation = self.generations[slot];
+            self.step(Event::Template(TemplateEvent::Ready {
+                slot,
+                generation,
+                hello: Hello {
+                    protocol_version: warden_protocol::PROTOCOL_VERSION,
+                    worker_id: generation,
+                    pid: 1000 + slot as u32,
+                    isolation: Isolation::Fork,
+                    python_version: "3".into(),
+                },
+                spawn_to_ready: Duration::from_millis(5),
+            }))
+        }
+
+        fn frame(&mut self, slot: usize, msg: FromWorker) -> Vec<Action> {
+            let generation = self.generations[slot];
+            self.step(Event::Template(TemplateEvent::Frame {
+                slot,
+                generation,
+                msg,
+            }))
+        }
+
+        /// The slot's template ended; `signal` is how.
+        fn gone(&mut self, slot: usize, was_ready: bool, signal: Option<i32>) -> Vec<Action> {
+            let generation = self.generations[slot];
+            self.step(Event::Template(TemplateEvent::Gone {
+                slot,
+                generation,
+                was_ready,
+                reason: "worker process ended unexpectedly".into(),
+                exit_code: None,
+                exit_signal: signal,
+            }))
+        }
+
+        /// The slot ran `id` to a successful end.
+        fn succeed(&mut self, slot: usize, id: &str) -> Vec<Action> {
+            assert!(self.frame(slot, success(id)).is_empty());
+            self.frame(slot, ended(id, ExitKind::Exited(0)))
+        }
+    }
+
+    fn spawns(actions: &[Action]) -> Vec<usize> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `(slot, execution id)` of every Execute sent.
+    fn executes(actions: &[Action]) -> Vec<(usize, String)> {
+        sent(actions, |m| match m {
+            ToWorker::Execute(e) => Some(e.execution_id.clone()),
+            _ => None,
+        })
+    }
+
+    /// `(slot, execution id)` of every child Kill sent.
+    fn child_kills(actions: &[Action]) -> Vec<(usize, String)> {
+        sent(actions, |m| match m {
+            ToWorker::Kill { execution_id } => Some(execution_id.clone()),
+            _ => None,
+        })
+    }
+
+    /// The slots told to shut down.
+    fn shutdowns(actions: &[Action]) -> Vec<usize> {
+        sent(actions, |m| matches!(m, ToWorker::Shutdown).then_some(()))
+            .into_iter()
+            .map(|(slot, ())| slot)
+            .collect()
+    }
+
+    fn sent<T>(actions: &[Action], pick: impl Fn(&ToWorker) -> Option<T>) -> Vec<(usize, T)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Template {
+                    slot,
+                    cmd: TemplateCmd::Send(msg),
+                } => pick(msg).map(|x| (*slot, x)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The slots whose template is SIGKILLed.
+    fn template_kills(actions: &[Action]) -> Vec<usize> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Template {
+                    slot,
+                    cmd: TemplateCmd::Kill,
+                } => Some(*slot),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn finished(actions: &[Action]) -> Vec<&ExecutionOutcome> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(PoolEvent::Finished(out)) => Some(out),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn interrupted(actions: &[Action]) -> Vec<&ExecutionOutcome> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(PoolEvent::Interrupted(out)) => Some(out),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn returned(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(PoolEvent::Returned { execution_id }) => Some(execution_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn started(actions: &[Action]) -> Option<&Result<(), String>> {
+        actions.iter().find_map(|a| match a {
+            Action::Started(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    fn stopped(actions: &[Action]) -> Option<&ShutdownReport> {
+        actions.iter().find_map(|a| match a {
+            Action::Stop(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    fn error_type(out: &ExecutionOutcome) -> &str {
+        &out.error.as_ref().expect("an error").error_type
+    }
+
+    fn pair(slot: usize, id: &str) -> (usize, String) {
+        (slot, id.to_string())
+    }
+
+    #[test]
+    fn start_up_is_reported_once_every_template_said_hello() {
+        let mut h = Harness::starting(config(2, Isolation::Fork));
+        assert!(started(&h.hello(0)).is_none());
+        assert!(matches!(started(&h.hello(1)), Some(Ok(()))));
+        assert_eq!(h.d.shared.ready.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_template_that_fails_at_start_up_stops_the_pool() {
+        let mut h = Harness::starting(config(2, Isolation::Fork));
+        h.hello(0);
+        let actions = h.gone(1, false, None);
+        assert!(matches!(started(&actions), Some(Err(_))));
+        // The drain is immediate: the ready template is told to stop, nothing restarts.
+        assert_eq!(shutdowns(&actions), vec![0]);
+        assert!(spawns(&actions).is_empty());
+        assert!(stopped(&actions).is_none());
+        let actions = h.gone(0, true, None);
+        assert!(stopped(&actions).is_some());
+        assert!(started(&actions).is_none(), "start-up is answered once");
+    }
+
+    #[test]
+    fn jobs_go_to_idle_slots_and_the_rest_wait_in_order() {
+        let mut h = Harness::ready(config(2, Isolation::Fork));
+        assert_eq!(executes(&h.submit(job("a", None))), vec![pair(0, "a")]);
+        assert_eq!(executes(&h.submit(job("b", None))), vec![pair(1, "b")]);
+        assert!(executes(&h.submit(job("c", None))).is_empty());
+        assert!(executes(&h.submit(job("d", None))).is_empty());
+        assert_eq!(h.d.shared.busy.load(Ordering::Relaxed), 2);
+        assert_eq!(h.d.shared.queued.load(Ordering::Relaxed), 2);
+
+        let started_frame = FromWorker::Started(Started {
+            execution_id: "b".into(),
+            pid: 42,
+        });
+        let actions = h.frame(1, started_frame);
+        assert!(matches!(
+            &actions[..],
+            [Action::Emit(PoolEvent::Started { execution_id, pid: 42 })] if execution_id == "b"
+        ));
+        let log = FromWorker::Log(Log {
+            execution_id: "b".into(),
+            seq: 0,
+            timestamp_us: 0,
+            level: LogLevel::Info,
+            message: "hi".into(),
+        });
+        assert!(matches!(
+            &h.frame(1, log)[..],
+            [Action::Emit(PoolEvent::Log(_))]
+        ));
+
+        // The slot that frees first takes the queue's head, in the same step.
+        h.at(1.0);
+        let actions = h.succeed(1, "b");
+        let out = finished(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].execution_id, "b");
+        assert_eq!(out[0].status, Status::Success);
+        assert_eq!(out[0].duration, Duration::from_secs(1));
+        assert_eq!(executes(&actions), vec![pair(1, "c")]);
+        assert_eq!(h.d.shared.queued.load(Ordering::Relaxed), 1);
+        assert_eq!(h.d.shared.completed.load(Ordering::Relaxed), 1);
+
+        // No result before Ended: a crash, with the exit code.
+        let actions = h.frame(0, ended("a", ExitKind::Exited(3)));
+        assert_eq!(finished(&actions)[0].status, Status::Crashed);
+        assert_eq!(finished(&actions)[0].exit_code, Some(3));
+        assert_eq!(executes(&actions), vec![pair(0, "d")]);
+    }
+
+    #[test]
+    fn replies_reach_the_running_execution_only() {
+        let mut h = Harness::ready(config(2, Isolation::Fork));
+        h.submit(job("a", None));
+        let reply = |id: &str| Reply {
+            execution_id: id.into(),
+            request_id: 1,
+            outcome: ReplyOutcome::Ok {
+                value_json: "null".into(),
+            },
+        };
+        let actions = h.step(Event::Reply(reply("a")));
+        let replies = sent(&actions, |m| matches!(m, ToWorker::Reply(_)).then_some(()));
+        assert_eq!(replies, vec![(0, ())]);
+        assert!(h.step(Event::Reply(reply("gone"))).is_empty());
+    }
+
+    #[test]
+    fn frames_out_of_place_kill_the_template() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        // Nothing is running on slot 0.
+        assert_eq!(template_kills(&h.frame(0, success("x"))), vec![0]);
+        h.submit(job("a", None));
+        assert_eq!(template_kills(&h.frame(0, success("other"))), vec![0]);
+        assert!(h.frame(0, success("a")).is_empty());
+        assert_eq!(
+            template_kills(&h.frame(0, success("a"))),
+            vec![0],
+            "a second result"
+        );
+    }
+
+    #[test]
+    fn deadline_kills_the_child_and_ended_gives_timeout() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        h.submit(job("a", None));
+        assert_eq!(h.d.next_timer(), Some(h.t0 + TIMEOUT));
+        assert!(h.at(9.9).tick().is_empty());
+        let actions = h.at(10.0).tick();
+        assert_eq!(child_kills(&actions), vec![pair(0, "a")]);
+        assert!(template_kills(&actions).is_empty());
+        assert_eq!(h.d.next_timer(), Some(h.t0 + TIMEOUT + GRACE));
+
+        let actions = h.at(10.5).frame(0, ended("a", ExitKind::Signaled(9)));
+        let out = finished(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Timeout);
+        assert_eq!(error_type(out[0]), "Timeout");
+        assert_eq!(out[0].exit_signal, Some(9));
+        assert_eq!(h.d.next_timer(), None);
+    }
+
+    #[test]
+    fn no_ended_within_the_grace_kills_the_template() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        h.submit(job("a", None));
+        h.submit(job("b", None));
+        h.at(10.0).tick();
+        assert!(h.at(11.9).tick().is_empty());
+        let actions = h.at(12.0).tick();
+        assert_eq!(template_kills(&actions), vec![0]);
+        assert_eq!(
+            h.d.next_timer(),
+            None,
+            "nothing more to time: its Gone ends it"
+        );
+        assert!(h.at(20.0).tick().is_empty(), "the template is killed once");
+
+        let actions = h.gone(0, true, Some(9));
+        let out = finished(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].execution_id, "a");
+        assert_eq!(out[0].status, Status::Timeout);
+        // A template that had said hello is replaced at once.
+        assert_eq!(spawns(&actions), vec![0]);
+        // b waits for the new template.
+        assert!(executes(&actions).is_empty());
+        assert_eq!(executes(&h.hello(0)), vec![pair(0, "b")]);
+    }
+
+    #[test]
+    fn reuse_mode_kills_the_template_for_a_deadline() {
+        let mut h = Harness::ready(config(1, Isolation::Reuse));
+        h.submit(job("a", None));
+        let actions = h.at(10.0).tick();
+        assert!(child_kills(&actions).is_empty());
+        assert_eq!(template_kills(&actions), vec![0]);
+        let actions = h.gone(0, true, Some(9));
+        assert_eq!(finished(&actions)[0].status, Status::Timeout);
+        assert_eq!(spawns(&actions), vec![0]);
+    }
+
+    #[test]
+    fn cancel_ends_queued_work_at_once_and_kills_running_work() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        h.submit(job("a", None));
+        h.submit(job("b", None));
+
+        let actions = h.step(Event::Cancel("b".into()));
+        let out = finished(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].execution_id, "b");
+        assert_eq!(out[0].status, Status::Cancelled);
+        assert_eq!(out[0].started_at, None);
+        assert_eq!(h.d.shared.queued.load(Ordering::Relaxed), 0);
+
+        let actions = h.step(Event::Cancel("a".into()));
+        assert_eq!(child_kills(&actions), vec![pair(0, "a")]);
+        assert!(finished(&actions).is_empty());
+        assert!(h.step(Event::Cancel("a".into())).is_empty(), "killed once");
+        assert!(h.step(Event::Cancel("unknown".into())).is_empty());
+
+        let actions = h.frame(0, ended("a", ExitKind::Signaled(9)));
+        let out = finished(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Cancelled);
+        assert_eq!(error_type(out[0]), "Cancelled");
+    }
+
+    #[test]
+    fn a_result_before_the_kill_does_not_win_over_the_kill() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        h.submit(job("a", None));
+        h.frame(0, success("a"));
+        h.step(Event::Cancel("a".into()));
+        let actions = h.frame(0, ended("a", ExitKind::Exited(0)));
+        assert_eq!(finished(&actions)[0].status, Status::Cancelled);
+    }
+
+    #[test]
+    fn template_death_ends_its_execution_once_and_replaces_it() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        h.submit(job("a", None));
+        let old = h.generations[0];
+        let actions = h.gone(0, true, Some(11));
+        let out = finished(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Crashed);
+        assert_eq!(out[0].exit_signal, Some(11));
+        let message = &out[0].error.as_ref().unwrap().message;
+        assert!(message.contains("SIGSEGV"), "{message}");
+        assert!(message.contains("ended unexpectedly"), "{message}");
+        assert_eq!(spawns(&actions), vec![0]);
+        assert_ne!(h.generations[0], old);
+
+        // Late frames and reports of the dead template are ignored.
+        let late = Event::Template(TemplateEvent::Frame {
+            slot: 0,
+            generation: old,
+            msg: ended("a", ExitKind::Exited(0)),
+        });
+        assert!(h.step(late).is_empty());
+        let late = Event::Template(TemplateEvent::Gone {
+            slot: 0,
+            generation: old,
+            was_ready: true,
+            reason: "again".into(),
+            exit_code: None,
+            exit_signal: None,
+        });
+        assert!(h.step(late).is_empty());
+        assert_eq!(h.d.shared.completed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn replacements_that_fail_to_start_back_off() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        h.gone(0, true, Some(9));
+        // The replacement never says hello: 200 ms, then 400 ms before the next one.
+        let actions = h.at(1.0).gone(0, false, None);
+        assert!(spawns(&actions).is_empty());
+        assert!(
+            started(&actions).is_none(),
+            "start-up was over: not a pool failure"
+        );
+        assert_eq!(h.d.next_timer(), Some(h.t0 + Duration::from_millis(1200)));
+        assert!(h.at(1.1).tick().is_empty());
+        assert_eq!(spawns(&h.at(1.2).tick()), vec![0]);
+        h.at(2.0).gone(0, false, None);
+        assert_eq!(h.d.next_timer(), Some(h.t0 + Duration::from_millis(2400)));
+        assert_eq!(spawns(&h.at(2.4).tick()), vec![0]);
+        // Work waits meanwhile; a hello resets the back-off.
+        assert!(executes(&h.submit(job("a", None))).is_empty());
+        assert_eq!(executes(&h.hello(0)), vec![pair(0, "a")]);
+        h.gone(0, true, None);
+        assert_eq!(h.d.slots[0].failed_starts, 0);
+        let actions = h.at(3.0).gone(0, false, None);
+        assert!(spawns(&actions).is_empty());
+        assert_eq!(h.d.next_timer(), Some(h.t0 + Duration::from_millis(3200)));
+    }
+
+    #[test]
+    fn drain_hands_back_the_queue_and_lets_running_work_finish() {
+        let mut h = Harness::ready(config(2, Isolation::Fork));
+        h.submit(job("a", None));
+        h.submit(job("b", None));
+        h.submit(job("c", None));
+
+        let actions = h.step(Event::Shutdown(Duration::from_secs(30)));
+        assert_eq!(returned(&actions), vec!["c"]);
+        assert!(child_kills(&actions).is_empty());
+        assert_eq!(h.d.shared.queued.load(Ordering::Relaxed), 0);
+        let actions = h.submit(job("d", None));
+        assert_eq!(returned(&actions), vec!["d"]);
+        assert!(executes(&actions).is_empty());
+
+        // A slot that frees during the drain takes nothing and is told to stop only
+        // once nothing runs any more.
+        let actions = h.at(1.0).succeed(0, "a");
+        assert_eq!(finished(&actions).len(), 1);
+        assert!(shutdowns(&actions).is_empty());
+        let actions = h.at(2.0).succeed(1, "b");
+        assert_eq!(finished(&actions).len(), 1);
+        assert_eq!(shutdowns(&actions), vec![0, 1]);
+        assert!(stopped(&actions).is_none());
+
+        assert!(stopped(&h.gone(0, true, None)).is_none());
+        let actions = h.gone(1, true, None);
+        assert!(
+            spawns(&actions).is_empty(),
+            "nothing restarts during a drain"
+        );
+        let report = stopped(&actions).expect("stopped");
+        assert_eq!(
+            (report.drained, report.abandoned, report.returned),
+            (2, 0, 2)
+        );
+    }
+
+    #[test]
+    fn drain_deadline_interrupts_what_still_runs() {
+        let mut h = Harness::ready(config(2, Isolation::Fork));
+        h.submit(job("a", None));
+        h.step(Event::Shutdown(Duration::from_secs(5)));
+        assert_eq!(h.d.next_timer(), Some(h.t0 + Duration::from_secs(5)));
+        let actions = h.at(5.0).tick();
+        assert_eq!(child_kills(&actions), vec![pair(0, "a")]);
+
+        let actions = h.at(5.5).frame(0, ended("a", ExitKind::Signaled(9)));
+        assert!(finished(&actions).is_empty());
+        let out = interrupted(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Cancelled);
+        assert_eq!(error_type(out[0]), SHUTDOWN);
+        assert_eq!(shutdowns(&actions), vec![0, 1]);
+
+        // Templates that do not exit are killed a grace after the drain's deadline.
+        h.gone(0, true, None);
+        assert!(h.at(6.9).tick().is_empty());
+        let actions = h.at(7.0).tick();
+        assert_eq!(template_kills(&actions), vec![0, 1]);
+        let report = stopped(&actions).expect("stopped");
+        assert_eq!(
+            (report.drained, report.abandoned, report.returned),
+            (0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_second_shutdown_ends_the_drain_now() {
+        let mut h = Harness::ready(config(1, Isolation::Reuse));
+        h.submit(job("a", None));
+        assert!(h.step(Event::Shutdown(Duration::from_secs(60))).is_empty());
+        let actions = h.at(1.0).step(Event::Shutdown(Duration::from_secs(60)));
+        // Reuse mode: the code runs in the template, so the template is killed.
+        assert_eq!(template_kills(&actions), vec![0]);
+        let actions = h.gone(0, true, Some(9));
+        assert_eq!(error_type(interrupted(&actions)[0]), SHUTDOWN);
+        assert_eq!(stopped(&actions).expect("stopped").abandoned, 1);
+    }
+
+    #[test]
+    fn dropping_every_handle_stops_at_once() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        let actions = h.step(Event::Closed);
+        assert_eq!(shutdowns(&actions), vec![0]);
+        assert!(stopped(&h.gone(0, true, None)).is_some());
+    }
+
+    #[test]
+    fn fork_mode_prefers_the_slot_that_last_ran_the_same_org() {
+        let mut h = Harness::ready(config(3, Isolation::Fork));
+        assert_eq!(
+            executes(&h.submit(job("a1", Some("A")))),
+            vec![pair(0, "a1")]
+        );
+        assert_eq!(
+            executes(&h.submit(job("b1", Some("B")))),
+            vec![pair(1, "b1")]
+        );
+        h.succeed(0, "a1");
+        h.succeed(1, "b1");
+        // Slot 1 ran B last; slots 2 (never used) and 0 have waited longer.
+        assert_eq!(
+            executes(&h.submit(job("b2", Some("B")))),
+            vec![pair(1, "b2")]
+        );
+        // No slot ran C: the longest idle one.
+        assert_eq!(
+            executes(&h.submit(job("c1", Some("C")))),
+            vec![pair(2, "c1")]
+        );
+        // The remaining slot serves anyone, even another organization's.
+        assert_eq!(
+            executes(&h.submit(job("b3", Some("B")))),
+            vec![pair(0, "b3")]
+        );
+    }
+
+    #[test]
+    fn fork_mode_without_an_org_takes_the_longest_idle_slot() {
+        let mut h = Harness::ready(config(2, Isolation::Fork));
+        h.submit(job("a", None));
+        h.submit(job("b", None));
+        h.succeed(1, "b");
+        h.succeed(0, "a");
+        // Slot 0 was dispatched to first, so it has waited longest.
+        assert_eq!(executes(&h.submit(job("c", None))), vec![pair(0, "c")]);
+    }
+
+    #[test]
+    fn reuse_mode_binds_a_template_to_one_org() {
+        let mut h = Harness::ready(config(2, Isolation::Reuse));
+        assert_eq!(
+            executes(&h.submit(job("a1", Some("A")))),
+            vec![pair(0, "a1")]
+        );
+        h.succeed(0, "a1");
+        // Slot 0 now serves A only: B goes to the fresh slot 1.
+        assert_eq!(
+            executes(&h.submit(job("b1", Some("B")))),
+            vec![pair(1, "b1")]
+        );
+        h.succeed(1, "b1");
+        assert_eq!(
+            executes(&h.submit(job("a2", Some("A")))),
+            vec![pair(0, "a2")]
+        );
+        h.succeed(0, "a2");
+
+        // C: no slot serves it and none is fresh, so the longest-idle one (slot 1) is
+        // recycled and C waits for its replacement.
+        let actions = h.submit(job("c1", Some("C")));
+        assert!(executes(&actions).is_empty());
+        assert_eq!(shutdowns(&actions), vec![1]);
+        // While one is changing, nothing more is recycled, even for another org.
+        let actions = h.submit(job("d1", Some("D")));
+        assert!(shutdowns(&actions).is_empty());
+        let actions = h.gone(1, true, None);
+        assert_eq!(spawns(&actions), vec![1]);
+        assert_eq!(executes(&h.hello(1)), vec![pair(1, "c1")]);
+    }
+
+    #[test]
+    fn reuse_mode_recycles_a_template_after_enough_executions() {
+        let mut cfg = config(1, Isolation::Reuse);
+        cfg.max_executions_per_worker = 2;
+        let mut h = Harness::ready(cfg);
+        h.submit(job("a", None));
+        assert!(shutdowns(&h.succeed(0, "a")).is_empty());
+        h.submit(job("b", None));
+        h.submit(job("c", None));
+        let actions = h.succeed(0, "b");
+        assert_eq!(shutdowns(&actions), vec![0]);
+        assert!(
+            executes(&actions).is_empty(),
+            "c waits for the new template"
+        );
+        assert_eq!(spawns(&h.gone(0, true, None)), vec![0]);
+        assert_eq!(executes(&h.hello(0)), vec![pair(0, "c")]);
     }
 }

@@ -45,7 +45,8 @@ const ENV_ALLOW_LIST: &[&str] = &["LANG", "LC_ALL", "TZ"];
 pub struct Spawned {
     pub child: Child,
     pub socket: tokio::net::UnixStream,
-    pub pid: u32,
+    /// Also its process group's id (it leads its own group).
+    pub pid: nix::unistd::Pid,
     pub workdir: PathBuf,
 }
 
@@ -142,7 +143,7 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
     }
     drop(theirs);
     drop(binary);
-    let pid = child.id().unwrap_or(0);
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap_or(0) as i32);
     let socket = tokio::net::UnixStream::from_std(ours)
         .map_err(|e| PoolError::WorkerStart(format!("socket: {e}")))?;
     Ok(Spawned {

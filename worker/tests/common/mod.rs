@@ -235,7 +235,7 @@ impl Worker {
         let mut run = Run::default();
         loop {
             let msg = self.recv();
-            run.kinds.push(kind(&msg));
+            run.kinds.push(msg.kind());
             match msg {
                 FromWorker::Started(s) => {
                     assert_eq!(s.execution_id, id);
@@ -309,18 +309,6 @@ pub fn stderr_of(mut child: Child) -> String {
         let _ = err.read_to_string(&mut out);
     }
     out
-}
-
-fn kind(msg: &FromWorker) -> &'static str {
-    match msg {
-        FromWorker::Hello(_) => "Hello",
-        FromWorker::Started(_) => "Started",
-        FromWorker::Log(_) => "Log",
-        FromWorker::Result(_) => "Result",
-        FromWorker::Ended(_) => "Ended",
-        FromWorker::Request(_) => "Request",
-        FromWorker::Compiled(_) => "Compiled",
-    }
 }
 
 /// Everything one execution produced, in order.

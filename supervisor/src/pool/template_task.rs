@@ -1,11 +1,13 @@
-//! One task per template process: it owns the `Child` and the connection, so it is the
-//! only code that signals or reaps the template — a kill always happens before the
-//! reap, never after, so a recycled pid can never be hit.
+//! One task per template process (the supervisor's side of it; the worker crate's
+//! `template` is the process itself): it owns the `Child` and its [`TemplateSocket`],
+//! so it is the only code that signals or reaps the template — a kill always happens
+//! before the reap, never after, so a recycled pid can never be hit.
 //!
-//! It answers the handshake itself, forwards every later frame to the dispatcher, and
-//! reports once, with the exit status, when the process is gone. Anything odd on the
-//! socket (garbage, an oversized frame, a second hello) kills the template: the
-//! dispatcher then fails only the execution it was running and starts a new one.
+//! Started by the pool's driver on the dispatcher's `Action::Spawn`. It answers the
+//! handshake itself, forwards every later frame to the dispatcher, and reports once,
+//! with the exit status, when the process is gone. Anything odd on the socket
+//! (garbage, an oversized frame, a second hello) kills the template: the dispatcher
+//! then fails only the execution it was running and starts a new one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +16,8 @@ use tokio::sync::mpsc;
 use warden_protocol::{FromWorker, Hello, ToWorker, Welcome, PROTOCOL_VERSION};
 
 use super::config::PoolConfig;
-use super::connection::Connection;
 use super::spawn::spawn_template;
+use super::template_socket::TemplateSocket;
 
 /// From the dispatcher to a template task.
 #[derive(Debug)]
@@ -75,9 +77,9 @@ pub async fn run(
             return;
         }
     };
-    let pgid = nix::unistd::Pid::from_raw(spawned.pid as i32);
+    let pgid = spawned.pid;
     let mut child = spawned.child;
-    let mut conn = Connection::new(spawned.socket, cfg.max_frame);
+    let mut socket = TemplateSocket::new(spawned.socket, cfg.max_frame);
     let mut ready = false;
     let mut open = true;
     let mut kill_reason: Option<String> = None;
@@ -107,7 +109,7 @@ pub async fn run(
                 let _ = events.send(gone(reason, code, signal, ready));
                 return;
             }
-            frame = conn.read(), if open => match frame {
+            frame = socket.read(), if open => match frame {
                 Ok(Some(FromWorker::Hello(hello))) if !ready => {
                     let accepted = hello.protocol_version == PROTOCOL_VERSION;
                     let reason = (!accepted).then(|| format!(
@@ -115,7 +117,7 @@ pub async fn run(
                         hello.protocol_version
                     ));
                     let welcome = ToWorker::Welcome(Welcome { protocol_version: PROTOCOL_VERSION, accepted, reason: reason.clone() });
-                    if let Err(e) = conn.write(&welcome).await {
+                    if let Err(e) = socket.write(&welcome).await {
                         kill(format!("handshake failed: {e}"), &mut kill_reason);
                     } else if let Some(r) = reason {
                         kill(r, &mut kill_reason);
@@ -127,7 +129,7 @@ pub async fn run(
                 Ok(Some(msg)) if ready => {
                     let _ = events.send(TemplateEvent::Frame { slot, generation, msg });
                 }
-                Ok(Some(other)) => kill(format!("protocol error: unexpected {} before hello", kind(&other)), &mut kill_reason),
+                Ok(Some(other)) => kill(format!("protocol error: unexpected {} before hello", other.kind()), &mut kill_reason),
                 Ok(None) => {
                     open = false;
                     kill("worker closed its connection".into(), &mut kill_reason);
@@ -140,7 +142,7 @@ pub async fn run(
             },
             cmd = cmds.recv() => match cmd {
                 Some(TemplateCmd::Send(msg)) => {
-                    if let Err(e) = conn.write(&msg).await {
+                    if let Err(e) = socket.write(&msg).await {
                         kill(format!("cannot write to worker: {e}"), &mut kill_reason);
                     }
                 }
@@ -151,17 +153,5 @@ pub async fn run(
                 kill(format!("no hello within {:?} of start", cfg.start_timeout), &mut kill_reason);
             }
         }
-    }
-}
-
-fn kind(msg: &FromWorker) -> &'static str {
-    match msg {
-        FromWorker::Hello(_) => "Hello",
-        FromWorker::Started(_) => "Started",
-        FromWorker::Log(_) => "Log",
-        FromWorker::Result(_) => "Result",
-        FromWorker::Ended(_) => "Ended",
-        FromWorker::Request(_) => "Request",
-        FromWorker::Compiled(_) => "Compiled",
     }
 }

@@ -9,13 +9,14 @@ use tokio::net::UnixStream;
 use warden_protocol::frame::{self, FrameError, PREFIX_LEN};
 use warden_protocol::{FromWorker, ToWorker};
 
-pub struct Connection {
+/// The supervisor's end of one template's socket.
+pub struct TemplateSocket {
     stream: UnixStream,
     buf: Vec<u8>,
     max_frame: usize,
 }
 
-impl Connection {
+impl TemplateSocket {
     pub fn new(stream: UnixStream, max_frame: usize) -> Self {
         Self {
             stream,
