@@ -3,6 +3,9 @@
 //! template sees a database URL (environment or command line), while the template does
 //! get the Redis URL it needs (in its environment, which no child can read). (That the worker binary links no database client is
 //! `worker/tests/no_database.rs`.)
+//!
+//! One test in its own binary: it sets `DATABASE_URL` in the process environment, which
+//! no other test may see (every process another test spawned would inherit it).
 
 use std::time::Duration;
 

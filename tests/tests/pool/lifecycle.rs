@@ -141,7 +141,7 @@ def run():
 
 /// Reuse mode caches compiled workflows as it runs them; a fork-mode template compiles
 /// none (a child compiles its own, which would otherwise leave another organization's
-/// code in every later child: see sandbox_memory). Either way an execution must run in a
+/// code in every later child: see sandbox::memory). Either way an execution must run in a
 /// new namespace every time, a changed source at the same path must be what runs, and a
 /// source whose compilation warns must show its warning in every execution's logs.
 async fn compiled_workflows_are_cached_without_changing_what_runs(isolation: Isolation) {

@@ -14,7 +14,7 @@ async fn configs_are_set_typed_listed_and_deleted() {
     s.set_config(Some("acme"), "region", &json!("us"), ConfigKind::String)
         .await
         .unwrap();
-    // Secrets are stored sealed (see sdk_config.rs); the store only checks the shape.
+    // Secrets are stored sealed (see sdk/config.rs); the store only checks the shape.
     let key = warden::sdk::SecretKey::parse(&"ab".repeat(32), "test").unwrap();
     let sealed = serde_json::to_value(
         key.seal(warden::sdk::Scope::Org(1), "token", "hunter2")

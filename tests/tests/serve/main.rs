@@ -1,0 +1,20 @@
+//! `warden serve` end to end (real stream, workers, PostgreSQL and Redis): one test
+//! binary for the area (fewer links than one binary per file), one concern per module.
+//! Run one module with e.g. `cargo test -p warden-tests --test serve liveness::`.
+//!
+//! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
+//! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
+//! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
+//! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
+//! - [`places`]: every way an execution ends gives its intake place back once.
+//! - [`redis_wipe`]: Redis wiped under a running service.
+//! - [`resilience`]: the connection budget, dropped connections, SIGKILL, several
+//!   supervisors on one stream.
+
+mod duplicate_entries;
+mod liveness;
+mod outages;
+mod outcomes;
+mod places;
+mod redis_wipe;
+mod resilience;

@@ -1,0 +1,19 @@
+//! The store against a real PostgreSQL: one test binary for the area (fewer links than
+//! one binary per file), one concern per module. Run one module with e.g.
+//! `cargo test -p warden-tests --test store writer::`.
+//!
+//! - [`begin`]: `begin_batch` and attempts.
+//! - [`budget`]: the connection budget.
+//! - [`configs`]: config values.
+//! - [`resilience`]: the writer under failure.
+//! - [`schema`]: migrations, `check_schema`, connection errors.
+//! - [`workflows`]: workflow push and `load_for_batch`.
+//! - [`writer`]: the group-commit writer.
+
+mod begin;
+mod budget;
+mod configs;
+mod resilience;
+mod schema;
+mod workflows;
+mod writer;
