@@ -12,6 +12,14 @@
 //!   Interrupted / Returned (shutdown) ──▶ hand-back task (rows back to `pending`)
 //! ```
 //!
+//! - **One way.** Each message carries what the next stage needs, so no stage looks
+//!   anything up in a table another one fills: a `Dispatch` carries the job and its
+//!   [`inflight::Meta`] (stream entry, attribution, attempt); the main loop keeps that
+//!   with the logs until the pool's `Finished`, then hands the writer one `Completed`
+//!   with the outcome, its stream entry and the completion to publish; the writer
+//!   answers each with a `Committed` that brings the stream entry and completion back
+//!   with what the commit found, and the acker acknowledges and publishes from that
+//!   alone. Entries answered without a commit reach the acker as ready `Done`s.
 //! - **Capacity.** The reader takes as many stream entries as there are free places: one
 //!   per worker plus a bounded prefetch (a semaphore; the main loop returns a permit when
 //!   an execution's end has been handed on). The stream, not memory, holds the backlog,
@@ -269,7 +277,6 @@ pub async fn serve(
     let (writer, committed) = Writer::spawn(store.clone(), cfg.writer.clone());
     // Config changes of committed executions reach the cache before their completions.
     let committed = sdk.after_commit(committed);
-    let pending_acks = acker::PendingAcks::default();
     let held = held::Held::default();
     let outage = RedisOutage::default();
     let acks_waiting = acker::Waiting::default();
@@ -278,7 +285,6 @@ pub async fn serve(
         intake.clone(),
         committed,
         direct_acks_rx,
-        pending_acks.clone(),
         outage.clone(),
         acks_waiting.clone(),
         held.clone(),
@@ -307,7 +313,6 @@ pub async fn serve(
             intake: intake.clone(),
             store: store.clone(),
             writer: writer.clone(),
-            acks: pending_acks.clone(),
             held: held.clone(),
             direct_acks,
             sdk: sdk.clone(),
@@ -452,7 +457,7 @@ pub async fn serve(
                     // Redacted and checked before it reaches the writer or the acker.
                     let org_id = inflight.org_id(&out.execution_id).flatten();
                     sdk.on_finished(&mut out, org_id);
-                    finish(&mut inflight, &pending_acks, &permits, &mut to_writer, out, &mut report);
+                    finish(&mut inflight, &permits, &mut to_writer, out, &mut report);
                 }
                 PoolEvent::Interrupted(mut out) => {
                     let org_id = inflight.org_id(&out.execution_id).flatten();
@@ -724,7 +729,6 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 /// then, which is how intake pauses while the database is away).
 fn finish(
     inflight: &mut Inflight,
-    acks: &acker::PendingAcks,
     permits: &Semaphore,
     to_writer: &mut VecDeque<(Completed, bool)>,
     out: ExecutionOutcome,
@@ -753,7 +757,7 @@ fn finish(
         }
         return;
     };
-    acks.expect(&meta.stream_id, &out);
+    // The item carries its stream entry and completion on to the acker.
     to_writer.push_back((meta.into_completed(out, logs), place));
 }
 

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::acker::PendingAcks;
 use super::held::Held;
 use super::inflight::Meta;
 use crate::intake::liveness::TAKEOVER_EVERY;
@@ -55,7 +54,6 @@ pub struct Reader {
     pub intake: Intake,
     pub store: Store,
     pub writer: WriterHandle,
-    pub acks: PendingAcks,
     /// Entries read and not yet acknowledged (see [`Held`]).
     pub held: Held,
     /// The acker's queue for entries acknowledged without a commit of their own.
@@ -234,8 +232,7 @@ impl Reader {
         for (rej, _) in &dead {
             match &rej.execution_id {
                 Some(id) => {
-                    self.acks.expect_done(id, Done::rejected(rej));
-                    records.push(Completed::rejected(crate::store::Rejected {
+                    let mut record = Completed::rejected(crate::store::Rejected {
                         id: id.clone(),
                         workflow_name: None,
                         org_id: None,
@@ -243,7 +240,9 @@ impl Reader {
                         error_type: intake::messages::INVALID_REQUEST.into(),
                         message: rej.reason.clone(),
                         stream_id: Some(rej.stream_id.clone()),
-                    }));
+                    });
+                    record.completion = Completion::rejected(rej);
+                    records.push(record);
                 }
                 None => ack_only.push(Done::rejected(rej)),
             }
@@ -302,7 +301,6 @@ impl Reader {
                 Some(wf) if was_cancelled => {
                     let meta = meta_for(&sid, &req, wf);
                     let out = not_run(&req.execution_id, "cancelled before it started");
-                    self.acks.expect(&sid, &out);
                     records.push(meta.into_completed(out, Vec::new()));
                 }
                 Some(wf) => runnable.push((sid, req, wf.clone())),
@@ -321,12 +319,11 @@ impl Reader {
                 execution_id: Some(req.execution_id.clone()),
                 reason: reason.clone(),
             };
-            let mut done = Done::rejected(&rej);
-            if let Some(c) = done.completion.as_mut() {
+            let mut completion = Completion::rejected(&rej);
+            if let Some(c) = completion.as_mut() {
                 c.error_type = Some("UnknownWorkflow".into());
             }
-            self.acks.expect_done(&req.execution_id, done);
-            records.push(Completed::rejected(crate::store::Rejected {
+            let mut record = Completed::rejected(crate::store::Rejected {
                 id: req.execution_id.clone(),
                 workflow_name: Some(r.to_string()),
                 org_id: None,
@@ -334,7 +331,9 @@ impl Reader {
                 error_type: "UnknownWorkflow".into(),
                 message: reason,
                 stream_id: Some(sid.clone()),
-            }));
+            });
+            record.completion = completion;
+            records.push(record);
         }
         let mut dead_fields: Vec<(intake::Rejected, Vec<intake::entry::Field>)> =
             dead.iter().map(|(r, f)| (r.clone(), f.to_vec())).collect();

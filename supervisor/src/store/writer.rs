@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use warden_protocol::{ErrorInfo, Log};
 
+use crate::intake::Completion;
 use crate::outcome::{ExecutionOutcome, Status};
 use crate::store::commit::CommitOutcome;
 use crate::store::executions::Rejected;
@@ -65,6 +66,10 @@ pub struct Completed {
     /// row is still at this attempt: once a peer took the stream entry over and began
     /// it again, this run's outcome is [`CommitOutcome::Superseded`].
     pub attempt: Option<i32>,
+    /// The completion to publish once this outcome is recorded, handed back in its
+    /// [`Committed`] (`None`: nothing was arranged, e.g. an item from a test; the
+    /// acknowledger then publishes the committed status alone).
+    pub completion: Option<Completion>,
 }
 
 impl Completed {
@@ -81,6 +86,7 @@ impl Completed {
             workflow_name: None,
             caller: None,
             attempt: None,
+            completion: None,
         }
     }
 
@@ -97,6 +103,7 @@ impl Completed {
             workflow_name: r.workflow_name,
             caller: r.caller,
             attempt: None,
+            completion: None,
         }
     }
 
@@ -144,6 +151,9 @@ impl Completed {
             workflow_name: None,
             caller: None,
             attempt: self.attempt,
+            // Kept so the acknowledger knows a completion was arranged (it publishes
+            // the `StoreError` instead).
+            completion: self.completion.clone(),
         }
     }
 }
@@ -207,7 +217,9 @@ pub enum Disposition {
 }
 
 /// An item whose terminal state is committed: acknowledge its stream entry and publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Carries back what its [`Completed`] brought for that (stream entry, completion), so
+/// whoever acknowledges needs nothing else.
+#[derive(Debug, Clone)]
 pub struct Committed {
     pub execution_id: String,
     pub stream_id: Option<String>,
@@ -215,6 +227,8 @@ pub struct Committed {
     /// there; for `Isolated`, `failed`).
     pub status: Status,
     pub disposition: Disposition,
+    /// The item's [`Completed::completion`], as submitted.
+    pub completion: Option<Completion>,
 }
 
 /// Counters since the writer started.
@@ -688,11 +702,11 @@ impl Writer {
 
     /// Send a committed batch to whoever acknowledges it, then let its items go (which
     /// frees their places in `max_pending`).
-    async fn report(&self, batch: Vec<Envelope>, outcomes: Vec<CommitOutcome>, isolated: bool) {
+    async fn report(&self, mut batch: Vec<Envelope>, outcomes: Vec<CommitOutcome>, isolated: bool) {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         let mut committed = Vec::with_capacity(batch.len());
-        for (envelope, outcome) in batch.iter().zip(outcomes) {
-            let item = &envelope.item;
+        for (envelope, outcome) in batch.iter_mut().zip(outcomes) {
+            let item = &mut envelope.item;
             let (status, disposition) = match outcome {
                 CommitOutcome::Recorded if isolated => (Status::Failed, Disposition::Isolated),
                 CommitOutcome::Recorded => (item.outcome.status, Disposition::Recorded),
@@ -713,6 +727,7 @@ impl Writer {
                 stream_id: item.stream_id.clone(),
                 status,
                 disposition,
+                completion: item.completion.take(),
             });
         }
         if self.out.send(committed).await.is_err() {
