@@ -200,10 +200,37 @@ pub struct ServeReport {
     pub handed_back: u64,
 }
 
-/// A start-up failure, as one sentence for the operator.
+/// A start-up failure: which step failed, with its cause. Each shows as its cause's
+/// own message (one sentence for the operator, naming what to fix); the variant says
+/// which service or step it came from.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ServeError(pub String);
+pub enum ServeError {
+    /// Connecting to PostgreSQL (or opening its connections) failed.
+    #[error(transparent)]
+    DatabaseConnect(crate::store::StoreError),
+    /// The schema is not this build's (migrations missing or different), or could not
+    /// be checked: run `warden migrate`.
+    #[error(transparent)]
+    Schema(crate::store::StoreError),
+    /// Connecting to Redis, creating the stream's group, or subscribing to cancels.
+    #[error(transparent)]
+    Redis(#[from] crate::intake::IntakeError),
+    /// Setting this supervisor's heartbeat key.
+    #[error(transparent)]
+    Heartbeat(crate::intake::IntakeError),
+    /// The SDK's config cache or secret key check.
+    #[error(transparent)]
+    Sdk(#[from] crate::sdk::SdkError),
+    /// Connecting the module cache, or its first sync and LISTEN.
+    #[error(transparent)]
+    Modules(#[from] crate::modules::ModuleError),
+    /// The workers' read-only Redis access (their user, or the given URL's check).
+    #[error(transparent)]
+    WorkerAccess(#[from] crate::modules::access::AccessError),
+    /// Starting the worker pool (its templates).
+    #[error(transparent)]
+    PoolStart(#[from] crate::pool::config::PoolError),
+}
 
 /// Runs the daemon until `signals` reports 1 (drain) or 2 (stop now) — the binary feeds
 /// it SIGTERM/SIGINT; tests feed it directly.
@@ -213,49 +240,32 @@ pub async fn serve(
 ) -> Result<ServeReport, ServeError> {
     let store = Store::connect(&cfg.database_url, cfg.db_connections)
         .await
-        .map_err(|e| ServeError(e.to_string()))?;
-    store
-        .check_schema()
-        .await
-        .map_err(|e| ServeError(e.to_string()))?;
+        .map_err(ServeError::DatabaseConnect)?;
+    store.check_schema().await.map_err(ServeError::Schema)?;
     let keys = Keys::new(cfg.key_prefix.clone());
-    let intake = Intake::connect(&cfg.redis_url, keys, cfg.consumer.clone())
-        .await
-        .map_err(|e| ServeError(e.to_string()))?;
-    intake
-        .ensure_group()
-        .await
-        .map_err(|e| ServeError(e.to_string()))?;
+    let intake = Intake::connect(&cfg.redis_url, keys, cfg.consumer.clone()).await?;
+    intake.ensure_group().await?;
     // Peers see this supervisor alive from now on; set before the first read.
     let heartbeat = Heartbeat::start(&intake, cfg.heartbeat_ttl)
         .await
-        .map_err(|e| ServeError(e.to_string()))?;
+        .map_err(ServeError::Heartbeat)?;
     let mut liveness = heartbeat.watch();
     // Advice only: a Redis that persists nothing loses unread requests when it restarts.
     crate::intake::persistence::warn_if_unpersisted(intake.client(), &cfg.redis_url).await;
-    let mut cancels = intake
-        .cancel_listener()
-        .await
-        .map_err(|e| ServeError(e.to_string()))?;
+    let mut cancels = intake.cancel_listener().await?;
     let sdk = Sdk::start(
         store.clone(),
         intake.client(),
         intake.keys().clone(),
         cfg.secret_key.clone(),
     )
-    .await
-    .map_err(|e| ServeError(e.to_string()))?;
+    .await?;
 
     // The module cache: filled from the database now, then kept in step (LISTEN).
-    let module_cache = ModuleCache::connect(&cfg.redis_url, intake.keys().clone())
-        .await
-        .map_err(|e| ServeError(e.to_string()))?;
+    let module_cache = ModuleCache::connect(&cfg.redis_url, intake.keys().clone()).await?;
     let modules = ModuleSync::new(store.clone(), module_cache);
     let (stop_modules, modules_stopped) = watch::channel(false);
-    let module_follower = modules
-        .start(&cfg.database_url, modules_stopped)
-        .await
-        .map_err(|e| ServeError(e.to_string()))?;
+    let module_follower = modules.start(&cfg.database_url, modules_stopped).await?;
     // Workers read the cache from the same Redis (unless told otherwise, e.g. a Unix
     // socket for network-isolated workers), as a read-only user; never the database.
     let mut pool_cfg = cfg.pool.clone();
@@ -267,13 +277,11 @@ pub async fn serve(
             crate::modules::access::worker_url(store.pool(), &cfg.redis_url, &cfg.key_prefix).await
         }
     };
-    pool_cfg.redis_url = Some(access.map_err(|e| ServeError(e.to_string()))?);
+    pool_cfg.redis_url = Some(access?);
     pool_cfg.key_prefix = cfg.key_prefix.clone();
 
     let (pool_tx, mut pool_events) = mpsc::unbounded_channel();
-    let pool = Pool::start(pool_cfg, pool_tx)
-        .await
-        .map_err(|e| ServeError(e.to_string()))?;
+    let pool = Pool::start(pool_cfg, pool_tx).await?;
     let (writer, committed) = Writer::spawn(store.clone(), cfg.writer.clone());
     // Config changes of committed executions reach the cache before their completions.
     let committed = sdk.after_commit(committed);
