@@ -232,11 +232,23 @@ pub enum ServeError {
     PoolStart(#[from] crate::pool::config::PoolError),
 }
 
-/// Runs the daemon until `signals` reports 1 (drain) or 2 (stop now) — the binary feeds
-/// it SIGTERM/SIGINT; tests feed it directly.
+/// A request to stop, as the daemon's shutdown channel carries it (`None` until the
+/// first). Ordered: a later `Now` escalates an earlier `Drain`, never the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shutdown {
+    /// Stop intake, hand back what has not started, let what runs finish within the
+    /// drain timeout (the first SIGTERM/SIGINT).
+    Drain,
+    /// Interrupt what runs and be gone within a second (a second signal).
+    Now,
+}
+
+/// Runs the daemon until `shutdown` says [`Shutdown::Drain`] or [`Shutdown::Now`] (a
+/// dropped sender counts as `Now`) — the binary feeds it SIGTERM/SIGINT; tests feed it
+/// directly.
 pub async fn serve(
     cfg: ServeConfig,
-    signals: watch::Receiver<u32>,
+    shutdown: watch::Receiver<Option<Shutdown>>,
 ) -> Result<ServeReport, ServeError> {
     let store = Store::connect(&cfg.database_url, cfg.db_connections)
         .await
@@ -358,7 +370,7 @@ pub async fn serve(
     let mut rate = RateWindow::default();
     let started = chrono::Utc::now();
     let mut stop = Stop::new(
-        signals,
+        shutdown,
         cfg.drain_timeout + cfg.pool.kill_grace + FLUSH_GRACE,
     );
     let mut draining: Option<tokio::task::JoinHandle<()>> = None;
@@ -366,14 +378,17 @@ pub async fn serve(
     loop {
         let deadline = stop.deadline;
         tokio::select! {
-            level = stop.next_signal() => {
+            request = stop.next_signal() => {
                 if draining.is_none() {
                     tracing::info!(drain = ?cfg.drain_timeout, in_flight = inflight.len(), "shutting down: intake stopped, queued executions handed back, draining what runs");
                     let _ = stop_reader.send(true);
                     let p = pool.clone();
-                    let drain = if level >= 2 { Duration::ZERO } else { cfg.drain_timeout };
+                    let drain = match request {
+                        Shutdown::Now => Duration::ZERO,
+                        Shutdown::Drain => cfg.drain_timeout,
+                    };
                     draining = Some(tokio::spawn(async move { p.shutdown(drain).await; }));
-                } else if level >= 2 {
+                } else if request == Shutdown::Now {
                     tracing::warn!("second signal: interrupting what still runs and stopping within a second; what is unfinished is left to another supervisor");
                     let p = pool.clone();
                     tokio::spawn(async move { p.shutdown(Duration::ZERO).await; });
@@ -649,54 +664,54 @@ const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
 /// once instead of after the TTL).
 const HEARTBEAT_DELETE_MIN: Duration = Duration::from_millis(300);
 
-/// The shutdown's clock: the signals, and the instant by which the process must be
-/// gone (set by the first signal, brought closer by a second).
+/// The shutdown's clock: the requests, and the instant by which the process must be
+/// gone (set by the first request, brought closer by `Now`).
 struct Stop {
-    signals: watch::Receiver<u32>,
+    requests: watch::Receiver<Option<Shutdown>>,
     closed: bool,
-    level: u32,
+    /// The strongest request seen so far.
+    seen: Option<Shutdown>,
     /// Drain timeout plus [`FLUSH_GRACE`] and the pool's kill grace.
     first_grace: Duration,
     deadline: Option<tokio::time::Instant>,
 }
 
 impl Stop {
-    fn new(signals: watch::Receiver<u32>, first_grace: Duration) -> Stop {
+    fn new(requests: watch::Receiver<Option<Shutdown>>, first_grace: Duration) -> Stop {
         Stop {
-            signals,
+            requests,
             closed: false,
-            level: 0,
+            seen: None,
             first_grace,
             deadline: None,
         }
     }
 
-    /// The next signal level (1: drain, 2: stop now); a dropped sender counts as 2.
+    /// The next request stronger than any before; a dropped sender counts as `Now`.
     /// Sets or tightens the deadline.
-    async fn next_signal(&mut self) -> u32 {
+    async fn next_signal(&mut self) -> Shutdown {
         loop {
             if self.closed {
                 std::future::pending::<()>().await;
             }
-            let level = match self.signals.changed().await {
-                Ok(()) => *self.signals.borrow_and_update(),
+            let request = match self.requests.changed().await {
+                Ok(()) => *self.requests.borrow_and_update(),
                 Err(_) => {
                     self.closed = true;
-                    2
+                    Some(Shutdown::Now)
                 }
             };
-            if level <= self.level {
+            let Some(request) = request.filter(|r| Some(*r) > self.seen) else {
                 continue;
-            }
-            self.level = level;
+            };
+            self.seen = Some(request);
             let now = tokio::time::Instant::now();
-            let grace = if level >= 2 {
-                SECOND_SIGNAL_GRACE
-            } else {
-                self.first_grace
+            let grace = match request {
+                Shutdown::Now => SECOND_SIGNAL_GRACE,
+                Shutdown::Drain => self.first_grace,
             };
             self.deadline = Some(self.deadline.map_or(now + grace, |d| d.min(now + grace)));
-            return level;
+            return request;
         }
     }
 

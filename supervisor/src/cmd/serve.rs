@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::ConnArgs;
 use crate::cli::{parse_duration, PoolArgs};
-use crate::serve::{serve, ServeConfig};
+use crate::serve::{serve, ServeConfig, Shutdown};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -76,7 +76,7 @@ pub async fn run(args: ServeArgs) -> Result<i32, String> {
         cfg.prefetch = p;
     }
 
-    let (tx, rx) = watch::channel(0u32);
+    let (tx, rx) = watch::channel(None);
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::spawn(async move {
@@ -85,7 +85,13 @@ pub async fn run(args: ServeArgs) -> Result<i32, String> {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            tx.send_modify(|n| *n += 1);
+            // The first signal drains, any later one stops now.
+            tx.send_modify(|s| {
+                *s = Some(match s {
+                    None => Shutdown::Drain,
+                    Some(_) => Shutdown::Now,
+                })
+            });
         }
     });
     serve(cfg, rx).await.map_err(|e| e.to_string())?;
