@@ -36,6 +36,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
         .map_err(|e| format!("cannot create a run directory: {e}"))?;
     let mut cfg = args.pool.to_config(run_dir);
     cfg.workers = 1;
+    let timeout = cfg.timeout;
     let (tx, mut events) = mpsc::unbounded_channel();
     let pool = Pool::start(cfg, tx).await.map_err(|e| e.to_string())?;
 
@@ -47,7 +48,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, String> {
         function: args.function.clone(),
         params_json: args.params.clone(),
         context_json: "{}".into(),
-        timeout: None,
+        timeout,
         limits: None,
         modules_generation: 0,
         org: None,

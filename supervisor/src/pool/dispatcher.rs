@@ -524,7 +524,7 @@ impl Dispatcher {
             let job = self.queue.pop_front().expect("queue is not empty");
             self.slots[slot].tenant = Some(job.org.clone());
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            let timeout = job.timeout.unwrap_or(self.cfg.timeout);
+            let timeout = job.timeout;
             let modules_manifest = match &job.modules_manifest {
                 Some(m) => {
                     if self.slots[slot].manifest != m.id {

@@ -557,7 +557,7 @@ fn dispatch(
                 wf.time_saved_seconds,
                 wf.value,
             ),
-            timeout: Some(timeout),
+            timeout,
             limits: None,
             modules_generation: 0,
             org: wf.org_id.map(|id| id.to_string()),
