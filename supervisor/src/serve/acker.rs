@@ -175,3 +175,70 @@ fn done_for(c: Committed) -> Option<Done> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(disposition: Disposition, completion: Option<Completion>) -> Committed {
+        Committed {
+            execution_id: "e1".into(),
+            stream_id: Some("1-0".into()),
+            status: Status::Success,
+            disposition,
+            completion,
+        }
+    }
+
+    fn ours() -> Option<Completion> {
+        let mut c = Completion::new("e1", Status::Success);
+        c.error_type = Some("ours".into());
+        Some(c)
+    }
+
+    #[test]
+    fn a_recorded_outcome_publishes_the_completion_it_carries() {
+        let done = done_for(committed(Disposition::Recorded, ours())).expect("acknowledged");
+        assert_eq!(done.stream_id, "1-0");
+        let c = done.completion.expect("published");
+        assert_eq!(c.error_type.as_deref(), Some("ours"));
+    }
+
+    #[test]
+    fn a_superseded_outcome_is_neither_acknowledged_nor_published() {
+        assert!(done_for(committed(Disposition::Superseded, ours())).is_none());
+        assert!(done_for(committed(Disposition::Superseded, None)).is_none());
+    }
+
+    #[test]
+    fn what_the_database_holds_wins_and_a_duplicate_is_only_acknowledged() {
+        let mut c = committed(Disposition::AlreadyTerminal, ours());
+        c.status = Status::Failed;
+        let done = done_for(c).expect("acknowledged");
+        let published = done.completion.expect("published");
+        assert_eq!(published.status, Status::Failed);
+        assert_eq!(published.error_type, None);
+        let done = done_for(committed(Disposition::NotOwner, ours())).expect("acknowledged");
+        assert!(done.completion.is_none());
+    }
+
+    #[test]
+    fn an_isolated_outcome_publishes_the_store_error() {
+        let mut c = committed(Disposition::Isolated, ours());
+        c.status = Status::Failed;
+        let published = done_for(c).and_then(|d| d.completion).expect("published");
+        assert_eq!(published.status, Status::Failed);
+        assert_eq!(published.error_type.as_deref(), Some("StoreError"));
+    }
+
+    #[test]
+    fn without_an_arranged_completion_the_committed_status_is_published() {
+        let published = done_for(committed(Disposition::Recorded, None))
+            .and_then(|d| d.completion)
+            .expect("published");
+        assert_eq!(published.status, Status::Success);
+        let mut no_entry = committed(Disposition::Recorded, ours());
+        no_entry.stream_id = None;
+        assert!(done_for(no_entry).is_none(), "nothing to acknowledge");
+    }
+}
