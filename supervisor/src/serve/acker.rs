@@ -10,7 +10,7 @@
 //! **Nothing is looked up.** Each [`Committed`] carries its stream entry and the
 //! completion put into its `Completed` when the outcome was handed to the writer (by
 //! the main loop for a finished run, by the reader for an entry recorded without
-//! running); the commit's disposition decides what of it goes out ([`done_for`]).
+//! running); the commit's disposition decides what of it goes out (`done_for`).
 //! Entries answered without a commit come as ready [`Done`]s from the reader.
 //!
 //! **Redis outages do not reach the writer.** The acker keeps taking committed batches

@@ -14,7 +14,7 @@
 //! 5. one `GET` of the module cache's generation, carried by every job of the batch (a
 //!    wiped cache is refilled first: crate::modules::ModuleSync::check).
 //!
-//! [`Reader::prepare`] calls one function per step: `parse_entries` (what the read
+//! `Reader::prepare` calls one function per step: `parse_entries` (what the read
 //! brought), `cancel_markers` (3), `record_running` (2 and 4), `sort_by_workflow`,
 //! `dead_letter`, `batch_context` (configs, and 5), `settle` (jobs, or entries answered
 //! without running) and `hand_on` (records to the writer, answers to the acker). Those

@@ -4,6 +4,13 @@
 //! decides when to call it and what to do when it fails; this module only knows how to
 //! write.
 //!
+//! Its input is the writer's [`Completed`] items (crate::store::items): each an outcome
+//! with its logs, attribution, stream entry and attempt, and the completion the
+//! acknowledger will publish. This module writes the first four (the stream entry and
+//! attempt fence the row: only the run that began it writes its result) and leaves the
+//! completion alone; its answer per item is a [`CommitOutcome`], which the writer turns
+//! into the `Committed` it hands on, the stream entry and completion carried back.
+//!
 //! It is idempotent, which is what lets the writer retry a batch whose COMMIT may or may
 //! not have happened (the connection died waiting for the answer):
 //! - the row upsert only touches rows that are not terminal yet, and says which ones it

@@ -7,6 +7,11 @@
 //!                     ◀── Vec<Committed> ─────────────────┘ (only after COMMIT)
 //! ```
 //!
+//! Each [`Committed`] carries back its item's stream entry and the completion it was
+//! submitted with, next to what the commit found ([`Disposition`]): whoever reads the
+//! channel acknowledges and publishes from that alone (crate::serve::acker). The item
+//! and answer types live in crate::store::items.
+//!
 //! - **Bounded.** [`WriterHandle::submit`] waits while `max_pending` items are in the
 //!   writer (queued or being written). That is how the intake pauses when the database
 //!   is away: results wait in memory, up to the bound, and nothing is dropped. A caller
