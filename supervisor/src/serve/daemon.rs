@@ -91,57 +91,25 @@ pub(super) struct Daemon {
 }
 
 impl Daemon {
-    /// Start-up: every service connected and every stage started, or the step that
-    /// failed.
+    /// Start-up: every service connected ([`connect`]) and every stage started, or the
+    /// step that failed.
     pub(super) async fn start(
         cfg: ServeConfig,
         shutdown: watch::Receiver<Option<Shutdown>>,
     ) -> Result<Daemon, ServeError> {
-        let store = Store::connect(&cfg.database_url, cfg.db_connections)
-            .await
-            .map_err(ServeError::DatabaseConnect)?;
-        store.check_schema().await.map_err(ServeError::Schema)?;
-        let keys = Keys::new(cfg.key_prefix.clone());
-        let intake = Intake::connect(&cfg.redis_url, keys, cfg.consumer.clone()).await?;
-        intake.ensure_group().await?;
-        // Peers see this supervisor alive from now on; set before the first read.
-        let heartbeat = Heartbeat::start(&intake, cfg.heartbeat_ttl)
-            .await
-            .map_err(ServeError::Heartbeat)?;
-        let liveness = heartbeat.watch();
-        // Advice only: a Redis that persists nothing loses unread requests when it restarts.
-        crate::intake::persistence::warn_if_unpersisted(intake.client(), &cfg.redis_url).await;
-        let cancels = intake.cancel_listener().await?;
-        let sdk = Sdk::start(
-            store.clone(),
-            intake.client(),
-            intake.keys().clone(),
-            cfg.secret_key.clone(),
-        )
-        .await?;
-
-        // The module cache: filled from the database now, then kept in step (LISTEN).
-        let module_cache = ModuleCache::connect(&cfg.redis_url, intake.keys().clone()).await?;
-        let modules = ModuleSync::new(store.clone(), module_cache);
-        let (stop_modules, modules_stopped) = watch::channel(false);
-        let module_follower = modules.start(&cfg.database_url, modules_stopped).await?;
-        // Workers read the cache from the same Redis (unless told otherwise, e.g. a Unix
-        // socket for network-isolated workers), as a read-only user; never the database.
-        let mut pool_cfg = cfg.pool.clone();
-        let access = match pool_cfg.redis_url.take() {
-            Some(url) => crate::modules::access::check_read_only(&url, &cfg.key_prefix)
-                .await
-                .map(|()| url),
-            None => {
-                crate::modules::access::worker_url(store.pool(), &cfg.redis_url, &cfg.key_prefix)
-                    .await
-            }
-        };
-        pool_cfg.redis_url = Some(access?);
-        pool_cfg.key_prefix = cfg.key_prefix.clone();
-
-        let (pool_tx, pool_events) = mpsc::unbounded_channel();
-        let pool = Pool::start(pool_cfg, pool_tx).await?;
+        let Services {
+            store,
+            intake,
+            heartbeat,
+            liveness,
+            cancels,
+            sdk,
+            modules,
+            stop_modules,
+            module_follower,
+            pool,
+            pool_events,
+        } = connect(&cfg).await?;
         let (writer, committed) = Writer::spawn(store.clone(), cfg.writer.clone());
         // Config changes of committed executions reach the cache before their completions.
         let committed = sdk.after_commit(committed);
@@ -668,6 +636,85 @@ impl Daemon {
         );
         report
     }
+}
+
+/// The services the daemon works with, connected (each step's failure named).
+struct Services {
+    store: Store,
+    intake: Intake,
+    heartbeat: Heartbeat,
+    /// Watched from the heartbeat's start, so no lapse during start-up goes unseen.
+    liveness: watch::Receiver<Liveness>,
+    cancels: CancelListener,
+    sdk: Sdk,
+    modules: ModuleSync,
+    stop_modules: watch::Sender<bool>,
+    module_follower: JoinHandle<()>,
+    pool: Pool,
+    pool_events: mpsc::UnboundedReceiver<PoolEvent>,
+}
+
+/// Every fallible start-up step, in order: PostgreSQL and its schema, Redis and the
+/// stream's group, the heartbeat, the cancel subscription, the SDK, the module cache,
+/// the workers' Redis access, the pool.
+async fn connect(cfg: &ServeConfig) -> Result<Services, ServeError> {
+    let store = Store::connect(&cfg.database_url, cfg.db_connections)
+        .await
+        .map_err(ServeError::DatabaseConnect)?;
+    store.check_schema().await.map_err(ServeError::Schema)?;
+    let keys = Keys::new(cfg.key_prefix.clone());
+    let intake = Intake::connect(&cfg.redis_url, keys, cfg.consumer.clone()).await?;
+    intake.ensure_group().await?;
+    // Peers see this supervisor alive from now on; set before the first read.
+    let heartbeat = Heartbeat::start(&intake, cfg.heartbeat_ttl)
+        .await
+        .map_err(ServeError::Heartbeat)?;
+    let liveness = heartbeat.watch();
+    // Advice only: a Redis that persists nothing loses unread requests when it restarts.
+    crate::intake::persistence::warn_if_unpersisted(intake.client(), &cfg.redis_url).await;
+    let cancels = intake.cancel_listener().await?;
+    let sdk = Sdk::start(
+        store.clone(),
+        intake.client(),
+        intake.keys().clone(),
+        cfg.secret_key.clone(),
+    )
+    .await?;
+
+    // The module cache: filled from the database now, then kept in step (LISTEN).
+    let module_cache = ModuleCache::connect(&cfg.redis_url, intake.keys().clone()).await?;
+    let modules = ModuleSync::new(store.clone(), module_cache);
+    let (stop_modules, modules_stopped) = watch::channel(false);
+    let module_follower = modules.start(&cfg.database_url, modules_stopped).await?;
+    // Workers read the cache from the same Redis (unless told otherwise, e.g. a Unix
+    // socket for network-isolated workers), as a read-only user; never the database.
+    let mut pool_cfg = cfg.pool.clone();
+    let access = match pool_cfg.redis_url.take() {
+        Some(url) => crate::modules::access::check_read_only(&url, &cfg.key_prefix)
+            .await
+            .map(|()| url),
+        None => {
+            crate::modules::access::worker_url(store.pool(), &cfg.redis_url, &cfg.key_prefix).await
+        }
+    };
+    pool_cfg.redis_url = Some(access?);
+    pool_cfg.key_prefix = cfg.key_prefix.clone();
+
+    let (pool_tx, pool_events) = mpsc::unbounded_channel();
+    let pool = Pool::start(pool_cfg, pool_tx).await?;
+    Ok(Services {
+        store,
+        intake,
+        heartbeat,
+        liveness,
+        cancels,
+        sdk,
+        modules,
+        stop_modules,
+        module_follower,
+        pool,
+        pool_events,
+    })
 }
 
 /// The shutdown's clock: the requests, and the instant by which the process must be
