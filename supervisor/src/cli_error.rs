@@ -45,9 +45,13 @@ pub enum CliError {
     #[error(transparent)]
     Pool(#[from] PoolError),
 
-    /// `serve` could not start, or stopped on an error (the message says which service).
-    #[error("{0}")]
-    Serve(String),
+    /// `serve` could not start (the message names the step and the service).
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
+
+    /// The daemon's SIGTERM/SIGINT handlers could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
 
     /// An argument the command cannot use (clap checked its syntax; this is its meaning).
     #[error("{0}")]

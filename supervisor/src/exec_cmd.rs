@@ -47,6 +47,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, CliError> {
     })?;
     let mut cfg = args.pool.to_config(run_dir);
     cfg.workers = 1;
+    let timeout = cfg.timeout;
     let (tx, mut events) = mpsc::unbounded_channel();
     let pool = Pool::start(cfg, tx).await?;
 
@@ -58,7 +59,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, CliError> {
         function: args.function.clone(),
         params_json: args.params.clone(),
         context_json: "{}".into(),
-        timeout: None,
+        timeout,
         limits: None,
         modules_generation: 0,
         org: None,

@@ -20,8 +20,9 @@ pub struct Job {
     pub params_json: String,
     /// SDK context as a JSON object, `{}` when there is none.
     pub context_json: String,
-    /// Wall-clock deadline, counted from dispatch. `None`: the pool's default.
-    pub timeout: Option<Duration>,
+    /// Wall-clock deadline, counted from dispatch; resolved by whoever builds the job
+    /// (request, workflow or `--timeout`), so the pool applies it as it is.
+    pub timeout: Duration,
     /// `None`: the pool's default limits.
     pub limits: Option<ExecutionLimits>,
     /// The module cache generation for this execution (0: no module cache).

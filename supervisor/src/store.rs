@@ -17,8 +17,11 @@
 //!   statement; their status is written by [`commit`].
 //! - [`executions`]: the one-statement [`Store::begin_batch`] that marks a batch
 //!   `running` (and says which ids were already finished), [`Store::hand_back`] for
-//!   what a supervisor that shuts down gives back, rejected requests, and the read
+//!   what a supervisor that shuts down gives back, recording rejected requests, and the read
 //!   side (`list`, `show`).
+//! - [`items`]: the plain data that flows through the writer ([`Completed`] in,
+//!   [`CommitOutcome`] from the transaction, [`Committed`] out) and [`Rejected`];
+//!   a leaf that `commit`, `executions` and `writer` all import, and nothing else.
 //! - [`commit`]: one batch of outcomes in one transaction (rows, logs, SDK writes,
 //!   delivery statuses, daily metrics), idempotent so a replay never records twice.
 //! - [`lost`]: executions a dead supervisor left unfinished with nothing left to run
@@ -38,6 +41,7 @@ pub mod configs;
 pub mod connect;
 pub mod deliveries;
 pub mod executions;
+pub mod items;
 pub mod kv;
 pub mod lost;
 pub mod metrics;
@@ -48,22 +52,19 @@ pub mod writer;
 
 pub use sqlx;
 
-pub use commit::CommitOutcome;
 pub use configs::{ConfigEntry, ConfigKind, ConfigRow, Organization};
 pub use connect::{redact_url, Store};
 pub use deliveries::Delivery;
 pub use executions::{
     Begin, ExecutionDetail, ExecutionFilter, ExecutionRecord, ExecutionStatus, ExecutionSummary,
-    HandBack, LogLine, NewExecution, Rejected, INTERRUPTED,
+    HandBack, LogLine, NewExecution, INTERRUPTED,
 };
+pub use items::{CommitOutcome, Committed, Completed, Disposition, Rejected};
 pub use kv::KvEntry;
 pub use migrate::{SchemaStatus, MIGRATOR};
 pub use retry::{retry_with_backoff, Backoff};
 pub use workflows::{PushAction, PushResult, Workflow, WorkflowRef, WorkflowSpec, WorkflowSummary};
-pub use writer::{
-    Committed, Completed, Disposition, Reservation, Writer, WriterConfig, WriterHandle,
-    WriterStats, WriterTask,
-};
+pub use writer::{Reservation, Writer, WriterConfig, WriterHandle, WriterStats, WriterTask};
 
 /// Everything the store can fail with. Each variant says what was being done, so the
 /// message alone tells an operator what to fix.

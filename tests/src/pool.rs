@@ -93,6 +93,7 @@ impl TestPool {
 
     /// Submits `source`'s `run(**params)` with id `id`.
     pub fn submit(&self, id: &str, source: &str, params: &str, timeout: Option<Duration>) {
+        let timeout = Some(timeout.unwrap_or(self.cfg.timeout));
         if self.pool.submit(job(id, source, params, timeout)).is_err() {
             panic!("pool refused {id}: it is shut down");
         }
@@ -150,6 +151,8 @@ impl TestPool {
     }
 }
 
+/// A job for `source`'s `run(**params)`; `timeout` `None`: [`PoolConfig::new`]'s
+/// default (60 s), which every test pool keeps.
 pub fn job(id: &str, source: &str, params: &str, timeout: Option<Duration>) -> Job {
     Job {
         execution_id: id.to_string(),
@@ -158,7 +161,7 @@ pub fn job(id: &str, source: &str, params: &str, timeout: Option<Duration>) -> J
         function: "run".to_string(),
         params_json: params.to_string(),
         context_json: "{}".to_string(),
-        timeout,
+        timeout: timeout.unwrap_or(Duration::from_secs(60)),
         limits: None,
         modules_generation: 0,
         org: None,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use warden::intake::{Completion, IntakeClient, Request, WorkflowRef};
-use warden::serve::{serve, ServeConfig, ServeError, ServeReport};
+use warden::serve::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
 use warden::store::WorkflowSpec;
 
 use crate::db::TestDb;
@@ -18,7 +18,7 @@ pub struct TestServe {
     pub redis: TestRedis,
     pub client: IntakeClient,
     pub cfg: ServeConfig,
-    signals: watch::Sender<u32>,
+    signals: watch::Sender<Option<Shutdown>>,
     handle: Option<JoinHandle<Result<ServeReport, ServeError>>>,
     _dir: tempfile::TempDir,
 }
@@ -129,7 +129,7 @@ impl TestServe {
     /// Like [`TestServe::stop`], for a service that may have failed to start: its
     /// result.
     pub async fn stop_result(&mut self) -> Result<ServeReport, ServeError> {
-        let _ = self.signals.send(1);
+        let _ = self.signals.send(Some(Shutdown::Drain));
         let handle = self.handle.take().expect("still running");
         tokio::time::timeout(Duration::from_secs(30), handle)
             .await
@@ -140,7 +140,7 @@ impl TestServe {
 
 impl Drop for TestServe {
     fn drop(&mut self) {
-        let _ = self.signals.send(2);
+        let _ = self.signals.send(Some(Shutdown::Now));
     }
 }
 
@@ -148,10 +148,10 @@ impl Drop for TestServe {
 pub fn spawn(
     cfg: ServeConfig,
 ) -> (
-    watch::Sender<u32>,
+    watch::Sender<Option<Shutdown>>,
     JoinHandle<Result<ServeReport, ServeError>>,
 ) {
-    let (tx, rx) = watch::channel(0);
+    let (tx, rx) = watch::channel(None);
     (tx, tokio::spawn(serve(cfg, rx)))
 }
 

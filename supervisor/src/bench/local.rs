@@ -43,6 +43,7 @@ pub async fn bench_mode(
     let modules_manifest = modules.as_ref().map(|m| m.manifest.clone());
     // Recycling is part of reuse mode's cost; keep the configured value.
     let workers = cfg.workers;
+    let timeout = cfg.timeout;
     let (tx, mut events) = mpsc::unbounded_channel();
     let pool = Pool::start(cfg, tx).await?;
     let spawn_ms = pool.stats().last_spawn_to_ready_us as f64 / 1000.0;
@@ -55,7 +56,7 @@ pub async fn bench_mode(
         function: "run".into(),
         params_json: format!("{{\"x\": {i}}}"),
         context_json: context.clone(),
-        timeout: None,
+        timeout,
         limits: None,
         modules_generation,
         org: Some(format!("org{}", i % args.orgs as usize)),

@@ -23,7 +23,7 @@ use super::workload::Workload;
 use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
 use crate::intake::{IntakeClient, Keys, Request, WorkflowRef};
 use crate::modules::bench::CountingProxy;
-use crate::serve::{serve, ServeConfig};
+use crate::serve::{serve, ServeConfig, Shutdown};
 use crate::store::sqlx::{self, Connection, PgConnection};
 use crate::store::{Store, WorkflowSpec};
 
@@ -84,7 +84,7 @@ pub async fn bench_mode(
         .map_err(|e| format!("side connection: {e}"))?;
     let (s0, _) = stats(&mut side).await?;
     let (signals, handle) = {
-        let (tx, rx) = watch::channel(0);
+        let (tx, rx) = watch::channel(None);
         (tx, tokio::spawn(serve(cfg, rx)))
     };
 
@@ -128,7 +128,7 @@ pub async fn bench_mode(
         .zip(worker_commands_before)
         .map(|(after, before)| (after - before) as f64 / (args.n + args.sequential) as f64);
     let (s3, x3) = stats(&mut side).await?;
-    let _ = signals.send(1);
+    let _ = signals.send(Some(Shutdown::Drain));
     let report = handle
         .await
         .map_err(|e| e.to_string())?

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::args::{parse_duration, ConnArgs, PoolArgs};
 use crate::cli_error::CliError;
-use crate::serve::{serve, ServeConfig};
+use crate::serve::{serve, ServeConfig, Shutdown};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -75,24 +75,30 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
     if let Some(p) = args.prefetch {
         cfg.prefetch = p;
     }
-    until_stopped(cfg).await.map_err(CliError::Serve)
+    until_stopped(cfg).await
 }
 
 /// Runs the daemon with SIGTERM/SIGINT as its shutdown requests; `Err` is a start-up
 /// failure, one sentence naming the service.
-async fn until_stopped(cfg: ServeConfig) -> Result<i32, String> {
-    let (tx, rx) = watch::channel(0u32);
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+async fn until_stopped(cfg: ServeConfig) -> Result<i32, CliError> {
+    let (tx, rx) = watch::channel(None);
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            tx.send_modify(|n| *n += 1);
+            // The first signal drains, any later one stops now.
+            tx.send_modify(|s| {
+                *s = Some(match s {
+                    None => Shutdown::Drain,
+                    Some(_) => Shutdown::Now,
+                })
+            });
         }
     });
-    serve(cfg, rx).await.map_err(|e| e.to_string())?;
+    serve(cfg, rx).await?;
     Ok(0)
 }

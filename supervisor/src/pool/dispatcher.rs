@@ -404,7 +404,7 @@ impl Dispatcher {
             let job = self.queue.pop_front().expect("queue is not empty");
             self.slots[slot].tenant = Some(job.org.clone());
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            let timeout = job.timeout.unwrap_or(self.cfg.timeout);
+            let timeout = job.timeout;
             let modules_manifest = match &job.modules_manifest {
                 Some(m) => {
                     if self.slots[slot].manifest != m.id {
@@ -1008,7 +1008,7 @@ mod tests {
             function: "main".into(),
             params_json: "{}".into(),
             context_json: "{}".into(),
-            timeout: None,
+            timeout: TIMEOUT,
             limits: None,
             modules_generation: 0,
             org: org.map(str::to_string),

@@ -7,6 +7,12 @@
 //! neither acknowledged nor published, and no longer held ([`Held`]); an entry leaves
 //! `Held` too once Redis has taken its acknowledgement.
 //!
+//! **Nothing is looked up.** Each [`Committed`] carries its stream entry and the
+//! completion put into its `Completed` when the outcome was handed to the writer (by
+//! the main loop for a finished run, by the reader for an entry recorded without
+//! running); the commit's disposition decides what of it goes out (`done_for`).
+//! Entries answered without a commit come as ready [`Done`]s from the reader.
+//!
 //! **Redis outages do not reach the writer.** The acker keeps taking committed batches
 //! while a pipeline is in flight or Redis is away: they wait in its queue (at most
 //! [`MAX_WAITING`] acknowledgements; past that it stops taking more, and only then
@@ -16,11 +22,11 @@
 //! deadline came first) are taken over by a peer once this supervisor's heartbeat is
 //! gone, and found already done.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -29,7 +35,7 @@ use tokio::time::Instant;
 use super::held::Held;
 use super::outage::RedisOutage;
 use crate::intake::{Completion, Done, Intake, IntakeError};
-use crate::outcome::{ExecutionOutcome, Status};
+use crate::outcome::Status;
 use crate::store::{Backoff, Committed, Disposition};
 
 /// Most acknowledgements waiting for Redis before the acker stops taking more.
@@ -38,31 +44,6 @@ pub const MAX_WAITING: usize = 10_000;
 pub const ACK_CHUNK: usize = 1_000;
 /// How long one pipeline may take before it counts as failed (and is sent again).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The completion to publish for each execution handed to the writer, by execution id
-/// and stream entry (two entries may carry the same id: a duplicate submission, or a
-/// malformed copy, must not take the completion of the entry that runs it).
-#[derive(Clone, Default)]
-pub struct PendingAcks(Arc<Mutex<HashMap<(String, String), Done>>>);
-
-impl PendingAcks {
-    /// Remembers what to publish once `out` is committed.
-    pub fn expect(&self, stream_id: &str, out: &ExecutionOutcome) {
-        self.expect_done(&out.execution_id, Done::from_outcome(stream_id, out));
-    }
-
-    pub fn expect_done(&self, execution_id: &str, done: Done) {
-        self.0
-            .lock()
-            .expect("acks lock")
-            .insert((execution_id.to_string(), done.stream_id.clone()), done);
-    }
-
-    fn take(&self, execution_id: &str, stream_id: Option<&str>) -> Option<Done> {
-        let key = (execution_id.to_string(), stream_id?.to_string());
-        self.0.lock().expect("acks lock").remove(&key)
-    }
-}
 
 /// Acknowledgements queued and not yet taken by Redis (for the shutdown's report).
 #[derive(Clone, Default)]
@@ -83,7 +64,6 @@ pub async fn run(
     intake: Intake,
     mut committed: mpsc::Receiver<Vec<Committed>>,
     mut direct: mpsc::UnboundedReceiver<Vec<Done>>,
-    pending: PendingAcks,
     outage: RedisOutage,
     waiting: Waiting,
     held: Held,
@@ -121,7 +101,7 @@ pub async fn run(
                     let mut superseded = Vec::new();
                     for c in batch {
                         let sid = c.stream_id.clone();
-                        match done_for(&pending, c) {
+                        match done_for(c) {
                             Some(done) => queue.push_back(done),
                             None => superseded.extend(sid),
                         }
@@ -160,20 +140,19 @@ pub async fn run(
     }
 }
 
-fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
-    let expected = pending.take(&c.execution_id, c.stream_id.as_deref());
+/// What to acknowledge and publish for one committed item, from what it carries: the
+/// completion it was submitted with (`None`: nothing was arranged) and what the commit
+/// found. `None`: nothing (superseded, or no stream entry).
+fn done_for(c: Committed) -> Option<Done> {
     if c.disposition == Disposition::Superseded {
         // A peer took the entry over and runs it again: acknowledging it here would
         // drop it from that peer's pending list (and lose it if the peer died too).
         tracing::info!(execution = %c.execution_id, "outcome superseded by a later attempt elsewhere: not acknowledged");
         return None;
     }
-    let stream_id = expected
-        .as_ref()
-        .map(|d| d.stream_id.clone())
-        .or(c.stream_id.clone())?;
-    match (expected, c.disposition) {
-        (Some(done), Disposition::Recorded) => Some(done),
+    let stream_id = c.stream_id?;
+    match (c.completion, c.disposition) {
+        (Some(completion), Disposition::Recorded) => Some(Done::new(stream_id, completion)),
         // Another entry runs this id: acknowledge this one, publish nothing for it (the
         // running entry's completion is the execution's).
         (_, Disposition::NotOwner) => Some(Done {
@@ -194,5 +173,72 @@ fn done_for(pending: &PendingAcks, c: Committed) -> Option<Done> {
             );
             Some(Done::new(stream_id, completion))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(disposition: Disposition, completion: Option<Completion>) -> Committed {
+        Committed {
+            execution_id: "e1".into(),
+            stream_id: Some("1-0".into()),
+            status: Status::Success,
+            disposition,
+            completion,
+        }
+    }
+
+    fn ours() -> Option<Completion> {
+        let mut c = Completion::new("e1", Status::Success);
+        c.error_type = Some("ours".into());
+        Some(c)
+    }
+
+    #[test]
+    fn a_recorded_outcome_publishes_the_completion_it_carries() {
+        let done = done_for(committed(Disposition::Recorded, ours())).expect("acknowledged");
+        assert_eq!(done.stream_id, "1-0");
+        let c = done.completion.expect("published");
+        assert_eq!(c.error_type.as_deref(), Some("ours"));
+    }
+
+    #[test]
+    fn a_superseded_outcome_is_neither_acknowledged_nor_published() {
+        assert!(done_for(committed(Disposition::Superseded, ours())).is_none());
+        assert!(done_for(committed(Disposition::Superseded, None)).is_none());
+    }
+
+    #[test]
+    fn what_the_database_holds_wins_and_a_duplicate_is_only_acknowledged() {
+        let mut c = committed(Disposition::AlreadyTerminal, ours());
+        c.status = Status::Failed;
+        let done = done_for(c).expect("acknowledged");
+        let published = done.completion.expect("published");
+        assert_eq!(published.status, Status::Failed);
+        assert_eq!(published.error_type, None);
+        let done = done_for(committed(Disposition::NotOwner, ours())).expect("acknowledged");
+        assert!(done.completion.is_none());
+    }
+
+    #[test]
+    fn an_isolated_outcome_publishes_the_store_error() {
+        let mut c = committed(Disposition::Isolated, ours());
+        c.status = Status::Failed;
+        let published = done_for(c).and_then(|d| d.completion).expect("published");
+        assert_eq!(published.status, Status::Failed);
+        assert_eq!(published.error_type.as_deref(), Some("StoreError"));
+    }
+
+    #[test]
+    fn without_an_arranged_completion_the_committed_status_is_published() {
+        let published = done_for(committed(Disposition::Recorded, None))
+            .and_then(|d| d.completion)
+            .expect("published");
+        assert_eq!(published.status, Status::Success);
+        let mut no_entry = committed(Disposition::Recorded, ours());
+        no_entry.stream_id = None;
+        assert!(done_for(no_entry).is_none(), "nothing to acknowledge");
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use warden_protocol::Log;
 
+use crate::intake::Completion;
 use crate::outcome::ExecutionOutcome;
 use crate::store::Completed;
 
@@ -24,8 +25,12 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The writer's item for `outcome`, carrying its stream entry and the completion to
+    /// publish once it is committed.
     pub fn into_completed(self, outcome: ExecutionOutcome, logs: Vec<Log>) -> Completed {
+        let completion = Completion::from_outcome(&outcome);
         let mut c = Completed::new(outcome);
+        c.completion = Some(completion);
         c.logs = logs;
         c.workflow_id = self.workflow_id;
         c.org_id = self.org_id;

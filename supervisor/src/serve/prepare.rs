@@ -14,6 +14,12 @@
 //! 5. one `GET` of the module cache's generation, carried by every job of the batch (a
 //!    wiped cache is refilled first: crate::modules::ModuleSync::check).
 //!
+//! `Reader::prepare` calls one function per step: `parse_entries` (what the read
+//! brought), `cancel_markers` (3), `record_running` (2 and 4), `sort_by_workflow`,
+//! `dead_letter`, `batch_context` (configs, and 5), `settle` (jobs, or entries answered
+//! without running) and `hand_on` (records to the writer, answers to the acker). Those
+//! that decide from plain data alone are pure and unit-tested.
+//!
 //! Entries that cannot run (malformed, unknown workflow) are dead-lettered with the
 //! reason and recorded `failed` through the writer, so they are acknowledged only
 //! after that row is committed, like any other outcome. Entries answered without
@@ -34,7 +40,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::acker::PendingAcks;
 use super::held::Held;
 use super::inflight::Meta;
 use crate::intake::liveness::TAKEOVER_EVERY;
@@ -55,7 +60,6 @@ pub struct Reader {
     pub intake: Intake,
     pub store: Store,
     pub writer: WriterHandle,
-    pub acks: PendingAcks,
     /// Entries read and not yet acknowledged (see [`Held`]).
     pub held: Held,
     /// The acker's queue for entries acknowledged without a commit of their own.
@@ -216,131 +220,123 @@ impl Reader {
     }
 
     /// Turns a batch of entries into jobs; everything that will not run is recorded or
-    /// acknowledged here.
+    /// acknowledged here. The module header's steps, one function each.
     async fn prepare(&mut self, entries: Vec<Entry>) -> Vec<Dispatch> {
         if entries.is_empty() {
             return Vec::new();
         }
-        let mut requests: Vec<(String, Request)> = Vec::with_capacity(entries.len());
-        let mut dead = Vec::new();
-        let mut ack_only = Vec::new();
-        let mut records = Vec::new();
-        for e in &entries {
-            match e.parse() {
-                Ok(r) => requests.push((e.stream_id.clone(), r)),
-                Err(rej) => dead.push((rej, e.fields.as_slice())),
-            }
-        }
-        for (rej, _) in &dead {
-            match &rej.execution_id {
-                Some(id) => {
-                    self.acks.expect_done(id, Done::rejected(rej));
-                    records.push(Completed::rejected(crate::store::Rejected {
-                        id: id.clone(),
-                        workflow_name: None,
-                        org_id: None,
-                        caller: None,
-                        error_type: intake::messages::INVALID_REQUEST.into(),
-                        message: rej.reason.clone(),
-                        stream_id: Some(rej.stream_id.clone()),
-                    }));
-                }
-                None => ack_only.push(Done::rejected(rej)),
-            }
-        }
-
+        let Parsed {
+            requests,
+            dead,
+            mut records,
+            mut ack_only,
+        } = parse_entries(&entries);
         let refs: Vec<WorkflowRef> = requests.iter().map(|(_, r)| store_ref(r)).collect();
-        let ids: Vec<&str> = requests
-            .iter()
-            .map(|(_, r)| r.execution_id.as_str())
-            .collect();
-        let mut stop = self.stop.clone();
-        let Some(cancelled) = or_stop(&mut stop, self.intake.is_cancelled(&ids)).await else {
+        // Step 3 (cancel markers) comes first: step 2's transaction needs them.
+        let Some(cancelled) = self.cancel_markers(&requests).await else {
             return Vec::new();
         };
-        let cancelled = cancelled.unwrap_or_else(|_| vec![false; ids.len()]);
-        // One transaction: load the batch's workflows, and record the runnable ones (a
-        // workflow found, not cancelled) running, in the order of `requests`.
-        let consumer = self.consumer.clone();
-        let Some((workflows, begins)) = self
-            .prepare_in_db(&refs, |wfs| {
-                requests
-                    .iter()
-                    .zip(&refs)
-                    .zip(&cancelled)
-                    .filter_map(|(((sid, req), r), was_cancelled)| {
-                        let wf = wfs.get(r).filter(|_| !*was_cancelled)?;
-                        Some(NewExecution {
-                            id: req.execution_id.clone(),
-                            workflow_id: Some(wf.id),
-                            workflow_name: wf.name.clone(),
-                            org_id: wf.org_id,
-                            caller: req.caller.clone(),
-                            params_json: req.params_json.clone(),
-                            queued_at: stream_time(sid),
-                            supervisor: consumer.clone(),
-                            stream_id: Some(sid.clone()),
-                            delivery_id: req.delivery_id.clone(),
-                        })
-                    })
-                    .collect()
-            })
-            .await
+        let Some((workflows, begins)) = self.record_running(&requests, &refs, &cancelled).await
         else {
             // Stopped before the batch was recorded: nothing of it has begun.
             return Vec::new();
         };
         // From here the batch is recorded `running`: when the stop signal comes, its
         // jobs still go to the daemon (which gives them back), unprepared.
-        let mut stopped = false;
+        let Sorted {
+            runnable,
+            unknown,
+            cancelled,
+        } = sort_by_workflow(requests, refs, cancelled, &workflows);
+        records.extend(cancelled);
+        records.extend(
+            unknown
+                .iter()
+                .map(|(sid, req, r)| unknown_record(sid, req, r)),
+        );
+        let mut stopped = !self.dead_letter(&entries, &dead, &unknown).await;
 
-        let mut unknown = Vec::new();
-        let mut runnable: Vec<(String, Request, Workflow)> = Vec::new();
-        for (((sid, req), r), was_cancelled) in requests.into_iter().zip(refs).zip(cancelled) {
-            match workflows.get(&r) {
-                None => unknown.push((sid, req, r)),
-                Some(wf) if was_cancelled => {
-                    let meta = meta_for(&sid, &req, wf);
-                    let out = not_run(&req.execution_id, "cancelled before it started");
-                    self.acks.expect(&sid, &out);
-                    records.push(meta.into_completed(out, Vec::new()));
-                }
-                Some(wf) => runnable.push((sid, req, wf.clone())),
+        // The SDK's part: the configs of the batch's organizations (one Redis read).
+        let runs: Vec<Option<i64>> = runnable
+            .iter()
+            .zip(&begins)
+            .filter(|(_, b)| matches!(b, Begin::Run { .. }))
+            .map(|((_, _, wf), _)| wf.org_id)
+            .collect();
+        let mut configs = crate::sdk::cache::ConfigSnapshot::default();
+        let mut modules = (0, None);
+        if !stopped && !runs.is_empty() {
+            match self.batch_context(runs).await {
+                Some((c, m)) => (configs, modules) = (c, m),
+                None => stopped = true,
             }
         }
-        for (sid, req, r) in &unknown {
-            let reason = format!(
-                "no active workflow {r}{}: push it with `warden workflow push`",
-                req.org
-                    .as_deref()
-                    .map(|o| format!(" in organization {o}"))
-                    .unwrap_or_default()
-            );
-            let rej = intake::Rejected {
-                stream_id: sid.clone(),
-                execution_id: Some(req.execution_id.clone()),
-                reason: reason.clone(),
-            };
-            let mut done = Done::rejected(&rej);
-            if let Some(c) = done.completion.as_mut() {
-                c.error_type = Some("UnknownWorkflow".into());
-            }
-            self.acks.expect_done(&req.execution_id, done);
-            records.push(Completed::rejected(crate::store::Rejected {
-                id: req.execution_id.clone(),
-                workflow_name: Some(r.to_string()),
-                org_id: None,
-                caller: req.caller.clone(),
-                error_type: "UnknownWorkflow".into(),
-                message: reason,
-                stream_id: Some(sid.clone()),
-            }));
-        }
+        let (out, answered) = settle(runnable, begins, self.default_timeout, &configs, modules);
+        ack_only.extend(answered);
+        self.hand_on(records, ack_only, stopped).await;
+        out
+    }
+
+    /// Step 3: one `MGET` of the batch's cancel markers (all `false` if Redis does not
+    /// answer). `None`: the stop signal came first.
+    async fn cancel_markers(&self, requests: &[(String, Request)]) -> Option<Vec<bool>> {
+        let ids: Vec<&str> = requests
+            .iter()
+            .map(|(_, r)| r.execution_id.as_str())
+            .collect();
+        let mut stop = self.stop.clone();
+        let cancelled = or_stop(&mut stop, self.intake.is_cancelled(&ids)).await?;
+        Some(cancelled.unwrap_or_else(|_| vec![false; ids.len()]))
+    }
+
+    /// Steps 2 and 4, one transaction: load the batch's workflows, and record the
+    /// runnable ones (a workflow found, not cancelled) running, in the order of
+    /// `requests`. `None`: the stop signal came first.
+    async fn record_running(
+        &self,
+        requests: &[(String, Request)],
+        refs: &[WorkflowRef],
+        cancelled: &[bool],
+    ) -> Option<(HashMap<WorkflowRef, Workflow>, Vec<Begin>)> {
+        let consumer = self.consumer.clone();
+        self.prepare_in_db(refs, |wfs| {
+            requests
+                .iter()
+                .zip(refs)
+                .zip(cancelled)
+                .filter_map(|(((sid, req), r), was_cancelled)| {
+                    let wf = wfs.get(r).filter(|_| !*was_cancelled)?;
+                    Some(NewExecution {
+                        id: req.execution_id.clone(),
+                        workflow_id: Some(wf.id),
+                        workflow_name: wf.name.clone(),
+                        org_id: wf.org_id,
+                        caller: req.caller.clone(),
+                        params_json: req.params_json.clone(),
+                        queued_at: stream_time(sid),
+                        supervisor: consumer.clone(),
+                        stream_id: Some(sid.clone()),
+                        delivery_id: req.delivery_id.clone(),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Dead letters for the malformed entries and those naming no known workflow, with
+    /// the reason (one Redis call). `false`: the stop signal came first.
+    async fn dead_letter(
+        &self,
+        entries: &[Entry],
+        dead: &[(intake::Rejected, &[intake::entry::Field])],
+        unknown: &[(String, Request, WorkflowRef)],
+    ) -> bool {
         let mut dead_fields: Vec<(intake::Rejected, Vec<intake::entry::Field>)> =
             dead.iter().map(|(r, f)| (r.clone(), f.to_vec())).collect();
         let by_sid: HashMap<&str, &Entry> =
             entries.iter().map(|e| (e.stream_id.as_str(), e)).collect();
-        for (sid, req, _) in &unknown {
+        for (sid, req, _) in unknown {
             if let Some(e) = by_sid.get(sid.as_str()) {
                 dead_fields.push((
                     intake::Rejected {
@@ -352,76 +348,42 @@ impl Reader {
                 ));
             }
         }
-        if !dead_fields.is_empty() {
-            let batch: Vec<(&intake::Rejected, &[intake::entry::Field])> =
-                dead_fields.iter().map(|(r, f)| (r, f.as_slice())).collect();
-            match or_stop(&mut stop, self.intake.dead_letter_batch(&batch)).await {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "could not write dead letters (the executions are still recorded failed)")
-                }
-                None => stopped = true,
+        if dead_fields.is_empty() {
+            return true;
+        }
+        let batch: Vec<(&intake::Rejected, &[intake::entry::Field])> =
+            dead_fields.iter().map(|(r, f)| (r, f.as_slice())).collect();
+        let mut stop = self.stop.clone();
+        match or_stop(&mut stop, self.intake.dead_letter_batch(&batch)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "could not write dead letters (the executions are still recorded failed)")
             }
+            None => return false,
         }
+        true
+    }
 
-        // The SDK's part: the configs of the batch's organizations (one Redis read).
-        let runs = || {
-            runnable
-                .iter()
-                .zip(&begins)
-                .filter(|(_, b)| matches!(b, Begin::Run { .. }))
-                .map(|(r, _)| r)
-        };
-        let mut configs = crate::sdk::cache::ConfigSnapshot::default();
-        if !stopped && runs().next().is_some() {
-            let loading = self
-                .sdk
-                .configs_for_batch(runs().map(|(_, _, wf)| wf.org_id));
-            match or_stop(&mut stop, loading).await {
-                Some(c) => configs = c,
-                None => stopped = true,
-            }
-        }
+    /// What every job of the batch carries besides its request: the configs of the
+    /// organizations that run (one Redis read), and step 5, the module cache's
+    /// generation and manifest (one GET; templates behind it reload before running if
+    /// it moved). `None`: the stop signal came first.
+    async fn batch_context(
+        &self,
+        orgs: Vec<Option<i64>>,
+    ) -> Option<(crate::sdk::cache::ConfigSnapshot, ModulesOfBatch)> {
+        let mut stop = self.stop.clone();
+        let configs = or_stop(&mut stop, self.sdk.configs_for_batch(orgs)).await?;
+        let generation = or_stop(&mut stop, self.modules.check()).await?;
+        Some((configs, (generation, Some(self.modules.manifest()))))
+    }
 
-        // One GET per batch; templates behind it reload before running if it moved.
-        let (mut modules_generation, mut modules_manifest) = (0, None);
-        if !stopped && runs().next().is_some() {
-            match or_stop(&mut stop, self.modules.check()).await {
-                Some(g) => {
-                    modules_generation = g;
-                    modules_manifest = Some(self.modules.manifest());
-                }
-                None => stopped = true,
-            }
-        }
-
-        let mut out = Vec::new();
-        for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
-            match begin {
-                Begin::Run { attempt } => out.push(dispatch(
-                    sid,
-                    req,
-                    &wf,
-                    attempt,
-                    self.default_timeout,
-                    &configs,
-                )),
-                Begin::AlreadyDone { status } => ack_only.push(Done::new(
-                    sid,
-                    Completion::new(req.execution_id.clone(), status),
-                )),
-                Begin::Duplicate => ack_only.push(Done {
-                    stream_id: sid,
-                    completion: None,
-                }),
-            }
-        }
-
-        for d in &mut out {
-            d.job.modules_generation = modules_generation;
-            d.job.modules_manifest = modules_manifest.clone();
-        }
-
+    /// Hands on what will not run: its `failed` / `cancelled` records to the writer (so
+    /// they are acknowledged after commit), unless stopped (their entries then stay
+    /// pending, for another supervisor), and what is answered without a commit to the
+    /// acker.
+    async fn hand_on(&self, records: Vec<Completed>, ack_only: Vec<Done>, mut stopped: bool) {
+        let mut stop = self.stop.clone();
         for item in records {
             if stopped {
                 // Not recorded: their entries stay pending, for another supervisor.
@@ -439,7 +401,6 @@ impl Reader {
         if !ack_only.is_empty() && self.direct_acks.send(ack_only).is_err() {
             tracing::debug!("the acker stopped; those entries stay pending");
         }
-        out
     }
 
     /// [`Store::prepare_batch`], retried with back-off while the database is away (the
@@ -494,6 +455,166 @@ async fn gather(permits: &Semaphore, capacity: usize, until: Instant) {
     }
 }
 
+/// The module cache's generation and manifest every job of a batch carries.
+type ModulesOfBatch = (u64, Option<Arc<warden_protocol::ModuleManifest>>);
+
+/// Step 1's entries, sorted: the requests, the malformed ones (with their fields, for
+/// the dead letters), the `failed` records of those that had an id, and the
+/// acknowledgements of those that had none.
+struct Parsed<'a> {
+    requests: Vec<(String, Request)>,
+    dead: Vec<(intake::Rejected, &'a [intake::entry::Field])>,
+    records: Vec<Completed>,
+    ack_only: Vec<Done>,
+}
+
+fn parse_entries(entries: &[Entry]) -> Parsed<'_> {
+    let mut parsed = Parsed {
+        requests: Vec::with_capacity(entries.len()),
+        dead: Vec::new(),
+        records: Vec::new(),
+        ack_only: Vec::new(),
+    };
+    for e in entries {
+        match e.parse() {
+            Ok(r) => parsed.requests.push((e.stream_id.clone(), r)),
+            Err(rej) => parsed.dead.push((rej, e.fields.as_slice())),
+        }
+    }
+    for (rej, _) in &parsed.dead {
+        match &rej.execution_id {
+            Some(id) => {
+                let mut record = Completed::rejected(crate::store::Rejected {
+                    id: id.clone(),
+                    workflow_name: None,
+                    org_id: None,
+                    caller: None,
+                    error_type: intake::messages::INVALID_REQUEST.into(),
+                    message: rej.reason.clone(),
+                    stream_id: Some(rej.stream_id.clone()),
+                });
+                record.completion = Completion::rejected(rej);
+                parsed.records.push(record);
+            }
+            None => parsed.ack_only.push(Done::rejected(rej)),
+        }
+    }
+    parsed
+}
+
+/// The batch's requests by what their workflow lookup and cancel marker say.
+struct Sorted {
+    runnable: Vec<(String, Request, Workflow)>,
+    unknown: Vec<(String, Request, WorkflowRef)>,
+    /// `cancelled` records of those cancelled while still queued.
+    cancelled: Vec<Completed>,
+}
+
+fn sort_by_workflow(
+    requests: Vec<(String, Request)>,
+    refs: Vec<WorkflowRef>,
+    cancelled: Vec<bool>,
+    workflows: &HashMap<WorkflowRef, Workflow>,
+) -> Sorted {
+    let mut sorted = Sorted {
+        runnable: Vec::new(),
+        unknown: Vec::new(),
+        cancelled: Vec::new(),
+    };
+    for (((sid, req), r), was_cancelled) in requests.into_iter().zip(refs).zip(cancelled) {
+        match workflows.get(&r) {
+            None => sorted.unknown.push((sid, req, r)),
+            Some(wf) if was_cancelled => {
+                let meta = meta_for(&sid, &req, wf);
+                let out = not_run(&req.execution_id, "cancelled before it started");
+                sorted.cancelled.push(meta.into_completed(out, Vec::new()));
+            }
+            Some(wf) => sorted.runnable.push((sid, req, wf.clone())),
+        }
+    }
+    sorted
+}
+
+/// The `failed` / `UnknownWorkflow` record of a request naming no active workflow,
+/// with the completion to publish once it is committed.
+fn unknown_record(sid: &str, req: &Request, r: &WorkflowRef) -> Completed {
+    let reason = format!(
+        "no active workflow {r}{}: push it with `warden workflow push`",
+        req.org
+            .as_deref()
+            .map(|o| format!(" in organization {o}"))
+            .unwrap_or_default()
+    );
+    let rej = intake::Rejected {
+        stream_id: sid.to_string(),
+        execution_id: Some(req.execution_id.clone()),
+        reason: reason.clone(),
+    };
+    let mut completion = Completion::rejected(&rej);
+    if let Some(c) = completion.as_mut() {
+        c.error_type = Some("UnknownWorkflow".into());
+    }
+    let mut record = Completed::rejected(crate::store::Rejected {
+        id: req.execution_id.clone(),
+        workflow_name: Some(r.to_string()),
+        org_id: None,
+        caller: req.caller.clone(),
+        error_type: "UnknownWorkflow".into(),
+        message: reason,
+        stream_id: Some(sid.to_string()),
+    });
+    record.completion = completion;
+    record
+}
+
+/// What the batch's `running` statement said of each runnable request: a job to run
+/// (with the batch's configs and module cache), or an entry answered without running
+/// (already finished: its status is published; a duplicate: acknowledged only).
+fn settle(
+    runnable: Vec<(String, Request, Workflow)>,
+    begins: Vec<Begin>,
+    default_timeout: Duration,
+    configs: &crate::sdk::cache::ConfigSnapshot,
+    (modules_generation, modules_manifest): ModulesOfBatch,
+) -> (Vec<Dispatch>, Vec<Done>) {
+    let mut out = Vec::new();
+    let mut answered = Vec::new();
+    for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
+        match begin {
+            Begin::Run { attempt } => {
+                out.push(dispatch(sid, req, &wf, attempt, default_timeout, configs))
+            }
+            Begin::AlreadyDone { status } => answered.push(Done::new(
+                sid,
+                Completion::new(req.execution_id.clone(), status),
+            )),
+            Begin::Duplicate => answered.push(Done {
+                stream_id: sid,
+                completion: None,
+            }),
+        }
+    }
+    for d in &mut out {
+        d.job.modules_generation = modules_generation;
+        d.job.modules_manifest = modules_manifest.clone();
+    }
+    (out, answered)
+}
+
+/// An execution's deadline, resolved once, here: the request's, else its workflow's
+/// default (when positive), else `--timeout`.
+fn resolve_timeout(
+    requested: Option<Duration>,
+    workflow_default_ms: Option<i32>,
+    default: Duration,
+) -> Duration {
+    requested
+        .or(workflow_default_ms
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms as u64)))
+        .unwrap_or(default)
+}
+
 fn store_ref(r: &Request) -> WorkflowRef {
     match &r.workflow {
         intake::WorkflowRef::Id(id) => WorkflowRef::Id(*id),
@@ -525,13 +646,7 @@ fn dispatch(
     default_timeout: Duration,
     configs: &crate::sdk::cache::ConfigSnapshot,
 ) -> Dispatch {
-    let timeout = req
-        .timeout
-        .or(wf
-            .default_timeout_ms
-            .filter(|ms| *ms > 0)
-            .map(|ms| Duration::from_millis(ms as u64)))
-        .unwrap_or(default_timeout);
+    let timeout = resolve_timeout(req.timeout, wf.default_timeout_ms, default_timeout);
     let context = json!({
         "execution_id": req.execution_id,
         "workflow": wf.name,
@@ -558,7 +673,7 @@ fn dispatch(
                 wf.time_saved_seconds,
                 wf.value,
             ),
-            timeout: Some(timeout),
+            timeout,
             limits: None,
             modules_generation: 0,
             org: wf.org_id.map(|id| id.to_string()),
@@ -576,4 +691,173 @@ fn stream_time(sid: &str) -> Option<SystemTime> {
 
 fn not_run(id: &str, why: &str) -> ExecutionOutcome {
     ExecutionOutcome::not_run(id, Status::Cancelled, "Cancelled", why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeout_is_the_requests_else_the_workflows_else_the_default() {
+        let (s, d) = (Duration::from_secs, Duration::from_secs(60));
+        assert_eq!(resolve_timeout(Some(s(5)), Some(9_000), d), s(5));
+        assert_eq!(resolve_timeout(None, Some(9_000), d), s(9));
+        assert_eq!(
+            resolve_timeout(None, Some(0), d),
+            d,
+            "0: no workflow default"
+        );
+        assert_eq!(resolve_timeout(None, Some(-1), d), d);
+        assert_eq!(resolve_timeout(None, None, d), d);
+    }
+
+    fn entry(sid: &str, fields: &[(&str, &str)]) -> Entry {
+        Entry {
+            stream_id: sid.into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    fn request(id: &str, workflow: i64) -> Request {
+        Request {
+            execution_id: id.into(),
+            workflow: intake::WorkflowRef::Id(workflow),
+            params_json: "{}".into(),
+            org: None,
+            caller: None,
+            timeout: None,
+            delivery_id: None,
+        }
+    }
+
+    fn workflow(id: i64) -> Workflow {
+        Workflow {
+            id,
+            org_id: Some(3),
+            org: Some("acme".into()),
+            name: format!("wf{id}"),
+            path: "flows/wf.py".into(),
+            function_name: "run".into(),
+            source: "def run(): pass".into(),
+            default_timeout_ms: Some(5_000),
+            time_saved_seconds: 1.0,
+            value: 2.0,
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn malformed_entries_are_recorded_failed_when_they_have_an_id_else_only_acknowledged() {
+        let entries = [
+            entry("1-0", &[("id", "e1"), ("workflow", "1")]),
+            entry("2-0", &[("id", "e2")]),
+            entry("3-0", &[("workflow", "1")]),
+        ];
+        let parsed = parse_entries(&entries);
+        assert_eq!(parsed.requests.len(), 1);
+        assert_eq!(parsed.requests[0].0, "1-0");
+        assert_eq!(parsed.dead.len(), 2);
+        assert_eq!(parsed.records.len(), 1);
+        let record = &parsed.records[0];
+        assert_eq!(record.outcome.execution_id, "e2");
+        assert_eq!(record.outcome.status, Status::Failed);
+        assert_eq!(record.stream_id.as_deref(), Some("2-0"));
+        let completion = record.completion.as_ref().expect("a completion to publish");
+        assert_eq!(completion.status, Status::Failed);
+        assert_eq!(
+            completion.error_type.as_deref(),
+            Some(intake::messages::INVALID_REQUEST)
+        );
+        assert_eq!(parsed.ack_only.len(), 1);
+        assert_eq!(parsed.ack_only[0].stream_id, "3-0");
+        assert!(parsed.ack_only[0].completion.is_none());
+    }
+
+    #[test]
+    fn requests_sort_into_runnable_cancelled_and_unknown() {
+        let workflows = HashMap::from([(WorkflowRef::Id(1), workflow(1))]);
+        let requests = vec![
+            ("1-0".to_string(), request("run", 1)),
+            ("2-0".to_string(), request("stop", 1)),
+            ("3-0".to_string(), request("lost", 2)),
+        ];
+        let refs = requests.iter().map(|(_, r)| store_ref(r)).collect();
+        let sorted = sort_by_workflow(requests, refs, vec![false, true, false], &workflows);
+        assert_eq!(sorted.runnable.len(), 1);
+        assert_eq!(sorted.runnable[0].1.execution_id, "run");
+        assert_eq!(sorted.cancelled.len(), 1);
+        let c = &sorted.cancelled[0];
+        assert_eq!(c.outcome.status, Status::Cancelled);
+        assert_eq!(c.stream_id.as_deref(), Some("2-0"));
+        assert_eq!(
+            c.completion.as_ref().map(|c| c.status),
+            Some(Status::Cancelled)
+        );
+        assert_eq!(sorted.unknown.len(), 1);
+        let (sid, req, r) = &sorted.unknown[0];
+        let record = unknown_record(sid, req, r);
+        assert_eq!(record.outcome.status, Status::Failed);
+        assert_eq!(
+            record.outcome.error.as_ref().map(|e| e.error_type.as_str()),
+            Some("UnknownWorkflow")
+        );
+        let completion = record.completion.expect("a completion to publish");
+        assert_eq!(completion.error_type.as_deref(), Some("UnknownWorkflow"));
+    }
+
+    #[test]
+    fn begins_settle_into_jobs_and_answered_entries() {
+        let runnable = vec![
+            ("1-0".to_string(), request("new", 1), workflow(1)),
+            ("2-0".to_string(), request("done", 1), workflow(1)),
+            ("3-0".to_string(), request("copy", 1), workflow(1)),
+        ];
+        let begins = vec![
+            Begin::Run { attempt: 2 },
+            Begin::AlreadyDone {
+                status: Status::Success,
+            },
+            Begin::Duplicate,
+        ];
+        let configs = crate::sdk::cache::ConfigSnapshot::default();
+        let (out, answered) = settle(
+            runnable,
+            begins,
+            Duration::from_secs(60),
+            &configs,
+            (7, None),
+        );
+        assert_eq!(out.len(), 1);
+        let d = &out[0];
+        assert_eq!(d.job.execution_id, "new");
+        assert_eq!(
+            d.job.timeout,
+            Duration::from_secs(5),
+            "the workflow's default"
+        );
+        assert_eq!(d.job.modules_generation, 7);
+        assert_eq!(d.job.org.as_deref(), Some("3"));
+        assert_eq!(d.meta.stream_id, "1-0");
+        assert_eq!(d.meta.attempt, Some(2));
+        assert_eq!(answered.len(), 2);
+        assert_eq!(answered[0].stream_id, "2-0");
+        assert_eq!(
+            answered[0].completion.as_ref().map(|c| c.status),
+            Some(Status::Success)
+        );
+        assert_eq!(answered[1].stream_id, "3-0");
+        assert!(answered[1].completion.is_none());
+    }
+
+    #[test]
+    fn stream_ids_give_the_time_the_entry_was_added() {
+        assert_eq!(
+            stream_time("1700000000123-0"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(stream_time("nonsense"), None);
+    }
 }

@@ -4,6 +4,13 @@
 //! decides when to call it and what to do when it fails; this module only knows how to
 //! write.
 //!
+//! Its input is the writer's [`Completed`] items (crate::store::items): each an outcome
+//! with its logs, attribution, stream entry and attempt, and the completion the
+//! acknowledger will publish. This module writes the first four (the stream entry and
+//! attempt fence the row: only the run that began it writes its result) and leaves the
+//! completion alone; its answer per item is a [`CommitOutcome`], which the writer turns
+//! into the `Committed` it hands on, the stream entry and completion carried back.
+//!
 //! It is idempotent, which is what lets the writer retry a batch whose COMMIT may or may
 //! not have happened (the connection died waiting for the answer):
 //! - the row upsert only touches rows that are not terminal yet, and says which ones it
@@ -32,28 +39,10 @@ use crate::outcome::Status;
 use crate::sdk::writes::{Change, SdkWrites};
 use crate::store::configs::apply_config_writes;
 use crate::store::executions::{json_or_string, strip_nul, ExecutionStatus};
+use crate::store::items::{CommitOutcome, Completed};
 use crate::store::kv::apply_kv_writes;
 use crate::store::metrics::{DailyMetrics, Sample};
-use crate::store::writer::Completed;
 use crate::store::{Store, StoreError};
-
-/// What committing one item did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// Its terminal state, logs and metrics were written by this transaction.
-    Recorded,
-    /// The execution already had a terminal state (a replay, a duplicate, or a request
-    /// recorded elsewhere): nothing was written for it.
-    AlreadyTerminal { status: Status },
-    /// The execution is not terminal but was begun by another stream entry (this item
-    /// is a duplicate submission's, e.g. a malformed copy of a running request): its
-    /// row belongs to that entry's run, and nothing was written for this one.
-    NotOwner,
-    /// The same stream entry was begun again (a later attempt: a peer took the entry
-    /// over while this supervisor could not reach Redis) and is not finished: that run
-    /// owns the row; nothing was written for this one.
-    Superseded,
-}
 
 /// Per item: id, whether this statement recorded it, its status and stream entry
 /// before the statement, and (when recorded) the row's workflow and organization.

@@ -21,8 +21,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 
 use crate::outcome::Status;
-use crate::store::commit::CommitOutcome;
-use crate::store::writer::Completed;
+use crate::store::items::{CommitOutcome, Completed, Rejected};
 use crate::store::{Store, StoreError, Workflow, WorkflowRef};
 
 /// The `execution_status` enum of the schema.
@@ -162,29 +161,6 @@ pub enum Begin {
     /// The same id appeared earlier in this batch, or is running from another stream
     /// entry: acknowledge this copy without running it.
     Duplicate,
-}
-
-/// A request that cannot run (it names no known workflow, its params are not a JSON
-/// object, the message is malformed): recorded as a `failed` execution with a clear
-/// `error_type`, so the client sees why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejected {
-    pub id: String,
-    pub workflow_name: Option<String>,
-    pub org_id: Option<i64>,
-    pub caller: Option<String>,
-    /// e.g. `UnknownWorkflow`, `InvalidParams`, `InvalidMessage`.
-    pub error_type: String,
-    pub message: String,
-    pub stream_id: Option<String>,
-}
-
-impl Rejected {
-    /// As an item for the group-commit writer, so the rejection is acknowledged on the
-    /// stream after COMMIT like any other outcome.
-    pub fn into_completed(self) -> Completed {
-        Completed::rejected(self)
-    }
 }
 
 /// Filters for [`Store::list_executions`].

@@ -7,6 +7,11 @@
 //!                     ◀── Vec<Committed> ─────────────────┘ (only after COMMIT)
 //! ```
 //!
+//! Each [`Committed`] carries back its item's stream entry and the completion it was
+//! submitted with, next to what the commit found ([`Disposition`]): whoever reads the
+//! channel acknowledges and publishes from that alone (crate::serve::acker). The item
+//! and answer types live in crate::store::items.
+//!
 //! - **Bounded.** [`WriterHandle::submit`] waits while `max_pending` items are in the
 //!   writer (queued or being written). That is how the intake pauses when the database
 //!   is away: results wait in memory, up to the bound, and nothing is dropped. A caller
@@ -35,128 +40,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use warden_protocol::{ErrorInfo, Log};
 
-use crate::outcome::{ExecutionOutcome, Status};
-use crate::store::commit::CommitOutcome;
-use crate::store::executions::Rejected;
+use crate::outcome::Status;
+use crate::store::items::{CommitOutcome, Committed, Completed, Disposition};
 use crate::store::{Backoff, Store, StoreError};
-
-/// One finished execution to persist.
-#[derive(Debug, Clone)]
-pub struct Completed {
-    pub outcome: ExecutionOutcome,
-    /// Its log lines (any order; stored by `seq`).
-    pub logs: Vec<Log>,
-    /// Attribution for the metrics (kept from the row when the row already has it).
-    pub workflow_id: Option<i64>,
-    pub org_id: Option<i64>,
-    /// The workflow's ROI per successful execution (counted on success only).
-    pub time_saved_seconds: f64,
-    pub value: f64,
-    /// The stream entry to acknowledge once this is committed.
-    pub stream_id: Option<String>,
-    /// The name the request asked for and who sent it; only used when no row exists yet
-    /// (a rejected request never went through `begin_batch`).
-    pub workflow_name: Option<String>,
-    pub caller: Option<String>,
-    /// The attempt this outcome is of, as `begin_batch` numbered it (`None`: the item
-    /// was never begun, e.g. a rejected request). A result is written only while the
-    /// row is still at this attempt: once a peer took the stream entry over and began
-    /// it again, this run's outcome is [`CommitOutcome::Superseded`].
-    pub attempt: Option<i32>,
-}
-
-impl Completed {
-    /// An outcome with no logs, attribution, ROI or stream entry; set the fields you have.
-    pub fn new(outcome: ExecutionOutcome) -> Completed {
-        Completed {
-            outcome,
-            logs: Vec::new(),
-            workflow_id: None,
-            org_id: None,
-            time_saved_seconds: 0.0,
-            value: 0.0,
-            stream_id: None,
-            workflow_name: None,
-            caller: None,
-            attempt: None,
-        }
-    }
-
-    /// A rejected request as a `failed` outcome (see [`Rejected`]).
-    pub fn rejected(r: Rejected) -> Completed {
-        Completed {
-            outcome: ExecutionOutcome::not_run(&r.id, Status::Failed, &r.error_type, r.message),
-            logs: Vec::new(),
-            workflow_id: None,
-            org_id: r.org_id,
-            time_saved_seconds: 0.0,
-            value: 0.0,
-            stream_id: r.stream_id,
-            workflow_name: r.workflow_name,
-            caller: r.caller,
-            attempt: None,
-        }
-    }
-
-    /// What is recorded instead when this item cannot be stored: `failed` with error
-    /// type `StoreError`, the reason, and what the execution had ended as. No result,
-    /// no logs (they count as dropped), no workflow reference (it may be the problem).
-    fn isolated(&self, error: &StoreError) -> Completed {
-        let o = &self.outcome;
-        let ended = match &o.error {
-            Some(e) => format!("{} ({}: {})", o.status, e.error_type, e.message),
-            None => o.status.to_string(),
-        };
-        let mut message = format!(
-            "the execution's outcome could not be stored: {error}; it had ended as {ended}"
-        );
-        truncate(&mut message, 8 * 1024);
-        Completed {
-            outcome: ExecutionOutcome {
-                execution_id: o.execution_id.clone(),
-                status: Status::Failed,
-                result_json: None,
-                error: Some(ErrorInfo {
-                    error_type: "StoreError".to_string(),
-                    message,
-                    traceback: String::new(),
-                }),
-                started_at: o.started_at,
-                finished_at: o.finished_at,
-                duration: o.duration,
-                peak_memory_bytes: o.peak_memory_bytes,
-                cpu_seconds: o.cpu_seconds,
-                exit_code: o.exit_code,
-                exit_signal: o.exit_signal,
-                logs_dropped: o
-                    .logs_dropped
-                    .saturating_add(u32::try_from(self.logs.len()).unwrap_or(u32::MAX)),
-                sdk_writes_json: String::new(),
-            },
-            logs: Vec::new(),
-            workflow_id: None,
-            org_id: self.org_id,
-            time_saved_seconds: 0.0,
-            value: 0.0,
-            stream_id: self.stream_id.clone(),
-            workflow_name: None,
-            caller: None,
-            attempt: self.attempt,
-        }
-    }
-}
-
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
 
 /// How the writer batches and retries.
 #[derive(Debug, Clone)]
@@ -186,35 +73,6 @@ impl Default for WriterConfig {
             park_retry_max: Duration::from_secs(60),
         }
     }
-}
-
-/// What was done with a committed item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Its outcome, logs and metrics are committed.
-    Recorded,
-    /// It already had a terminal state (a replay or duplicate); nothing was written.
-    AlreadyTerminal,
-    /// It could not be stored as it was; it is committed as `failed` / `StoreError`.
-    Isolated,
-    /// Its execution was begun by another stream entry and is not finished: nothing
-    /// was written; acknowledge this entry without publishing a completion.
-    NotOwner,
-    /// Its stream entry was taken over and begun again by another supervisor (a later
-    /// attempt): nothing was written, and the entry is that supervisor's to
-    /// acknowledge, not this one's.
-    Superseded,
-}
-
-/// An item whose terminal state is committed: acknowledge its stream entry and publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed {
-    pub execution_id: String,
-    pub stream_id: Option<String>,
-    /// The terminal status now in the database (for `AlreadyTerminal`, the one that was
-    /// there; for `Isolated`, `failed`).
-    pub status: Status,
-    pub disposition: Disposition,
 }
 
 /// Counters since the writer started.
@@ -688,11 +546,11 @@ impl Writer {
 
     /// Send a committed batch to whoever acknowledges it, then let its items go (which
     /// frees their places in `max_pending`).
-    async fn report(&self, batch: Vec<Envelope>, outcomes: Vec<CommitOutcome>, isolated: bool) {
+    async fn report(&self, mut batch: Vec<Envelope>, outcomes: Vec<CommitOutcome>, isolated: bool) {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         let mut committed = Vec::with_capacity(batch.len());
-        for (envelope, outcome) in batch.iter().zip(outcomes) {
-            let item = &envelope.item;
+        for (envelope, outcome) in batch.iter_mut().zip(outcomes) {
+            let item = &mut envelope.item;
             let (status, disposition) = match outcome {
                 CommitOutcome::Recorded if isolated => (Status::Failed, Disposition::Isolated),
                 CommitOutcome::Recorded => (item.outcome.status, Disposition::Recorded),
@@ -713,6 +571,7 @@ impl Writer {
                 stream_id: item.stream_id.clone(),
                 status,
                 disposition,
+                completion: item.completion.take(),
             });
         }
         if self.out.send(committed).await.is_err() {

@@ -116,10 +116,10 @@ async fn metric_count(db: &TestDb) -> i64 {
 }
 
 async fn stop(
-    sig: watch::Sender<u32>,
+    sig: watch::Sender<Option<warden::serve::Shutdown>>,
     handle: tokio::task::JoinHandle<Result<ServeReport, warden::serve::ServeError>>,
 ) -> ServeReport {
-    let _ = sig.send(1);
+    let _ = sig.send(Some(warden::serve::Shutdown::Drain));
     tokio::time::timeout(Duration::from_secs(60), handle)
         .await
         .expect("serve stops within 60 s")

@@ -138,7 +138,7 @@ async fn results_commit_while_redis_is_away_and_are_acknowledged_when_it_returns
             .unwrap();
         assert!(done.is_some(), "{id}'s completion was published");
     }
-    signals.send(1).unwrap();
+    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
     let report = tokio::time::timeout(Duration::from_secs(30), handle)
         .await
         .expect("serve stops")
@@ -196,7 +196,7 @@ async fn while_postgres_is_away_intake_stops_and_results_wait_until_it_returns()
     )
     .await;
     wait_pending(&redis, 0, Duration::from_secs(30)).await;
-    signals.send(1).unwrap();
+    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
     let report = tokio::time::timeout(Duration::from_secs(30), handle)
         .await
         .expect("serve stops")
@@ -296,7 +296,7 @@ async fn a_drain_gives_back_what_it_did_not_finish_and_another_supervisor_runs_i
     )
     .await;
     wait_pending(&first.redis, 0, Duration::from_secs(30)).await;
-    signals.send(1).unwrap();
+    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
     let second = handle.await.unwrap().unwrap();
     assert_eq!(second.executions, 20, "each exactly once: {second:?}");
     assert_eq!(second.taken_over, 20, "{second:?}");
