@@ -95,8 +95,6 @@ pub use entry::Entry;
 pub use keys::Keys;
 pub use liveness::{Heartbeat, Liveness};
 pub use messages::{Completion, Done, LogLine, SupervisorStatus};
-/// The Redis client crate, re-exported so tests and tools use the same version.
-pub use redis;
 pub use request::{parse, Rejected, Request, WorkflowRef};
 pub use stream::{Backlog, ConsumerBacklog, Intake, RedisCalls};
 

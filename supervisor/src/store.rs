@@ -33,8 +33,7 @@
 //!   items.
 //!
 //! Every statement is a runtime `sqlx::query` (no compile-time checked macros: there is
-//! no database at build time). The crate's [`sqlx`] is re-exported so tests and tools
-//! speak the same version.
+//! no database at build time).
 
 pub mod commit;
 pub mod configs;
@@ -49,8 +48,6 @@ pub mod migrate;
 pub mod retry;
 pub mod workflows;
 pub mod writer;
-
-pub use sqlx;
 
 pub use configs::{ConfigEntry, ConfigKind, ConfigRow, Organization};
 pub use connect::{redact_url, Store};

@@ -1,12 +1,13 @@
 //! A fresh PostgreSQL database per test: [`TestDb::new`] creates `warden_t_<hex>` on the
 //! server named by `WARDEN_TEST_PG` (default `postgres://postgres@127.0.0.1:5432`),
 //! migrates it, and drops it (forcefully) when the `TestDb` is dropped. Tests therefore
-//! run in parallel without seeing each other's rows or statistics.
+//! run in parallel without seeing each other's rows or statistics. Side connections and
+//! the statistics readers use `sqlx` directly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use warden::store::sqlx::{self, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use warden::store::Store;
 
 /// The server tests use, without a database name.

@@ -4,13 +4,14 @@
 //!
 //! The server is `WARDEN_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`. Tests must
 //! never `FLUSHALL`/`FLUSHDB`: to simulate a wiped Redis, delete keys under the prefix.
+//! Direct pokes at Redis use the `redis` crate itself.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use warden::intake::redis::{self, aio::MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use warden::intake::{Intake, IntakeClient, Keys};
 
 /// The Redis server the tests use.

@@ -24,8 +24,8 @@ use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
 use crate::intake::{IntakeClient, Keys, Request, WorkflowRef};
 use crate::modules::bench::CountingProxy;
 use crate::serve::{serve, ServeConfig, Shutdown};
-use crate::store::sqlx::{self, Connection, PgConnection};
 use crate::store::{Store, WorkflowSpec};
+use sqlx::{Connection, PgConnection};
 
 pub async fn bench_mode(
     args: &BenchArgs,

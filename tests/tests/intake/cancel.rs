@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use warden::intake::redis;
 use warden::intake::{
     request_cancel, CancelListener, CancelSignal, IntakeError, Request, WorkflowRef,
 };

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use warden::intake::redis;
 use warden::intake::{
     Completion, Done, Intake, IntakeClient, IntakeError, Keys, Request, SupervisorStatus,
     WaitEvent, WorkflowRef,

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use warden::intake::redis;
 use warden::intake::{Completion, Done, Request, WorkflowRef};
 use warden::outcome::Status;
 use warden_tests::redis::TestRedis;

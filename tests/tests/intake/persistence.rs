@@ -8,7 +8,6 @@
 //! [`check`]: warden::intake::persistence::check
 
 use warden::intake::persistence::{check, warning};
-use warden::intake::redis;
 use warden_tests::redis::{random_hex, TestRedis};
 
 async fn config_get(t: &TestRedis, name: &str) -> String {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use warden::intake::redis::{self, streams::StreamRangeReply, Value};
+use redis::{streams::StreamRangeReply, Value};
 use warden::intake::{Done, Request, WorkflowRef};
 use warden::outcome::Status;
 use warden_tests::redis::TestRedis;

@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use warden::intake::redis;
 use warden::intake::{Completion, Done, Entry, Heartbeat, Intake, Request, WorkflowRef};
 use warden::outcome::{ExecutionOutcome, Status};
 use warden_tests::redis::TestRedis;

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use warden::intake::redis::aio::MultiplexedConnection;
-use warden::intake::redis::{self, AsyncCommands};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
 use warden::modules::content_hash;
 use warden_tests::db::TestDb;
 use warden_tests::pool::warden_bin;

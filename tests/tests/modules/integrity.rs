@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use warden::intake::redis::{self, AsyncCommands};
+use redis::AsyncCommands;
 use warden::modules::{content_hash, store, ModuleFile};
 use warden_protocol::Isolation;
 use warden_tests::serve::{value, TestServe};

@@ -6,9 +6,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use warden::intake::redis::{self, AsyncCommands};
+use redis::AsyncCommands;
 use warden::modules::{store, ModuleCache, ModuleFile, ModuleSync};
-use warden::store::sqlx;
 use warden_tests::pool::warden_bin;
 use warden_tests::serve::{value, TestServe};
 

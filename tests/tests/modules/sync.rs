@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use warden::intake::redis::{self, AsyncCommands};
+use redis::AsyncCommands;
 use warden::modules::{store, ModuleCache, ModuleFile, ModuleSync, PushAction};
-use warden::store::sqlx;
 use warden_protocol::{ReplyOutcome, Request};
 use warden_tests::db::TestDb;
 use warden_tests::redis::TestRedis;

@@ -3,10 +3,8 @@
 //! keys and nothing else. And a service whose workers were handed a URL that can write
 //! refuses to start.
 
-use warden::intake::redis;
 use warden::modules::access;
 use warden::outcome::Status;
-use warden::store::sqlx;
 use warden_tests::serve::TestServe;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@ use warden::sdk::cache::ConfigCache;
 use warden::sdk::crypto::Scope;
 use warden::sdk::handler::{self, Asker, Sources};
 use warden::sdk::{admin, Redactions, Sdk, SdkError, SecretKey};
-use warden::store::sqlx;
 use warden::store::Store;
 use warden_protocol::{ReplyOutcome, Request};
 use warden_tests::db::TestDb;
@@ -137,7 +136,7 @@ async fn the_cache_reads_redis_once_per_load_and_the_database_only_on_a_miss() {
     // generation; readers see the newer generation and treat them as a miss.
     let mut conn = redis.conn().await;
     let stale = json!({"gen": 0, "values": {"region": "STALE"}, "secrets": {}}).to_string();
-    let _: () = warden::intake::redis::cmd("SET")
+    let _: () = redis::cmd("SET")
         .arg(redis.keys().config_cache(&acme.to_string()))
         .arg(stale)
         .query_async(&mut conn)

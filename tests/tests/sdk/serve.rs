@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use warden::intake::{Completion, WaitEvent};
 use warden::outcome::Status;
 use warden::sdk::{admin, SecretKey};
-use warden::store::sqlx;
 use warden::store::WorkflowSpec;
 use warden_tests::serve::TestServe;
 

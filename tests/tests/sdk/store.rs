@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use warden::outcome::Status;
-use warden::store::sqlx;
 use warden::store::{Completed, Disposition, Store, WorkflowSpec, Writer, WriterConfig};
 use warden_tests::db::fixtures::{completed, new_execution};
 use warden_tests::db::{collect_committed, TestDb};

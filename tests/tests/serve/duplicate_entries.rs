@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use warden::intake::redis;
 use warden::outcome::Status;
 use warden_tests::serve::TestServe;
 

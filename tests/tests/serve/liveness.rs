@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use warden::intake::{redis, Request};
+use warden::intake::Request;
 use warden::outcome::Status;
 use warden::serve::{ServeConfig, ServeReport};
-use warden::store::sqlx;
 use warden_tests::db::{scalar, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::redis::TestRedis;

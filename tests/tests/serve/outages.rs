@@ -12,9 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use warden::intake::redis;
 use warden::outcome::Status;
-use warden::store::sqlx;
 use warden_tests::db::{scalar, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::proxy::{target_of, Proxy};

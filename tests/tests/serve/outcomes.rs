@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use warden::intake::redis;
 use warden::outcome::Status;
-use warden::store::sqlx;
 use warden_tests::serve::TestServe;
 
 const DOUBLE: &str = "def run(x):\n    print('doubling', x)\n    return {'y': x * 2}\n";

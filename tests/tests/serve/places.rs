@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use warden::intake::redis;
 use warden::outcome::Status;
 use warden_tests::serve::TestServe;
 

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use warden::intake::redis;
 use warden::outcome::Status;
-use warden::store::sqlx;
 use warden_tests::serve::TestServe;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warden::intake::{IntakeClient, Request};
-use warden::store::sqlx;
 use warden_tests::db::{scalar, sessions, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::redis::TestRedis;

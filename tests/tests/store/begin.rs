@@ -159,12 +159,11 @@ async fn rejected_requests_are_recorded_failed_and_listed() {
     assert_eq!(r2.workflow_name.as_deref(), Some("nope"));
 
     // Rejections count as failures in the day's total.
-    let failed: i64 = warden::store::sqlx::query_scalar(
-        "SELECT failed FROM daily_metrics WHERE org_id = 0 AND workflow_id = 0",
-    )
-    .fetch_one(s.pool())
-    .await
-    .unwrap();
+    let failed: i64 =
+        sqlx::query_scalar("SELECT failed FROM daily_metrics WHERE org_id = 0 AND workflow_id = 0")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
     assert_eq!(failed, 2);
 
     let all = s

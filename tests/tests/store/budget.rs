@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::{Connection, PgConnection};
 use warden::outcome::Status;
-use warden::store::sqlx::{self, Connection, PgConnection};
 use warden::store::{NewExecution, Store, Writer, WriterConfig};
 use warden_tests::db::fixtures::{completed, new_execution, STATUSES};
 use warden_tests::db::{server_url, sessions, TestDb};

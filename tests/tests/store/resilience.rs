@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::{Connection, PgConnection};
 use warden::outcome::Status;
-use warden::store::sqlx::{self, Connection, PgConnection};
 use warden::store::{
     Committed, Disposition, ExecutionStatus, NewExecution, Store, Writer, WriterConfig,
 };

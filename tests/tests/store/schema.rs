@@ -30,7 +30,7 @@ async fn migrations_apply_to_an_empty_database_and_check_schema_guards_serve() {
     // Migrating again is a no-op.
     db.store.migrate().await.expect("migrate twice");
 
-    let tables: Vec<String> = warden::store::sqlx::query_scalar(
+    let tables: Vec<String> = sqlx::query_scalar(
         "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
     )
     .fetch_all(db.store.pool())
@@ -52,7 +52,7 @@ async fn migrations_apply_to_an_empty_database_and_check_schema_guards_serve() {
     }
 
     // A migration this build does not know (a newer supervisor migrated) is refused too.
-    warden::store::sqlx::query(
+    sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (99990101000000, 'from the future', true, '\\x00', 0)",
     )

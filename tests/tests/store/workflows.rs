@@ -140,7 +140,7 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
     assert!(!found.contains_key(&WorkflowRef::parse("report", Some("nobody"))));
 
     // Inactive workflows are not loaded.
-    warden::store::sqlx::query("UPDATE workflows SET active = false WHERE id = $1")
+    sqlx::query("UPDATE workflows SET active = false WHERE id = $1")
         .bind(acme.id)
         .execute(db.store.pool())
         .await

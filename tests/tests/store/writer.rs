@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use warden::outcome::Status;
-use warden::store::sqlx;
 use warden::store::{
     Completed, Disposition, ExecutionStatus, NewExecution, Store, WorkflowSpec, Writer,
     WriterConfig,
