@@ -4,8 +4,8 @@
 //! Layout (one concern per module):
 //! - [`connect`]: [`Store`], a pool of exactly N connections opened at start-up and
 //!   health-checked on every acquire; database creation for `warden migrate`.
-//! - [`retry`]: [`Backoff`] and [`retry_with_backoff`]: what callers do while the
-//!   database is away (it is never "give up and drop").
+//! - [`retry`]: [`Backoff`]: what callers do while the database is away (it is never
+//!   "give up and drop").
 //! - [`migrate`]: the embedded migrations (`supervisor/migrations/`), applying them and
 //!   refusing to serve on an out-of-date schema.
 //! - [`workflows`]: workflow upsert/list and the one-query [`Store::load_for_batch`].
@@ -59,7 +59,7 @@ pub use executions::{
 pub use items::{CommitOutcome, Committed, Completed, Disposition, Rejected};
 pub use kv::KvEntry;
 pub use migrate::{SchemaStatus, MIGRATOR};
-pub use retry::{retry_with_backoff, Backoff};
+pub use retry::Backoff;
 pub use workflows::{PushAction, PushResult, Workflow, WorkflowRef, WorkflowSpec, WorkflowSummary};
 pub use writer::{Reservation, Writer, WriterConfig, WriterHandle, WriterStats, WriterTask};
 

@@ -47,7 +47,6 @@ pub struct Spawned {
     pub socket: tokio::net::UnixStream,
     /// Also its process group's id (it leads its own group).
     pub pid: nix::unistd::Pid,
-    pub workdir: PathBuf,
 }
 
 /// Starts the template for `slot` (its `worker_id` on the command line is `worker_id`).
@@ -146,12 +145,7 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap_or(0) as i32);
     let socket = tokio::net::UnixStream::from_std(ours)
         .map_err(|e| PoolError::WorkerStart(format!("socket: {e}")))?;
-    Ok(Spawned {
-        child,
-        socket,
-        pid,
-        workdir,
-    })
+    Ok(Spawned { child, socket, pid })
 }
 
 /// Logs each line a template writes to its stdout or stderr (its own diagnostics; in

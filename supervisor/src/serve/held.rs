@@ -35,12 +35,4 @@ impl Held {
             .filter(|e| !held.contains(&e.stream_id))
             .collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().expect("held lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -9,7 +9,7 @@
 //! connection is not pinged on every acquire (that was a round trip per statement); if it
 //! dies under load, the statement fails, sqlx drops the connection, and the caller
 //! retries. Callers that hit a connectivity error in
-//! the middle of a statement retry with [`crate::store::retry_with_backoff`].
+//! the middle of a statement wait with [`crate::store::Backoff`] and try again.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -112,10 +112,7 @@ impl DailyMetrics {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
+    #[cfg(test)]
     pub fn rows(&self) -> impl Iterator<Item = (&MetricsKey, &MetricsDelta)> {
         self.rows.iter()
     }

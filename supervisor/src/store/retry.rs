@@ -2,14 +2,10 @@
 //!
 //! [`Backoff`] is the schedule (50 ms, 100 ms, ... capped at 5 s by default, with a
 //! little jitter so several supervisors do not reconnect in lock-step).
-//! [`retry_with_backoff`] applies it to one piece of work, retrying only errors that
-//! [`StoreError::is_transient`] says can go away; the group-commit writer uses the same
-//! schedule but never gives up.
+//! The stages that must not give up while the database (or Redis) is away wait on it
+//! between attempts: batch preparation, the acker, the hand-back and the module sync.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
-
-use crate::store::StoreError;
 
 /// An exponential back-off schedule.
 #[derive(Debug, Clone)]
@@ -70,56 +66,6 @@ fn jitter(max: Duration) -> Duration {
         Duration::ZERO
     } else {
         Duration::from_nanos(h.finish() % (nanos + 1))
-    }
-}
-
-/// Run `work` until it succeeds, retrying transient errors with the default
-/// [`Backoff`]. Gives up (returning the last error) on a non-transient error, or once
-/// `give_up_after` has passed; `None` retries for as long as it takes.
-///
-/// ```no_run
-/// # async fn f(store: warden::store::Store, rows: Vec<warden::store::NewExecution>) -> Result<(), warden::store::StoreError> {
-/// use std::time::Duration;
-/// let begun = warden::store::retry_with_backoff("begin batch", Some(Duration::from_secs(60)), || {
-///     store.begin_batch(&rows)
-/// })
-/// .await?;
-/// # Ok(()) }
-/// ```
-pub async fn retry_with_backoff<T, F, Fut>(
-    what: &str,
-    give_up_after: Option<Duration>,
-    mut work: F,
-) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let started = Instant::now();
-    let mut backoff = Backoff::default();
-    loop {
-        match work().await {
-            Ok(value) => {
-                if backoff.attempts() > 0 {
-                    tracing::info!(
-                        what,
-                        attempts = backoff.attempts(),
-                        "database work succeeded after retrying"
-                    );
-                }
-                return Ok(value);
-            }
-            Err(e) if e.is_transient() => {
-                let delay = backoff.next_delay();
-                if give_up_after.is_some_and(|limit| started.elapsed() + delay > limit) {
-                    tracing::error!(what, error = %e, "database still unavailable; giving up");
-                    return Err(e);
-                }
-                tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 
