@@ -89,14 +89,14 @@ pub mod stream;
 
 use std::time::Duration;
 
-pub use cancel::{is_cancelled, request_cancel, CancelListener, CancelSignal, CANCEL_TTL};
-pub use client::{IntakeClient, Overview, WaitEvent, Waiter};
+pub use cancel::{request_cancel, CancelListener, CancelSignal};
+pub use client::{IntakeClient, WaitEvent};
 pub use entry::Entry;
 pub use keys::Keys;
 pub use liveness::{Heartbeat, Liveness};
-pub use messages::{Completion, Done, LogLine, SupervisorStatus};
-pub use request::{parse, Rejected, Request, WorkflowRef};
-pub use stream::{Backlog, ConsumerBacklog, Intake, RedisCalls};
+pub use messages::{Completion, Done, SupervisorStatus};
+pub use request::{Rejected, Request, WorkflowRef};
+pub use stream::{ConsumerBacklog, Intake, RedisCalls};
 
 /// Everything that can go wrong talking to Redis, with what was being done.
 #[derive(Debug, thiserror::Error)]

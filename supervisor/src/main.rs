@@ -1,9 +1,9 @@
 //! The `warden` binary: parses the command line and hands off to the library. Every
 //! failed command ends here, printed once as one `error:` line, with its exit code
-//! (2: [`warden::cli_error::CliError::exit_code`]).
+//! (2: [`warden::CliError::exit_code`]).
 
 use clap::Parser;
-use warden::cli::Cli;
+use warden::Cli;
 
 #[tokio::main]
 async fn main() {
@@ -12,7 +12,7 @@ async fn main() {
         .log_level
         .as_deref()
         .unwrap_or(cli.command.default_log_level());
-    warden::telemetry::init(level, cli.log_format);
+    warden::init_telemetry(level, cli.log_format);
     let result = cli.command.run().await;
     match result {
         Ok(code) => std::process::exit(code),

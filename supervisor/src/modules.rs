@@ -25,9 +25,9 @@ pub mod sync;
 
 use std::path::PathBuf;
 
-pub use cache::{Applied, ModuleCache, Repaired, Synced};
+pub use cache::{Applied, ModuleCache};
 pub use files::{content_hash, ModuleFile};
-pub use store::{ModuleSummary, PushAction, StoredModule};
+pub use store::PushAction;
 pub use sync::{ModuleSync, CHANNEL, MISS_OP};
 
 use crate::store::StoreError;

@@ -40,8 +40,7 @@ pub mod template_task;
 pub mod uids;
 
 pub use config::{PoolConfig, PoolError};
-pub use dispatcher::ShutdownReport;
-pub use driver::{Pool, PoolStats};
+pub use driver::Pool;
 
 /// The reply for a request nobody here can answer.
 pub fn unavailable(req: &warden_protocol::Request, why: &str) -> warden_protocol::Reply {

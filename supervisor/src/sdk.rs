@@ -29,9 +29,9 @@ pub mod writes;
 use std::path::PathBuf;
 
 pub use crypto::{Scope, SecretKey, SecretKeyArgs};
-pub use redact::{Redactions, Redactor, MASK};
+pub use redact::{Redactions, MASK};
 pub use service::{Sdk, SDK_WRITE_ERROR};
-pub use writes::{Change, Roi, SdkWrites};
+pub use writes::SdkWrites;
 
 use crate::store::StoreError;
 

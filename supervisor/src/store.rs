@@ -49,19 +49,14 @@ pub mod retry;
 pub mod workflows;
 pub mod writer;
 
-pub use configs::{ConfigEntry, ConfigKind, ConfigRow, Organization};
+pub use configs::{ConfigEntry, ConfigKind};
 pub use connect::{redact_url, Store};
-pub use deliveries::Delivery;
-pub use executions::{
-    Begin, ExecutionDetail, ExecutionFilter, ExecutionRecord, ExecutionStatus, ExecutionSummary,
-    HandBack, LogLine, NewExecution, INTERRUPTED,
-};
+pub use executions::{Begin, ExecutionFilter, ExecutionStatus, HandBack, NewExecution};
 pub use items::{CommitOutcome, Committed, Completed, Disposition, Rejected};
-pub use kv::KvEntry;
-pub use migrate::{SchemaStatus, MIGRATOR};
+pub use migrate::MIGRATOR;
 pub use retry::Backoff;
-pub use workflows::{PushAction, PushResult, Workflow, WorkflowRef, WorkflowSpec, WorkflowSummary};
-pub use writer::{Reservation, Writer, WriterConfig, WriterHandle, WriterStats, WriterTask};
+pub use workflows::{PushAction, Workflow, WorkflowRef, WorkflowSpec};
+pub use writer::{Reservation, Writer, WriterConfig, WriterHandle};
 
 /// Everything the store can fail with. Each variant says what was being done, so the
 /// message alone tells an operator what to fix.

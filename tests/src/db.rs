@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use warden::store::Store;
+use warden::Store;
 
 /// The server tests use, without a database name.
 pub fn server_url() -> String {
@@ -120,7 +120,7 @@ impl TestDb {
     /// `run`, with no default timeout.
     pub async fn push_workflow(&self, name: &str, source: &str) {
         self.store
-            .push_workflow(&warden::store::WorkflowSpec {
+            .push_workflow(&warden::WorkflowSpec {
                 org: None,
                 name: name.into(),
                 path: format!("workflows/{name}.py"),
@@ -226,8 +226,8 @@ fn random_hex() -> String {
 pub mod fixtures {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use warden::outcome::{ExecutionOutcome, Status};
-    use warden::store::{Completed, NewExecution};
+    use warden::{Completed, NewExecution};
+    use warden::{ExecutionOutcome, Status};
     use warden_protocol::{ErrorInfo, Log, LogLevel};
 
     /// The five terminal states, for spreading a batch over all of them.
@@ -362,9 +362,9 @@ pub async fn scalar(db: &TestDb, sql: &str) -> i64 {
 
 /// Receives committed batches from a writer until `n` items have been reported.
 pub async fn collect_committed(
-    rx: &mut tokio::sync::mpsc::Receiver<Vec<warden::store::Committed>>,
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<warden::Committed>>,
     n: usize,
-) -> Vec<warden::store::Committed> {
+) -> Vec<warden::Committed> {
     let mut all = Vec::with_capacity(n);
     while all.len() < n {
         let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())

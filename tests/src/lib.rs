@@ -8,6 +8,12 @@
 //! to itself (it sets the process environment, or counts the process's children and
 //! descriptors) keeps a binary of its own: `modules_isolation.rs`, `sdk_worker_env.rs`,
 //! `pool_no_leaks.rs`. `exec_cli.rs` is its area's only file.
+//!
+//! Tests see the supervisor only through `warden`'s public surface: the re-exports at
+//! its root (`warden::Store`, `warden::Intake`, `warden::serve`, ...) and, for the few
+//! internal functions a test calls for set-up or checks on its own, `warden::testing`.
+//! They talk to PostgreSQL and Redis with `sqlx` and `redis` directly (dependencies of
+//! this crate, declared once for the workspace with the supervisor's).
 
 pub mod db;
 pub mod pool;

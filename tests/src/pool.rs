@@ -1,14 +1,14 @@
 //! Pool test fixtures: a real pool of real `warden-worker` processes, in its own
 //! temporary run directory and with its own worker uid range, so tests run in parallel
 //! (RLIMIT_NPROC counts per uid: two pools sharing uids would see each other's
-//! processes).
+//! processes). The uid base and the "not available" answer come from `warden::testing`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use warden::outcome::{ExecutionOutcome, Job, PoolEvent};
-use warden::pool::{Pool, PoolConfig};
+use warden::{ExecutionOutcome, Job, PoolEvent};
+use warden::{Pool, PoolConfig};
 use warden_protocol::{Log, Reply, Request};
 
 /// `target/<profile>/`, found from the running test executable
@@ -45,7 +45,7 @@ pub fn warden_bin() -> PathBuf {
 /// pool's lock-file lease (`pool::uids`) keeps every pool's uids apart, across test
 /// binaries running in parallel too, and the host's firewall rule covers its children.
 pub fn unique_uid_base() -> Option<u32> {
-    warden::pool::config::default_uid_base()
+    warden::testing::default_uid_base()
 }
 
 pub struct TestPool {
@@ -108,7 +108,7 @@ impl TestPool {
     /// The next finished execution (with its logs), failing the test after 60 s. Every
     /// request an execution makes is answered `unavailable`.
     pub async fn finished(&mut self) -> Finished {
-        self.finished_answering(|req| warden::pool::unavailable(req, "test pool"))
+        self.finished_answering(|req| warden::testing::unavailable(req, "test pool"))
             .await
     }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
-use warden::intake::{Intake, IntakeClient, Keys};
+use warden::{Intake, IntakeClient, Keys};
 
 /// The Redis server the tests use.
 pub fn redis_url() -> String {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use warden::intake::{Completion, IntakeClient, Request, WorkflowRef};
-use warden::serve::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
-use warden::store::WorkflowSpec;
+use warden::WorkflowSpec;
+use warden::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
+use warden::{Completion, IntakeClient, Request, WorkflowRef};
 
 use crate::db::TestDb;
 use crate::pool::{unique_uid_base, worker_bin};
@@ -30,7 +30,7 @@ pub fn config(
     dir: &tempfile::TempDir,
     consumer: &str,
 ) -> ServeConfig {
-    let mut pool = warden::pool::PoolConfig::new(worker_bin(), dir.path().join(consumer));
+    let mut pool = warden::PoolConfig::new(worker_bin(), dir.path().join(consumer));
     pool.workers = 2;
     pool.worker_uid_base = unique_uid_base();
     if pool.worker_uid_base.is_none() {

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::pool::{job, TestPool};
 use warden_tests::redis::TestRedis;
 

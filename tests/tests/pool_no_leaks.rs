@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::pool::{children_of, eventually, fd_count, TestPool};
 
 /// Our direct children that are worker templates, with their open descriptor counts.

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use warden::outcome::Status;
-use warden::sdk::{SecretKey, SecretKeyArgs};
+use warden::Status;
+use warden::{SecretKey, SecretKeyArgs};
 use warden_tests::serve::TestServe;
 
 #[tokio::test]

@@ -6,9 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use warden::intake::{
-    request_cancel, CancelListener, CancelSignal, IntakeError, Request, WorkflowRef,
-};
+use warden::{request_cancel, CancelListener, CancelSignal, IntakeError, Request, WorkflowRef};
 use warden_tests::redis::TestRedis;
 
 async fn next_signal(listener: &mut CancelListener) -> CancelSignal {

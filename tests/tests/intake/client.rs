@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use warden::intake::{
+use warden::Status;
+use warden::{
     Completion, Done, Intake, IntakeClient, IntakeError, Keys, Request, SupervisorStatus,
     WaitEvent, WorkflowRef,
 };
-use warden::outcome::Status;
 use warden_protocol::{Log, LogLevel};
 use warden_tests::redis::TestRedis;
 

@@ -6,13 +6,13 @@
 //! the batch is measured up to [`ROUNDS`] times and the smallest delta per command is compared:
 //! interference makes a delta larger, never smaller.
 //!
-//! [`Intake::calls`]: warden::intake::Intake::calls
+//! [`Intake::calls`]: warden::Intake::calls
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use warden::intake::{Completion, Done, Request, WorkflowRef};
-use warden::outcome::Status;
+use warden::Status;
+use warden::{Completion, Done, Request, WorkflowRef};
 use warden_tests::redis::TestRedis;
 
 /// Rounds to try before concluding the extra calls are ours, not someone else's.

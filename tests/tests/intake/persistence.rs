@@ -5,9 +5,9 @@
 //!
 //! If the server does persist, the first test checks that nothing is reported instead.
 //!
-//! [`check`]: warden::intake::persistence::check
+//! [`check`]: warden::testing::persistence::check
 
-use warden::intake::persistence::{check, warning};
+use warden::testing::persistence::{check, warning};
 use warden_tests::redis::{random_hex, TestRedis};
 
 async fn config_get(t: &TestRedis, name: &str) -> String {

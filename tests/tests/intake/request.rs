@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use redis::{streams::StreamRangeReply, Value};
-use warden::intake::{Done, Request, WorkflowRef};
-use warden::outcome::Status;
+use warden::Status;
+use warden::{Done, Request, WorkflowRef};
 use warden_tests::redis::TestRedis;
 
 /// Adds one entry with arbitrary (possibly non-UTF-8) fields, bypassing validation.

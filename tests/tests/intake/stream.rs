@@ -7,8 +7,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use warden::intake::{Completion, Done, Entry, Heartbeat, Intake, Request, WorkflowRef};
-use warden::outcome::{ExecutionOutcome, Status};
+use warden::{Completion, Done, Entry, Heartbeat, Intake, Request, WorkflowRef};
+use warden::{ExecutionOutcome, Status};
 use warden_tests::redis::TestRedis;
 
 fn requests(n: usize, tag: &str) -> Vec<Request> {

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
-use warden::modules::content_hash;
+use warden::content_hash;
 use warden_tests::db::TestDb;
 use warden_tests::pool::warden_bin;
 use warden_tests::redis::TestRedis;
@@ -144,7 +144,7 @@ async fn push_repairs_a_poisoned_redis_copy_of_an_unchanged_module() {
     write(root, "shared/tickets.py", "T = 1\n");
     write(root, "shared/other.py", "O = 1\n");
     ok(warden(&db, &redis, root, &["module", "push", "shared"]));
-    let stored: Vec<(String, String)> = warden::modules::store::list(&db.store)
+    let stored: Vec<(String, String)> = warden::testing::module_store::list(&db.store)
         .await
         .unwrap()
         .into_iter()

@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use warden::modules::{content_hash, store, ModuleFile};
+use warden::testing::module_store as store;
+use warden::{content_hash, ModuleFile};
 use warden_protocol::Isolation;
 use warden_tests::serve::{value, TestServe};
 

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use warden::modules::{store, ModuleCache, ModuleFile, ModuleSync};
-use warden::outcome::{ExecutionOutcome, Status};
+use warden::testing::module_store as store;
+use warden::{ExecutionOutcome, Status};
+use warden::{ModuleCache, ModuleFile, ModuleSync};
 use warden_protocol::Isolation;
 use warden_tests::db::TestDb;
 use warden_tests::pool::{job, TestPool};

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use warden::modules::{store, ModuleCache, ModuleFile, ModuleSync};
+use warden::testing::module_store as store;
+use warden::{ModuleCache, ModuleFile, ModuleSync};
 use warden_tests::pool::warden_bin;
 use warden_tests::serve::{value, TestServe};
 

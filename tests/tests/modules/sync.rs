@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use warden::modules::{store, ModuleCache, ModuleFile, ModuleSync, PushAction};
+use warden::testing::module_store as store;
+use warden::{ModuleCache, ModuleFile, ModulePushAction, ModuleSync};
 use warden_protocol::{ReplyOutcome, Request};
 use warden_tests::db::TestDb;
 use warden_tests::redis::TestRedis;
@@ -75,7 +76,7 @@ async fn push_skips_unchanged_files_and_rm_takes_files_or_directories() {
     let db = TestDb::new().await;
     let got = store::push(&db.store, &files(WS)).await.unwrap();
     assert!(
-        got.iter().all(|(_, a)| *a == PushAction::Created),
+        got.iter().all(|(_, a)| *a == ModulePushAction::Created),
         "{got:?}"
     );
     let mut changed = files(WS);
@@ -84,9 +85,9 @@ async fn push_skips_unchanged_files_and_rm_takes_files_or_directories() {
     assert_eq!(
         got.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
         [
-            PushAction::Unchanged,
-            PushAction::Updated,
-            PushAction::Unchanged
+            ModulePushAction::Unchanged,
+            ModulePushAction::Updated,
+            ModulePushAction::Unchanged
         ]
     );
     let listed = store::list(&db.store).await.unwrap();
@@ -157,10 +158,7 @@ async fn a_full_sync_makes_redis_hold_exactly_the_database_in_two_round_trips() 
     assert_eq!(index.len(), 200);
     assert!(!index.contains("old.py"));
     assert_eq!(modules["pkg/m7.py"].0, "V = 7\n");
-    assert_eq!(
-        modules["pkg/m7.py"].1,
-        warden::modules::content_hash("V = 7\n")
-    );
+    assert_eq!(modules["pkg/m7.py"].1, warden::content_hash("V = 7\n"));
     assert_eq!(generation, Some(s.generation));
 
     // Nothing changed: one round trip, no write, same generation.
@@ -216,7 +214,7 @@ async fn an_incremental_write_never_lands_on_a_wiped_cache() {
         .apply(&["tools/text.py".to_string()], &present)
         .await
         .unwrap();
-    assert_eq!(applied, warden::modules::Applied::Wiped);
+    assert_eq!(applied, warden::Applied::Wiped);
     assert!(
         redis.scan_keys().is_empty(),
         "nothing half-written: {:?}",

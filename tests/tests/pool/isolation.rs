@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::pool::{alive, processes_of_uid, TestPool};
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
-use warden::outcome::Status;
-use warden::pool::{Pool, PoolConfig, PoolError};
+use warden::Status;
+use warden::{Pool, PoolConfig, PoolError};
 use warden_protocol::Isolation;
 use warden_tests::pool::{alive, children_of, eventually, job, TestPool};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::pool::TestPool;
 
 const DOUBLE: &str = "def run(x):\n    return {\"y\": x * 2}\n";

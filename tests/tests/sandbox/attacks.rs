@@ -6,7 +6,7 @@
 //! result, so a failure names exactly which attack got through.
 
 use serde_json::Value;
-use warden::outcome::Status;
+use warden::Status;
 use warden_protocol::Isolation;
 use warden_tests::pool::{alive, TestPool};
 

@@ -12,7 +12,7 @@
 use std::io::Read;
 
 use serde_json::{json, Value};
-use warden::outcome::Status;
+use warden::Status;
 use warden_protocol::{Reply, ReplyOutcome, Request};
 use warden_tests::pool::{job, TestPool};
 

@@ -3,8 +3,8 @@
 //! keys and nothing else. And a service whose workers were handed a URL that can write
 //! refuses to start.
 
-use warden::modules::access;
-use warden::outcome::Status;
+use warden::testing::user_name;
+use warden::Status;
 use warden_tests::serve::TestServe;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +20,7 @@ async fn the_workers_redis_user_reads_module_keys_and_nothing_else() {
             .fetch_one(&mut db)
             .await
             .unwrap();
-    let user = access::user_name(&s.redis.prefix);
+    let user = user_name(&s.redis.prefix);
     let url = warden_tests::redis::redis_url().replacen(
         "redis://",
         &format!("redis://{user}:{password}@"),

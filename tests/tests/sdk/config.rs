@@ -4,11 +4,12 @@
 //! generations that make a stale fill a miss), and the answers to the SDK's reads.
 
 use serde_json::json;
-use warden::sdk::cache::ConfigCache;
-use warden::sdk::crypto::Scope;
-use warden::sdk::handler::{self, Asker, Sources};
-use warden::sdk::{admin, Redactions, Sdk, SdkError, SecretKey};
-use warden::store::Store;
+use warden::testing::sdk_admin as admin;
+use warden::testing::sdk_handler::{self as handler, Asker, Sources};
+use warden::testing::ConfigCache;
+use warden::Scope;
+use warden::Store;
+use warden::{Redactions, Sdk, SdkError, SecretKey};
 use warden_protocol::{ReplyOutcome, Request};
 use warden_tests::db::TestDb;
 use warden_tests::redis::TestRedis;
@@ -62,12 +63,7 @@ async fn secrets_are_sealed_at_rest_listed_as_stars_and_need_the_right_key() {
     assert!(err.to_string().contains("--secret-key-file"));
     let err = db
         .store
-        .set_config(
-            None,
-            "t",
-            &json!("plain"),
-            warden::store::ConfigKind::Secret,
-        )
+        .set_config(None, "t", &json!("plain"), warden::ConfigKind::Secret)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("stored only encrypted"), "{err}");
@@ -392,14 +388,14 @@ async fn a_success_whose_writes_cannot_be_applied_is_recorded_failed_without_its
     let sdk = Sdk::start(db.store.clone(), &redis.client, redis.keys(), None)
         .await
         .unwrap();
-    let mut out = warden_tests::db::fixtures::outcome("w1", warden::outcome::Status::Success);
+    let mut out = warden_tests::db::fixtures::outcome("w1", warden::Status::Success);
     out.sdk_writes_json = r#"[{"op":"kv.set","key":"","value":1}]"#.into();
     sdk.on_finished(&mut out, None);
-    assert_eq!(out.status, warden::outcome::Status::Failed);
+    assert_eq!(out.status, warden::Status::Failed);
     assert_eq!(out.result_json, None);
     assert!(out.sdk_writes_json.is_empty());
     let e = out.error.unwrap();
-    assert_eq!(e.error_type, warden::sdk::SDK_WRITE_ERROR);
+    assert_eq!(e.error_type, warden::SDK_WRITE_ERROR);
     assert_eq!(
         e.message,
         "the execution returned, but its SDK writes cannot be applied: \

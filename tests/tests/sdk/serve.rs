@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use warden::intake::{Completion, WaitEvent};
-use warden::outcome::Status;
-use warden::sdk::{admin, SecretKey};
-use warden::store::WorkflowSpec;
+use warden::testing::sdk_admin as admin;
+use warden::SecretKey;
+use warden::Status;
+use warden::WorkflowSpec;
+use warden::{Completion, WaitEvent};
 use warden_tests::serve::TestServe;
 
 const SECRET: &str = "tok-Sup3r-s3cret-9f2c";

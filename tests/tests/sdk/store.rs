@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use warden::outcome::Status;
-use warden::store::{Completed, Disposition, Store, WorkflowSpec, Writer, WriterConfig};
+use warden::Status;
+use warden::{Completed, Disposition, Store, WorkflowSpec, Writer, WriterConfig};
 use warden_tests::db::fixtures::{completed, new_execution};
 use warden_tests::db::{collect_committed, TestDb};
 
@@ -45,7 +45,7 @@ fn item(id: &str, status: Status, wf: i64, org: i64, time_saved: f64) -> Complet
 async fn begin(store: &Store, ids: &[&str], wf: i64, org: i64) {
     let rows: Vec<_> = ids
         .iter()
-        .map(|id| warden::store::NewExecution {
+        .map(|id| warden::NewExecution {
             org_id: Some(org),
             delivery_id: Some(format!("d-{id}")),
             ..new_execution(id, Some(wf))
@@ -126,14 +126,14 @@ async fn writes_apply_only_for_success_with_roi_and_delivery_status() {
             Some("acme"),
             "config:ok",
             &json!("changed since"),
-            warden::store::ConfigKind::String,
+            warden::ConfigKind::String,
         )
         .await
         .unwrap();
     let again = db.store.commit_batch(&items).await.unwrap();
     assert!(again
         .iter()
-        .all(|o| matches!(o, warden::store::CommitOutcome::AlreadyTerminal { .. })));
+        .all(|o| matches!(o, warden::CommitOutcome::AlreadyTerminal { .. })));
     assert_eq!(metrics(&db, wf).await, (1, 1, 100.0, 2.0));
     let mut conn = db.connection().await;
     let value: serde_json::Value =
@@ -324,7 +324,7 @@ async fn malformed_writes_are_isolated_not_applied() {
 #[tokio::test]
 async fn deliveries_count_attempts_and_a_replay_leaves_a_finished_one_alone() {
     let db = TestDb::new().await;
-    let begin = |exec: &str, sup: &str| warden::store::NewExecution {
+    let begin = |exec: &str, sup: &str| warden::NewExecution {
         delivery_id: Some("evt-1".into()),
         supervisor: sup.into(),
         ..new_execution(exec, None)
@@ -345,7 +345,7 @@ async fn deliveries_count_attempts_and_a_replay_leaves_a_finished_one_alone() {
     );
     // Handed back before it started (its supervisor shut down): taken up again, it is
     // still the same start.
-    let back = warden::store::HandBack {
+    let back = warden::HandBack {
         id: "e1".into(),
         stream_id: "1-e1".into(),
         started: false,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use warden::outcome::{ExecutionOutcome, PoolEvent, Status};
+use warden::{ExecutionOutcome, PoolEvent, Status};
 use warden_protocol::{Isolation, Log, LogLevel, Reply, ReplyOutcome, Request};
 use warden_tests::pool::{job, TestPool};
 
@@ -183,7 +183,7 @@ def run(n):
             {"op": "roi", "time_saved": 120.0, "value": 4.5},
         ])
     );
-    let parsed = warden::sdk::SdkWrites::parse(&r.outcome.sdk_writes_json).unwrap();
+    let parsed = warden::SdkWrites::parse(&r.outcome.sdk_writes_json).unwrap();
     assert_eq!(parsed.kv.len(), 2);
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::serve::TestServe;
 
 const DOUBLE: &str = "import time\ndef run(x):\n    time.sleep(0.5)\n    return {'y': x * 2}\n";

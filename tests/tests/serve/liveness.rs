@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use warden::intake::Request;
-use warden::outcome::Status;
-use warden::serve::{ServeConfig, ServeReport};
+use warden::Request;
+use warden::Status;
+use warden::{ServeConfig, ServeReport};
 use warden_tests::db::{scalar, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::redis::TestRedis;
@@ -115,10 +115,10 @@ async fn metric_count(db: &TestDb) -> i64 {
 }
 
 async fn stop(
-    sig: watch::Sender<Option<warden::serve::Shutdown>>,
-    handle: tokio::task::JoinHandle<Result<ServeReport, warden::serve::ServeError>>,
+    sig: watch::Sender<Option<warden::Shutdown>>,
+    handle: tokio::task::JoinHandle<Result<ServeReport, warden::ServeError>>,
 ) -> ServeReport {
-    let _ = sig.send(Some(warden::serve::Shutdown::Drain));
+    let _ = sig.send(Some(warden::Shutdown::Drain));
     tokio::time::timeout(Duration::from_secs(60), handle)
         .await
         .expect("serve stops within 60 s")
@@ -555,7 +555,7 @@ async fn running_row(db: &TestDb, id: &str, supervisor: &str, stream_id: &str) {
     .unwrap();
 }
 
-/// A row as [`warden::store::Store::hand_back`] leaves one that never started.
+/// A row as [`warden::Store::hand_back`] leaves one that never started.
 async fn handed_back_row(db: &TestDb, id: &str, stream_id: &str) {
     let mut conn = db.connection().await;
     sqlx::query(

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::db::{scalar, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::proxy::{target_of, Proxy};
@@ -136,7 +136,7 @@ async fn results_commit_while_redis_is_away_and_are_acknowledged_when_it_returns
             .unwrap();
         assert!(done.is_some(), "{id}'s completion was published");
     }
-    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
+    signals.send(Some(warden::Shutdown::Drain)).unwrap();
     let report = tokio::time::timeout(Duration::from_secs(30), handle)
         .await
         .expect("serve stops")
@@ -194,7 +194,7 @@ async fn while_postgres_is_away_intake_stops_and_results_wait_until_it_returns()
     )
     .await;
     wait_pending(&redis, 0, Duration::from_secs(30)).await;
-    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
+    signals.send(Some(warden::Shutdown::Drain)).unwrap();
     let report = tokio::time::timeout(Duration::from_secs(30), handle)
         .await
         .expect("serve stops")
@@ -294,7 +294,7 @@ async fn a_drain_gives_back_what_it_did_not_finish_and_another_supervisor_runs_i
     )
     .await;
     wait_pending(&first.redis, 0, Duration::from_secs(30)).await;
-    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
+    signals.send(Some(warden::Shutdown::Drain)).unwrap();
     let second = handle.await.unwrap().unwrap();
     assert_eq!(second.executions, 20, "each exactly once: {second:?}");
     assert_eq!(second.taken_over, 20, "{second:?}");

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::serve::TestServe;
 
 const SLEEP: &str = "import time\ndef run(s):\n    time.sleep(s)\n    return s\n";
 
-fn two_places(c: &mut warden::serve::ServeConfig) {
+fn two_places(c: &mut warden::ServeConfig) {
     c.pool.workers = 2;
     c.prefetch = 0;
 }

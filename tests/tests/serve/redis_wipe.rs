@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use warden::outcome::Status;
+use warden::Status;
 use warden_tests::serve::TestServe;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

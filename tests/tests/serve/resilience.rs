@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use warden::intake::{IntakeClient, Request};
+use warden::{IntakeClient, Request};
 use warden_tests::db::{scalar, sessions, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::redis::TestRedis;
@@ -85,7 +85,7 @@ async fn a_thousand_executions_open_no_sessions_beyond_the_budget() {
         .await
         .unwrap();
     wait_terminal(&db, 1000, Duration::from_secs(120)).await;
-    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
+    signals.send(Some(warden::Shutdown::Drain)).unwrap();
     let report = handle.await.unwrap().unwrap();
     assert_eq!(report.executions, 1000);
 
@@ -126,7 +126,7 @@ async fn killed_database_connections_lose_nothing_and_record_nothing_twice() {
     }
     assert!(killed >= 2, "backends were killed ({killed})");
     wait_terminal(&db, 1000, Duration::from_secs(120)).await;
-    signals.send(Some(warden::serve::Shutdown::Drain)).unwrap();
+    signals.send(Some(warden::Shutdown::Drain)).unwrap();
     let report = handle.await.unwrap().unwrap();
     assert_eq!(report.executions, 1000, "each execution ran once");
     assert_eq!(metric_count(&db).await, 1000, "each execution counted once");
@@ -158,8 +158,8 @@ async fn two_supervisors_share_one_stream() {
         .await
         .unwrap();
     wait_terminal(&db, 400, Duration::from_secs(120)).await;
-    sig1.send(Some(warden::serve::Shutdown::Drain)).unwrap();
-    sig2.send(Some(warden::serve::Shutdown::Drain)).unwrap();
+    sig1.send(Some(warden::Shutdown::Drain)).unwrap();
+    sig2.send(Some(warden::Shutdown::Drain)).unwrap();
     let (r1, r2) = (h1.await.unwrap().unwrap(), h2.await.unwrap().unwrap());
     assert_eq!(r1.executions + r2.executions, 400, "{r1:?} {r2:?}");
     assert!(

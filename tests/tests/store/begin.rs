@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use warden::outcome::Status;
-use warden::store::{
+use warden::Status;
+use warden::{
     Begin, Disposition, ExecutionFilter, ExecutionStatus, NewExecution, Rejected, Writer,
     WriterConfig,
 };
@@ -235,7 +235,7 @@ async fn an_outcome_of_a_superseded_attempt_is_not_written() {
 /// supervisor holds, or begun from another entry, are not touched.
 #[tokio::test]
 async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
-    use warden::store::HandBack;
+    use warden::HandBack;
     let db = TestDb::new().await;
     let s = &db.store;
     let rows: Vec<NewExecution> = ["queued", "cut", "other"]
@@ -310,7 +310,7 @@ async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
 /// a never-started row keeps its attempt, and the run that takes it up records at it.
 #[tokio::test]
 async fn handed_back_rows_are_fenced_by_the_attempt_they_are_begun_at() {
-    use warden::store::HandBack;
+    use warden::HandBack;
     let db = TestDb::new().await;
     let s = &db.store;
     let rows: Vec<NewExecution> = ["queued", "cut"]

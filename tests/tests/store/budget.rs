@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
-use warden::outcome::Status;
-use warden::store::{NewExecution, Store, Writer, WriterConfig};
+use warden::Status;
+use warden::{NewExecution, Store, Writer, WriterConfig};
 use warden_tests::db::fixtures::{completed, new_execution, STATUSES};
 use warden_tests::db::{server_url, sessions, TestDb};
 

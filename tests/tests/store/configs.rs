@@ -1,7 +1,7 @@
 //! Config values: set per organization or globally, typed, listed whole for the cache.
 
 use serde_json::json;
-use warden::store::ConfigKind;
+use warden::ConfigKind;
 use warden_tests::db::TestDb;
 
 #[tokio::test]
@@ -15,12 +15,9 @@ async fn configs_are_set_typed_listed_and_deleted() {
         .await
         .unwrap();
     // Secrets are stored sealed (see sdk/config.rs); the store only checks the shape.
-    let key = warden::sdk::SecretKey::parse(&"ab".repeat(32), "test").unwrap();
-    let sealed = serde_json::to_value(
-        key.seal(warden::sdk::Scope::Org(1), "token", "hunter2")
-            .unwrap(),
-    )
-    .unwrap();
+    let key = warden::SecretKey::parse(&"ab".repeat(32), "test").unwrap();
+    let sealed =
+        serde_json::to_value(key.seal(warden::Scope::Org(1), "token", "hunter2").unwrap()).unwrap();
     s.set_config(Some("acme"), "token", &sealed, ConfigKind::Secret)
         .await
         .unwrap();

@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use warden::outcome::Status;
-use warden::store::{
-    Committed, Disposition, ExecutionStatus, NewExecution, Store, Writer, WriterConfig,
-};
+use warden::Status;
+use warden::{Committed, Disposition, ExecutionStatus, NewExecution, Store, Writer, WriterConfig};
 use warden_tests::db::fixtures::{completed, new_execution, STATUSES};
 use warden_tests::db::{collect_committed, scalar, server_url, TestDb};
 

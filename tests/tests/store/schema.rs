@@ -2,7 +2,7 @@
 //! unmigrated one (pointing at `warden migrate`), and connection failures say which URL
 //! and what to do.
 
-use warden::store::{Store, StoreError, MIGRATOR};
+use warden::{Store, StoreError, MIGRATOR};
 use warden_tests::db::{server_url, TestDb};
 
 #[tokio::test]

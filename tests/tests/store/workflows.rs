@@ -1,7 +1,7 @@
 //! Workflows: push creates then updates in place; `load_for_batch` resolves ids, names
 //! and organization-scoped names in a single query.
 
-use warden::store::{PushAction, Store, WorkflowRef, WorkflowSpec};
+use warden::{Store, StoreWorkflowRef, WorkflowPushAction, WorkflowSpec};
 use warden_tests::db::{xact_commit, TestDb};
 
 fn spec(org: Option<&str>, name: &str, source: &str) -> WorkflowSpec {
@@ -26,14 +26,17 @@ async fn push_creates_then_updates_keeping_the_id() {
         .push_workflow(&spec(None, "report", "def run(): return 1"))
         .await
         .unwrap();
-    assert_eq!(first.action, PushAction::Created);
+    assert_eq!(first.action, WorkflowPushAction::Created);
     assert_eq!(first.org_id, None);
 
     let same = s
         .push_workflow(&spec(None, "report", "def run(): return 1"))
         .await
         .unwrap();
-    assert_eq!((same.id, same.action), (first.id, PushAction::Unchanged));
+    assert_eq!(
+        (same.id, same.action),
+        (first.id, WorkflowPushAction::Unchanged)
+    );
 
     let updated = s
         .push_workflow(&spec(None, "report", "def run(): return 2"))
@@ -41,7 +44,7 @@ async fn push_creates_then_updates_keeping_the_id() {
         .unwrap();
     assert_eq!(
         (updated.id, updated.action),
-        (first.id, PushAction::Updated)
+        (first.id, WorkflowPushAction::Updated)
     );
 
     // The same name in an organization is another workflow; the org is created once.
@@ -49,7 +52,7 @@ async fn push_creates_then_updates_keeping_the_id() {
         .push_workflow(&spec(Some("acme"), "report", "def run(): return 3"))
         .await
         .unwrap();
-    assert_eq!(in_org.action, PushAction::Created);
+    assert_eq!(in_org.action, WorkflowPushAction::Created);
     assert_ne!(in_org.id, first.id);
     let again = s
         .push_workflow(&spec(Some("acme"), "other", "x = 1"))
@@ -88,15 +91,15 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
         .unwrap();
 
     let refs = vec![
-        WorkflowRef::parse(&global.id.to_string(), None),
-        WorkflowRef::parse("report", None),
-        WorkflowRef::parse("report", Some("acme")),
-        WorkflowRef::parse(&other.id.to_string(), Some("acme")),
-        WorkflowRef::parse("sync", None), // only exists in acme
-        WorkflowRef::parse("missing", Some("acme")), // does not exist
-        WorkflowRef::parse("report", Some("nobody")), // no such org
-        WorkflowRef::parse("999999", None), // no such id
-        WorkflowRef::parse("report", None), // repeated
+        StoreWorkflowRef::parse(&global.id.to_string(), None),
+        StoreWorkflowRef::parse("report", None),
+        StoreWorkflowRef::parse("report", Some("acme")),
+        StoreWorkflowRef::parse(&other.id.to_string(), Some("acme")),
+        StoreWorkflowRef::parse("sync", None), // only exists in acme
+        StoreWorkflowRef::parse("missing", Some("acme")), // does not exist
+        StoreWorkflowRef::parse("report", Some("nobody")), // no such org
+        StoreWorkflowRef::parse("999999", None), // no such id
+        StoreWorkflowRef::parse("report", None), // repeated
     ];
 
     // A store with ONE connection, so the statistics below are all this backend's.
@@ -123,21 +126,21 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
     assert_eq!(found, warm);
 
     assert_eq!(found.len(), 4, "{found:#?}");
-    assert_eq!(found[&WorkflowRef::Id(global.id)].source, "g");
-    let by_name = &found[&WorkflowRef::parse("report", None)];
+    assert_eq!(found[&StoreWorkflowRef::Id(global.id)].source, "g");
+    let by_name = &found[&StoreWorkflowRef::parse("report", None)];
     assert_eq!((by_name.id, by_name.org.as_deref()), (global.id, None));
-    let by_org = &found[&WorkflowRef::parse("report", Some("acme"))];
+    let by_org = &found[&StoreWorkflowRef::parse("report", Some("acme"))];
     assert_eq!((by_org.id, by_org.org.as_deref()), (acme.id, Some("acme")));
     assert_eq!(by_org.default_timeout_ms, Some(30_000));
-    assert_eq!(found[&WorkflowRef::Id(other.id)].name, "sync");
+    assert_eq!(found[&StoreWorkflowRef::Id(other.id)].name, "sync");
     for absent in ["sync", "999999"] {
         assert!(
-            !found.contains_key(&WorkflowRef::parse(absent, None)),
+            !found.contains_key(&StoreWorkflowRef::parse(absent, None)),
             "{absent}"
         );
     }
-    assert!(!found.contains_key(&WorkflowRef::parse("missing", Some("acme"))));
-    assert!(!found.contains_key(&WorkflowRef::parse("report", Some("nobody"))));
+    assert!(!found.contains_key(&StoreWorkflowRef::parse("missing", Some("acme"))));
+    assert!(!found.contains_key(&StoreWorkflowRef::parse("report", Some("nobody"))));
 
     // Inactive workflows are not loaded.
     sqlx::query("UPDATE workflows SET active = false WHERE id = $1")
@@ -146,12 +149,12 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
         .await
         .unwrap();
     let found = store.load_for_batch(&refs).await.unwrap();
-    assert!(!found.contains_key(&WorkflowRef::parse("report", Some("acme"))));
+    assert!(!found.contains_key(&StoreWorkflowRef::parse("report", Some("acme"))));
     assert!(store.load_for_batch(&[]).await.unwrap().is_empty());
     // A name PostgreSQL could not even hold finds nothing, and fails nothing.
     let odd = [
-        WorkflowRef::parse("re\0port", None),
-        WorkflowRef::parse("report", Some("a\0")),
+        StoreWorkflowRef::parse("re\0port", None),
+        StoreWorkflowRef::parse("report", Some("a\0")),
     ];
     assert!(store.load_for_batch(&odd).await.unwrap().is_empty());
 }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use warden::outcome::Status;
-use warden::store::{
+use warden::Status;
+use warden::{
     Completed, Disposition, ExecutionStatus, NewExecution, Store, WorkflowSpec, Writer,
     WriterConfig,
 };
