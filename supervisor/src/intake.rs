@@ -97,7 +97,7 @@ pub use liveness::{Heartbeat, Liveness};
 pub use messages::{Completion, Done, LogLine, SupervisorStatus};
 /// The Redis client crate, re-exported so tests and tools use the same version.
 pub use redis;
-pub use request::{parse, Rejected, Request, WorkflowRef};
+pub use request::{parse, ExecutionRequest, InvalidEntry, WorkflowRef};
 pub use stream::{Backlog, ConsumerBacklog, Intake, RedisCalls};
 
 /// Everything that can go wrong talking to Redis, with what was being done.
@@ -138,7 +138,7 @@ pub enum IntakeError {
     #[error("invalid execution id {id:?}: {reason}")]
     InvalidExecutionId { id: String, reason: String },
     #[error("invalid request: {0}")]
-    InvalidRequest(#[from] Rejected),
+    InvalidRequest(#[from] InvalidEntry),
     #[error("gave up after {timeout:?} waiting for execution {execution_id} to complete")]
     WaitTimedOut {
         execution_id: String,

@@ -57,13 +57,13 @@ pub use connect::{redact_url, Store};
 pub use deliveries::Delivery;
 pub use executions::{
     Begin, ExecutionDetail, ExecutionFilter, ExecutionRecord, ExecutionStatus, ExecutionSummary,
-    HandBack, LogLine, NewExecution, INTERRUPTED,
+    HandBack, NewExecution, StoredLogLine, INTERRUPTED,
 };
 pub use items::{CommitOutcome, Committed, Completed, Disposition, Rejected};
 pub use kv::KvEntry;
 pub use migrate::{SchemaStatus, MIGRATOR};
 pub use retry::{retry_with_backoff, Backoff};
-pub use workflows::{PushAction, PushResult, Workflow, WorkflowRef, WorkflowSpec, WorkflowSummary};
+pub use workflows::{PushAction, PushResult, Workflow, WorkflowKey, WorkflowSpec, WorkflowSummary};
 pub use writer::{Reservation, Writer, WriterConfig, WriterHandle, WriterStats, WriterTask};
 
 /// Everything the store can fail with. Each variant says what was being done, so the

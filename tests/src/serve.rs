@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use warden::intake::{Completion, IntakeClient, Request, WorkflowRef};
+use warden::intake::{Completion, ExecutionRequest, IntakeClient, WorkflowRef};
 use warden::serve::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
 use warden::store::WorkflowSpec;
 
@@ -86,8 +86,8 @@ impl TestServe {
             .id
     }
 
-    pub fn request(id: &str, workflow: &str, params: &str) -> Request {
-        let mut r = Request::new(id, WorkflowRef::Name(workflow.into()));
+    pub fn request(id: &str, workflow: &str, params: &str) -> ExecutionRequest {
+        let mut r = ExecutionRequest::new(id, WorkflowRef::Name(workflow.into()));
         r.params_json = params.into();
         r
     }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
-use crate::intake::{Request, WaitEvent, WorkflowRef};
+use crate::intake::{ExecutionRequest, WaitEvent, WorkflowRef};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -57,7 +57,10 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     } else {
         WorkflowRef::Name(args.workflow.clone())
     };
-    let mut req = Request::new(args.id.clone().unwrap_or_else(Request::new_id), workflow);
+    let mut req = ExecutionRequest::new(
+        args.id.clone().unwrap_or_else(ExecutionRequest::new_id),
+        workflow,
+    );
     req.params_json = params;
     req.org = args.org.clone();
     req.caller = args.caller.clone();

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::cancel;
 use super::keys::Keys;
 use super::messages::{Completion, LogLine, SupervisorStatus};
-use super::request::Request;
+use super::request::ExecutionRequest;
 use super::stream::{backlog, Backlog, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use super::{redact_url, IntakeError};
 
@@ -94,13 +94,16 @@ impl IntakeClient {
     }
 
     /// Validates `request` and adds it to the stream; returns its stream id.
-    pub async fn submit(&self, request: &Request) -> Result<String, IntakeError> {
+    pub async fn submit(&self, request: &ExecutionRequest) -> Result<String, IntakeError> {
         submit(&mut self.conn.clone(), &self.keys, request).await
     }
 
     /// Submits many requests in one round trip; returns their stream ids, in order.
     /// Nothing is submitted if any request is invalid.
-    pub async fn submit_many(&self, requests: &[Request]) -> Result<Vec<String>, IntakeError> {
+    pub async fn submit_many(
+        &self,
+        requests: &[ExecutionRequest],
+    ) -> Result<Vec<String>, IntakeError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -205,7 +208,7 @@ impl IntakeClient {
 pub async fn submit<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
-    request: &Request,
+    request: &ExecutionRequest,
 ) -> Result<String, IntakeError> {
     request.validate()?;
     let stream = keys.stream();

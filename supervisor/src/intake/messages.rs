@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use warden_protocol::Log;
 
-use super::request::Rejected;
+use super::request::InvalidEntry;
 use crate::outcome::{ExecutionOutcome, Status};
 
 /// Results larger than this are not copied into the completion message (or the
@@ -83,7 +83,7 @@ impl Completion {
 
     /// The completion message for a rejected stream entry, when it had a usable id
     /// (without one there is nobody to tell).
-    pub fn rejected(rejected: &Rejected) -> Option<Completion> {
+    pub fn rejected(rejected: &InvalidEntry) -> Option<Completion> {
         rejected.execution_id.as_ref().map(|id| Completion {
             id: id.clone(),
             status: Status::Failed,
@@ -136,7 +136,7 @@ impl Done {
     }
 
     /// A rejected entry (its `failed` row, if it had an id, is committed).
-    pub fn rejected(rejected: &Rejected) -> Done {
+    pub fn rejected(rejected: &InvalidEntry) -> Done {
         Done {
             stream_id: rejected.stream_id.clone(),
             completion: Completion::rejected(rejected),
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn rejected_entries_complete_only_with_an_id() {
-        let mut r = Rejected {
+        let mut r = InvalidEntry {
             stream_id: "1-0".into(),
             execution_id: Some("e".into()),
             reason: "missing field `workflow`".into(),

@@ -18,9 +18,9 @@
 //! supervisors. A field given twice is rejected rather than guessed at.
 //!
 //! [`parse`] never panics and never allocates more than a bounded amount per field
-//! beyond the entry itself: every way an entry can be wrong ends in a [`Rejected`]
+//! beyond the entry itself: every way an entry can be wrong ends in an [`InvalidEntry`]
 //! whose `reason` says what was wrong and what was expected. When the entry carried a
-//! usable `id`, [`Rejected::execution_id`] is set so the execution can still be
+//! usable `id`, [`InvalidEntry::execution_id`] is set so the execution can still be
 //! recorded as `failed` and its completion published.
 
 use std::fmt;
@@ -56,9 +56,10 @@ impl fmt::Display for WorkflowRef {
     }
 }
 
-/// A valid execution request.
+/// A valid execution request: one stream entry, parsed (not the SDK's
+/// `warden_protocol::Request`, which a running execution sends).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
+pub struct ExecutionRequest {
     pub execution_id: String,
     pub workflow: WorkflowRef,
     /// A JSON object, exactly as the client sent it (validated, not re-encoded).
@@ -72,7 +73,7 @@ pub struct Request {
 
 /// Why a stream entry is not a valid request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
+pub struct InvalidEntry {
     /// The stream entry's id (`1700000000000-0`), for acknowledging and dead-lettering it.
     pub stream_id: String,
     /// The entry's `id` field, when it was present and valid.
@@ -81,7 +82,7 @@ pub struct Rejected {
     pub reason: String,
 }
 
-impl fmt::Display for Rejected {
+impl fmt::Display for InvalidEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "stream entry {}", self.stream_id)?;
         if let Some(id) = &self.execution_id {
@@ -91,12 +92,12 @@ impl fmt::Display for Rejected {
     }
 }
 
-impl std::error::Error for Rejected {}
+impl std::error::Error for InvalidEntry {}
 
-impl Request {
+impl ExecutionRequest {
     /// A request with empty params and no optional fields.
     pub fn new(execution_id: impl Into<String>, workflow: WorkflowRef) -> Self {
-        Request {
+        ExecutionRequest {
             execution_id: execution_id.into(),
             workflow,
             params_json: "{}".to_owned(),
@@ -137,12 +138,12 @@ impl Request {
 
     /// Checks the request the way the supervisor will, so a client learns of a mistake
     /// at submit time rather than from a dead letter.
-    pub fn validate(&self) -> Result<(), Rejected> {
+    pub fn validate(&self) -> Result<(), InvalidEntry> {
         let parsed = parse("(not submitted)", self.to_fields())?;
         // A name that is all digits would come back as an id: say so instead of
         // silently running a different workflow.
         if parsed.workflow != self.workflow {
-            return Err(Rejected {
+            return Err(InvalidEntry {
                 stream_id: "(not submitted)".to_owned(),
                 execution_id: Some(self.execution_id.clone()),
                 reason: format!(
@@ -184,8 +185,8 @@ struct RawFields<'a> {
     delivery_id: Option<&'a [u8]>,
 }
 
-/// Turns one stream entry into a [`Request`], or says why it is not one.
-pub fn parse<I, K, V>(stream_id: &str, fields: I) -> Result<Request, Rejected>
+/// Turns one stream entry into an [`ExecutionRequest`], or says why it is not one.
+pub fn parse<I, K, V>(stream_id: &str, fields: I) -> Result<ExecutionRequest, InvalidEntry>
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<[u8]>,
@@ -264,7 +265,7 @@ where
         .transpose()
         .map_err(&fail)?;
 
-    Ok(Request {
+    Ok(ExecutionRequest {
         execution_id,
         workflow,
         params_json,
@@ -275,8 +276,8 @@ where
     })
 }
 
-fn reject(stream_id: &str, execution_id: Option<String>, reason: String) -> Rejected {
-    Rejected {
+fn reject(stream_id: &str, execution_id: Option<String>, reason: String) -> InvalidEntry {
+    InvalidEntry {
         stream_id: stream_id.to_owned(),
         execution_id,
         reason,
@@ -422,11 +423,11 @@ fn snippet(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn ok(fields: &[(&str, &str)]) -> Request {
+    fn ok(fields: &[(&str, &str)]) -> ExecutionRequest {
         parse("1-0", fields.iter().copied()).expect("valid request")
     }
 
-    fn err(fields: &[(&[u8], &[u8])]) -> Rejected {
+    fn err(fields: &[(&[u8], &[u8])]) -> InvalidEntry {
         parse("1-0", fields.iter().copied()).expect_err("should be rejected")
     }
 
@@ -456,7 +457,7 @@ mod tests {
 
     #[test]
     fn full_request_round_trips() {
-        let mut req = Request::new("exec-1:a.b_c", WorkflowRef::Name("etl".into()));
+        let mut req = ExecutionRequest::new("exec-1:a.b_c", WorkflowRef::Name("etl".into()));
         req.params_json = r#"{"a": [1, 2], "b": {"c": null}}"#.into();
         req.org = Some("acme".into());
         req.caller = Some("user:42".into());
@@ -664,7 +665,7 @@ mod tests {
 
     #[test]
     fn all_digit_names_are_caught_at_validate() {
-        let req = Request::new("e", WorkflowRef::Name("123".into()));
+        let req = ExecutionRequest::new("e", WorkflowRef::Name("123".into()));
         assert!(req.validate().is_err());
     }
 }

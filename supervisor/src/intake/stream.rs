@@ -19,7 +19,7 @@ use super::cancel::{self, CancelListener};
 use super::entry::{self, Entry, Field};
 use super::keys::Keys;
 use super::messages::{Completion, Done, LogLine, SupervisorStatus};
-use super::request::Rejected;
+use super::request::InvalidEntry;
 use super::{redact_url, IntakeError};
 
 /// How long establishing a connection may take.
@@ -375,7 +375,7 @@ impl Intake {
     /// an id) is committed.
     pub async fn dead_letter(
         &self,
-        rejected: &Rejected,
+        rejected: &InvalidEntry,
         fields: &[Field],
     ) -> Result<(), IntakeError> {
         self.dead_letter_batch(&[(rejected, fields)]).await
@@ -384,7 +384,7 @@ impl Intake {
     /// [`Intake::dead_letter`] for many entries in one round trip.
     pub async fn dead_letter_batch(
         &self,
-        items: &[(&Rejected, &[Field])],
+        items: &[(&InvalidEntry, &[Field])],
     ) -> Result<(), IntakeError> {
         if items.is_empty() {
             return Ok(());

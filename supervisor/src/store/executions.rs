@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 
 use crate::outcome::Status;
 use crate::store::items::{CommitOutcome, Completed, Rejected};
-use crate::store::{Store, StoreError, Workflow, WorkflowRef};
+use crate::store::{Store, StoreError, Workflow, WorkflowKey};
 
 /// The `execution_status` enum of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -226,9 +226,9 @@ pub struct ExecutionRecord {
     pub logs_dropped: i32,
 }
 
-/// One stored log line.
+/// One stored log line (the live one published to clients is `intake::LogLine`).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct LogLine {
+pub struct StoredLogLine {
     pub seq: i32,
     pub level: String,
     pub message: String,
@@ -239,7 +239,7 @@ pub struct LogLine {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutionDetail {
     pub execution: ExecutionRecord,
-    pub logs: Vec<LogLine>,
+    pub logs: Vec<StoredLogLine>,
 }
 
 impl Store {
@@ -250,18 +250,18 @@ impl Store {
     /// order, what to do with each.
     pub async fn prepare_batch<F>(
         &self,
-        refs: &[WorkflowRef],
+        refs: &[WorkflowKey],
         rows: F,
     ) -> Result<
         (
-            HashMap<WorkflowRef, Workflow>,
+            HashMap<WorkflowKey, Workflow>,
             Vec<NewExecution>,
             Vec<Begin>,
         ),
         StoreError,
     >
     where
-        F: FnOnce(&HashMap<WorkflowRef, Workflow>) -> Vec<NewExecution>,
+        F: FnOnce(&HashMap<WorkflowKey, Workflow>) -> Vec<NewExecution>,
     {
         let mut tx = self
             .pool()

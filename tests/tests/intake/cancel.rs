@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use warden::intake::redis;
 use warden::intake::{
-    request_cancel, CancelListener, CancelSignal, IntakeError, Request, WorkflowRef,
+    request_cancel, CancelListener, CancelSignal, ExecutionRequest, IntakeError, WorkflowRef,
 };
 use warden_tests::redis::TestRedis;
 
@@ -24,7 +24,7 @@ async fn a_cancel_before_the_entry_is_read_is_found_by_the_marker_check() {
     let t = TestRedis::new();
     let client = t.client().await;
     client
-        .submit(&Request::new("e-queued", WorkflowRef::Id(1)))
+        .submit(&ExecutionRequest::new("e-queued", WorkflowRef::Id(1)))
         .await
         .expect("submit");
     client.cancel("e-queued").await.expect("cancel");

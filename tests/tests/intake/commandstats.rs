@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use warden::intake::redis;
-use warden::intake::{Completion, Done, Request, WorkflowRef};
+use warden::intake::{Completion, Done, ExecutionRequest, WorkflowRef};
 use warden::outcome::Status;
 use warden_tests::redis::TestRedis;
 
@@ -54,8 +54,8 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
     let mut smallest: HashMap<&str, u64> = HashMap::new();
 
     for round in 0..ROUNDS {
-        let requests: Vec<Request> = (0..N)
-            .map(|i| Request::new(format!("r{round}-{i}"), WorkflowRef::Id(1)))
+        let requests: Vec<ExecutionRequest> = (0..N)
+            .map(|i| ExecutionRequest::new(format!("r{round}-{i}"), WorkflowRef::Id(1)))
             .collect();
         client.submit_many(&requests).await.expect("submit");
 

@@ -8,14 +8,14 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use warden::intake::redis;
-use warden::intake::{Completion, Done, Entry, Heartbeat, Intake, Request, WorkflowRef};
+use warden::intake::{Completion, Done, Entry, ExecutionRequest, Heartbeat, Intake, WorkflowRef};
 use warden::outcome::{ExecutionOutcome, Status};
 use warden_tests::redis::TestRedis;
 
-fn requests(n: usize, tag: &str) -> Vec<Request> {
+fn requests(n: usize, tag: &str) -> Vec<ExecutionRequest> {
     (0..n)
         .map(|i| {
-            let mut r = Request::new(format!("{tag}-{i}"), WorkflowRef::Id(1));
+            let mut r = ExecutionRequest::new(format!("{tag}-{i}"), WorkflowRef::Id(1));
             r.params_json = format!(r#"{{"i": {i}}}"#);
             r
         })
@@ -515,7 +515,7 @@ async fn ack_and_publish_reaches_a_subscriber_that_subscribed_first() {
     let intake = t.intake("sup-a").await;
     let client = t.client().await;
     client
-        .submit(&Request::new("e-pub", WorkflowRef::Id(1)))
+        .submit(&ExecutionRequest::new("e-pub", WorkflowRef::Id(1)))
         .await
         .expect("submit");
     let waiter = client

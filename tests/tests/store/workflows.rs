@@ -1,7 +1,7 @@
 //! Workflows: push creates then updates in place; `load_for_batch` resolves ids, names
 //! and organization-scoped names in a single query.
 
-use warden::store::{PushAction, Store, WorkflowRef, WorkflowSpec};
+use warden::store::{PushAction, Store, WorkflowKey, WorkflowSpec};
 use warden_tests::db::{xact_commit, TestDb};
 
 fn spec(org: Option<&str>, name: &str, source: &str) -> WorkflowSpec {
@@ -88,15 +88,15 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
         .unwrap();
 
     let refs = vec![
-        WorkflowRef::parse(&global.id.to_string(), None),
-        WorkflowRef::parse("report", None),
-        WorkflowRef::parse("report", Some("acme")),
-        WorkflowRef::parse(&other.id.to_string(), Some("acme")),
-        WorkflowRef::parse("sync", None), // only exists in acme
-        WorkflowRef::parse("missing", Some("acme")), // does not exist
-        WorkflowRef::parse("report", Some("nobody")), // no such org
-        WorkflowRef::parse("999999", None), // no such id
-        WorkflowRef::parse("report", None), // repeated
+        WorkflowKey::parse(&global.id.to_string(), None),
+        WorkflowKey::parse("report", None),
+        WorkflowKey::parse("report", Some("acme")),
+        WorkflowKey::parse(&other.id.to_string(), Some("acme")),
+        WorkflowKey::parse("sync", None), // only exists in acme
+        WorkflowKey::parse("missing", Some("acme")), // does not exist
+        WorkflowKey::parse("report", Some("nobody")), // no such org
+        WorkflowKey::parse("999999", None), // no such id
+        WorkflowKey::parse("report", None), // repeated
     ];
 
     // A store with ONE connection, so the statistics below are all this backend's.
@@ -123,21 +123,21 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
     assert_eq!(found, warm);
 
     assert_eq!(found.len(), 4, "{found:#?}");
-    assert_eq!(found[&WorkflowRef::Id(global.id)].source, "g");
-    let by_name = &found[&WorkflowRef::parse("report", None)];
+    assert_eq!(found[&WorkflowKey::Id(global.id)].source, "g");
+    let by_name = &found[&WorkflowKey::parse("report", None)];
     assert_eq!((by_name.id, by_name.org.as_deref()), (global.id, None));
-    let by_org = &found[&WorkflowRef::parse("report", Some("acme"))];
+    let by_org = &found[&WorkflowKey::parse("report", Some("acme"))];
     assert_eq!((by_org.id, by_org.org.as_deref()), (acme.id, Some("acme")));
     assert_eq!(by_org.default_timeout_ms, Some(30_000));
-    assert_eq!(found[&WorkflowRef::Id(other.id)].name, "sync");
+    assert_eq!(found[&WorkflowKey::Id(other.id)].name, "sync");
     for absent in ["sync", "999999"] {
         assert!(
-            !found.contains_key(&WorkflowRef::parse(absent, None)),
+            !found.contains_key(&WorkflowKey::parse(absent, None)),
             "{absent}"
         );
     }
-    assert!(!found.contains_key(&WorkflowRef::parse("missing", Some("acme"))));
-    assert!(!found.contains_key(&WorkflowRef::parse("report", Some("nobody"))));
+    assert!(!found.contains_key(&WorkflowKey::parse("missing", Some("acme"))));
+    assert!(!found.contains_key(&WorkflowKey::parse("report", Some("nobody"))));
 
     // Inactive workflows are not loaded.
     warden::store::sqlx::query("UPDATE workflows SET active = false WHERE id = $1")
@@ -146,12 +146,12 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
         .await
         .unwrap();
     let found = store.load_for_batch(&refs).await.unwrap();
-    assert!(!found.contains_key(&WorkflowRef::parse("report", Some("acme"))));
+    assert!(!found.contains_key(&WorkflowKey::parse("report", Some("acme"))));
     assert!(store.load_for_batch(&[]).await.unwrap().is_empty());
     // A name PostgreSQL could not even hold finds nothing, and fails nothing.
     let odd = [
-        WorkflowRef::parse("re\0port", None),
-        WorkflowRef::parse("report", Some("a\0")),
+        WorkflowKey::parse("re\0port", None),
+        WorkflowKey::parse("report", Some("a\0")),
     ];
     assert!(store.load_for_batch(&odd).await.unwrap().is_empty());
 }
