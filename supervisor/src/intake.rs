@@ -141,14 +141,16 @@ pub enum IntakeError {
     InvalidRequest(#[from] InvalidEntry),
     #[error("gave up after {timeout:?} waiting for execution {execution_id} to complete")]
     WaitTimedOut {
-        execution_id: String,
+        execution_id: crate::outcome::ExecutionId,
         timeout: Duration,
     },
     #[error(
         "the Redis subscription closed while waiting for execution {execution_id}, and no \
          completion was recorded"
     )]
-    SubscriptionClosed { execution_id: String },
+    SubscriptionClosed {
+        execution_id: crate::outcome::ExecutionId,
+    },
 }
 
 impl IntakeError {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
 use crate::intake::{ExecutionRequest, WaitEvent, WorkflowRef};
+use crate::outcome::ExecutionId;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -58,7 +59,9 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
         WorkflowRef::Name(args.workflow.clone())
     };
     let mut req = ExecutionRequest::new(
-        args.id.clone().unwrap_or_else(ExecutionRequest::new_id),
+        args.id
+            .clone()
+            .map_or_else(ExecutionRequest::new_id, ExecutionId::from),
         workflow,
     );
     req.params_json = params;
@@ -72,7 +75,7 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     let waiter = if args.wait {
         Some(
             client
-                .wait_for_completion(&req.execution_id, args.wait_timeout)
+                .wait_for_completion(req.execution_id.as_str(), args.wait_timeout)
                 .await?,
         )
     } else {

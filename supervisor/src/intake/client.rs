@@ -20,6 +20,7 @@ use super::messages::{Completion, LogLine, SupervisorStatus};
 use super::request::ExecutionRequest;
 use super::stream::{backlog, Backlog, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use super::{redact_url, IntakeError};
+use crate::outcome::ExecutionId;
 
 /// A connection for clients. Cheap to clone.
 #[derive(Clone)]
@@ -168,7 +169,7 @@ impl IntakeClient {
         // completion published before.
         let ready = self.completion(execution_id).await?;
         Ok(Waiter {
-            execution_id: execution_id.to_owned(),
+            execution_id: execution_id.into(),
             conn: self.conn.clone(),
             keys: self.keys.clone(),
             messages,
@@ -296,7 +297,7 @@ async fn list_supervisors<C: ConnectionLike>(
 
 /// Follows one execution: its log lines as they are published, then its completion.
 pub struct Waiter {
-    execution_id: String,
+    execution_id: ExecutionId,
     conn: MultiplexedConnection,
     keys: Keys,
     messages: PubSubStream,
@@ -340,7 +341,9 @@ impl Waiter {
                 Ok(Some(msg)) => msg,
                 Ok(None) => {
                     // The connection dropped. The completion may still have been stored.
-                    return match completion(&mut self.conn, &self.keys, &self.execution_id).await? {
+                    return match completion(&mut self.conn, &self.keys, self.execution_id.as_str())
+                        .await?
+                    {
                         Some(c) => {
                             self.finished = true;
                             Ok(Some(WaitEvent::Completed(c)))

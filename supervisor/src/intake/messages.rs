@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use warden_protocol::Log;
 
 use super::request::InvalidEntry;
-use crate::outcome::{ExecutionOutcome, Status};
+use crate::outcome::{ExecutionId, ExecutionOutcome, Status};
 
 /// Results larger than this are not copied into the completion message (or the
 /// completion key): pub/sub is a notification path, the database holds the value.
@@ -32,7 +32,7 @@ pub const INVALID_REQUEST: &str = "InvalidRequest";
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completion {
-    pub id: String,
+    pub id: ExecutionId,
     #[serde(deserialize_with = "deserialize_status")]
     pub status: Status,
     pub error_type: Option<String>,
@@ -96,7 +96,7 @@ impl Completion {
 
     /// A completion with just a status and an optional error (e.g. `cancelled` while
     /// still queued).
-    pub fn new(id: impl Into<String>, status: Status) -> Completion {
+    pub fn new(id: impl Into<ExecutionId>, status: Status) -> Completion {
         Completion {
             id: id.into(),
             status,
@@ -253,7 +253,7 @@ mod tests {
         ExecutionOutcome {
             result_json: result.map(str::to_owned),
             error: None,
-            ..ExecutionOutcome::not_run("e1", status, "", "")
+            ..ExecutionOutcome::not_run(&"e1".into(), status, "", "")
         }
     }
 

@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
+use crate::outcome::ExecutionId;
+
 /// Longest execution id (and `delivery_id`), in bytes (the charset is ASCII).
 pub const MAX_ID_LEN: usize = 128;
 /// Longest workflow name, org or caller, in characters.
@@ -60,7 +62,7 @@ impl fmt::Display for WorkflowRef {
 /// `warden_protocol::Request`, which a running execution sends).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutionRequest {
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     pub workflow: WorkflowRef,
     /// A JSON object, exactly as the client sent it (validated, not re-encoded).
     pub params_json: String,
@@ -77,7 +79,7 @@ pub struct InvalidEntry {
     /// The stream entry's id (`1700000000000-0`), for acknowledging and dead-lettering it.
     pub stream_id: String,
     /// The entry's `id` field, when it was present and valid.
-    pub execution_id: Option<String>,
+    pub execution_id: Option<ExecutionId>,
     /// What was wrong, for a human: "missing field `workflow`".
     pub reason: String,
 }
@@ -96,7 +98,7 @@ impl std::error::Error for InvalidEntry {}
 
 impl ExecutionRequest {
     /// A request with empty params and no optional fields.
-    pub fn new(execution_id: impl Into<String>, workflow: WorkflowRef) -> Self {
+    pub fn new(execution_id: impl Into<ExecutionId>, workflow: WorkflowRef) -> Self {
         ExecutionRequest {
             execution_id: execution_id.into(),
             workflow,
@@ -109,15 +111,15 @@ impl ExecutionRequest {
     }
 
     /// A fresh random execution id (a UUID v4), for clients that do not bring their own.
-    pub fn new_id() -> String {
-        uuid::Uuid::new_v4().to_string()
+    pub fn new_id() -> ExecutionId {
+        uuid::Uuid::new_v4().to_string().into()
     }
 
     /// The stream entry fields for this request, in a stable order; absent optional
     /// fields are left out. `parse(_, to_fields())` gives the request back.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
-            ("id", self.execution_id.clone()),
+            ("id", self.execution_id.to_string()),
             ("workflow", self.workflow.to_string()),
             ("params", self.params_json.clone()),
         ];
@@ -229,7 +231,7 @@ where
     let execution_id = match raw.id {
         None => return Err(reject(stream_id, None, "missing field `id`".to_owned())),
         Some(bytes) => match parse_id(FIELD_ID, bytes) {
-            Ok(id) => id,
+            Ok(id) => ExecutionId::from(id),
             Err(reason) => return Err(reject(stream_id, None, reason)),
         },
     };
@@ -276,7 +278,7 @@ where
     })
 }
 
-fn reject(stream_id: &str, execution_id: Option<String>, reason: String) -> InvalidEntry {
+fn reject(stream_id: &str, execution_id: Option<ExecutionId>, reason: String) -> InvalidEntry {
     InvalidEntry {
         stream_id: stream_id.to_owned(),
         execution_id,
@@ -477,7 +479,7 @@ mod tests {
         assert_eq!(r.execution_id, None);
         let r = err(&[(b"id", b"e1")]);
         assert_eq!(r.reason, "missing field `workflow`");
-        assert_eq!(r.execution_id.as_deref(), Some("e1"));
+        assert_eq!(r.execution_id.as_ref().map(ExecutionId::as_str), Some("e1"));
         assert_eq!(r.stream_id, "1-0");
         let r = err(&[]);
         assert_eq!(r.reason, "missing field `id`");
@@ -505,7 +507,7 @@ mod tests {
             r.reason,
             "params is not a JSON object: expected `{...}`, got `[1,2]`"
         );
-        assert_eq!(r.execution_id.as_deref(), Some("e"));
+        assert_eq!(r.execution_id.as_ref().map(ExecutionId::as_str), Some("e"));
         let r = err(&[(b"id", b"e"), (b"workflow", b"1"), (b"params", b"{\"a\":")]);
         assert!(
             r.reason.starts_with("params is not valid JSON"),

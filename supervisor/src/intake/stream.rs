@@ -342,13 +342,13 @@ impl Intake {
     fn queue_completion(&self, pipe: &mut redis::Pipeline, completion: &Completion) {
         let json = completion.to_json();
         pipe.cmd("SET")
-            .arg(self.keys.completion_key(&completion.id))
+            .arg(self.keys.completion_key(completion.id.as_str()))
             .arg(&json)
             .arg("EX")
             .arg(COMPLETION_TTL.as_secs())
             .ignore();
         pipe.cmd("PUBLISH")
-            .arg(self.keys.completion_channel(&completion.id))
+            .arg(self.keys.completion_channel(completion.id.as_str()))
             .arg(&json)
             .ignore();
     }
@@ -409,7 +409,7 @@ impl Intake {
                 .arg("rejected_at")
                 .arg(&now);
             if let Some(id) = &rejected.execution_id {
-                cmd.arg("execution_id").arg(id);
+                cmd.arg("execution_id").arg(id.as_str());
             }
             let mut truncated = false;
             for (name, value) in fields.iter().take(DEAD_LETTER_MAX_FIELDS) {
@@ -435,7 +435,7 @@ impl Intake {
         for (rejected, _) in items {
             tracing::warn!(
                 stream_id = %rejected.stream_id,
-                execution_id = rejected.execution_id.as_deref().unwrap_or("-"),
+                execution_id = rejected.execution_id.as_ref().map_or("-", |id| id.as_str()),
                 reason = %rejected.reason,
                 "rejected stream entry"
             );

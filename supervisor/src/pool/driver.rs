@@ -20,7 +20,7 @@ use super::dispatcher::{Action, Dispatcher, Event, Shared, ShutdownReport};
 use super::template_task::{self, TemplateCmd, TemplateEvent};
 use super::uids::{self, SlotIds};
 use super::{firewall, posture};
-use crate::outcome::{Job, PoolEvent};
+use crate::outcome::{ExecutionId, Job, PoolEvent};
 
 /// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
 /// is called or every handle is dropped.
@@ -47,7 +47,7 @@ pub struct PoolStats {
 /// What a [`Pool`] handle asks of the driver task.
 enum Command {
     Submit(Box<Job>),
-    Cancel(String),
+    Cancel(ExecutionId),
     Reply(warden_protocol::Reply),
     Shutdown {
         drain: Duration,
@@ -147,10 +147,8 @@ impl Pool {
 
     /// Cancels a queued or running execution (it ends `cancelled`). Unknown ids are
     /// ignored: the execution already finished, or never came here.
-    pub fn cancel(&self, execution_id: &str) {
-        let _ = self
-            .requests
-            .send(Command::Cancel(execution_id.to_string()));
+    pub fn cancel(&self, execution_id: &ExecutionId) {
+        let _ = self.requests.send(Command::Cancel(execution_id.clone()));
     }
 
     /// Answers a [`PoolEvent::Request`]. A reply for an execution that already ended

@@ -44,7 +44,7 @@ use super::held::Held;
 use super::inflight::Meta;
 use crate::intake::liveness::TAKEOVER_EVERY;
 use crate::intake::{self, Completion, Done, Entry, ExecutionRequest, Intake, Liveness};
-use crate::outcome::{ExecutionOutcome, Job, Status};
+use crate::outcome::{ExecutionId, ExecutionOutcome, Job, Status};
 use crate::store::{
     Backoff, Begin, Completed, NewExecution, Store, Workflow, WorkflowKey, WriterHandle,
 };
@@ -689,7 +689,7 @@ fn stream_time(sid: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-fn not_run(id: &str, why: &str) -> ExecutionOutcome {
+fn not_run(id: &ExecutionId, why: &str) -> ExecutionOutcome {
     ExecutionOutcome::not_run(id, Status::Cancelled, "Cancelled", why)
 }
 

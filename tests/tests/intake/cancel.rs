@@ -34,7 +34,7 @@ async fn a_cancel_before_the_entry_is_read_is_found_by_the_marker_check() {
     let entries = intake.read(10, Duration::ZERO).await.expect("read");
     let ids: Vec<String> = entries
         .iter()
-        .map(|e| e.parse().expect("valid").execution_id)
+        .map(|e| e.parse().expect("valid").execution_id.into_string())
         .collect();
     assert_eq!(ids, vec!["e-queued"]);
     let flags = intake

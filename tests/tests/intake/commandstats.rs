@@ -65,7 +65,7 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
         assert_eq!(batch.len(), N);
         let ids: Vec<String> = batch
             .iter()
-            .map(|e| e.parse().expect("valid").execution_id)
+            .map(|e| e.parse().expect("valid").execution_id.into_string())
             .collect();
         intake.is_cancelled(&ids).await.expect("cancel check");
         let done: Vec<Done> = batch

@@ -132,7 +132,12 @@ async fn malformed_entries_are_rejected_with_a_reason() {
         assert_eq!(&entry.stream_id, sid);
         let rejected = entry.parse().expect_err("should be rejected");
         assert_eq!(&rejected.stream_id, sid);
-        assert_eq!(rejected.execution_id.as_deref(), *id, "{}", rejected.reason);
+        assert_eq!(
+            rejected.execution_id.as_ref().map(|i| i.as_str()),
+            *id,
+            "{}",
+            rejected.reason
+        );
         assert!(
             rejected.reason.contains(reason),
             "reason {:?} should contain {:?}",

@@ -38,7 +38,7 @@ fn ack_only(entries: &[Entry]) -> Vec<Done> {
 
 fn success(execution_id: &str, result: &str) -> ExecutionOutcome {
     ExecutionOutcome {
-        execution_id: execution_id.to_owned(),
+        execution_id: execution_id.into(),
         status: Status::Success,
         result_json: Some(result.to_owned()),
         error: None,
@@ -399,7 +399,7 @@ async fn read_heals_after_the_stream_is_deleted() {
         .expect("read heals NOGROUP");
     let parsed: Vec<String> = got
         .iter()
-        .map(|e| e.parse().expect("valid").execution_id)
+        .map(|e| e.parse().expect("valid").execution_id.into_string())
         .collect();
     assert_eq!(parsed, vec!["new-0", "new-1", "new-2"]);
     // Acks of entries from before the wipe are harmless.
@@ -489,7 +489,10 @@ async fn two_consumers_share_200_entries_without_overlap() {
             // Work a little so the other consumer gets a turn.
             tokio::time::sleep(Duration::from_millis(1)).await;
             intake.ack_and_publish(&ack_only(&got)).await.expect("ack");
-            mine.extend(got.iter().map(|e| e.parse().expect("valid").execution_id));
+            mine.extend(
+                got.iter()
+                    .map(|e| e.parse().expect("valid").execution_id.into_string()),
+            );
         }
     }
     let (got_a, got_b) = tokio::join!(tokio::spawn(drain(a)), tokio::spawn(drain(b)));
@@ -575,7 +578,7 @@ async fn steady_state_round_trips_per_batch_are_constant() {
         assert_eq!(batch.len(), n);
         let exec_ids: Vec<String> = batch
             .iter()
-            .map(|e| e.parse().expect("valid").execution_id)
+            .map(|e| e.parse().expect("valid").execution_id.into_string())
             .collect();
         let cancelled = intake.is_cancelled(&exec_ids).await.expect("cancel check");
         assert!(cancelled.iter().all(|c| !c));
