@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::args::PoolArgs;
 use crate::cli_error::CliError;
-use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
+use crate::outcome::{ExecutionId, ExecutionOutcome, Job, PoolEvent, Status};
 use crate::pool::Pool;
 
 /// The flags of `warden exec`.
@@ -51,7 +51,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, CliError> {
     let (tx, mut events) = mpsc::unbounded_channel();
     let pool = Pool::start(cfg, tx).await?;
 
-    let id = format!("exec-{}", std::process::id());
+    let id = ExecutionId::from(format!("exec-{}", std::process::id()));
     pool.submit(Job {
         execution_id: id.clone(),
         path: args.file.display().to_string(),

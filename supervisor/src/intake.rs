@@ -95,7 +95,7 @@ pub use entry::Entry;
 pub use keys::Keys;
 pub use liveness::{Heartbeat, Liveness};
 pub use messages::{Completion, Done, SupervisorStatus};
-pub use request::{Rejected, Request, WorkflowRef};
+pub use request::{ExecutionRequest, InvalidEntry, WorkflowRef};
 pub use stream::{ConsumerBacklog, Intake, RedisCalls};
 
 /// Everything that can go wrong talking to Redis, with what was being done.
@@ -136,17 +136,19 @@ pub enum IntakeError {
     #[error("invalid execution id {id:?}: {reason}")]
     InvalidExecutionId { id: String, reason: String },
     #[error("invalid request: {0}")]
-    InvalidRequest(#[from] Rejected),
+    InvalidRequest(#[from] InvalidEntry),
     #[error("gave up after {timeout:?} waiting for execution {execution_id} to complete")]
     WaitTimedOut {
-        execution_id: String,
+        execution_id: crate::outcome::ExecutionId,
         timeout: Duration,
     },
     #[error(
         "the Redis subscription closed while waiting for execution {execution_id}, and no \
          completion was recorded"
     )]
-    SubscriptionClosed { execution_id: String },
+    SubscriptionClosed {
+        execution_id: crate::outcome::ExecutionId,
+    },
 }
 
 impl IntakeError {

@@ -63,7 +63,7 @@ pub use cli_error::CliError;
 pub use telemetry::init as init_telemetry;
 
 // Executions as the pool sees them: the job, its events, its outcome.
-pub use outcome::{ExecutionOutcome, Job, PoolEvent, Status};
+pub use outcome::{ExecutionId, ExecutionOutcome, Job, PoolEvent, Status};
 
 // The worker pool.
 pub use pool::{Pool, PoolConfig, PoolError};
@@ -71,21 +71,20 @@ pub use pool::{Pool, PoolConfig, PoolError};
 // PostgreSQL: the store, its migrations, and the group-commit writer's items.
 pub use store::{
     Begin, CommitOutcome, Committed, Completed, ConfigKind, Disposition, ExecutionFilter,
-    ExecutionStatus, HandBack, NewExecution, Rejected, Store, StoreError, WorkflowSpec, Writer,
-    WriterConfig, MIGRATOR,
+    ExecutionStatus, HandBack, NewExecution, Rejected, Store, StoreError, WorkflowKey,
+    WorkflowSpec, Writer, WriterConfig, MIGRATOR,
 };
 
 // Redis: the execution stream (supervisor side), the client side, cancels, completions.
 pub use intake::{
-    request_cancel, CancelListener, CancelSignal, Completion, Done, Entry, Heartbeat, Intake,
-    IntakeClient, IntakeError, Keys, Request, SupervisorStatus, WaitEvent, WorkflowRef,
+    request_cancel, CancelListener, CancelSignal, Completion, Done, Entry, ExecutionRequest,
+    Heartbeat, Intake, IntakeClient, IntakeError, Keys, SupervisorStatus, WaitEvent, WorkflowRef,
 };
 
-// Names two areas both define (issue 10 gives the duplicates names of their own): until
-// then these are re-exported under area names. (`WorkflowRef` above is the intake's;
-// `Rejected` is the store's, the intake's is not exported.)
+// `PushAction` is defined by two areas (a module push and a workflow push): re-exported
+// under area names.
 pub use modules::PushAction as ModulePushAction;
-pub use store::{PushAction as WorkflowPushAction, WorkflowRef as StoreWorkflowRef};
+pub use store::PushAction as WorkflowPushAction;
 
 // The workspace module cache.
 pub use modules::{content_hash, Applied, ModuleCache, ModuleFile, ModuleSync};

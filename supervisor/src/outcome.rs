@@ -1,17 +1,113 @@
 //! What one execution asked for ([`Job`]) and how it ended ([`ExecutionOutcome`]): the
 //! types the pool hands to whoever persists or prints results (the store, `warden exec`,
-//! the benchmark). Plain data, no behaviour beyond naming (and the exit code each
-//! terminal status maps to).
+//! the benchmark), and the [`ExecutionId`] every stage names an execution by. Plain
+//! data, no behaviour beyond naming (and the exit code each terminal status maps to).
 
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use warden_protocol::{ErrorInfo, ExecutionLimits, Log};
+
+/// An execution's id, as the client chose it (or `warden submit` made it up): checked
+/// where it enters (a stream entry's `id` field, a CLI argument) and carried as is from
+/// there to the store, the pool and back. It is plain text on the wire (the protocol
+/// crate's `execution_id: String`), in JSON and in the database, converted at those
+/// edges.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct ExecutionId(String);
+
+impl ExecutionId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ExecutionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for ExecutionId {
+    fn from(id: String) -> Self {
+        ExecutionId(id)
+    }
+}
+
+impl From<&str> for ExecutionId {
+    fn from(id: &str) -> Self {
+        ExecutionId(id.to_owned())
+    }
+}
+
+impl From<&String> for ExecutionId {
+    fn from(id: &String) -> Self {
+        ExecutionId(id.clone())
+    }
+}
+
+impl From<ExecutionId> for String {
+    fn from(id: ExecutionId) -> Self {
+        id.0
+    }
+}
+
+impl AsRef<str> for ExecutionId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets maps keyed by [`ExecutionId`] be searched with the `&str` a protocol message
+/// carries (same `Hash` and `Eq` as the `String` inside).
+impl std::borrow::Borrow<str> for ExecutionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for ExecutionId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ExecutionId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for ExecutionId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<ExecutionId> for String {
+    fn eq(&self, other: &ExecutionId) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<ExecutionId> for &str {
+    fn eq(&self, other: &ExecutionId) -> bool {
+        *self == other.0
+    }
+}
 
 /// One execution to run.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     /// Workflow path, used as the code's filename in tracebacks.
     pub path: String,
     pub source: String,
@@ -80,7 +176,7 @@ impl std::fmt::Display for Status {
 /// How an execution ended, with everything worth recording about it.
 #[derive(Debug, Clone)]
 pub struct ExecutionOutcome {
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     pub status: Status,
     /// The return value as JSON text (success only).
     pub result_json: Option<String>,
@@ -105,13 +201,13 @@ impl ExecutionOutcome {
     /// An execution that ended without running: cancelled while queued, refused at
     /// shutdown, or rejected before dispatch.
     pub fn not_run(
-        execution_id: &str,
+        execution_id: &ExecutionId,
         status: Status,
         error_type: &str,
         message: impl Into<String>,
     ) -> ExecutionOutcome {
         ExecutionOutcome {
-            execution_id: execution_id.to_string(),
+            execution_id: execution_id.clone(),
             status,
             result_json: None,
             error: Some(ErrorInfo {
@@ -138,7 +234,7 @@ impl ExecutionOutcome {
 #[derive(Debug, Clone)]
 pub enum PoolEvent {
     Started {
-        execution_id: String,
+        execution_id: ExecutionId,
         pid: u32,
     },
     Log(Log),
@@ -155,7 +251,7 @@ pub enum PoolEvent {
     /// Never started: queued when the drain began, or submitted during it. The pool
     /// hands it back untouched; whoever submitted it may run it elsewhere.
     Returned {
-        execution_id: String,
+        execution_id: ExecutionId,
     },
 }
 

@@ -55,7 +55,7 @@ pub use executions::{Begin, ExecutionFilter, ExecutionStatus, HandBack, NewExecu
 pub use items::{CommitOutcome, Committed, Completed, Disposition, Rejected};
 pub use migrate::MIGRATOR;
 pub use retry::Backoff;
-pub use workflows::{PushAction, Workflow, WorkflowRef, WorkflowSpec};
+pub use workflows::{PushAction, Workflow, WorkflowKey, WorkflowSpec};
 pub use writer::{Reservation, Writer, WriterConfig, WriterHandle};
 
 /// Everything the store can fail with. Each variant says what was being done, so the

@@ -243,7 +243,7 @@ pub mod fixtures {
         let finished_at = SystemTime::now();
         let duration = Duration::from_millis(12);
         ExecutionOutcome {
-            execution_id: id.to_string(),
+            execution_id: id.into(),
             status,
             result_json: (status == Status::Success)
                 .then(|| format!(r#"{{"id":"{id}","ok":true}}"#)),
@@ -318,7 +318,7 @@ pub mod fixtures {
 
     pub fn new_execution(id: &str, workflow_id: Option<i64>) -> NewExecution {
         NewExecution {
-            id: id.to_string(),
+            id: id.into(),
             workflow_id,
             workflow_name: "wf".to_string(),
             org_id: None,

@@ -125,7 +125,7 @@ impl TestPool {
                     PoolEvent::Started { pid: p, .. } => pid = Some(p),
                     PoolEvent::Log(l) => logs.push(l),
                     PoolEvent::Request(req) => self.pool.reply(answer(&req)),
-                    PoolEvent::Returned { execution_id } => self.returned.push(execution_id),
+                    PoolEvent::Returned { execution_id } => self.returned.push(execution_id.into()),
                     PoolEvent::Finished(outcome) => {
                         return Finished {
                             outcome,
@@ -155,7 +155,7 @@ impl TestPool {
 /// default (60 s), which every test pool keeps.
 pub fn job(id: &str, source: &str, params: &str, timeout: Option<Duration>) -> Job {
     Job {
-        execution_id: id.to_string(),
+        execution_id: id.into(),
         path: format!("flows/{id}.py"),
         source: source.to_string(),
         function: "run".to_string(),

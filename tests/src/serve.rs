@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use warden::WorkflowSpec;
 use warden::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
-use warden::{Completion, IntakeClient, Request, WorkflowRef};
+use warden::{Completion, ExecutionRequest, IntakeClient, WorkflowRef};
 
 use crate::db::TestDb;
 use crate::pool::{unique_uid_base, worker_bin};
@@ -86,8 +86,8 @@ impl TestServe {
             .id
     }
 
-    pub fn request(id: &str, workflow: &str, params: &str) -> Request {
-        let mut r = Request::new(id, WorkflowRef::Name(workflow.into()));
+    pub fn request(id: &str, workflow: &str, params: &str) -> ExecutionRequest {
+        let mut r = ExecutionRequest::new(id, WorkflowRef::Name(workflow.into()));
         r.params_json = params.into();
         r
     }

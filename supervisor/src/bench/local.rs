@@ -50,7 +50,7 @@ pub async fn bench_mode(
 
     let context = workload.local_context();
     let job = |i: usize| Job {
-        execution_id: format!("b{i}"),
+        execution_id: format!("b{i}").into(),
         path: format!("bench/{}.py", workload.name()),
         source: workload.source().into(),
         function: "run".into(),

@@ -21,7 +21,7 @@ use warden_protocol::Isolation;
 
 use super::workload::Workload;
 use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
-use crate::intake::{IntakeClient, Keys, Request, WorkflowRef};
+use crate::intake::{ExecutionRequest, IntakeClient, Keys, WorkflowRef};
 use crate::modules::bench::CountingProxy;
 use crate::serve::{serve, ServeConfig, Shutdown};
 use crate::store::{Store, WorkflowSpec};
@@ -189,11 +189,12 @@ async fn submit(
     n_orgs: u32,
 ) -> Result<(), String> {
     let orgs = orgs(n_orgs);
-    let reqs: Vec<Request> = ids
+    let reqs: Vec<ExecutionRequest> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            let mut r = Request::new(id.clone(), WorkflowRef::Name(workload.name().into()));
+            let mut r =
+                ExecutionRequest::new(id.clone(), WorkflowRef::Name(workload.name().into()));
             r.params_json = format!("{{\"x\": {i}}}");
             r.org = orgs[i % orgs.len()].clone();
             r

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
-use crate::intake::{Request, WaitEvent, WorkflowRef};
+use crate::intake::{ExecutionRequest, WaitEvent, WorkflowRef};
+use crate::outcome::ExecutionId;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -57,7 +58,12 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     } else {
         WorkflowRef::Name(args.workflow.clone())
     };
-    let mut req = Request::new(args.id.clone().unwrap_or_else(Request::new_id), workflow);
+    let mut req = ExecutionRequest::new(
+        args.id
+            .clone()
+            .map_or_else(ExecutionRequest::new_id, ExecutionId::from),
+        workflow,
+    );
     req.params_json = params;
     req.org = args.org.clone();
     req.caller = args.caller.clone();
@@ -69,7 +75,7 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     let waiter = if args.wait {
         Some(
             client
-                .wait_for_completion(&req.execution_id, args.wait_timeout)
+                .wait_for_completion(req.execution_id.as_str(), args.wait_timeout)
                 .await?,
         )
     } else {

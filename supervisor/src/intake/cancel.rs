@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use super::keys::Keys;
 use super::request::{check_execution_id, MAX_ID_LEN};
 use super::IntakeError;
+use crate::outcome::ExecutionId;
 
 /// How long a cancel marker lives.
 pub const CANCEL_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -88,7 +89,7 @@ pub async fn is_cancelled<C: ConnectionLike>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelSignal {
     /// Cancel this execution.
-    Cancel(String),
+    Cancel(ExecutionId),
     /// The subscription was lost and is back: notices published in between were
     /// missed, so re-check running executions with [`is_cancelled`].
     Resubscribed,
@@ -209,7 +210,7 @@ async fn forward(
                 match std::str::from_utf8(payload).ok().filter(|id| check_id(id).is_ok()) {
                     Some(id) => {
                         tracing::debug!(execution_id = id, "cancel requested");
-                        if tx.send(CancelSignal::Cancel(id.to_owned())).await.is_err() {
+                        if tx.send(CancelSignal::Cancel(id.into())).await.is_err() {
                             return false;
                         }
                     }

@@ -17,9 +17,10 @@ use tokio::time::Instant;
 use super::cancel;
 use super::keys::Keys;
 use super::messages::{Completion, LogLine, SupervisorStatus};
-use super::request::Request;
+use super::request::ExecutionRequest;
 use super::stream::{backlog, Backlog, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use super::{redact_url, IntakeError};
+use crate::outcome::ExecutionId;
 
 /// A connection for clients. Cheap to clone.
 #[derive(Clone)]
@@ -94,13 +95,16 @@ impl IntakeClient {
     }
 
     /// Validates `request` and adds it to the stream; returns its stream id.
-    pub async fn submit(&self, request: &Request) -> Result<String, IntakeError> {
+    pub async fn submit(&self, request: &ExecutionRequest) -> Result<String, IntakeError> {
         submit(&mut self.conn.clone(), &self.keys, request).await
     }
 
     /// Submits many requests in one round trip; returns their stream ids, in order.
     /// Nothing is submitted if any request is invalid.
-    pub async fn submit_many(&self, requests: &[Request]) -> Result<Vec<String>, IntakeError> {
+    pub async fn submit_many(
+        &self,
+        requests: &[ExecutionRequest],
+    ) -> Result<Vec<String>, IntakeError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -165,7 +169,7 @@ impl IntakeClient {
         // completion published before.
         let ready = self.completion(execution_id).await?;
         Ok(Waiter {
-            execution_id: execution_id.to_owned(),
+            execution_id: execution_id.into(),
             conn: self.conn.clone(),
             keys: self.keys.clone(),
             messages,
@@ -205,7 +209,7 @@ impl IntakeClient {
 pub async fn submit<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
-    request: &Request,
+    request: &ExecutionRequest,
 ) -> Result<String, IntakeError> {
     request.validate()?;
     let stream = keys.stream();
@@ -293,7 +297,7 @@ async fn list_supervisors<C: ConnectionLike>(
 
 /// Follows one execution: its log lines as they are published, then its completion.
 pub struct Waiter {
-    execution_id: String,
+    execution_id: ExecutionId,
     conn: MultiplexedConnection,
     keys: Keys,
     messages: PubSubStream,
@@ -337,7 +341,9 @@ impl Waiter {
                 Ok(Some(msg)) => msg,
                 Ok(None) => {
                     // The connection dropped. The completion may still have been stored.
-                    return match completion(&mut self.conn, &self.keys, &self.execution_id).await? {
+                    return match completion(&mut self.conn, &self.keys, self.execution_id.as_str())
+                        .await?
+                    {
                         Some(c) => {
                             self.finished = true;
                             Ok(Some(WaitEvent::Completed(c)))

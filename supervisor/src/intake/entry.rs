@@ -9,7 +9,7 @@
 
 use redis::Value;
 
-use super::request::{self, Rejected, Request};
+use super::request::{self, ExecutionRequest, InvalidEntry};
 
 /// One field of a stream entry: name and value, as bytes.
 pub type Field = (Vec<u8>, Vec<u8>);
@@ -24,7 +24,7 @@ pub struct Entry {
 
 impl Entry {
     /// The request this entry carries, or why it carries none.
-    pub fn parse(&self) -> Result<Request, Rejected> {
+    pub fn parse(&self) -> Result<ExecutionRequest, InvalidEntry> {
         request::parse(
             &self.stream_id,
             self.fields

@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use warden_protocol::Log;
 
-use super::request::Rejected;
-use crate::outcome::{ExecutionOutcome, Status};
+use super::request::InvalidEntry;
+use crate::outcome::{ExecutionId, ExecutionOutcome, Status};
 
 /// Results larger than this are not copied into the completion message (or the
 /// completion key): pub/sub is a notification path, the database holds the value.
@@ -32,7 +32,7 @@ pub const INVALID_REQUEST: &str = "InvalidRequest";
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completion {
-    pub id: String,
+    pub id: ExecutionId,
     #[serde(deserialize_with = "deserialize_status")]
     pub status: Status,
     pub error_type: Option<String>,
@@ -83,7 +83,7 @@ impl Completion {
 
     /// The completion message for a rejected stream entry, when it had a usable id
     /// (without one there is nobody to tell).
-    pub fn rejected(rejected: &Rejected) -> Option<Completion> {
+    pub fn rejected(rejected: &InvalidEntry) -> Option<Completion> {
         rejected.execution_id.as_ref().map(|id| Completion {
             id: id.clone(),
             status: Status::Failed,
@@ -96,7 +96,7 @@ impl Completion {
 
     /// A completion with just a status and an optional error (e.g. `cancelled` while
     /// still queued).
-    pub fn new(id: impl Into<String>, status: Status) -> Completion {
+    pub fn new(id: impl Into<ExecutionId>, status: Status) -> Completion {
         Completion {
             id: id.into(),
             status,
@@ -136,7 +136,7 @@ impl Done {
     }
 
     /// A rejected entry (its `failed` row, if it had an id, is committed).
-    pub fn rejected(rejected: &Rejected) -> Done {
+    pub fn rejected(rejected: &InvalidEntry) -> Done {
         Done {
             stream_id: rejected.stream_id.clone(),
             completion: Completion::rejected(rejected),
@@ -253,7 +253,7 @@ mod tests {
         ExecutionOutcome {
             result_json: result.map(str::to_owned),
             error: None,
-            ..ExecutionOutcome::not_run("e1", status, "", "")
+            ..ExecutionOutcome::not_run(&"e1".into(), status, "", "")
         }
     }
 
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn rejected_entries_complete_only_with_an_id() {
-        let mut r = Rejected {
+        let mut r = InvalidEntry {
             stream_id: "1-0".into(),
             execution_id: Some("e".into()),
             reason: "missing field `workflow`".into(),

@@ -18,15 +18,17 @@
 //! supervisors. A field given twice is rejected rather than guessed at.
 //!
 //! [`parse`] never panics and never allocates more than a bounded amount per field
-//! beyond the entry itself: every way an entry can be wrong ends in a [`Rejected`]
+//! beyond the entry itself: every way an entry can be wrong ends in an [`InvalidEntry`]
 //! whose `reason` says what was wrong and what was expected. When the entry carried a
-//! usable `id`, [`Rejected::execution_id`] is set so the execution can still be
+//! usable `id`, [`InvalidEntry::execution_id`] is set so the execution can still be
 //! recorded as `failed` and its completion published.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+
+use crate::outcome::ExecutionId;
 
 /// Longest execution id (and `delivery_id`), in bytes (the charset is ASCII).
 pub const MAX_ID_LEN: usize = 128;
@@ -56,10 +58,11 @@ impl fmt::Display for WorkflowRef {
     }
 }
 
-/// A valid execution request.
+/// A valid execution request: one stream entry, parsed (not the SDK's
+/// `warden_protocol::Request`, which a running execution sends).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    pub execution_id: String,
+pub struct ExecutionRequest {
+    pub execution_id: ExecutionId,
     pub workflow: WorkflowRef,
     /// A JSON object, exactly as the client sent it (validated, not re-encoded).
     pub params_json: String,
@@ -72,16 +75,16 @@ pub struct Request {
 
 /// Why a stream entry is not a valid request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
+pub struct InvalidEntry {
     /// The stream entry's id (`1700000000000-0`), for acknowledging and dead-lettering it.
     pub stream_id: String,
     /// The entry's `id` field, when it was present and valid.
-    pub execution_id: Option<String>,
+    pub execution_id: Option<ExecutionId>,
     /// What was wrong, for a human: "missing field `workflow`".
     pub reason: String,
 }
 
-impl fmt::Display for Rejected {
+impl fmt::Display for InvalidEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "stream entry {}", self.stream_id)?;
         if let Some(id) = &self.execution_id {
@@ -91,12 +94,12 @@ impl fmt::Display for Rejected {
     }
 }
 
-impl std::error::Error for Rejected {}
+impl std::error::Error for InvalidEntry {}
 
-impl Request {
+impl ExecutionRequest {
     /// A request with empty params and no optional fields.
-    pub fn new(execution_id: impl Into<String>, workflow: WorkflowRef) -> Self {
-        Request {
+    pub fn new(execution_id: impl Into<ExecutionId>, workflow: WorkflowRef) -> Self {
+        ExecutionRequest {
             execution_id: execution_id.into(),
             workflow,
             params_json: "{}".to_owned(),
@@ -108,15 +111,15 @@ impl Request {
     }
 
     /// A fresh random execution id (a UUID v4), for clients that do not bring their own.
-    pub fn new_id() -> String {
-        uuid::Uuid::new_v4().to_string()
+    pub fn new_id() -> ExecutionId {
+        uuid::Uuid::new_v4().to_string().into()
     }
 
     /// The stream entry fields for this request, in a stable order; absent optional
     /// fields are left out. `parse(_, to_fields())` gives the request back.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
-            ("id", self.execution_id.clone()),
+            ("id", self.execution_id.to_string()),
             ("workflow", self.workflow.to_string()),
             ("params", self.params_json.clone()),
         ];
@@ -137,12 +140,12 @@ impl Request {
 
     /// Checks the request the way the supervisor will, so a client learns of a mistake
     /// at submit time rather than from a dead letter.
-    pub fn validate(&self) -> Result<(), Rejected> {
+    pub fn validate(&self) -> Result<(), InvalidEntry> {
         let parsed = parse("(not submitted)", self.to_fields())?;
         // A name that is all digits would come back as an id: say so instead of
         // silently running a different workflow.
         if parsed.workflow != self.workflow {
-            return Err(Rejected {
+            return Err(InvalidEntry {
                 stream_id: "(not submitted)".to_owned(),
                 execution_id: Some(self.execution_id.clone()),
                 reason: format!(
@@ -184,8 +187,8 @@ struct RawFields<'a> {
     delivery_id: Option<&'a [u8]>,
 }
 
-/// Turns one stream entry into a [`Request`], or says why it is not one.
-pub fn parse<I, K, V>(stream_id: &str, fields: I) -> Result<Request, Rejected>
+/// Turns one stream entry into an [`ExecutionRequest`], or says why it is not one.
+pub fn parse<I, K, V>(stream_id: &str, fields: I) -> Result<ExecutionRequest, InvalidEntry>
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<[u8]>,
@@ -228,7 +231,7 @@ where
     let execution_id = match raw.id {
         None => return Err(reject(stream_id, None, "missing field `id`".to_owned())),
         Some(bytes) => match parse_id(FIELD_ID, bytes) {
-            Ok(id) => id,
+            Ok(id) => ExecutionId::from(id),
             Err(reason) => return Err(reject(stream_id, None, reason)),
         },
     };
@@ -264,7 +267,7 @@ where
         .transpose()
         .map_err(&fail)?;
 
-    Ok(Request {
+    Ok(ExecutionRequest {
         execution_id,
         workflow,
         params_json,
@@ -275,8 +278,8 @@ where
     })
 }
 
-fn reject(stream_id: &str, execution_id: Option<String>, reason: String) -> Rejected {
-    Rejected {
+fn reject(stream_id: &str, execution_id: Option<ExecutionId>, reason: String) -> InvalidEntry {
+    InvalidEntry {
         stream_id: stream_id.to_owned(),
         execution_id,
         reason,
@@ -422,11 +425,11 @@ fn snippet(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn ok(fields: &[(&str, &str)]) -> Request {
+    fn ok(fields: &[(&str, &str)]) -> ExecutionRequest {
         parse("1-0", fields.iter().copied()).expect("valid request")
     }
 
-    fn err(fields: &[(&[u8], &[u8])]) -> Rejected {
+    fn err(fields: &[(&[u8], &[u8])]) -> InvalidEntry {
         parse("1-0", fields.iter().copied()).expect_err("should be rejected")
     }
 
@@ -456,7 +459,7 @@ mod tests {
 
     #[test]
     fn full_request_round_trips() {
-        let mut req = Request::new("exec-1:a.b_c", WorkflowRef::Name("etl".into()));
+        let mut req = ExecutionRequest::new("exec-1:a.b_c", WorkflowRef::Name("etl".into()));
         req.params_json = r#"{"a": [1, 2], "b": {"c": null}}"#.into();
         req.org = Some("acme".into());
         req.caller = Some("user:42".into());
@@ -476,7 +479,7 @@ mod tests {
         assert_eq!(r.execution_id, None);
         let r = err(&[(b"id", b"e1")]);
         assert_eq!(r.reason, "missing field `workflow`");
-        assert_eq!(r.execution_id.as_deref(), Some("e1"));
+        assert_eq!(r.execution_id.as_ref().map(ExecutionId::as_str), Some("e1"));
         assert_eq!(r.stream_id, "1-0");
         let r = err(&[]);
         assert_eq!(r.reason, "missing field `id`");
@@ -504,7 +507,7 @@ mod tests {
             r.reason,
             "params is not a JSON object: expected `{...}`, got `[1,2]`"
         );
-        assert_eq!(r.execution_id.as_deref(), Some("e"));
+        assert_eq!(r.execution_id.as_ref().map(ExecutionId::as_str), Some("e"));
         let r = err(&[(b"id", b"e"), (b"workflow", b"1"), (b"params", b"{\"a\":")]);
         assert!(
             r.reason.starts_with("params is not valid JSON"),
@@ -664,7 +667,7 @@ mod tests {
 
     #[test]
     fn all_digit_names_are_caught_at_validate() {
-        let req = Request::new("e", WorkflowRef::Name("123".into()));
+        let req = ExecutionRequest::new("e", WorkflowRef::Name("123".into()));
         assert!(req.validate().is_err());
     }
 }

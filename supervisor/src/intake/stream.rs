@@ -19,7 +19,7 @@ use super::cancel::{self, CancelListener};
 use super::entry::{self, Entry, Field};
 use super::keys::Keys;
 use super::messages::{Completion, Done, LogLine, SupervisorStatus};
-use super::request::Rejected;
+use super::request::InvalidEntry;
 use super::{redact_url, IntakeError};
 
 /// How long establishing a connection may take.
@@ -342,13 +342,13 @@ impl Intake {
     fn queue_completion(&self, pipe: &mut redis::Pipeline, completion: &Completion) {
         let json = completion.to_json();
         pipe.cmd("SET")
-            .arg(self.keys.completion_key(&completion.id))
+            .arg(self.keys.completion_key(completion.id.as_str()))
             .arg(&json)
             .arg("EX")
             .arg(COMPLETION_TTL.as_secs())
             .ignore();
         pipe.cmd("PUBLISH")
-            .arg(self.keys.completion_channel(&completion.id))
+            .arg(self.keys.completion_channel(completion.id.as_str()))
             .arg(&json)
             .ignore();
     }
@@ -375,7 +375,7 @@ impl Intake {
     /// an id) is committed.
     pub async fn dead_letter(
         &self,
-        rejected: &Rejected,
+        rejected: &InvalidEntry,
         fields: &[Field],
     ) -> Result<(), IntakeError> {
         self.dead_letter_batch(&[(rejected, fields)]).await
@@ -384,7 +384,7 @@ impl Intake {
     /// [`Intake::dead_letter`] for many entries in one round trip.
     pub async fn dead_letter_batch(
         &self,
-        items: &[(&Rejected, &[Field])],
+        items: &[(&InvalidEntry, &[Field])],
     ) -> Result<(), IntakeError> {
         if items.is_empty() {
             return Ok(());
@@ -409,7 +409,7 @@ impl Intake {
                 .arg("rejected_at")
                 .arg(&now);
             if let Some(id) = &rejected.execution_id {
-                cmd.arg("execution_id").arg(id);
+                cmd.arg("execution_id").arg(id.as_str());
             }
             let mut truncated = false;
             for (name, value) in fields.iter().take(DEAD_LETTER_MAX_FIELDS) {
@@ -435,7 +435,7 @@ impl Intake {
         for (rejected, _) in items {
             tracing::warn!(
                 stream_id = %rejected.stream_id,
-                execution_id = rejected.execution_id.as_deref().unwrap_or("-"),
+                execution_id = rejected.execution_id.as_ref().map_or("-", |id| id.as_str()),
                 reason = %rejected.reason,
                 "rejected stream entry"
             );

@@ -40,7 +40,7 @@ use warden_protocol::{
 
 use super::config::PoolConfig;
 use super::template_task::{TemplateCmd, TemplateEvent};
-use crate::outcome::{ExecutionOutcome, Job, PoolEvent, Status};
+use crate::outcome::{ExecutionId, ExecutionOutcome, Job, PoolEvent, Status};
 
 /// The error type of an execution killed because the drain ended (`Interrupted`).
 pub const SHUTDOWN: &str = "Shutdown";
@@ -73,7 +73,7 @@ pub(super) struct Shared {
 #[derive(Debug)]
 pub(super) enum Event {
     Submit(Box<Job>),
-    Cancel(String),
+    Cancel(ExecutionId),
     Reply(warden_protocol::Reply),
     /// Stop taking work; let what runs finish for up to this long (a second one: now).
     Shutdown(Duration),
@@ -295,8 +295,8 @@ impl Dispatcher {
         self.actions.push(Action::Emit(event));
     }
 
-    fn cancel(&mut self, id: &str, now: Instant) {
-        if let Some(pos) = self.queue.iter().position(|j| j.execution_id == id) {
+    fn cancel(&mut self, id: &ExecutionId, now: Instant) {
+        if let Some(pos) = self.queue.iter().position(|j| j.execution_id == *id) {
             let job = self.queue.remove(pos).expect("position is in range");
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             let out = ExecutionOutcome::not_run(
@@ -309,7 +309,7 @@ impl Dispatcher {
             return;
         }
         let found = self.slots.iter().position(|s| {
-            matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == id && r.kill == KillState::NotAsked)
+            matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == *id && r.kill == KillState::NotAsked)
         });
         if let Some(slot) = found {
             self.kill_running(slot, KillReason::Cancelled, now);
@@ -337,7 +337,7 @@ impl Dispatcher {
     }
 
     /// Reports a job that never started as handed back (see `PoolEvent::Returned`).
-    fn hand_back(&mut self, execution_id: String) {
+    fn hand_back(&mut self, execution_id: ExecutionId) {
         self.returned += 1;
         self.emit(PoolEvent::Returned { execution_id });
     }
@@ -418,7 +418,7 @@ impl Dispatcher {
                 None => 0,
             };
             let msg = ToWorker::Execute(warden_protocol::Execute {
-                execution_id: job.execution_id.clone(),
+                execution_id: job.execution_id.to_string(),
                 path: job.path.clone(),
                 source: job.source.clone(),
                 function: job.function.clone(),
@@ -526,7 +526,7 @@ impl Dispatcher {
         match msg {
             FromWorker::Started(m) => {
                 self.emit(PoolEvent::Started {
-                    execution_id: m.execution_id,
+                    execution_id: m.execution_id.into(),
                     pid: m.pid,
                 });
             }
@@ -718,7 +718,12 @@ impl Dispatcher {
             // The child is the template's: it kills the child's process group.
             Isolation::Fork => {
                 let execution_id = r.job.execution_id.clone();
-                self.send(slot, ToWorker::Kill { execution_id });
+                self.send(
+                    slot,
+                    ToWorker::Kill {
+                        execution_id: execution_id.into_string(),
+                    },
+                );
             }
             // The code runs in the template itself: only killing it stops the code.
             Isolation::Reuse => self.kill_template(slot),

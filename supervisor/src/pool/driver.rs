@@ -20,13 +20,13 @@ use super::dispatcher::{Action, Dispatcher, Event, Shared, ShutdownReport};
 use super::template_task::{self, TemplateCmd, TemplateEvent};
 use super::uids::{self, SlotIds};
 use super::{firewall, posture};
-use crate::outcome::{Job, PoolEvent};
+use crate::outcome::{ExecutionId, Job, PoolEvent};
 
 /// Handle to a running pool. Cloning it is cheap; the pool stops when [`Pool::shutdown`]
 /// is called or every handle is dropped.
 #[derive(Clone)]
 pub struct Pool {
-    requests: mpsc::UnboundedSender<Request>,
+    requests: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     slot_ids: Vec<SlotIds>,
 }
@@ -44,9 +44,10 @@ pub struct PoolStats {
     pub last_spawn_to_ready_us: u64,
 }
 
-enum Request {
+/// What a [`Pool`] handle asks of the driver task.
+enum Command {
     Submit(Box<Job>),
-    Cancel(String),
+    Cancel(ExecutionId),
     Reply(warden_protocol::Reply),
     Shutdown {
         drain: Duration,
@@ -134,9 +135,9 @@ impl Pool {
     /// ever dropped silently.
     pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match self.requests.send(Request::Submit(Box::new(job))) {
+        match self.requests.send(Command::Submit(Box::new(job))) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::SendError(Request::Submit(job))) => {
+            Err(mpsc::error::SendError(Command::Submit(job))) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(job)
             }
@@ -146,16 +147,14 @@ impl Pool {
 
     /// Cancels a queued or running execution (it ends `cancelled`). Unknown ids are
     /// ignored: the execution already finished, or never came here.
-    pub fn cancel(&self, execution_id: &str) {
-        let _ = self
-            .requests
-            .send(Request::Cancel(execution_id.to_string()));
+    pub fn cancel(&self, execution_id: &ExecutionId) {
+        let _ = self.requests.send(Command::Cancel(execution_id.clone()));
     }
 
     /// Answers a [`PoolEvent::Request`]. A reply for an execution that already ended
     /// is dropped.
     pub fn reply(&self, reply: warden_protocol::Reply) {
-        let _ = self.requests.send(Request::Reply(reply));
+        let _ = self.requests.send(Command::Reply(reply));
     }
 
     /// Stops taking work and hands back what is queued (`PoolEvent::Returned`), lets
@@ -166,7 +165,7 @@ impl Pool {
         let (done, rx) = oneshot::channel();
         if self
             .requests
-            .send(Request::Shutdown { drain, done })
+            .send(Command::Shutdown { drain, done })
             .is_err()
         {
             return ShutdownReport::default();
@@ -198,7 +197,7 @@ impl Pool {
 struct Driver {
     cfg: Arc<PoolConfig>,
     dispatcher: Dispatcher,
-    requests: mpsc::UnboundedReceiver<Request>,
+    requests: mpsc::UnboundedReceiver<Command>,
     tmpl_tx: mpsc::UnboundedSender<TemplateEvent>,
     tmpl_rx: mpsc::UnboundedReceiver<TemplateEvent>,
     events: mpsc::UnboundedSender<PoolEvent>,
@@ -221,10 +220,10 @@ impl Driver {
             let timer = self.dispatcher.next_timer();
             let event = tokio::select! {
                 req = self.requests.recv() => match req {
-                    Some(Request::Submit(job)) => Event::Submit(job),
-                    Some(Request::Cancel(id)) => Event::Cancel(id),
-                    Some(Request::Reply(reply)) => Event::Reply(reply),
-                    Some(Request::Shutdown { drain, done }) => {
+                    Some(Command::Submit(job)) => Event::Submit(job),
+                    Some(Command::Cancel(id)) => Event::Cancel(id),
+                    Some(Command::Reply(reply)) => Event::Reply(reply),
+                    Some(Command::Shutdown { drain, done }) => {
                         if self.done.is_none() {
                             self.done = Some(done);
                         }

@@ -29,7 +29,7 @@ use base64::Engine;
 use warden_protocol::Log;
 
 use super::crypto::MIN_SECRET_CHARS;
-use crate::outcome::ExecutionOutcome;
+use crate::outcome::{ExecutionId, ExecutionOutcome};
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
@@ -37,11 +37,11 @@ pub const MASK: &str = "***";
 /// The secrets sent to each running execution. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct Redactions {
-    inner: Arc<Mutex<HashMap<String, Redactor>>>,
+    inner: Arc<Mutex<HashMap<ExecutionId, Redactor>>>,
 }
 
 impl Redactions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Redactor>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Redactor>> {
         // Poisoning only means a panic elsewhere while holding the lock; the map itself
         // is always consistent (single inserts and removes).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -52,7 +52,7 @@ impl Redactions {
     /// execution ended (and removed by [`Redactions::finish`]) cannot re-create an entry
     /// nobody would ever remove.
     pub fn open(&self, execution_id: &str) {
-        self.lock().entry(execution_id.to_string()).or_default();
+        self.lock().entry(execution_id.into()).or_default();
     }
 
     /// Remember that `plaintext` is about to be sent to `execution_id`; call before
@@ -72,7 +72,7 @@ impl Redactions {
     /// Redacts a log line of its execution in place.
     pub fn log(&self, log: &mut Log) {
         let map = self.lock();
-        if let Some(r) = map.get(&log.execution_id) {
+        if let Some(r) = map.get(log.execution_id.as_str()) {
             if let Cow::Owned(s) = r.redact(&log.message) {
                 log.message = s;
             }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use warden_protocol::{ErrorInfo, Log, Reply, Request};
 
 use crate::intake::Keys;
-use crate::outcome::{ExecutionOutcome, Status};
+use crate::outcome::{ExecutionId, ExecutionOutcome, Status};
 use crate::sdk::cache::{ConfigCache, ConfigSnapshot};
 use crate::sdk::crypto::{Envelope, Scope, SecretKey};
 use crate::sdk::handler::{self, Asker, Sources};
@@ -42,7 +42,7 @@ pub const SDK_WRITE_ERROR: &str = "SdkWriteError";
 pub struct Sdk {
     sources: Sources,
     /// Successful executions that changed config, by id, until their commit is reported.
-    invalidations: Arc<Mutex<HashMap<String, Scope>>>,
+    invalidations: Arc<Mutex<HashMap<ExecutionId, Scope>>>,
 }
 
 impl Sdk {
@@ -173,7 +173,7 @@ impl Sdk {
         }
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<String, Scope>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<ExecutionId, Scope>> {
         self.invalidations.lock().unwrap_or_else(|p| p.into_inner())
     }
 

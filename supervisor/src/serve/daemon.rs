@@ -27,7 +27,7 @@ use crate::intake::{
     CancelListener, CancelSignal, Heartbeat, Intake, Keys, Liveness, SupervisorStatus,
 };
 use crate::modules::{ModuleCache, ModuleSync};
-use crate::outcome::{ExecutionOutcome, PoolEvent};
+use crate::outcome::{ExecutionId, ExecutionOutcome, PoolEvent};
 use crate::pool::Pool;
 use crate::sdk::Sdk;
 use crate::store::{Completed, Reservation, Store, StoreError, Writer, WriterHandle};
@@ -349,7 +349,7 @@ impl Daemon {
             PoolEvent::Started { .. } => {}
             PoolEvent::Request(req) if Sdk::handles(&req.op) => {
                 // The org is what this supervisor dispatched, never what the request says.
-                match self.inflight.org_id(&req.execution_id) {
+                match self.inflight.org_id(req.execution_id.as_str()) {
                     Some(org_id) => {
                         let p = self.pool.clone();
                         self.sdk.handle(req, org_id, move |reply| p.reply(reply));
@@ -482,25 +482,25 @@ impl Daemon {
 
     /// An execution the pool never started (or that never reached it): its row goes
     /// back to `pending` at the same attempt, its entry stays pending in the stream.
-    fn returned(&mut self, id: &str) {
+    fn returned(&mut self, id: &ExecutionId) {
         self.report.returned += 1;
         self.give_back(id, false);
     }
 
     /// An execution the drain's deadline (or a second signal) cut off: an interrupted
     /// attempt, run again elsewhere at attempt + 1; its logs are not kept.
-    fn interrupted(&mut self, id: &str) {
+    fn interrupted(&mut self, id: &ExecutionId) {
         self.report.interrupted += 1;
         self.give_back(id, true);
     }
 
-    fn give_back(&mut self, id: &str, started: bool) {
+    fn give_back(&mut self, id: &ExecutionId, started: bool) {
         let GiveBack { place, stream_id } = give_back_of(&mut self.inflight, id);
         if place {
             self.permits.add_permits(1);
         }
         if let Some(sid) = stream_id {
-            self.hand_backs.give_back(id.to_string(), sid, started);
+            self.hand_backs.give_back(id.clone(), sid, started);
         }
     }
 
@@ -866,7 +866,7 @@ enum RunEnd {
 }
 
 /// The in-flight bookkeeping of a run's end: its place released, its entry removed.
-fn end_of_run(inflight: &mut Inflight, id: &str) -> RunEnd {
+fn end_of_run(inflight: &mut Inflight, id: &ExecutionId) -> RunEnd {
     // Every end of a dispatch gives its place back, whether or not its execution is
     // still in flight (a second dispatch of the same id ends after the first).
     let place = inflight.release_place(id);
@@ -890,7 +890,7 @@ struct GiveBack {
     stream_id: Option<String>,
 }
 
-fn give_back_of(inflight: &mut Inflight, id: &str) -> GiveBack {
+fn give_back_of(inflight: &mut Inflight, id: &ExecutionId) -> GiveBack {
     let place = inflight.release_place(id);
     let lost = inflight.take_lost(id);
     let stream_id = inflight
@@ -957,7 +957,7 @@ mod tests {
             message: "hi".into(),
             timestamp_us: 0,
         });
-        match end_of_run(&mut inflight, "e1") {
+        match end_of_run(&mut inflight, &"e1".into()) {
             RunEnd::Record { meta, logs, place } => {
                 assert_eq!(meta.stream_id, "1-0");
                 assert_eq!(logs.len(), 1);
@@ -974,7 +974,7 @@ mod tests {
         inflight.insert("e1".into(), meta("1-0"));
         assert_eq!(inflight.mark_lost(&["1-0".to_string()]), vec!["e1"]);
         assert!(matches!(
-            end_of_run(&mut inflight, "e1"),
+            end_of_run(&mut inflight, &"e1".into()),
             RunEnd::Lost { place: true }
         ));
         assert!(inflight.is_empty());
@@ -986,7 +986,7 @@ mod tests {
         inflight.insert("e1".into(), meta("1-0"));
         inflight.insert("e1".into(), meta("1-0"));
         assert!(matches!(
-            end_of_run(&mut inflight, "e1"),
+            end_of_run(&mut inflight, &"e1".into()),
             RunEnd::Record { place: true, .. }
         ));
         assert!(
@@ -994,12 +994,12 @@ mod tests {
             "the second dispatch still holds a place"
         );
         assert!(matches!(
-            end_of_run(&mut inflight, "e1"),
+            end_of_run(&mut inflight, &"e1".into()),
             RunEnd::Unknown { place: true }
         ));
         assert!(inflight.is_empty());
         assert!(matches!(
-            end_of_run(&mut inflight, "never"),
+            end_of_run(&mut inflight, &"never".into()),
             RunEnd::Unknown { place: false }
         ));
     }
@@ -1011,21 +1011,21 @@ mod tests {
         inflight.insert("theirs".into(), meta("2-0"));
         inflight.mark_lost(&["2-0".to_string()]);
         assert_eq!(
-            give_back_of(&mut inflight, "mine"),
+            give_back_of(&mut inflight, &"mine".into()),
             GiveBack {
                 place: true,
                 stream_id: Some("1-0".into())
             }
         );
         assert_eq!(
-            give_back_of(&mut inflight, "theirs"),
+            give_back_of(&mut inflight, &"theirs".into()),
             GiveBack {
                 place: true,
                 stream_id: None
             }
         );
         assert_eq!(
-            give_back_of(&mut inflight, "unknown"),
+            give_back_of(&mut inflight, &"unknown".into()),
             GiveBack {
                 place: false,
                 stream_id: None

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::outcome::ExecutionId;
 use crate::store::{Backoff, HandBack, Store};
 
 pub struct HandBacks {
@@ -35,7 +36,7 @@ impl HandBacks {
     }
 
     /// Gives back execution `id`, begun by stream entry `stream_id`.
-    pub fn give_back(&mut self, id: String, stream_id: String, started: bool) {
+    pub fn give_back(&mut self, id: ExecutionId, stream_id: String, started: bool) {
         if let Some(tx) = &self.tx {
             self.queued += 1;
             let _ = tx.send(HandBack {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use warden_protocol::Log;
 
 use crate::intake::Completion;
-use crate::outcome::ExecutionOutcome;
+use crate::outcome::{ExecutionId, ExecutionOutcome};
 use crate::store::Completed;
 
 /// Per-execution facts the writer needs besides the outcome.
@@ -46,26 +46,26 @@ impl Meta {
 
 #[derive(Debug, Default)]
 pub struct Inflight {
-    map: HashMap<String, (Meta, Vec<Log>)>,
+    map: HashMap<ExecutionId, (Meta, Vec<Log>)>,
     /// Intake places held per execution id: one per dispatch, given back by the pool's
     /// one end of that dispatch. Usually 1; more when the same id was dispatched again
     /// while it ran (its entry reclaimed), whose ends find no `map` entry left.
-    places: HashMap<String, usize>,
+    places: HashMap<ExecutionId, usize>,
     /// Executions whose stream entry a peer took over while this supervisor's
     /// heartbeat was gone: their outcome is dropped (neither committed nor
     /// acknowledged), since the peer runs them again.
-    lost: std::collections::HashSet<String>,
+    lost: std::collections::HashSet<ExecutionId>,
 }
 
 impl Inflight {
     /// Takes over one intake place for this dispatch of `id`.
-    pub fn insert(&mut self, id: String, meta: Meta) {
+    pub fn insert(&mut self, id: ExecutionId, meta: Meta) {
         *self.places.entry(id.clone()).or_default() += 1;
         self.map.insert(id, (meta, Vec::new()));
     }
 
     /// One end of a dispatch of `id`: whether it held a place (to give back).
-    pub fn release_place(&mut self, id: &str) -> bool {
+    pub fn release_place(&mut self, id: &ExecutionId) -> bool {
         match self.places.get_mut(id) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -82,21 +82,21 @@ impl Inflight {
     /// Keeps a log line for its execution (lines for unknown ids are dropped: the
     /// execution already ended).
     pub fn log(&mut self, log: Log) {
-        if let Some((_, logs)) = self.map.get_mut(&log.execution_id) {
+        if let Some((_, logs)) = self.map.get_mut(log.execution_id.as_str()) {
             logs.push(log);
         }
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<(Meta, Vec<Log>)> {
+    pub fn remove(&mut self, id: &ExecutionId) -> Option<(Meta, Vec<Log>)> {
         self.map.remove(id)
     }
 
     /// Marks the executions in flight from these stream entries as lost to a peer;
     /// returns their ids (to kill them).
-    pub fn mark_lost(&mut self, stream_ids: &[String]) -> Vec<String> {
+    pub fn mark_lost(&mut self, stream_ids: &[String]) -> Vec<ExecutionId> {
         let taken: std::collections::HashSet<&str> =
             stream_ids.iter().map(String::as_str).collect();
-        let ids: Vec<String> = self
+        let ids: Vec<ExecutionId> = self
             .map
             .iter()
             .filter(|(_, (m, _))| taken.contains(m.stream_id.as_str()))
@@ -107,21 +107,25 @@ impl Inflight {
     }
 
     /// Whether `id` was lost to a peer (forgetting it: asked once, at its end).
-    pub fn take_lost(&mut self, id: &str) -> bool {
+    pub fn take_lost(&mut self, id: &ExecutionId) -> bool {
         self.lost.remove(id)
     }
 
     /// The organization of an execution in flight (`Some(None)`: it has none; `None`:
-    /// not in flight).
-    pub fn org_id(&self, id: &str) -> Option<Option<i64>> {
+    /// not in flight). By [`ExecutionId`], or by the `&str` an SDK request carries.
+    pub fn org_id<Q>(&self, id: &Q) -> Option<Option<i64>>
+    where
+        ExecutionId: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.map.get(id).map(|(m, _)| m.org_id)
     }
 
-    pub fn contains(&self, id: &str) -> bool {
+    pub fn contains(&self, id: &ExecutionId) -> bool {
         self.map.contains_key(id)
     }
 
-    pub fn ids(&self) -> Vec<String> {
+    pub fn ids(&self) -> Vec<ExecutionId> {
         self.map.keys().cloned().collect()
     }
 

@@ -43,10 +43,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::held::Held;
 use super::inflight::Meta;
 use crate::intake::liveness::TAKEOVER_EVERY;
-use crate::intake::{self, Completion, Done, Entry, Intake, Liveness, Request};
-use crate::outcome::{ExecutionOutcome, Job, Status};
+use crate::intake::{self, Completion, Done, Entry, ExecutionRequest, Intake, Liveness};
+use crate::outcome::{ExecutionId, ExecutionOutcome, Job, Status};
 use crate::store::{
-    Backoff, Begin, Completed, NewExecution, Store, Workflow, WorkflowRef, WriterHandle,
+    Backoff, Begin, Completed, NewExecution, Store, Workflow, WorkflowKey, WriterHandle,
 };
 
 /// One execution ready for the pool, with what the writer will need afterwards.
@@ -231,7 +231,7 @@ impl Reader {
             mut records,
             mut ack_only,
         } = parse_entries(&entries);
-        let refs: Vec<WorkflowRef> = requests.iter().map(|(_, r)| store_ref(r)).collect();
+        let refs: Vec<WorkflowKey> = requests.iter().map(|(_, r)| store_ref(r)).collect();
         // Step 3 (cancel markers) comes first: step 2's transaction needs them.
         let Some(cancelled) = self.cancel_markers(&requests).await else {
             return Vec::new();
@@ -279,7 +279,7 @@ impl Reader {
 
     /// Step 3: one `MGET` of the batch's cancel markers (all `false` if Redis does not
     /// answer). `None`: the stop signal came first.
-    async fn cancel_markers(&self, requests: &[(String, Request)]) -> Option<Vec<bool>> {
+    async fn cancel_markers(&self, requests: &[(String, ExecutionRequest)]) -> Option<Vec<bool>> {
         let ids: Vec<&str> = requests
             .iter()
             .map(|(_, r)| r.execution_id.as_str())
@@ -294,10 +294,10 @@ impl Reader {
     /// `requests`. `None`: the stop signal came first.
     async fn record_running(
         &self,
-        requests: &[(String, Request)],
-        refs: &[WorkflowRef],
+        requests: &[(String, ExecutionRequest)],
+        refs: &[WorkflowKey],
         cancelled: &[bool],
-    ) -> Option<(HashMap<WorkflowRef, Workflow>, Vec<Begin>)> {
+    ) -> Option<(HashMap<WorkflowKey, Workflow>, Vec<Begin>)> {
         let consumer = self.consumer.clone();
         self.prepare_in_db(refs, |wfs| {
             requests
@@ -329,17 +329,17 @@ impl Reader {
     async fn dead_letter(
         &self,
         entries: &[Entry],
-        dead: &[(intake::Rejected, &[intake::entry::Field])],
-        unknown: &[(String, Request, WorkflowRef)],
+        dead: &[(intake::InvalidEntry, &[intake::entry::Field])],
+        unknown: &[(String, ExecutionRequest, WorkflowKey)],
     ) -> bool {
-        let mut dead_fields: Vec<(intake::Rejected, Vec<intake::entry::Field>)> =
+        let mut dead_fields: Vec<(intake::InvalidEntry, Vec<intake::entry::Field>)> =
             dead.iter().map(|(r, f)| (r.clone(), f.to_vec())).collect();
         let by_sid: HashMap<&str, &Entry> =
             entries.iter().map(|e| (e.stream_id.as_str(), e)).collect();
         for (sid, req, _) in unknown {
             if let Some(e) = by_sid.get(sid.as_str()) {
                 dead_fields.push((
-                    intake::Rejected {
+                    intake::InvalidEntry {
                         stream_id: sid.clone(),
                         execution_id: Some(req.execution_id.clone()),
                         reason: "unknown workflow".into(),
@@ -351,7 +351,7 @@ impl Reader {
         if dead_fields.is_empty() {
             return true;
         }
-        let batch: Vec<(&intake::Rejected, &[intake::entry::Field])> =
+        let batch: Vec<(&intake::InvalidEntry, &[intake::entry::Field])> =
             dead_fields.iter().map(|(r, f)| (r, f.as_slice())).collect();
         let mut stop = self.stop.clone();
         match or_stop(&mut stop, self.intake.dead_letter_batch(&batch)).await {
@@ -410,11 +410,11 @@ impl Reader {
     /// takes the entries over runs them as a next attempt).
     async fn prepare_in_db<F>(
         &self,
-        refs: &[WorkflowRef],
+        refs: &[WorkflowKey],
         rows: F,
-    ) -> Option<(HashMap<WorkflowRef, Workflow>, Vec<Begin>)>
+    ) -> Option<(HashMap<WorkflowKey, Workflow>, Vec<Begin>)>
     where
-        F: Fn(&HashMap<WorkflowRef, Workflow>) -> Vec<NewExecution>,
+        F: Fn(&HashMap<WorkflowKey, Workflow>) -> Vec<NewExecution>,
     {
         let mut stop = self.stop.clone();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -462,8 +462,8 @@ type ModulesOfBatch = (u64, Option<Arc<warden_protocol::ModuleManifest>>);
 /// the dead letters), the `failed` records of those that had an id, and the
 /// acknowledgements of those that had none.
 struct Parsed<'a> {
-    requests: Vec<(String, Request)>,
-    dead: Vec<(intake::Rejected, &'a [intake::entry::Field])>,
+    requests: Vec<(String, ExecutionRequest)>,
+    dead: Vec<(intake::InvalidEntry, &'a [intake::entry::Field])>,
     records: Vec<Completed>,
     ack_only: Vec<Done>,
 }
@@ -504,17 +504,17 @@ fn parse_entries(entries: &[Entry]) -> Parsed<'_> {
 
 /// The batch's requests by what their workflow lookup and cancel marker say.
 struct Sorted {
-    runnable: Vec<(String, Request, Workflow)>,
-    unknown: Vec<(String, Request, WorkflowRef)>,
+    runnable: Vec<(String, ExecutionRequest, Workflow)>,
+    unknown: Vec<(String, ExecutionRequest, WorkflowKey)>,
     /// `cancelled` records of those cancelled while still queued.
     cancelled: Vec<Completed>,
 }
 
 fn sort_by_workflow(
-    requests: Vec<(String, Request)>,
-    refs: Vec<WorkflowRef>,
+    requests: Vec<(String, ExecutionRequest)>,
+    refs: Vec<WorkflowKey>,
     cancelled: Vec<bool>,
-    workflows: &HashMap<WorkflowRef, Workflow>,
+    workflows: &HashMap<WorkflowKey, Workflow>,
 ) -> Sorted {
     let mut sorted = Sorted {
         runnable: Vec::new(),
@@ -537,7 +537,7 @@ fn sort_by_workflow(
 
 /// The `failed` / `UnknownWorkflow` record of a request naming no active workflow,
 /// with the completion to publish once it is committed.
-fn unknown_record(sid: &str, req: &Request, r: &WorkflowRef) -> Completed {
+fn unknown_record(sid: &str, req: &ExecutionRequest, r: &WorkflowKey) -> Completed {
     let reason = format!(
         "no active workflow {r}{}: push it with `warden workflow push`",
         req.org
@@ -545,7 +545,7 @@ fn unknown_record(sid: &str, req: &Request, r: &WorkflowRef) -> Completed {
             .map(|o| format!(" in organization {o}"))
             .unwrap_or_default()
     );
-    let rej = intake::Rejected {
+    let rej = intake::InvalidEntry {
         stream_id: sid.to_string(),
         execution_id: Some(req.execution_id.clone()),
         reason: reason.clone(),
@@ -571,7 +571,7 @@ fn unknown_record(sid: &str, req: &Request, r: &WorkflowRef) -> Completed {
 /// (with the batch's configs and module cache), or an entry answered without running
 /// (already finished: its status is published; a duplicate: acknowledged only).
 fn settle(
-    runnable: Vec<(String, Request, Workflow)>,
+    runnable: Vec<(String, ExecutionRequest, Workflow)>,
     begins: Vec<Begin>,
     default_timeout: Duration,
     configs: &crate::sdk::cache::ConfigSnapshot,
@@ -615,17 +615,17 @@ fn resolve_timeout(
         .unwrap_or(default)
 }
 
-fn store_ref(r: &Request) -> WorkflowRef {
+fn store_ref(r: &ExecutionRequest) -> WorkflowKey {
     match &r.workflow {
-        intake::WorkflowRef::Id(id) => WorkflowRef::Id(*id),
-        intake::WorkflowRef::Name(name) => WorkflowRef::Name {
+        intake::WorkflowRef::Id(id) => WorkflowKey::Id(*id),
+        intake::WorkflowRef::Name(name) => WorkflowKey::Name {
             org: r.org.clone(),
             name: name.clone(),
         },
     }
 }
 
-fn meta_for(sid: &str, req: &Request, wf: &Workflow) -> Meta {
+fn meta_for(sid: &str, req: &ExecutionRequest, wf: &Workflow) -> Meta {
     Meta {
         stream_id: sid.to_string(),
         workflow_id: Some(wf.id),
@@ -640,7 +640,7 @@ fn meta_for(sid: &str, req: &Request, wf: &Workflow) -> Meta {
 
 fn dispatch(
     sid: String,
-    req: Request,
+    req: ExecutionRequest,
     wf: &Workflow,
     attempt: i32,
     default_timeout: Duration,
@@ -689,7 +689,7 @@ fn stream_time(sid: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-fn not_run(id: &str, why: &str) -> ExecutionOutcome {
+fn not_run(id: &ExecutionId, why: &str) -> ExecutionOutcome {
     ExecutionOutcome::not_run(id, Status::Cancelled, "Cancelled", why)
 }
 
@@ -721,8 +721,8 @@ mod tests {
         }
     }
 
-    fn request(id: &str, workflow: i64) -> Request {
-        Request {
+    fn request(id: &str, workflow: i64) -> ExecutionRequest {
+        ExecutionRequest {
             execution_id: id.into(),
             workflow: intake::WorkflowRef::Id(workflow),
             params_json: "{}".into(),
@@ -778,7 +778,7 @@ mod tests {
 
     #[test]
     fn requests_sort_into_runnable_cancelled_and_unknown() {
-        let workflows = HashMap::from([(WorkflowRef::Id(1), workflow(1))]);
+        let workflows = HashMap::from([(WorkflowKey::Id(1), workflow(1))]);
         let requests = vec![
             ("1-0".to_string(), request("run", 1)),
             ("2-0".to_string(), request("stop", 1)),

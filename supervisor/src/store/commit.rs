@@ -105,7 +105,7 @@ impl Store {
         let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());
         let mut unique: Vec<&Completed> = Vec::with_capacity(items.len());
         for &item in &items {
-            let id = strip_nul(&item.outcome.execution_id);
+            let id = strip_nul(item.outcome.execution_id.as_str());
             if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(id) {
                 slot.insert(unique.len());
                 unique.push(item);
@@ -300,7 +300,7 @@ impl Store {
         recorded_order.sort_unstable_by_key(|&(i, _)| i);
         for (i, org_id) in recorded_order {
             let Some(w) = writes[i].take() else { continue };
-            let id = strip_nul(&unique[i].outcome.execution_id);
+            let id = strip_nul(unique[i].outcome.execution_id.as_str());
             for (key, change) in w.config {
                 config_writes.insert((org_id, key), change);
             }
@@ -329,7 +329,7 @@ impl Store {
         let mut result = Vec::with_capacity(items.len());
         let mut answered = vec![false; unique.len()];
         for item in &items {
-            let i = index[&strip_nul(&item.outcome.execution_id)];
+            let i = index[&strip_nul(item.outcome.execution_id.as_str())];
             let first = outcome_of[i].ok_or_else(|| StoreError::Invalid {
                 what: "commit answer",
                 reason: format!("no answer for execution `{}`", item.outcome.execution_id),
@@ -355,7 +355,7 @@ fn rows_of(items: &[&Completed]) -> Rows {
     for item in items {
         let o = &item.outcome;
         let logs_past_i32 = item.logs.iter().filter(|l| l.seq > i32::MAX as u32).count();
-        r.id.push(strip_nul(&o.execution_id));
+        r.id.push(strip_nul(o.execution_id.as_str()));
         r.workflow_id.push(item.workflow_id);
         r.workflow_name
             .push(item.workflow_name.as_deref().map(strip_nul));

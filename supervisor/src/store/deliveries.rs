@@ -15,13 +15,14 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::outcome::ExecutionId;
 use crate::store::{Store, StoreError};
 
 /// One delivery row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Delivery {
     pub id: String,
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     /// `running`, or the terminal status of its execution.
     pub status: String,
     pub attempts: i32,

@@ -20,9 +20,9 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 
-use crate::outcome::Status;
+use crate::outcome::{ExecutionId, Status};
 use crate::store::items::{CommitOutcome, Completed, Rejected};
-use crate::store::{Store, StoreError, Workflow, WorkflowRef};
+use crate::store::{Store, StoreError, Workflow, WorkflowKey};
 
 /// The `execution_status` enum of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,7 +116,7 @@ impl std::fmt::Display for ExecutionStatus {
 /// One accepted request of a batch, about to be dispatched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewExecution {
-    pub id: String,
+    pub id: ExecutionId,
     pub workflow_id: Option<i64>,
     pub workflow_name: String,
     pub org_id: Option<i64>,
@@ -141,7 +141,7 @@ pub const INTERRUPTED: &str = "Interrupted";
 /// A `running` row a supervisor that shuts down gives back ([`Store::hand_back`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandBack {
-    pub id: String,
+    pub id: ExecutionId,
     /// The stream entry that began it (only that entry's row is given back).
     pub stream_id: String,
     /// Whether it had started: then its attempt counts (the next run is attempt + 1)
@@ -185,7 +185,7 @@ impl Default for ExecutionFilter {
 /// One line of `warden list`.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ExecutionSummary {
-    pub id: String,
+    pub id: ExecutionId,
     pub workflow_name: Option<String>,
     pub org_id: Option<i64>,
     #[sqlx(try_from = "String")]
@@ -200,7 +200,7 @@ pub struct ExecutionSummary {
 /// A whole execution row.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ExecutionRecord {
-    pub id: String,
+    pub id: ExecutionId,
     pub workflow_id: Option<i64>,
     pub workflow_name: Option<String>,
     pub org_id: Option<i64>,
@@ -226,9 +226,9 @@ pub struct ExecutionRecord {
     pub logs_dropped: i32,
 }
 
-/// One stored log line.
+/// One stored log line (the live one published to clients is `intake::LogLine`).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct LogLine {
+pub struct StoredLogLine {
     pub seq: i32,
     pub level: String,
     pub message: String,
@@ -239,7 +239,7 @@ pub struct LogLine {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutionDetail {
     pub execution: ExecutionRecord,
-    pub logs: Vec<LogLine>,
+    pub logs: Vec<StoredLogLine>,
 }
 
 impl Store {
@@ -250,18 +250,18 @@ impl Store {
     /// order, what to do with each.
     pub async fn prepare_batch<F>(
         &self,
-        refs: &[WorkflowRef],
+        refs: &[WorkflowKey],
         rows: F,
     ) -> Result<
         (
-            HashMap<WorkflowRef, Workflow>,
+            HashMap<WorkflowKey, Workflow>,
             Vec<NewExecution>,
             Vec<Begin>,
         ),
         StoreError,
     >
     where
-        F: FnOnce(&HashMap<WorkflowRef, Workflow>) -> Vec<NewExecution>,
+        F: FnOnce(&HashMap<WorkflowKey, Workflow>) -> Vec<NewExecution>,
     {
         let mut tx = self
             .pool()
@@ -323,7 +323,7 @@ impl Store {
         // an id within the batch are answered here and left out.
         // Ids are stored without NUL characters (PostgreSQL text cannot hold them), here
         // and in the writer alike.
-        let keys: Vec<String> = rows.iter().map(|r| strip_nul(&r.id)).collect();
+        let keys: Vec<String> = rows.iter().map(|r| strip_nul(r.id.as_str())).collect();
         let mut seen = HashSet::with_capacity(rows.len());
         let mut unique: Vec<&NewExecution> = Vec::with_capacity(rows.len());
         let mut ids: Vec<&str> = Vec::with_capacity(rows.len());
@@ -496,7 +496,7 @@ impl Store {
         if items.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<String> = items.iter().map(|h| strip_nul(&h.id)).collect();
+        let ids: Vec<String> = items.iter().map(|h| strip_nul(h.id.as_str())).collect();
         let stream_ids: Vec<String> = items.iter().map(|h| strip_nul(&h.stream_id)).collect();
         let started: Vec<bool> = items.iter().map(|h| h.started).collect();
         let done = sqlx::query(

@@ -9,7 +9,7 @@
 use warden_protocol::{ErrorInfo, Log};
 
 use crate::intake::Completion;
-use crate::outcome::{ExecutionOutcome, Status};
+use crate::outcome::{ExecutionId, ExecutionOutcome, Status};
 use crate::store::StoreError;
 
 /// One finished execution to persist.
@@ -142,7 +142,7 @@ fn truncate(s: &mut String, max: usize) {
 /// `error_type`, so the client sees why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected {
-    pub id: String,
+    pub id: ExecutionId,
     pub workflow_name: Option<String>,
     pub org_id: Option<i64>,
     pub caller: Option<String>,
@@ -201,7 +201,7 @@ pub enum Disposition {
 /// whoever acknowledges needs nothing else.
 #[derive(Debug, Clone)]
 pub struct Committed {
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     pub stream_id: Option<String>,
     /// The terminal status now in the database (for `AlreadyTerminal`, the one that was
     /// there; for `Isolated`, `failed`).

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::outcome::Status;
+use crate::outcome::{ExecutionId, Status};
 use crate::store::metrics::{DailyMetrics, Sample};
 use crate::store::{Store, StoreError};
 
@@ -30,7 +30,7 @@ pub const HANDED_BACK: &str = "";
 /// An unfinished row, as the sweeper checks it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Unfinished {
-    pub id: String,
+    pub id: ExecutionId,
     pub attempt: i32,
     /// Its supervisor; [`HANDED_BACK`] for a row a supervisor gave back at shutdown
     /// (`pending` with no supervisor: [`Store::hand_back`]).
@@ -41,7 +41,7 @@ pub struct Unfinished {
 /// A row [`Store::record_lost`] ended.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Lost {
-    pub id: String,
+    pub id: ExecutionId,
     pub supervisor: String,
     pub error_message: String,
 }
@@ -49,7 +49,7 @@ pub struct Lost {
 /// What the sweep statement returns per row it ended.
 #[derive(sqlx::FromRow)]
 struct Ended {
-    id: String,
+    id: ExecutionId,
     supervisor: String,
     error_message: String,
     workflow_id: Option<i64>,

@@ -8,40 +8,40 @@ use chrono::{DateTime, Utc};
 
 use crate::store::{Store, StoreError};
 
-/// How a request names a workflow: by id (the request's `workflow` is all digits) or by
-/// name within an organization (`None`: a global workflow).
+/// The key a workflow is looked up by: its id (the request's `workflow` is all digits)
+/// or its name within an organization (`None`: a global workflow).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum WorkflowRef {
+pub enum WorkflowKey {
     Id(i64),
     Name { org: Option<String>, name: String },
 }
 
-impl WorkflowRef {
+impl WorkflowKey {
     /// Interpret a request's `workflow` and `org` fields. An all-digit `workflow` is an
     /// id (and `org` is then not part of the lookup: compare [`Workflow::org`] yourself
     /// if it must match); anything else is a name. An empty `org` means none.
-    pub fn parse(workflow: &str, org: Option<&str>) -> WorkflowRef {
+    pub fn parse(workflow: &str, org: Option<&str>) -> WorkflowKey {
         if !workflow.is_empty() && workflow.bytes().all(|b| b.is_ascii_digit()) {
             if let Ok(id) = workflow.parse() {
-                return WorkflowRef::Id(id);
+                return WorkflowKey::Id(id);
             }
         }
-        WorkflowRef::Name {
+        WorkflowKey::Name {
             org: org.filter(|o| !o.is_empty()).map(str::to_string),
             name: workflow.to_string(),
         }
     }
 }
 
-impl std::fmt::Display for WorkflowRef {
+impl std::fmt::Display for WorkflowKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WorkflowRef::Id(id) => write!(f, "#{id}"),
-            WorkflowRef::Name {
+            WorkflowKey::Id(id) => write!(f, "#{id}"),
+            WorkflowKey::Name {
                 org: Some(org),
                 name,
             } => write!(f, "{org}/{name}"),
-            WorkflowRef::Name { org: None, name } => f.write_str(name),
+            WorkflowKey::Name { org: None, name } => f.write_str(name),
         }
     }
 }
@@ -215,8 +215,8 @@ impl Store {
     /// `UnknownWorkflow`). A name without an organization finds only a global workflow.
     pub async fn load_for_batch(
         &self,
-        refs: &[WorkflowRef],
-    ) -> Result<HashMap<WorkflowRef, Workflow>, StoreError> {
+        refs: &[WorkflowKey],
+    ) -> Result<HashMap<WorkflowKey, Workflow>, StoreError> {
         let mut conn = self
             .pool()
             .acquire()
@@ -228,9 +228,9 @@ impl Store {
     /// [`Store::load_for_batch`] on a given connection (or transaction).
     pub async fn load_for_batch_on(
         conn: &mut sqlx::PgConnection,
-        refs: &[WorkflowRef],
-    ) -> Result<HashMap<WorkflowRef, Workflow>, StoreError> {
-        let wanted: HashSet<&WorkflowRef> = refs.iter().collect();
+        refs: &[WorkflowKey],
+    ) -> Result<HashMap<WorkflowKey, Workflow>, StoreError> {
+        let wanted: HashSet<&WorkflowKey> = refs.iter().collect();
         let mut ids: Vec<i64> = Vec::new();
         let mut orgs: Vec<Option<&str>> = Vec::new();
         let mut names: Vec<&str> = Vec::new();
@@ -238,10 +238,10 @@ impl Store {
             match r {
                 // PostgreSQL text cannot hold NUL, so no stored workflow has it: skip the
                 // reference rather than fail the batch's query.
-                WorkflowRef::Name { org, name }
+                WorkflowKey::Name { org, name }
                     if name.contains('\0') || org.as_ref().is_some_and(|o| o.contains('\0')) => {}
-                WorkflowRef::Id(id) => ids.push(*id),
-                WorkflowRef::Name { org, name } => {
+                WorkflowKey::Id(id) => ids.push(*id),
+                WorkflowKey::Name { org, name } => {
                     orgs.push(org.as_deref());
                     names.push(name);
                 }
@@ -267,14 +267,14 @@ impl Store {
             .map_err(StoreError::query("load the batch's workflows"))?;
         let mut found = HashMap::with_capacity(wanted.len());
         for w in rows {
-            let by_name = WorkflowRef::Name {
+            let by_name = WorkflowKey::Name {
                 org: w.org.clone(),
                 name: w.name.clone(),
             };
             if wanted.contains(&by_name) {
                 found.insert(by_name, w.clone());
             }
-            let by_id = WorkflowRef::Id(w.id);
+            let by_id = WorkflowKey::Id(w.id);
             if wanted.contains(&by_id) {
                 found.insert(by_id, w);
             }
@@ -320,29 +320,29 @@ fn validate(spec: &WorkflowSpec) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::WorkflowRef;
+    use super::WorkflowKey;
 
     #[test]
     fn parses_ids_and_names() {
-        assert_eq!(WorkflowRef::parse("42", Some("acme")), WorkflowRef::Id(42));
+        assert_eq!(WorkflowKey::parse("42", Some("acme")), WorkflowKey::Id(42));
         assert_eq!(
-            WorkflowRef::parse("report", Some("acme")),
-            WorkflowRef::Name {
+            WorkflowKey::parse("report", Some("acme")),
+            WorkflowKey::Name {
                 org: Some("acme".into()),
                 name: "report".into()
             }
         );
         assert_eq!(
-            WorkflowRef::parse("report", Some("")),
-            WorkflowRef::Name {
+            WorkflowKey::parse("report", Some("")),
+            WorkflowKey::Name {
                 org: None,
                 name: "report".into()
             }
         );
         // Too large for an id: a name.
         assert!(matches!(
-            WorkflowRef::parse("99999999999999999999", None),
-            WorkflowRef::Name { .. }
+            WorkflowKey::parse("99999999999999999999", None),
+            WorkflowKey::Name { .. }
         ));
     }
 }

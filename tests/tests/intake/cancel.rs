@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use warden::{request_cancel, CancelListener, CancelSignal, IntakeError, Request, WorkflowRef};
+use warden::{
+    request_cancel, CancelListener, CancelSignal, ExecutionRequest, IntakeError, WorkflowRef,
+};
 use warden_tests::redis::TestRedis;
 
 async fn next_signal(listener: &mut CancelListener) -> CancelSignal {
@@ -21,7 +23,7 @@ async fn a_cancel_before_the_entry_is_read_is_found_by_the_marker_check() {
     let t = TestRedis::new();
     let client = t.client().await;
     client
-        .submit(&Request::new("e-queued", WorkflowRef::Id(1)))
+        .submit(&ExecutionRequest::new("e-queued", WorkflowRef::Id(1)))
         .await
         .expect("submit");
     client.cancel("e-queued").await.expect("cancel");
@@ -31,7 +33,7 @@ async fn a_cancel_before_the_entry_is_read_is_found_by_the_marker_check() {
     let entries = intake.read(10, Duration::ZERO).await.expect("read");
     let ids: Vec<String> = entries
         .iter()
-        .map(|e| e.parse().expect("valid").execution_id)
+        .map(|e| e.parse().expect("valid").execution_id.into_string())
         .collect();
     assert_eq!(ids, vec!["e-queued"]);
     let flags = intake

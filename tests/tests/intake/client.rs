@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use warden::Status;
 use warden::{
-    Completion, Done, Intake, IntakeClient, IntakeError, Keys, Request, SupervisorStatus,
+    Completion, Done, ExecutionRequest, Intake, IntakeClient, IntakeError, Keys, SupervisorStatus,
     WaitEvent, WorkflowRef,
 };
 use warden_protocol::{Log, LogLevel};
@@ -66,7 +66,7 @@ async fn waiting_after_the_completion_was_published_still_gets_it() {
     let intake = t.intake("sup-a").await;
     let client = t.client().await;
     client
-        .submit(&Request::new("e-fast", WorkflowRef::Id(1)))
+        .submit(&ExecutionRequest::new("e-fast", WorkflowRef::Id(1)))
         .await
         .expect("submit");
     let entries = intake.read(1, Duration::ZERO).await.expect("read");
@@ -98,7 +98,7 @@ async fn logs_arrive_in_order_then_the_completion() {
     let intake = t.intake("sup-a").await;
     let client = t.client().await;
     client
-        .submit(&Request::new("e-logs", WorkflowRef::Id(1)))
+        .submit(&ExecutionRequest::new("e-logs", WorkflowRef::Id(1)))
         .await
         .expect("submit");
     let mut waiter = client

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use warden::Status;
-use warden::{Completion, Done, Request, WorkflowRef};
+use warden::{Completion, Done, ExecutionRequest, WorkflowRef};
 use warden_tests::redis::TestRedis;
 
 /// Rounds to try before concluding the extra calls are ours, not someone else's.
@@ -53,8 +53,8 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
     let mut smallest: HashMap<&str, u64> = HashMap::new();
 
     for round in 0..ROUNDS {
-        let requests: Vec<Request> = (0..N)
-            .map(|i| Request::new(format!("r{round}-{i}"), WorkflowRef::Id(1)))
+        let requests: Vec<ExecutionRequest> = (0..N)
+            .map(|i| ExecutionRequest::new(format!("r{round}-{i}"), WorkflowRef::Id(1)))
             .collect();
         client.submit_many(&requests).await.expect("submit");
 
@@ -64,7 +64,7 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
         assert_eq!(batch.len(), N);
         let ids: Vec<String> = batch
             .iter()
-            .map(|e| e.parse().expect("valid").execution_id)
+            .map(|e| e.parse().expect("valid").execution_id.into_string())
             .collect();
         intake.is_cancelled(&ids).await.expect("cancel check");
         let done: Vec<Done> = batch

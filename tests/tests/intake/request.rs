@@ -1,13 +1,13 @@
 //! The stream entry format end to end: what clients write with `XADD` is what the
 //! supervisor parses, and every malformed entry (written raw, the way a buggy client
-//! in another language would) becomes a `Rejected` with a clear reason, lands in the
+//! in another language would) becomes an `InvalidEntry` with a clear reason, lands in the
 //! dead-letter stream with its raw fields, and is then acknowledged and deleted.
 
 use std::time::Duration;
 
 use redis::{streams::StreamRangeReply, Value};
 use warden::Status;
-use warden::{Done, Request, WorkflowRef};
+use warden::{Done, ExecutionRequest, WorkflowRef};
 use warden_tests::redis::TestRedis;
 
 /// Adds one entry with arbitrary (possibly non-UTF-8) fields, bypassing validation.
@@ -26,7 +26,7 @@ async fn a_valid_request_round_trips_through_the_stream() {
     let t = TestRedis::new();
     let intake = t.intake("sup-a").await;
     let client = t.client().await;
-    let mut req = Request::new("exec-1", WorkflowRef::Name("reports/daily".into()));
+    let mut req = ExecutionRequest::new("exec-1", WorkflowRef::Name("reports/daily".into()));
     req.params_json = r#"{"day": "2024-01-02", "ids": [1, 2, 3], "nested": {"ok": true}}"#.into();
     req.org = Some("acme".into());
     req.caller = Some("user:7".into());
@@ -40,7 +40,7 @@ async fn a_valid_request_round_trips_through_the_stream() {
     assert_eq!(entries[0].parse().expect("valid"), req);
 
     // A numeric workflow comes back as an id.
-    let req2 = Request::new("exec-2", WorkflowRef::Id(42));
+    let req2 = ExecutionRequest::new("exec-2", WorkflowRef::Id(42));
     client.submit(&req2).await.expect("submit");
     let entries = intake.read(10, Duration::ZERO).await.expect("read");
     assert_eq!(
@@ -132,7 +132,12 @@ async fn malformed_entries_are_rejected_with_a_reason() {
         assert_eq!(&entry.stream_id, sid);
         let rejected = entry.parse().expect_err("should be rejected");
         assert_eq!(&rejected.stream_id, sid);
-        assert_eq!(rejected.execution_id.as_deref(), *id, "{}", rejected.reason);
+        assert_eq!(
+            rejected.execution_id.as_ref().map(|i| i.as_str()),
+            *id,
+            "{}",
+            rejected.reason
+        );
         assert!(
             rejected.reason.contains(reason),
             "reason {:?} should contain {:?}",
@@ -221,11 +226,11 @@ async fn dead_letters_keep_the_reason_and_raw_fields_then_the_entry_is_acked() {
 async fn submit_refuses_an_invalid_request_without_writing_it() {
     let t = TestRedis::new();
     let client = t.client().await;
-    let mut req = Request::new("e1", WorkflowRef::Id(1));
+    let mut req = ExecutionRequest::new("e1", WorkflowRef::Id(1));
     req.params_json = "[1,2]".into();
     let err = client.submit(&req).await.expect_err("invalid");
     assert!(err.to_string().contains("not a JSON object"), "{err}");
-    let bad_id = Request::new("has space", WorkflowRef::Id(1));
+    let bad_id = ExecutionRequest::new("has space", WorkflowRef::Id(1));
     assert!(client.submit(&bad_id).await.is_err());
     let mut conn = t.conn().await;
     let len: u64 = redis::cmd("XLEN")

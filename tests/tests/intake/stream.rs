@@ -7,14 +7,14 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use warden::{Completion, Done, Entry, Heartbeat, Intake, Request, WorkflowRef};
+use warden::{Completion, Done, Entry, ExecutionRequest, Heartbeat, Intake, WorkflowRef};
 use warden::{ExecutionOutcome, Status};
 use warden_tests::redis::TestRedis;
 
-fn requests(n: usize, tag: &str) -> Vec<Request> {
+fn requests(n: usize, tag: &str) -> Vec<ExecutionRequest> {
     (0..n)
         .map(|i| {
-            let mut r = Request::new(format!("{tag}-{i}"), WorkflowRef::Id(1));
+            let mut r = ExecutionRequest::new(format!("{tag}-{i}"), WorkflowRef::Id(1));
             r.params_json = format!(r#"{{"i": {i}}}"#);
             r
         })
@@ -37,7 +37,7 @@ fn ack_only(entries: &[Entry]) -> Vec<Done> {
 
 fn success(execution_id: &str, result: &str) -> ExecutionOutcome {
     ExecutionOutcome {
-        execution_id: execution_id.to_owned(),
+        execution_id: execution_id.into(),
         status: Status::Success,
         result_json: Some(result.to_owned()),
         error: None,
@@ -398,7 +398,7 @@ async fn read_heals_after_the_stream_is_deleted() {
         .expect("read heals NOGROUP");
     let parsed: Vec<String> = got
         .iter()
-        .map(|e| e.parse().expect("valid").execution_id)
+        .map(|e| e.parse().expect("valid").execution_id.into_string())
         .collect();
     assert_eq!(parsed, vec!["new-0", "new-1", "new-2"]);
     // Acks of entries from before the wipe are harmless.
@@ -488,7 +488,10 @@ async fn two_consumers_share_200_entries_without_overlap() {
             // Work a little so the other consumer gets a turn.
             tokio::time::sleep(Duration::from_millis(1)).await;
             intake.ack_and_publish(&ack_only(&got)).await.expect("ack");
-            mine.extend(got.iter().map(|e| e.parse().expect("valid").execution_id));
+            mine.extend(
+                got.iter()
+                    .map(|e| e.parse().expect("valid").execution_id.into_string()),
+            );
         }
     }
     let (got_a, got_b) = tokio::join!(tokio::spawn(drain(a)), tokio::spawn(drain(b)));
@@ -514,7 +517,7 @@ async fn ack_and_publish_reaches_a_subscriber_that_subscribed_first() {
     let intake = t.intake("sup-a").await;
     let client = t.client().await;
     client
-        .submit(&Request::new("e-pub", WorkflowRef::Id(1)))
+        .submit(&ExecutionRequest::new("e-pub", WorkflowRef::Id(1)))
         .await
         .expect("submit");
     let waiter = client
@@ -574,7 +577,7 @@ async fn steady_state_round_trips_per_batch_are_constant() {
         assert_eq!(batch.len(), n);
         let exec_ids: Vec<String> = batch
             .iter()
-            .map(|e| e.parse().expect("valid").execution_id)
+            .map(|e| e.parse().expect("valid").execution_id.into_string())
             .collect();
         let cancelled = intake.is_cancelled(&exec_ids).await.expect("cancel check");
         assert!(cancelled.iter().all(|c| !c));

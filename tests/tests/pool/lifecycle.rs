@@ -21,7 +21,7 @@ async fn cancel_kills_a_running_execution_and_ends_it_cancelled() {
     p.submit("long", SLEEPY, r#"{"s": 30}"#, None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    p.pool.cancel("long");
+    p.pool.cancel(&"long".into());
     let f = p.finished().await;
     assert_eq!(f.outcome.status, Status::Cancelled);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
@@ -35,7 +35,7 @@ async fn cancel_of_a_queued_execution_ends_it_without_running() {
     let mut p = TestPool::start(|_| {}).await;
     p.submit("first", SLEEPY, r#"{"s": 0.5}"#, None);
     p.submit("queued", "def run():\n    print('ran')\n", "{}", None);
-    p.pool.cancel("queued");
+    p.pool.cancel(&"queued".into());
     let f = p.finished().await;
     assert_eq!(f.outcome.execution_id, "queued");
     assert_eq!(f.outcome.status, Status::Cancelled);
@@ -267,10 +267,7 @@ async fn shutdown_hands_back_the_queue_and_interrupts_what_outlives_the_drain() 
     assert_eq!(p.returned, vec!["queued".to_string()]);
     // Work submitted after shutdown is handed back, never silently dropped.
     let refused = p.pool.submit(job("late", DOUBLE, "{}", None));
-    assert_eq!(
-        refused.err().map(|j| j.execution_id),
-        Some("late".to_string())
-    );
+    assert_eq!(refused.err().map(|j| j.execution_id), Some("late".into()));
 }
 
 #[tokio::test]

@@ -280,7 +280,7 @@ async fn attacker_after_code_cache(attacker_org: &str) -> serde_json::Map<String
             &json!({ "p": "p", "padding": "" }).to_string(),
             None,
         );
-        victim.execution_id = format!("victim-{i}");
+        victim.execution_id = format!("victim-{i}").into();
         victim.org = Some("victim-org".into());
         assert!(p.pool.submit(victim).is_ok());
         let f = p.finished().await;

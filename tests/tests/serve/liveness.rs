@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use warden::Request;
+use warden::ExecutionRequest;
 use warden::Status;
 use warden::{ServeConfig, ServeReport};
 use warden_tests::db::{scalar, TestDb};
@@ -32,7 +32,7 @@ async fn push(db: &TestDb, name: &str, source: &str) {
     db.push_workflow(name, source).await;
 }
 
-fn requests(prefix: &str, n: usize, workflow: &str, extra: &str) -> Vec<Request> {
+fn requests(prefix: &str, n: usize, workflow: &str, extra: &str) -> Vec<ExecutionRequest> {
     (0..n)
         .map(|i| {
             TestServe::request(

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use warden::{IntakeClient, Request};
+use warden::{ExecutionRequest, IntakeClient};
 use warden_tests::db::{scalar, sessions, TestDb};
 use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
 use warden_tests::redis::TestRedis;
@@ -13,7 +13,7 @@ use warden_tests::serve::{config, spawn, TestServe};
 
 const QUICK: &str = "def run(i):\n    return {'i': i}\n";
 
-fn requests(prefix: &str, n: usize, workflow: &str) -> Vec<Request> {
+fn requests(prefix: &str, n: usize, workflow: &str) -> Vec<ExecutionRequest> {
     (0..n)
         .map(|i| {
             TestServe::request(

@@ -119,7 +119,7 @@ async fn rejected_requests_are_recorded_failed_and_listed() {
     let s = &db.store;
 
     let direct = Rejected {
-        id: "r1".to_string(),
+        id: "r1".into(),
         workflow_name: Some("nope".to_string()),
         org_id: None,
         caller: Some("client".to_string()),
@@ -136,7 +136,7 @@ async fn rejected_requests_are_recorded_failed_and_listed() {
     // Through the writer, so it is acknowledged after COMMIT like any outcome.
     let (writer, mut committed) = Writer::spawn(s.clone(), WriterConfig::default());
     let via_writer = Rejected {
-        id: "r2".to_string(),
+        id: "r2".into(),
         error_type: "InvalidParams".to_string(),
         message: "params must be a JSON object".to_string(),
         stream_id: Some("6-0".to_string()),

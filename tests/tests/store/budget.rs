@@ -63,9 +63,9 @@ async fn the_pool_opens_its_budget_at_start_and_never_more() {
             .collect();
         store.begin_batch(&rows).await.unwrap();
         for row in &rows {
-            let status: Status = STATUSES[row.id.len() % 5];
+            let status: Status = STATUSES[row.id.as_str().len() % 5];
             writer
-                .submit(completed(&row.id, status, 2, None, None))
+                .submit(completed(row.id.as_str(), status, 2, None, None))
                 .await
                 .unwrap();
         }

@@ -1,7 +1,7 @@
 //! Workflows: push creates then updates in place; `load_for_batch` resolves ids, names
 //! and organization-scoped names in a single query.
 
-use warden::{Store, StoreWorkflowRef, WorkflowPushAction, WorkflowSpec};
+use warden::{Store, WorkflowKey, WorkflowPushAction, WorkflowSpec};
 use warden_tests::db::{xact_commit, TestDb};
 
 fn spec(org: Option<&str>, name: &str, source: &str) -> WorkflowSpec {
@@ -91,15 +91,15 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
         .unwrap();
 
     let refs = vec![
-        StoreWorkflowRef::parse(&global.id.to_string(), None),
-        StoreWorkflowRef::parse("report", None),
-        StoreWorkflowRef::parse("report", Some("acme")),
-        StoreWorkflowRef::parse(&other.id.to_string(), Some("acme")),
-        StoreWorkflowRef::parse("sync", None), // only exists in acme
-        StoreWorkflowRef::parse("missing", Some("acme")), // does not exist
-        StoreWorkflowRef::parse("report", Some("nobody")), // no such org
-        StoreWorkflowRef::parse("999999", None), // no such id
-        StoreWorkflowRef::parse("report", None), // repeated
+        WorkflowKey::parse(&global.id.to_string(), None),
+        WorkflowKey::parse("report", None),
+        WorkflowKey::parse("report", Some("acme")),
+        WorkflowKey::parse(&other.id.to_string(), Some("acme")),
+        WorkflowKey::parse("sync", None), // only exists in acme
+        WorkflowKey::parse("missing", Some("acme")), // does not exist
+        WorkflowKey::parse("report", Some("nobody")), // no such org
+        WorkflowKey::parse("999999", None), // no such id
+        WorkflowKey::parse("report", None), // repeated
     ];
 
     // A store with ONE connection, so the statistics below are all this backend's.
@@ -126,21 +126,21 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
     assert_eq!(found, warm);
 
     assert_eq!(found.len(), 4, "{found:#?}");
-    assert_eq!(found[&StoreWorkflowRef::Id(global.id)].source, "g");
-    let by_name = &found[&StoreWorkflowRef::parse("report", None)];
+    assert_eq!(found[&WorkflowKey::Id(global.id)].source, "g");
+    let by_name = &found[&WorkflowKey::parse("report", None)];
     assert_eq!((by_name.id, by_name.org.as_deref()), (global.id, None));
-    let by_org = &found[&StoreWorkflowRef::parse("report", Some("acme"))];
+    let by_org = &found[&WorkflowKey::parse("report", Some("acme"))];
     assert_eq!((by_org.id, by_org.org.as_deref()), (acme.id, Some("acme")));
     assert_eq!(by_org.default_timeout_ms, Some(30_000));
-    assert_eq!(found[&StoreWorkflowRef::Id(other.id)].name, "sync");
+    assert_eq!(found[&WorkflowKey::Id(other.id)].name, "sync");
     for absent in ["sync", "999999"] {
         assert!(
-            !found.contains_key(&StoreWorkflowRef::parse(absent, None)),
+            !found.contains_key(&WorkflowKey::parse(absent, None)),
             "{absent}"
         );
     }
-    assert!(!found.contains_key(&StoreWorkflowRef::parse("missing", Some("acme"))));
-    assert!(!found.contains_key(&StoreWorkflowRef::parse("report", Some("nobody"))));
+    assert!(!found.contains_key(&WorkflowKey::parse("missing", Some("acme"))));
+    assert!(!found.contains_key(&WorkflowKey::parse("report", Some("nobody"))));
 
     // Inactive workflows are not loaded.
     sqlx::query("UPDATE workflows SET active = false WHERE id = $1")
@@ -149,12 +149,12 @@ async fn load_for_batch_resolves_ids_names_and_org_names_in_one_query() {
         .await
         .unwrap();
     let found = store.load_for_batch(&refs).await.unwrap();
-    assert!(!found.contains_key(&StoreWorkflowRef::parse("report", Some("acme"))));
+    assert!(!found.contains_key(&WorkflowKey::parse("report", Some("acme"))));
     assert!(store.load_for_batch(&[]).await.unwrap().is_empty());
     // A name PostgreSQL could not even hold finds nothing, and fails nothing.
     let odd = [
-        StoreWorkflowRef::parse("re\0port", None),
-        StoreWorkflowRef::parse("report", Some("a\0")),
+        WorkflowKey::parse("re\0port", None),
+        WorkflowKey::parse("report", Some("a\0")),
     ];
     assert!(store.load_for_batch(&odd).await.unwrap().is_empty());
 }
