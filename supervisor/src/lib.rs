@@ -21,6 +21,8 @@
 //!   executions, cancel, status, config, kv), one file each.
 //! - `exec_cmd`: `warden exec`, one workflow through the pool with no services.
 //! - `bench`: `warden bench`.
+//! - `pycheck`: push-time Python checks (`ast.parse` in a `python3` subprocess, never
+//!   running the code).
 //! - `telemetry`: tracing set-up (human or JSON).
 //!
 //! # The public surface
@@ -52,6 +54,7 @@ mod intake;
 mod modules;
 mod outcome;
 mod pool;
+mod pycheck;
 mod sdk;
 mod serve;
 mod store;

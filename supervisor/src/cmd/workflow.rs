@@ -1,4 +1,7 @@
 //! `warden workflow push|list`: store workflows (source and how to run them).
+//!
+//! A push checks every file before storing any: a `.py` file that parses and defines
+//! the function to call at top level, checked without running it ([`crate::pycheck`]).
 
 use std::path::{Path, PathBuf};
 
@@ -6,6 +9,7 @@ use clap::Subcommand;
 
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
+use crate::pycheck::{self, PyCheckError};
 use crate::store::{PushAction, WorkflowSpec};
 
 #[derive(Debug, Subcommand)]
@@ -52,26 +56,33 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
             time_saved,
             value,
         } => {
+            // Every file is read and checked before anything is stored.
+            let mut specs = Vec::new();
             for (file, name) in workflow_files(&file, name)? {
+                check_extension(&file)?;
                 let source = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
                     what: "workflow file",
                     path: file.clone(),
                     source,
                 })?;
+                check_source(&file, &source, &function)?;
                 let path = file
                     .file_name()
                     .map(|f| format!("workflows/{}", f.to_string_lossy()))
                     .unwrap_or_else(|| format!("workflows/{name}.py"));
-                let spec = WorkflowSpec {
+                specs.push(WorkflowSpec {
                     org: org.clone(),
-                    name: name.clone(),
+                    name,
                     path,
                     function_name: function.clone(),
                     source,
                     default_timeout_ms: timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32),
                     time_saved_seconds: time_saved,
                     value,
-                };
+                });
+            }
+            for spec in specs {
+                let name = &spec.name;
                 let r = store.push_workflow(&spec).await?;
                 let what = match r.action {
                     PushAction::Created => "created",
@@ -104,6 +115,44 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
     }
     store.close().await;
     Ok(0)
+}
+
+/// Refuses a workflow file that is not named `*.py` (before reading it).
+fn check_extension(file: &Path) -> Result<(), CliError> {
+    if file.extension().is_none_or(|x| x != "py") {
+        return Err(CliError::InvalidInput(format!(
+            "{} is not a Python file: a workflow is a .py file; nothing stored",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a workflow source that does not parse or has no top-level function
+/// `function`; the code itself never runs (see [`crate::pycheck`]).
+fn check_source(file: &Path, source: &str, function: &str) -> Result<(), CliError> {
+    let functions = pycheck::top_level_functions(source).map_err(|e| match e {
+        PyCheckError::Syntax { line, message } => CliError::InvalidInput(format!(
+            "{}:{line}: syntax error: {message}; nothing stored",
+            file.display()
+        )),
+        e @ PyCheckError::Interpreter { .. } => {
+            CliError::InvalidInput(format!("{e}; nothing stored"))
+        }
+    })?;
+    if !functions.iter().any(|f| f == function) {
+        let defined = if functions.is_empty() {
+            "it defines no top-level function".to_string()
+        } else {
+            format!("it defines {}", functions.join(", "))
+        };
+        return Err(CliError::InvalidInput(format!(
+            "{}: no top-level function `{function}` ({defined}); pass --function NAME; \
+             nothing stored",
+            file.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The files a push stores, with their workflow names: `file` itself, or every `.py`

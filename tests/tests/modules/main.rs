@@ -4,6 +4,7 @@
 //!
 //! - [`cli`]: `warden module push|list|rm` and `warden workflow push DIR`.
 //! - [`integrity`]: a poisoned Redis copy of a module is never run.
+//! - [`push_checks`]: what `workflow push`, `module push` and `submit` check first.
 //! - [`resolver`]: workspace imports through real workers, in both isolation modes.
 //! - [`serve`]: the module cache through `warden serve`.
 //! - [`sync`]: the module cache, supervisor side.
@@ -13,6 +14,7 @@
 
 mod cli;
 mod integrity;
+mod push_checks;
 mod resolver;
 mod serve;
 mod sync;

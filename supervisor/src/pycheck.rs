@@ -1,0 +1,133 @@
+//! Python source checks at push time, without running the code: does it parse, and
+//! which functions does it define at module top level.
+//!
+//! The supervisor does not embed Python, so the check runs `/usr/bin/python3 -I -S`
+//! (the interpreter the worker is built against, `.cargo/config.toml`'s `PYO3_PYTHON`;
+//! `WARDEN_PYTHON` overrides it) on a short script that reads the source from stdin and
+//! calls `ast.parse`: compile only, never `exec`, so nothing the source does at import
+//! time happens. The source goes through stdin, never the command line (size limits,
+//! and `ps` would show it).
+//!
+//! When the interpreter cannot be started the check fails and the push is refused:
+//! storing code nobody checked is what the check is there to prevent, and a host that
+//! pushes workflows for Warden's workers has the worker's Python anyway.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// The interpreter, unless `WARDEN_PYTHON` names another one.
+const DEFAULT_PYTHON: &str = "/usr/bin/python3";
+
+/// Parses stdin (bytes, so a coding declaration is honoured) and prints either
+/// `ok` and one top-level function name per line, or `syntax`, the line and the message.
+const SCRIPT: &str = r#"
+import ast, sys
+src = sys.stdin.buffer.read()
+try:
+    tree = ast.parse(src)
+except SyntaxError as e:
+    print("syntax"); print(e.lineno or 0); print(e.msg)
+    sys.exit(0)
+except ValueError as e:
+    print("syntax"); print(0); print(str(e))
+    sys.exit(0)
+print("ok")
+for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        print(node.name)
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PyCheckError {
+    /// The source does not parse (`line` 0 when Python gives none).
+    #[error("line {line}: {message}")]
+    Syntax { line: u32, message: String },
+    /// The interpreter could not be run, or answered something unexpected.
+    #[error("cannot check Python source: {python} {what}")]
+    Interpreter { python: String, what: String },
+}
+
+/// The interpreter the checks run.
+pub fn python() -> String {
+    std::env::var("WARDEN_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PYTHON.to_string())
+}
+
+/// Parses `source` and returns the names of its top-level `def`/`async def` functions.
+pub fn top_level_functions(source: &str) -> Result<Vec<String>, PyCheckError> {
+    let python = python();
+    let fail = |what: String| PyCheckError::Interpreter {
+        python: python.clone(),
+        what,
+    };
+    let mut child = Command::new(&python)
+        .args(["-I", "-S", "-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot be started ({e})")))?;
+    // The script reads all of stdin before writing, so writing first cannot deadlock.
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let written = stdin.write_all(source.as_bytes());
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("did not finish ({e})")))?;
+    if let Err(e) = written {
+        return Err(fail(format!("did not read the source ({e})")));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    match (out.status.success(), lines.next()) {
+        (true, Some("ok")) => Ok(lines.map(str::to_string).collect()),
+        (true, Some("syntax")) => {
+            let line = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+            let message = lines.collect::<Vec<_>>().join(" ");
+            Err(PyCheckError::Syntax { line, message })
+        }
+        _ => Err(fail(format!(
+            "failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_top_level_functions_only() {
+        let src = "import os\ndef run(x):\n    def inner(): pass\n    return x\n\
+                   async def later(): pass\nclass C:\n    def method(self): pass\n";
+        assert_eq!(top_level_functions(src).unwrap(), ["run", "later"]);
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line() {
+        let err = top_level_functions("x = 1\ndef run(:\n    pass\n").unwrap_err();
+        match err {
+            PyCheckError::Syntax { line, message } => {
+                assert_eq!(line, 2);
+                assert!(!message.is_empty());
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn the_source_is_never_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let src = format!(
+            "open({:?}, 'w').write('x')\ndef run(): pass\n",
+            marker.display().to_string()
+        );
+        assert_eq!(top_level_functions(&src).unwrap(), ["run"]);
+        assert!(!marker.exists());
+    }
+}

@@ -1,0 +1,143 @@
+//! Checks at push time, through the real binary against a test database and Redis
+//! prefix: `warden workflow push` refuses what is not Python, does not parse or lacks
+//! the function (without running it), and stores nothing when it refuses.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use warden_tests::db::TestDb;
+use warden_tests::pool::warden_bin;
+use warden_tests::redis::TestRedis;
+
+fn warden_env(
+    db: &TestDb,
+    redis: &TestRedis,
+    cwd: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
+    let mut cmd = Command::new(warden_bin());
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", &redis.url)
+        .env("WARDEN_KEY_PREFIX", &redis.prefix);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run warden")
+}
+
+fn warden(db: &TestDb, redis: &TestRedis, cwd: &Path, args: &[&str]) -> Output {
+    warden_env(db, redis, cwd, &[], args)
+}
+
+fn ok(out: Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The command failed; its stderr.
+fn refused(out: Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "succeeded: {}{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+#[tokio::test]
+async fn workflow_push_checks_the_source_without_running_it() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    let marker = root.join("ran");
+    write(root, "notes.txt", "def run(): pass\n");
+    write(root, "broken.py", "x = 1\ndef run(:\n    pass\n");
+    write(
+        root,
+        "nofunc.py",
+        &format!(
+            "open({:?}, 'w').write('x')\ndef main():\n    def run(): pass\nclass C:\n    def run(self): pass\n",
+            marker.display().to_string()
+        ),
+    );
+    write(root, "flows/a_good.py", "def run(): return 1\n");
+    write(root, "flows/b_bad.py", "def run(\n");
+
+    let err = refused(warden(
+        &db,
+        &redis,
+        root,
+        &["workflow", "push", "notes.txt"],
+    ));
+    assert!(err.contains("notes.txt is not a Python file"), "{err}");
+
+    let err = refused(warden(
+        &db,
+        &redis,
+        root,
+        &["workflow", "push", "broken.py"],
+    ));
+    assert!(err.contains("broken.py:2: syntax error: "), "{err}");
+
+    // `run` only nested or as a method: not a top-level function; and the file's
+    // top-level statement was never run.
+    let err = refused(warden(
+        &db,
+        &redis,
+        root,
+        &["workflow", "push", "nofunc.py"],
+    ));
+    assert!(
+        err.contains(
+            "nofunc.py: no top-level function `run` (it defines main); pass --function NAME"
+        ),
+        "{err}"
+    );
+    assert!(!marker.exists(), "the source was run");
+    let out = ok(warden(
+        &db,
+        &redis,
+        root,
+        &["workflow", "push", "nofunc.py", "--function", "main"],
+    ));
+    assert!(out.contains("workflow nofunc created"), "{out}");
+    assert!(!marker.exists(), "the source was run");
+
+    // One bad file in a directory: nothing stored, not even the good one.
+    let err = refused(warden(&db, &redis, root, &["workflow", "push", "flows"]));
+    assert!(err.contains("b_bad.py:1: syntax error"), "{err}");
+    let listed = ok(warden(&db, &redis, root, &["workflow", "list"]));
+    assert!(!listed.contains("a_good"), "{listed}");
+    assert!(!listed.contains("broken"), "{listed}");
+
+    // No interpreter to check with: refused, and said so.
+    let err = refused(warden_env(
+        &db,
+        &redis,
+        root,
+        &[("WARDEN_PYTHON", "/nonexistent/python3")],
+        &["workflow", "push", "flows/a_good.py"],
+    ));
+    assert!(
+        err.contains("cannot check Python source: /nonexistent/python3 cannot be started"),
+        "{err}"
+    );
+    let listed = ok(warden(&db, &redis, root, &["workflow", "list"]));
+    assert!(!listed.contains("a_good"), "{listed}");
+}
