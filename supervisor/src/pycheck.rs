@@ -5,7 +5,8 @@
 //! (the interpreter the worker is built against, `.cargo/config.toml`'s `PYO3_PYTHON`;
 //! `WARDEN_PYTHON` overrides it) on a short script that reads the source from stdin and
 //! calls `ast.parse`: compile only, never `exec`, so nothing the source does at import
-//! time happens. The source goes through stdin, never the command line (size limits,
+//! time happens. [`compile_errors`] checks many sources (a `module push`) in one
+//! interpreter. The source goes through stdin, never the command line (size limits,
 //! and `ps` would show it).
 //!
 //! When the interpreter cannot be started the check fails and the push is refused:
@@ -36,6 +37,38 @@ for node in tree.body:
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         print(node.name)
 "#;
+
+/// Parses many sources in one interpreter: each is preceded on stdin by a line with
+/// its length in bytes; prints `index<TAB>line<TAB>message` for each that does not
+/// parse, then `done`.
+const MANY_SCRIPT: &str = r#"
+import ast, sys
+data = sys.stdin.buffer
+i = 0
+while True:
+    n = data.readline()
+    if not n:
+        break
+    src = data.read(int(n))
+    try:
+        ast.parse(src)
+    except SyntaxError as e:
+        print(i, e.lineno or 0, " ".join(str(e.msg).split()), sep="\t")
+    except ValueError as e:
+        print(i, 0, " ".join(str(e).split()), sep="\t")
+    i += 1
+print("done")
+"#;
+
+/// A source of [`compile_errors`] that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxIssue {
+    /// Its index in the input.
+    pub index: usize,
+    /// 0 when Python gives none.
+    pub line: u32,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PyCheckError {
@@ -96,6 +129,66 @@ pub fn top_level_functions(source: &str) -> Result<Vec<String>, PyCheckError> {
     }
 }
 
+/// Parses every source (one interpreter for all) and returns those that do not parse,
+/// in input order; empty when all do.
+pub fn compile_errors(sources: &[&str]) -> Result<Vec<SyntaxIssue>, PyCheckError> {
+    let python = python();
+    let fail = |what: String| PyCheckError::Interpreter {
+        python: python.clone(),
+        what,
+    };
+    let mut child = Command::new(&python)
+        .args(["-I", "-S", "-c", MANY_SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot be started ({e})")))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Written from another thread: the script reports as it goes, so a long list of
+    // errors could fill the stdout pipe while this side still writes.
+    let (written, out) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            for source in sources {
+                stdin.write_all(format!("{}\n", source.len()).as_bytes())?;
+                stdin.write_all(source.as_bytes())?;
+            }
+            Ok(())
+        });
+        let out = child.wait_with_output();
+        (writer.join().expect("the writer does not panic"), out)
+    });
+    let out = out.map_err(|e| fail(format!("did not finish ({e})")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Err(e) = written {
+        return Err(fail(format!("did not read the sources ({e})")));
+    }
+    if !out.status.success() || stdout.lines().last() != Some("done") {
+        return Err(fail(format!(
+            "failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut issues = Vec::new();
+    for line in stdout.lines().filter(|l| *l != "done") {
+        let mut fields = line.splitn(3, '\t');
+        let (Some(index), Some(lineno), Some(message)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(fail(format!("answered {line:?}")));
+        };
+        issues.push(SyntaxIssue {
+            index: index
+                .parse()
+                .map_err(|_| fail(format!("answered {line:?}")))?,
+            line: lineno.parse().unwrap_or(0),
+            message: message.to_string(),
+        });
+    }
+    Ok(issues)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +210,20 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn compile_errors_names_each_bad_source() {
+        let many: Vec<String> = (0..2000).map(|i| format!("def f{i}(:\n")).collect();
+        let mut sources = vec!["x = 1\n", "def f(:\n  pass\n", ""];
+        sources.extend(many.iter().map(String::as_str));
+        let issues = compile_errors(&sources).unwrap();
+        assert_eq!(issues.len(), 2001);
+        assert_eq!((issues[0].index, issues[0].line), (1, 1));
+        assert!(!issues[0].message.is_empty());
+        assert!(compile_errors(&["a = 1\n", "é = 'ü'\n"])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! change through PostgreSQL's NOTIFY and updates the cache itself, which covers a
 //! Redis that the command cannot reach.)
 //!
+//! A push first compiles every file (`ast.parse` in a `python3` subprocess, see
+//! [`crate::pycheck`]; the code never runs): one that does not compile, and nothing is
+//! stored. `--dry-run` stops there and prints the import name of each module.
+//!
 //! A push checks the Redis copy of every path it names, unchanged ones included, by
 //! content as well as hash: no notification fires for an unchanged module, so a copy
 //! someone altered in Redis would otherwise stay wrong (and run) for as long as nobody
@@ -19,7 +23,8 @@ use clap::Subcommand;
 
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
-use crate::modules::{files, store, ModuleCache, ModuleSync, PushAction};
+use crate::modules::{files, store, ModuleCache, ModuleFile, ModuleSync, PushAction};
+use crate::pycheck;
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
@@ -31,6 +36,10 @@ pub enum ModuleCmd {
     /// hash) are not stored again. The Redis module cache is updated before the command
     /// returns, and the Redis copy of every file pushed, unchanged ones included, is
     /// rewritten if it differs from the database's.
+    ///
+    /// Every file is compiled first (never run): if one does not compile, nothing is
+    /// stored. Module names follow the paths: `shared/tickets.py` is `shared.tickets`,
+    /// `shared/__init__.py` the package `shared`.
     Push {
         /// Files or directories.
         #[arg(required = true)]
@@ -38,6 +47,10 @@ pub enum ModuleCmd {
         /// Store everything under this package path (`--prefix lib` → `lib/shared/...`).
         #[arg(long)]
         prefix: Option<String>,
+        /// Check the files and print the module names they would be stored as; store
+        /// nothing (needs no database or Redis).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List stored modules.
     List,
@@ -51,9 +64,18 @@ pub enum ModuleCmd {
 }
 
 pub async fn run(conn: ConnArgs, cmd: ModuleCmd) -> Result<i32, CliError> {
+    // Every file is read and compiled before the database is even reached.
+    let checked = match &cmd {
+        ModuleCmd::Push { paths, prefix, .. } => Some(collect_checked(paths, prefix.as_deref())?),
+        _ => None,
+    };
+    if let (ModuleCmd::Push { dry_run: true, .. }, Some(files)) = (&cmd, &checked) {
+        print_dry_run(files);
+        return Ok(0);
+    }
     let store = conn.store().await?;
     let code = match cmd {
-        ModuleCmd::Push { paths, prefix } => push(&conn, &store, &paths, prefix.as_deref()).await,
+        ModuleCmd::Push { .. } => push(&conn, &store, &checked.unwrap_or_default()).await,
         ModuleCmd::List => list(&store).await,
         ModuleCmd::Rm { paths } => remove(&conn, &store, &paths).await,
     };
@@ -61,12 +83,9 @@ pub async fn run(conn: ConnArgs, cmd: ModuleCmd) -> Result<i32, CliError> {
     code
 }
 
-async fn push(
-    conn: &ConnArgs,
-    store: &Store,
-    paths: &[PathBuf],
-    prefix: Option<&str>,
-) -> Result<i32, CliError> {
+/// The modules the arguments name, each compiled (`ast.parse`, never run): one that
+/// does not compile, and the push stores nothing. Skipped files are warned about.
+fn collect_checked(paths: &[PathBuf], prefix: Option<&str>) -> Result<Vec<ModuleFile>, CliError> {
     let cwd = std::env::current_dir().map_err(|source| CliError::Local {
         what: "read the current directory",
         source,
@@ -78,7 +97,46 @@ async fn push(
     if collected.files.is_empty() {
         return Err(CliError::InvalidInput("no .py files to push".into()));
     }
-    let results = store::push(store, &collected.files).await?;
+    let sources: Vec<&str> = collected.files.iter().map(|f| f.content.as_str()).collect();
+    let issues = pycheck::compile_errors(&sources)
+        .map_err(|e| CliError::InvalidInput(format!("{e}; nothing stored")))?;
+    if !issues.is_empty() {
+        let lines: Vec<String> = issues
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}:{}: syntax error: {}",
+                    collected.files[i.index].path, i.line, i.message
+                )
+            })
+            .collect();
+        return Err(CliError::InvalidInput(format!(
+            "{}\n{} of {} files do not compile; nothing stored",
+            lines.join("\n"),
+            issues.len(),
+            collected.files.len()
+        )));
+    }
+    Ok(collected.files)
+}
+
+/// `--dry-run`: each module's import name and workspace path.
+fn print_dry_run(modules: &[ModuleFile]) {
+    let width = modules
+        .iter()
+        .map(|m| files::module_name(&m.path).len())
+        .max()
+        .unwrap_or(0)
+        .max("module".len());
+    println!("{:<width$}  path", "module");
+    for m in modules {
+        println!("{:<width$}  {}", files::module_name(&m.path), m.path);
+    }
+    println!("dry run: {} modules compile; nothing stored", modules.len());
+}
+
+async fn push(conn: &ConnArgs, store: &Store, modules: &[ModuleFile]) -> Result<i32, CliError> {
+    let results = store::push(store, modules).await?;
     for (path, action) in &results {
         let what = match action {
             PushAction::Created => "created",

@@ -12,6 +12,11 @@
 //! directory walk skips hidden entries, `__pycache__`, files that are not `.py`, and
 //! `.py` files whose path is not importable (reported); a file named explicitly must be
 //! importable.
+//!
+//! The name a module is imported as follows from its path ([`module_name`]):
+//! `shared/tickets.py` is `shared.tickets`, `shared/__init__.py` is the package
+//! `shared`; a directory without `__init__.py` is a namespace package (the worker's
+//! `worker/src/modules/index.rs` has the full rule and its precedence).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -81,6 +86,15 @@ pub fn check_path(path: &str) -> Result<(), String> {
         return Err("a top-level __init__.py belongs to no package".into());
     }
     Ok(())
+}
+
+/// The dotted name a module at workspace path `path` is imported as (`path` passed
+/// [`check_path`]): `shared/tickets.py` → `shared.tickets`, `shared/__init__.py` →
+/// `shared`. The worker's finder derives the same names (`worker/src/modules/index.rs`).
+pub fn module_name(path: &str) -> String {
+    let stem = path.strip_suffix(".py").unwrap_or(path);
+    let stem = stem.strip_suffix("/__init__").unwrap_or(stem);
+    stem.replace('/', ".")
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -255,6 +269,15 @@ mod tests {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn module_names_from_paths() {
+        assert_eq!(module_name("shared/tickets.py"), "shared.tickets");
+        assert_eq!(module_name("shared/__init__.py"), "shared");
+        assert_eq!(module_name("shared/util/text.py"), "shared.util.text");
+        assert_eq!(module_name("lib/shared/__init__.py"), "lib.shared");
+        assert_eq!(module_name("top.py"), "top");
     }
 
     fn paths(c: &Collected) -> Vec<&str> {

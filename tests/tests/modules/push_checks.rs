@@ -141,3 +141,66 @@ async fn workflow_push_checks_the_source_without_running_it() {
     let listed = ok(warden(&db, &redis, root, &["workflow", "list"]));
     assert!(!listed.contains("a_good"), "{listed}");
 }
+
+#[tokio::test]
+async fn module_push_compiles_every_file_and_dry_run_stores_nothing() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    write(root, "shared/__init__.py", "");
+    write(root, "shared/tickets.py", "def open_ticket(): return 1\n");
+    write(root, "shared/util/text.py", "S = 1\n");
+    write(root, "shared/.hidden.py", "S = 1\n");
+    write(root, "shared/bad-name.py", "S = 1\n");
+    write(root, "shared/notes.txt", "not code");
+
+    // --dry-run: the names, nothing stored.
+    let out = ok(warden(
+        &db,
+        &redis,
+        root,
+        &["module", "push", "shared", "--dry-run"],
+    ));
+    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    assert_eq!(
+        lines,
+        [
+            "module            path",
+            "shared            shared/__init__.py",
+            "shared.tickets    shared/tickets.py",
+            "shared.util.text  shared/util/text.py",
+            "dry run: 3 modules compile; nothing stored",
+        ],
+        "{out}"
+    );
+    let listed = ok(warden(&db, &redis, root, &["module", "list"]));
+    assert!(!listed.contains("shared/"), "{listed}");
+
+    // One file that does not compile: named with its line, and nothing stored.
+    write(
+        root,
+        "shared/util/broken.py",
+        "x = 1\n\ndef f(:\n    pass\n",
+    );
+    let err = refused(warden(&db, &redis, root, &["module", "push", "shared"]));
+    assert!(
+        err.contains("shared/util/broken.py:3: syntax error: ")
+            && err.contains("1 of 4 files do not compile; nothing stored"),
+        "{err}"
+    );
+    let listed = ok(warden(&db, &redis, root, &["module", "list"]));
+    assert!(!listed.contains("shared/"), "{listed}");
+    // --dry-run checks as well.
+    let err = refused(warden(
+        &db,
+        &redis,
+        root,
+        &["module", "push", "shared", "--dry-run"],
+    ));
+    assert!(err.contains("shared/util/broken.py:3"), "{err}");
+
+    std::fs::remove_file(root.join("shared/util/broken.py")).unwrap();
+    let out = ok(warden(&db, &redis, root, &["module", "push", "shared"]));
+    assert!(out.contains("3 created, 0 updated, 0 unchanged"), "{out}");
+}
