@@ -1,6 +1,15 @@
 //! `warden submit WORKFLOW`: adds one execution request to the stream; with `--wait`,
 //! follows it: its logs as they are produced, then its result. Exit code (with
 //! `--wait`): 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled.
+//!
+//! Before submitting it checks, in PostgreSQL, that the workflow exists where the
+//! request looks for it (the organization given, or the global workflows without
+//! `--org`), and when it does not but the name exists elsewhere, the error names where
+//! and which flag to pass. A database it cannot reach only earns a warning: the
+//! supervisor checks again when it reads the request (and records an unknown workflow),
+//! and a host may be allowed to submit without seeing the database. It then warns, and
+//! still submits, when no supervisor with a live heartbeat consumes the stream
+//! (`crate::intake::liveness`): the request would wait there until one starts.
 
 use std::time::Duration;
 
@@ -11,6 +20,7 @@ use crate::args::ConnArgs;
 use crate::cli_error::CliError;
 use crate::intake::{ExecutionRequest, WaitEvent, WorkflowRef};
 use crate::outcome::ExecutionId;
+use crate::store::{StoreError, WorkflowKey};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -70,7 +80,17 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     req.timeout = args.timeout;
     req.validate()
         .map_err(|r| CliError::InvalidInput(r.reason))?;
+    check_workflow(&args.conn, &req.workflow, args.org.as_deref()).await?;
     let client = args.conn.intake().await?;
+    match client.status().await {
+        Ok(overview) if !overview.backlog.consumers.iter().any(|c| c.live) => eprintln!(
+            "warning: no live supervisor is consuming `{}`; the execution waits there until \
+             one runs (`warden serve`)",
+            args.conn.keys().stream()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot tell whether a supervisor is running ({e})"),
+    }
     // Subscribe before submitting, so nothing published in between is missed.
     let waiter = if args.wait {
         Some(
@@ -103,6 +123,92 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     }
 }
 
+/// Fails when `workflow` names no active workflow where the request looks for it,
+/// naming the organizations (or the global scope) where the name does exist. Only warns
+/// when the database cannot be reached (see the module comment).
+async fn check_workflow(
+    conn: &ConnArgs,
+    workflow: &WorkflowRef,
+    org: Option<&str>,
+) -> Result<(), CliError> {
+    let checked = async {
+        let store = conn.store().await?;
+        let key = match workflow {
+            WorkflowRef::Id(id) => WorkflowKey::Id(*id),
+            WorkflowRef::Name(name) => WorkflowKey::Name {
+                org: org.map(str::to_string),
+                name: name.clone(),
+            },
+        };
+        let found = store
+            .load_for_batch(std::slice::from_ref(&key))
+            .await?
+            .contains_key(&key);
+        let elsewhere = match (found, workflow) {
+            (false, WorkflowRef::Name(name)) => store
+                .list_workflows()
+                .await?
+                .into_iter()
+                .filter(|w| w.active && &w.name == name)
+                .map(|w| w.org)
+                .collect(),
+            _ => Vec::new(),
+        };
+        store.close().await;
+        Ok::<_, StoreError>((found, elsewhere))
+    }
+    .await;
+    let (found, elsewhere) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warning: cannot check that the workflow exists ({e}); submitting anyway");
+            return Ok(());
+        }
+    };
+    if found {
+        return Ok(());
+    }
+    let name = match workflow {
+        WorkflowRef::Id(id) => {
+            return Err(CliError::InvalidInput(format!(
+                "there is no workflow with id {id}; `warden workflow list` shows them"
+            )))
+        }
+        WorkflowRef::Name(name) => name,
+    };
+    Err(CliError::InvalidInput(missing_workflow(
+        name, org, &elsewhere,
+    )))
+}
+
+/// The error for a workflow `name` not found in `org` (globally when `None`), given the
+/// scopes where the name does exist (`None`: global).
+fn missing_workflow(name: &str, org: Option<&str>, elsewhere: &[Option<String>]) -> String {
+    let here = match org {
+        Some(o) => format!("workflow {name} does not exist in organization {o}"),
+        None => format!("workflow {name} does not exist globally"),
+    };
+    let orgs: Vec<&str> = elsewhere.iter().filter_map(|o| o.as_deref()).collect();
+    let global = elsewhere.iter().any(Option::is_none);
+    let mut hints = Vec::new();
+    match orgs.as_slice() {
+        [] => {}
+        [one] => hints.push(format!("it exists in organization {one}: pass --org {one}")),
+        many => hints.push(format!(
+            "it exists in organizations {}: pass --org with one of them",
+            many.join(", ")
+        )),
+    }
+    if global {
+        hints.push("it exists globally: leave out --org".to_string());
+    }
+    if hints.is_empty() {
+        format!("{here} (nor anywhere else); `warden workflow push` stores it")
+    } else {
+        format!("{here}; {}", hints.join("; "))
+    }
+}
+
 /// `--params` or the `--param k=v` pairs, as one JSON object.
 pub fn params_json(params: Option<&str>, pairs: &[String]) -> Result<String, String> {
     if let Some(p) = params {
@@ -128,7 +234,28 @@ pub fn params_json(params: Option<&str>, pairs: &[String]) -> Result<String, Str
 
 #[cfg(test)]
 mod tests {
-    use super::params_json;
+    use super::{missing_workflow, params_json};
+
+    #[test]
+    fn a_missing_workflow_names_where_it_exists() {
+        assert_eq!(
+            missing_workflow("x", None, &[Some("acme".into())]),
+            "workflow x does not exist globally; it exists in organization acme: pass --org acme"
+        );
+        assert_eq!(
+            missing_workflow(
+                "x",
+                Some("beta"),
+                &[None, Some("acme".into()), Some("c".into())]
+            ),
+            "workflow x does not exist in organization beta; it exists in organizations acme, c: \
+             pass --org with one of them; it exists globally: leave out --org"
+        );
+        assert_eq!(
+            missing_workflow("x", None, &[]),
+            "workflow x does not exist globally (nor anywhere else); `warden workflow push` stores it"
+        );
+    }
 
     #[test]
     fn params_from_pairs_parse_json_values() {

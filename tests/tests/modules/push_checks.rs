@@ -1,9 +1,13 @@
 //! Checks at push time, through the real binary against a test database and Redis
 //! prefix: `warden workflow push` refuses what is not Python, does not parse or lacks
-//! the function (without running it), and stores nothing when it refuses.
+//! the function (without running it), and stores nothing when it refuses; `warden
+//! module push` compiles every file first and `--dry-run` names the modules; `warden
+//! submit` checks that the workflow exists (naming where it does) and warns when no
+//! live supervisor consumes the stream.
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use warden_tests::db::TestDb;
 use warden_tests::pool::warden_bin;
@@ -203,4 +207,95 @@ async fn module_push_compiles_every_file_and_dry_run_stores_nothing() {
     std::fs::remove_file(root.join("shared/util/broken.py")).unwrap();
     let out = ok(warden(&db, &redis, root, &["module", "push", "shared"]));
     assert!(out.contains("3 created, 0 updated, 0 unchanged"), "{out}");
+}
+
+/// The stream's length.
+async fn stream_len(redis: &TestRedis) -> u64 {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg(redis.keys().stream())
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn submit_checks_the_workflow_and_warns_without_a_live_supervisor() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    write(root, "billing.py", "def run(): return 1\n");
+    write(root, "hello.py", "def run(): return 2\n");
+    ok(warden(
+        &db,
+        &redis,
+        root,
+        &["workflow", "push", "billing.py", "--org", "acme"],
+    ));
+    ok(warden(&db, &redis, root, &["workflow", "push", "hello.py"]));
+
+    // The caller forgot --org: refused, naming the organization; nothing submitted.
+    let err = refused(warden(&db, &redis, root, &["submit", "billing"]));
+    assert!(
+        err.contains(
+            "workflow billing does not exist globally; it exists in organization acme: \
+             pass --org acme"
+        ),
+        "{err}"
+    );
+    let err = refused(warden(
+        &db,
+        &redis,
+        root,
+        &["submit", "hello", "--org", "acme"],
+    ));
+    assert!(
+        err.contains(
+            "workflow hello does not exist in organization acme; it exists globally: \
+             leave out --org"
+        ),
+        "{err}"
+    );
+    let err = refused(warden(&db, &redis, root, &["submit", "nosuch"]));
+    assert!(
+        err.contains("workflow nosuch does not exist globally (nor anywhere else)"),
+        "{err}"
+    );
+    let err = refused(warden(&db, &redis, root, &["submit", "999999"]));
+    assert!(err.contains("there is no workflow with id 999999"), "{err}");
+    assert_eq!(stream_len(&redis).await, 0);
+
+    // No supervisor: one warning line, and submitted all the same.
+    let warning = "warning: no live supervisor is consuming";
+    let out = warden(&db, &redis, root, &["submit", "billing", "--org", "acme"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(err.contains(warning), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(stream_len(&redis).await, 1);
+
+    // A consumer with a live heartbeat: no warning.
+    let intake = warden::Intake::connect(&redis.url, redis.keys(), "push-checks-a")
+        .await
+        .unwrap();
+    intake.ensure_group().await.unwrap();
+    intake.read(10, Duration::from_millis(10)).await.unwrap();
+    let beat = warden::Heartbeat::start(&intake, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let out = warden(&db, &redis, root, &["submit", "hello"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(!err.contains(warning), "{err}");
+
+    // Its heartbeat gone (a clean stop deletes it): the consumer is dead, and the
+    // warning is back.
+    beat.stop().await;
+    let out = warden(&db, &redis, root, &["submit", "hello"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(err.contains(warning), "{err}");
+    assert_eq!(stream_len(&redis).await, 3);
 }
