@@ -6,6 +6,7 @@
 
 use std::process::{Command, Output};
 
+use serde_json::json;
 use warden_tests::db::TestDb;
 use warden_tests::pool::warden_bin;
 use warden_tests::redis::TestRedis;
@@ -71,4 +72,50 @@ async fn migrate_says_what_it_applied() {
         again,
         format!("the schema is already up to date (version {version})\n")
     );
+}
+
+#[tokio::test]
+async fn config_set_string_keeps_the_text() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let value = |key: &'static str| {
+        let pool = db.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(
+                "SELECT value FROM configs WHERE key = $1 AND org_id IS NULL",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    // Without --string, JSON-looking text is JSON (as before).
+    ok(warden(&db, &redis, &["config", "set", "plain", "1.10"]));
+    assert_eq!(value("plain").await, json!(1.1));
+
+    let out = ok(warden(
+        &db,
+        &redis,
+        &["config", "set", "ver", "1.10", "--string"],
+    ));
+    assert_eq!(out, "global: ver set\n");
+    assert_eq!(value("ver").await, json!("1.10"));
+    ok(warden(
+        &db,
+        &redis,
+        &["config", "set", "flag", "true", "--string"],
+    ));
+    assert_eq!(value("flag").await, json!("true"));
+    ok(warden(
+        &db,
+        &redis,
+        &["config", "set", "quoted", "\"x\"", "--string"],
+    ));
+    assert_eq!(value("quoted").await, json!("\"x\""));
+
+    let help = ok(warden(&db, &redis, &["config", "set", "--help"]));
+    assert!(help.contains("--string"), "{help}");
+    assert!(help.contains("verbatim"), "{help}");
 }
