@@ -53,6 +53,10 @@ fn migrations() -> (Vec<String>, i64) {
     (names, version)
 }
 
+async fn exec(db: &TestDb, sql: &str) {
+    sqlx::raw_sql(sql).execute(db.store.pool()).await.unwrap();
+}
+
 #[tokio::test]
 async fn migrate_says_what_it_applied() {
     let db = TestDb::empty().await;
@@ -118,4 +122,49 @@ async fn config_set_string_keeps_the_text() {
     let help = ok(warden(&db, &redis, &["config", "set", "--help"]));
     assert!(help.contains("--string"), "{help}");
     assert!(help.contains("verbatim"), "{help}");
+}
+
+#[tokio::test]
+async fn cancel_refuses_unknown_and_finished_ids() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    exec(
+        &db,
+        "INSERT INTO executions (id, workflow_name, status, completed_at)
+             VALUES ('done-1', 'wf', 'success', now());
+         INSERT INTO executions (id, workflow_name, status) VALUES ('run-1', 'wf', 'running');",
+    )
+    .await;
+
+    let unknown = warden(&db, &redis, &["cancel", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert_eq!(stdout(&unknown), "");
+    assert_eq!(stderr(&unknown), "error: no execution with id `nope`\n");
+
+    let done = warden(&db, &redis, &["cancel", "done-1"]);
+    assert_eq!(done.status.code(), Some(2), "{}", stderr(&done));
+    assert_eq!(
+        stderr(&done),
+        "error: execution `done-1` already ended (success); there is nothing to cancel\n"
+    );
+
+    // Running (recorded) and queued (only in the stream) are cancelled as before.
+    let running = ok(warden(&db, &redis, &["cancel", "run-1"]));
+    assert_eq!(running, "cancel requested for run-1\n");
+    let mut conn = redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(redis.keys().stream())
+        .arg("*")
+        .arg(&["id", "queued-1", "workflow", "wf", "params", "{}"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let queued = ok(warden(&db, &redis, &["cancel", "queued-1"]));
+    assert_eq!(queued, "cancel requested for queued-1\n");
+    let flagged: Option<String> = redis::cmd("GET")
+        .arg(redis.keys().cancelled("queued-1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(flagged.is_some());
 }
