@@ -168,3 +168,71 @@ async fn cancel_refuses_unknown_and_finished_ids() {
         .unwrap();
     assert!(flagged.is_some());
 }
+
+#[tokio::test]
+async fn kv_list_columns_fit_their_values() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    exec(
+        &db,
+        "INSERT INTO organizations (name) VALUES ('a-long-organization-name');
+         INSERT INTO kv (org_id, key, value, updated_by)
+             SELECT id, 'a-key-longer-than-thirty-two-characters', '{\"n\": 1}', 'exec-1'
+             FROM organizations;
+         INSERT INTO kv (org_id, key, value) VALUES (NULL, 'k', '2');",
+    )
+    .await;
+    let out = ok(warden(&db, &redis, &["kv", "list"]));
+    let expected = "\
+org                       key                                      updated by  value
+-                         k                                        -           2
+a-long-organization-name  a-key-longer-than-thirty-two-characters  exec-1      {\"n\":1}
+";
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines[1..].sort();
+    assert_eq!(lines.join("\n") + "\n", expected, "{out}");
+}
+
+#[tokio::test]
+async fn executions_list_shows_times_and_organization_and_filters_by_it() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    exec(
+        &db,
+        "INSERT INTO organizations (name) VALUES ('acme'), ('globex');
+         INSERT INTO executions (id, workflow_name, org_id, status, queued_at, started_at,
+                                 completed_at, duration_ms)
+             SELECT 'e-acme', 'report', id, 'success', '2026-12-01 10:00:00+00',
+                    '2026-12-01 10:00:01+00', '2026-12-01 10:00:02+00', 1000.0
+             FROM organizations WHERE name = 'acme';
+         INSERT INTO executions (id, workflow_name, org_id, status, queued_at)
+             SELECT 'e-globex', 'a-long-workflow-name', id, 'pending', '2026-12-01 11:00:00+00'
+             FROM organizations WHERE name = 'globex';",
+    )
+    .await;
+
+    let all = ok(warden(&db, &redis, &["executions", "list"]));
+    assert_eq!(
+        all,
+        "\
+id        org     workflow              status   attempt  queued (UTC)         started (UTC)        ms      error
+e-globex  globex  a-long-workflow-name  pending  1        2026-12-01 11:00:00  -
+e-acme    acme    report                success  1        2026-12-01 10:00:00  2026-12-01 10:00:01  1000.0
+"
+    );
+    let acme = ok(warden(
+        &db,
+        &redis,
+        &["executions", "list", "--org", "acme"],
+    ));
+    assert_eq!(
+        acme,
+        "\
+id      org   workflow  status   attempt  queued (UTC)         started (UTC)        ms      error
+e-acme  acme  report    success  1        2026-12-01 10:00:00  2026-12-01 10:00:01  1000.0
+"
+    );
+    let missing = warden(&db, &redis, &["executions", "list", "--org", "nobody"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(stderr(&missing), "error: there is no organization nobody\n");
+}
