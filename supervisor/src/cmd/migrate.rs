@@ -7,6 +7,7 @@ use crate::store::migrate::schema_version;
 use crate::store::Store;
 
 pub async fn run(conn: ConnArgs) -> Result<i32, CliError> {
+    conn.warn_if_default_database();
     if Store::create_database_if_missing(&conn.database_url).await? {
         println!(
             "created database {}",

@@ -236,3 +236,38 @@ e-acme  acme  report    success  1        2026-12-01 10:00:00  2026-12-01 10:00:
     assert_eq!(missing.status.code(), Some(2));
     assert_eq!(stderr(&missing), "error: there is no organization nobody\n");
 }
+
+#[tokio::test]
+async fn a_default_database_url_is_warned_about() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let set = ok(warden(&db, &redis, &["kv", "list"]));
+    assert_eq!(set, "org  key  updated by  value\n");
+
+    // Without DATABASE_URL the command goes to the built-in default (whatever is there)
+    // and says so on stderr, once, before anything else.
+    let out = Command::new(warden_bin())
+        .args(["kv", "list"])
+        .env_remove("DATABASE_URL")
+        .env("REDIS_URL", &redis.url)
+        .env("WARDEN_KEY_PREFIX", &redis.prefix)
+        .env_remove("RUST_LOG")
+        .env_remove("WARDEN_LOG_LEVEL")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].ends_with(
+            "DATABASE_URL is not set: using the built-in default \
+             postgres://postgres@127.0.0.1:5432/warden; set DATABASE_URL or pass \
+             --database-url to use another database"
+        ),
+        "{err}"
+    );
+
+    // Set, no warning.
+    let with = warden(&db, &redis, &["kv", "list"]);
+    assert!(!stderr(&with).contains("DATABASE_URL"), "{}", stderr(&with));
+}
