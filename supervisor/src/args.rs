@@ -1,6 +1,7 @@
 //! The flags and value parsers that more than one command shares: the pool's flags
 //! ([`PoolArgs`], for `exec`, `serve` and `bench`), where the services are
-//! ([`ConnArgs`]), and the parsers for sizes, durations and `KEY=VALUE` pairs.
+//! ([`ConnArgs`], which warns when the database is the built-in default), and the
+//! parsers for sizes, durations and `KEY=VALUE` pairs.
 //!
 //! A leaf: it imports nothing from `cli`, `cmd`, `bench` or `exec_cmd`, which all
 //! import it, so the command modules never depend on each other through their flags.
@@ -172,6 +173,9 @@ impl PoolArgs {
     }
 }
 
+/// The PostgreSQL URL used when neither DATABASE_URL nor --database-url says otherwise.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/warden";
+
 /// Where the services are. Defaults suit a local set-up (`scripts/services`).
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
@@ -179,7 +183,7 @@ pub struct ConnArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/warden",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: String,
@@ -199,7 +203,25 @@ pub struct ConnArgs {
 impl ConnArgs {
     /// One connection, for a short admin command.
     pub async fn store(&self) -> Result<Store, StoreError> {
+        self.warn_if_default_database();
         Store::connect(&self.database_url, 1).await
+    }
+
+    /// Warns, once per process, when the database is the built-in default because
+    /// DATABASE_URL is not set: a forgotten variable otherwise shows up only as a
+    /// connection error or, worse, as another database's data. (The URL equal to the
+    /// default because --database-url spelled it out is warned about too: clap does not
+    /// tell the two apart here, and the message stays true.)
+    pub fn warn_if_default_database(&self) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        if self.database_url == DEFAULT_DATABASE_URL && std::env::var_os("DATABASE_URL").is_none() {
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    "DATABASE_URL is not set: using the built-in default {DEFAULT_DATABASE_URL}; \
+                     set DATABASE_URL or pass --database-url to use another database"
+                );
+            });
+        }
     }
 
     pub async fn intake(&self) -> Result<IntakeClient, IntakeError> {

@@ -61,6 +61,10 @@ pub enum CliError {
     #[error("no execution with id `{id}`")]
     ExecutionNotFound { id: String },
 
+    /// The execution to cancel has already ended (`status` is its final status).
+    #[error("execution `{id}` already ended ({status}); there is nothing to cancel")]
+    ExecutionEnded { id: String, status: &'static str },
+
     /// No organization has this name.
     #[error("there is no organization {name}")]
     OrganizationNotFound { name: String },

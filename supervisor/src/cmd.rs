@@ -14,4 +14,5 @@ pub mod module;
 pub mod serve;
 pub mod status;
 pub mod submit;
+mod table;
 pub mod workflow;

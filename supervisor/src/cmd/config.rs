@@ -1,6 +1,7 @@
 //! `warden config set|delete|list`: the configuration workflows read with
 //! `warden.config.get`, global or per organization; secrets sealed with the secret key
-//! and shown as `***`. A change invalidates the supervisors' Redis cache once it is
+//! and shown as `***`. `set` reads VALUE as JSON when it can, or as a string with
+//! `--string`. A change invalidates the supervisors' Redis cache once it is
 //! committed, so the next batch they prepare sees it.
 
 use clap::Subcommand;
@@ -14,17 +15,23 @@ pub enum ConfigCmd {
     /// Set KEY to VALUE, globally or for an organization (created if new).
     ///
     /// VALUE is JSON when it parses as JSON (`3`, `true`, `{"a":1}`, `"quoted"`),
-    /// otherwise the text itself. With --secret it is stored encrypted and only ever
-    /// shown as `***`.
+    /// otherwise the text itself; so `1.10` is stored as the number 1.1. With --string
+    /// it is stored as a string, exactly as typed (`1.10`, `true`, `007`). With --secret
+    /// it is stored encrypted, always as text, and only ever shown as `***`.
     Set {
         key: String,
         value: String,
         /// The organization (default: the global config, which organizations override).
         #[arg(long)]
         org: Option<String>,
-        /// Store the value encrypted (needs the secret key).
+        /// Store the value encrypted (needs the secret key: --secret-key-file or
+        /// WARDEN_SECRET_KEY).
         #[arg(long)]
         secret: bool,
+        /// Store VALUE as a JSON string, verbatim, even when it reads as a number,
+        /// boolean, null or other JSON (`--string 1.10` stays "1.10", not 1.1).
+        #[arg(long)]
+        string: bool,
         #[command(flatten)]
         key_args: SecretKeyArgs,
     },
@@ -59,9 +66,17 @@ async fn run_on(
             value,
             org,
             secret,
+            string,
             key_args,
         } => {
             let secret_key = if secret { key_args.load()? } else { None };
+            // `admin::set` reads the text as JSON when it can; a JSON string literal reads
+            // back as exactly the text. Secrets are always stored as the text itself.
+            let value = if string && !secret {
+                serde_json::Value::String(value).to_string()
+            } else {
+                value
+            };
             let scope = admin::set(
                 store,
                 org.as_deref(),

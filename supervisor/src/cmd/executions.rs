@@ -1,4 +1,5 @@
-//! `warden executions list|show`: what ran, how it ended, and its logs.
+//! `warden executions list|show`: what ran, for which organization, when it was queued
+//! and started, how it ended, and its logs.
 
 use clap::Subcommand;
 
@@ -16,6 +17,9 @@ pub enum ExecutionsCmd {
         /// Only this workflow (name).
         #[arg(long)]
         workflow: Option<String>,
+        /// Only this organization (name).
+        #[arg(long)]
+        org: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
@@ -29,8 +33,16 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
         ExecutionsCmd::List {
             status,
             workflow,
+            org,
             limit,
         } => {
+            if let Some(name) = org.as_deref() {
+                if store.org_id(name).await?.is_none() {
+                    return Err(CliError::OrganizationNotFound {
+                        name: name.to_string(),
+                    });
+                }
+            }
             let status = status
                 .map(|s| {
                     ExecutionStatus::try_from(s.clone()).map_err(|_| {
@@ -42,24 +54,44 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
                 .list_executions(&ExecutionFilter {
                     status,
                     workflow,
+                    org,
                     limit,
                 })
                 .await?;
-            println!(
-                "{:<38} {:<20} {:<10} {:>7} {:>10}  error",
-                "id", "workflow", "status", "attempt", "ms"
+            let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.org.unwrap_or_else(|| "-".into()),
+                        r.workflow_name.unwrap_or_else(|| "-".into()),
+                        r.status.to_string(),
+                        r.attempt.to_string(),
+                        time(r.queued_at),
+                        r.started_at.map(time).unwrap_or_else(|| "-".into()),
+                        r.duration_ms.map(|d| format!("{d:.1}")).unwrap_or_default(),
+                        r.error_type.unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                super::table::render(
+                    &[
+                        "id",
+                        "org",
+                        "workflow",
+                        "status",
+                        "attempt",
+                        "queued (UTC)",
+                        "started (UTC)",
+                        "ms",
+                        "error",
+                    ],
+                    &rows
+                )
             );
-            for r in rows {
-                println!(
-                    "{:<38} {:<20} {:<10} {:>7} {:>10}  {}",
-                    r.id,
-                    r.workflow_name.as_deref().unwrap_or("-"),
-                    r.status,
-                    r.attempt,
-                    r.duration_ms.map(|d| format!("{d:.1}")).unwrap_or_default(),
-                    r.error_type.as_deref().unwrap_or(""),
-                );
-            }
             0
         }
         ExecutionsCmd::Show { id } => {

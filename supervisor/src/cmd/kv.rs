@@ -1,5 +1,6 @@
 //! `warden kv list`: the per-organization key-value store workflows use through
-//! `warden.kv` (written only by successful executions; this command only reads).
+//! `warden.kv` (written only by successful executions; this command only reads), as a
+//! table whose columns fit their values.
 
 use clap::Subcommand;
 
@@ -31,16 +32,21 @@ pub async fn run(conn: ConnArgs, cmd: KvCmd) -> Result<i32, CliError> {
                     }
                 }
                 let entries = store.kv_list(org.as_deref(), &prefix).await?;
-                println!("{:<16} {:<32} {:<24} value", "org", "key", "updated by");
-                for e in entries {
-                    println!(
-                        "{:<16} {:<32} {:<24} {}",
-                        e.org.as_deref().unwrap_or("-"),
-                        e.key,
-                        e.updated_by.as_deref().unwrap_or("-"),
-                        e.value
-                    );
-                }
+                let rows: Vec<Vec<String>> = entries
+                    .into_iter()
+                    .map(|e| {
+                        vec![
+                            e.org.unwrap_or_else(|| "-".into()),
+                            e.key,
+                            e.updated_by.unwrap_or_else(|| "-".into()),
+                            e.value.to_string(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    super::table::render(&["org", "key", "updated by", "value"], &rows)
+                );
                 Ok(0)
             }
         }

@@ -50,6 +50,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
+    args.conn.warn_if_default_database();
     let (run_dir, _guard) = args.pool.run_dir().map_err(|source| CliError::Local {
         what: "create a run directory",
         source,

@@ -168,6 +168,8 @@ pub enum Begin {
 pub struct ExecutionFilter {
     pub status: Option<ExecutionStatus>,
     pub workflow: Option<String>,
+    /// Only this organization (by name).
+    pub org: Option<String>,
     /// At most this many, newest first.
     pub limit: i64,
 }
@@ -177,6 +179,7 @@ impl Default for ExecutionFilter {
         ExecutionFilter {
             status: None,
             workflow: None,
+            org: None,
             limit: 50,
         }
     }
@@ -188,10 +191,13 @@ pub struct ExecutionSummary {
     pub id: ExecutionId,
     pub workflow_name: Option<String>,
     pub org_id: Option<i64>,
+    /// The organization's name (`None`: no organization).
+    pub org: Option<String>,
     #[sqlx(try_from = "String")]
     pub status: ExecutionStatus,
     pub attempt: i32,
     pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<f64>,
     pub error_type: Option<String>,
@@ -541,17 +547,20 @@ impl Store {
         filter: &ExecutionFilter,
     ) -> Result<Vec<ExecutionSummary>, StoreError> {
         sqlx::query_as(
-            "SELECT id, workflow_name, org_id, status::text AS status, attempt, queued_at,
-                    completed_at, duration_ms, error_type
-             FROM executions
-             WHERE ($1::text IS NULL OR status = $1::execution_status)
-               AND ($2::text IS NULL OR workflow_name = $2)
-             ORDER BY queued_at DESC, id
+            "SELECT e.id, e.workflow_name, e.org_id, o.name AS org, e.status::text AS status,
+                    e.attempt, e.queued_at, e.started_at, e.completed_at, e.duration_ms,
+                    e.error_type
+             FROM executions e LEFT JOIN organizations o ON o.id = e.org_id
+             WHERE ($1::text IS NULL OR e.status = $1::execution_status)
+               AND ($2::text IS NULL OR e.workflow_name = $2)
+               AND ($4::text IS NULL OR o.name = $4)
+             ORDER BY e.queued_at DESC, e.id
              LIMIT $3",
         )
         .bind(filter.status.map(ExecutionStatus::as_str))
         .bind(filter.workflow.as_deref())
         .bind(filter.limit.max(0))
+        .bind(filter.org.as_deref())
         .fetch_all(self.pool())
         .await
         .map_err(StoreError::query("list executions"))

@@ -12,6 +12,11 @@ use crate::store::{Store, StoreError};
 /// This build's migrations.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// The schema version of this build: its newest migration.
+pub fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 /// What [`Store::check_schema`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaStatus {
@@ -23,8 +28,11 @@ pub struct SchemaStatus {
 
 impl Store {
     /// Apply every pending migration (each in its own transaction, under sqlx's advisory
-    /// lock, so two supervisors migrating at once is safe).
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    /// lock, so two supervisors migrating at once is safe). Returns the migrations this
+    /// call applied, as `0003_sdk` (their file names), oldest first; empty when the schema
+    /// was already up to date.
+    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        let before = self.applied_versions().await?;
         MIGRATOR
             .run(self.pool())
             .await
@@ -32,11 +40,28 @@ impl Store {
                 url_redacted: self.url_redacted().to_string(),
                 source,
             })?;
-        tracing::info!(
-            version = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
-            "schema up to date"
-        );
-        Ok(())
+        tracing::info!(version = schema_version(), "schema up to date");
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
+            .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+            .collect())
+    }
+
+    /// The versions recorded as applied (none when the migrations table is missing).
+    async fn applied_versions(&self) -> Result<Vec<i64>, StoreError> {
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(self.pool())
+                .await
+                .map_err(StoreError::query("check for the migrations table"))?;
+        if table.is_none() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(self.pool())
+            .await
+            .map_err(StoreError::query("read the applied migrations"))
     }
 
     /// Succeed only if the database has exactly this build's migrations applied.

@@ -4,6 +4,7 @@
 //!
 //! - [`begin`]: `begin_batch` and attempts.
 //! - [`budget`]: the connection budget.
+//! - [`cli_fixes`]: the `warden` binary's admin commands (issue 13's CLI fixes).
 //! - [`configs`]: config values.
 //! - [`resilience`]: the writer under failure.
 //! - [`schema`]: migrations, `check_schema`, connection errors.
@@ -12,6 +13,7 @@
 
 mod begin;
 mod budget;
+mod cli_fixes;
 mod configs;
 mod resilience;
 mod schema;
