@@ -14,7 +14,7 @@
 //! pushes workflows for Warden's workers has the worker's Python anyway.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// The interpreter, unless `WARDEN_PYTHON` names another one.
 const DEFAULT_PYTHON: &str = "/usr/bin/python3";
@@ -88,30 +88,51 @@ pub fn python() -> String {
         .unwrap_or_else(|| DEFAULT_PYTHON.to_string())
 }
 
-/// Parses `source` and returns the names of its top-level `def`/`async def` functions.
-pub fn top_level_functions(source: &str) -> Result<Vec<String>, PyCheckError> {
+/// Runs `script` in the isolated interpreter with `input` written to its stdin (from
+/// another thread: a script may report as it reads, and a long report could fill the
+/// stdout pipe while this side still writes), and returns what it printed. `what` names
+/// the input in the error ("the source", "the sources").
+fn run_script(script: &str, input: &[u8], what: &str) -> Result<Output, PyCheckError> {
     let python = python();
-    let fail = |what: String| PyCheckError::Interpreter {
+    let fail = |detail: String| PyCheckError::Interpreter {
         python: python.clone(),
-        what,
+        what: detail,
     };
     let mut child = Command::new(&python)
-        .args(["-I", "-S", "-c", SCRIPT])
+        .args(["-I", "-S", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(format!("cannot be started ({e})")))?;
-    // The script reads all of stdin before writing, so writing first cannot deadlock.
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    let written = stdin.write_all(source.as_bytes());
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("did not finish ({e})")))?;
+    let (written, out) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || stdin.write_all(input));
+        let out = child.wait_with_output();
+        (writer.join().expect("the writer does not panic"), out)
+    });
+    let out = out.map_err(|e| fail(format!("did not finish ({e})")))?;
     if let Err(e) = written {
-        return Err(fail(format!("did not read the source ({e})")));
+        return Err(fail(format!("did not read {what} ({e})")));
     }
+    Ok(out)
+}
+
+/// The error for a script that ended badly or answered what it should not.
+fn script_failed(out: &Output) -> PyCheckError {
+    PyCheckError::Interpreter {
+        python: python(),
+        what: format!(
+            "failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
+
+/// Parses `source` and returns the names of its top-level `def`/`async def` functions.
+pub fn top_level_functions(source: &str) -> Result<Vec<String>, PyCheckError> {
+    let out = run_script(SCRIPT, source.as_bytes(), "the source")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = stdout.lines();
     match (out.status.success(), lines.next()) {
@@ -121,55 +142,27 @@ pub fn top_level_functions(source: &str) -> Result<Vec<String>, PyCheckError> {
             let message = lines.collect::<Vec<_>>().join(" ");
             Err(PyCheckError::Syntax { line, message })
         }
-        _ => Err(fail(format!(
-            "failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))),
+        _ => Err(script_failed(&out)),
     }
 }
 
 /// Parses every source (one interpreter for all) and returns those that do not parse,
 /// in input order; empty when all do.
 pub fn compile_errors(sources: &[&str]) -> Result<Vec<SyntaxIssue>, PyCheckError> {
-    let python = python();
+    let mut input = Vec::new();
+    for source in sources {
+        input.extend_from_slice(format!("{}\n", source.len()).as_bytes());
+        input.extend_from_slice(source.as_bytes());
+    }
+    let out = run_script(MANY_SCRIPT, &input, "the sources")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || stdout.lines().last() != Some("done") {
+        return Err(script_failed(&out));
+    }
     let fail = |what: String| PyCheckError::Interpreter {
-        python: python.clone(),
+        python: python(),
         what,
     };
-    let mut child = Command::new(&python)
-        .args(["-I", "-S", "-c", MANY_SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot be started ({e})")))?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    // Written from another thread: the script reports as it goes, so a long list of
-    // errors could fill the stdout pipe while this side still writes.
-    let (written, out) = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> std::io::Result<()> {
-            for source in sources {
-                stdin.write_all(format!("{}\n", source.len()).as_bytes())?;
-                stdin.write_all(source.as_bytes())?;
-            }
-            Ok(())
-        });
-        let out = child.wait_with_output();
-        (writer.join().expect("the writer does not panic"), out)
-    });
-    let out = out.map_err(|e| fail(format!("did not finish ({e})")))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if let Err(e) = written {
-        return Err(fail(format!("did not read the sources ({e})")));
-    }
-    if !out.status.success() || stdout.lines().last() != Some("done") {
-        return Err(fail(format!(
-            "failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
     let mut issues = Vec::new();
     for line in stdout.lines().filter(|l| *l != "done") {
         let mut fields = line.splitn(3, '\t');

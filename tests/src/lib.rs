@@ -15,6 +15,7 @@
 //! They talk to PostgreSQL and Redis with `sqlx` and `redis` directly (dependencies of
 //! this crate, declared once for the workspace with the supervisor's).
 
+pub mod cli;
 pub mod db;
 pub mod pool;
 pub mod proxy;

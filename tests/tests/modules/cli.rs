@@ -3,36 +3,12 @@
 //! unchanged files skipped, the Redis cache updated before the command returns, and a
 //! Redis copy altered behind the database's back repaired by the next push.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use warden::content_hash;
+use warden_tests::cli::{ok, warden, write};
 use warden_tests::db::TestDb;
-use warden_tests::pool::warden_bin;
 use warden_tests::redis::TestRedis;
-
-fn warden(db: &TestDb, redis: &TestRedis, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(warden_bin())
-        .args(args)
-        .current_dir(cwd)
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", &redis.url)
-        .env("WARDEN_KEY_PREFIX", &redis.prefix)
-        .output()
-        .expect("run warden")
-}
-
-fn ok(out: Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
 
 /// A cached module's `(content, hash)`.
 async fn cached(conn: &mut MultiplexedConnection, key: &str) -> (String, String) {
@@ -43,12 +19,6 @@ async fn cached(conn: &mut MultiplexedConnection, key: &str) -> (String, String)
         .query_async(conn)
         .await
         .unwrap()
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
 }
 
 #[tokio::test]

@@ -5,63 +5,11 @@
 //! submit` checks that the workflow exists (naming where it does) and warns when no
 //! live supervisor consumes the stream.
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use warden_tests::cli::{ok, refused, warden, warden_env, write};
 use warden_tests::db::TestDb;
-use warden_tests::pool::warden_bin;
 use warden_tests::redis::TestRedis;
-
-fn warden_env(
-    db: &TestDb,
-    redis: &TestRedis,
-    cwd: &Path,
-    env: &[(&str, &str)],
-    args: &[&str],
-) -> Output {
-    let mut cmd = Command::new(warden_bin());
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", &redis.url)
-        .env("WARDEN_KEY_PREFIX", &redis.prefix);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run warden")
-}
-
-fn warden(db: &TestDb, redis: &TestRedis, cwd: &Path, args: &[&str]) -> Output {
-    warden_env(db, redis, cwd, &[], args)
-}
-
-fn ok(out: Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-/// The command failed; its stderr.
-fn refused(out: Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "succeeded: {}{err}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    err
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
 
 #[tokio::test]
 async fn workflow_push_checks_the_source_without_running_it() {

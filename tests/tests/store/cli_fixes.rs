@@ -4,36 +4,18 @@
 //! `executions list` fit their columns (and the latter shows times and organization and
 //! filters by it), and a missing DATABASE_URL is warned about.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::json;
+use warden_tests::cli::{ok, stderr, stdout, warden};
 use warden_tests::db::TestDb;
 use warden_tests::pool::warden_bin;
 use warden_tests::redis::TestRedis;
 
-fn warden(db: &TestDb, redis: &TestRedis, args: &[&str]) -> Output {
-    Command::new(warden_bin())
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", &redis.url)
-        .env("WARDEN_KEY_PREFIX", &redis.prefix)
-        .env_remove("RUST_LOG")
-        .env_remove("WARDEN_LOG_LEVEL")
-        .output()
-        .expect("run warden")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    stdout(&out)
+/// `warden ARGS` from the current directory (none of these commands reads files).
+fn run(db: &TestDb, redis: &TestRedis, args: &[&str]) -> Output {
+    warden(db, redis, Path::new("."), args)
 }
 
 /// This build's migrations as `migrate` names them (`0003_sdk`), and the newest version.
@@ -62,7 +44,7 @@ async fn migrate_says_what_it_applied() {
     let db = TestDb::empty().await;
     let redis = TestRedis::new();
     let (names, version) = migrations();
-    let first = ok(warden(&db, &redis, &["migrate"]));
+    let first = ok(run(&db, &redis, &["migrate"]));
     assert_eq!(
         first,
         format!(
@@ -71,7 +53,7 @@ async fn migrate_says_what_it_applied() {
             names.join(", ")
         )
     );
-    let again = ok(warden(&db, &redis, &["migrate"]));
+    let again = ok(run(&db, &redis, &["migrate"]));
     assert_eq!(
         again,
         format!("the schema is already up to date (version {version})\n")
@@ -96,30 +78,30 @@ async fn config_set_string_keeps_the_text() {
     };
 
     // Without --string, JSON-looking text is JSON (as before).
-    ok(warden(&db, &redis, &["config", "set", "plain", "1.10"]));
+    ok(run(&db, &redis, &["config", "set", "plain", "1.10"]));
     assert_eq!(value("plain").await, json!(1.1));
 
-    let out = ok(warden(
+    let out = ok(run(
         &db,
         &redis,
         &["config", "set", "ver", "1.10", "--string"],
     ));
     assert_eq!(out, "global: ver set\n");
     assert_eq!(value("ver").await, json!("1.10"));
-    ok(warden(
+    ok(run(
         &db,
         &redis,
         &["config", "set", "flag", "true", "--string"],
     ));
     assert_eq!(value("flag").await, json!("true"));
-    ok(warden(
+    ok(run(
         &db,
         &redis,
         &["config", "set", "quoted", "\"x\"", "--string"],
     ));
     assert_eq!(value("quoted").await, json!("\"x\""));
 
-    let help = ok(warden(&db, &redis, &["config", "set", "--help"]));
+    let help = ok(run(&db, &redis, &["config", "set", "--help"]));
     assert!(help.contains("--string"), "{help}");
     assert!(help.contains("verbatim"), "{help}");
 }
@@ -136,12 +118,12 @@ async fn cancel_refuses_unknown_and_finished_ids() {
     )
     .await;
 
-    let unknown = warden(&db, &redis, &["cancel", "nope"]);
+    let unknown = run(&db, &redis, &["cancel", "nope"]);
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
     assert_eq!(stdout(&unknown), "");
     assert_eq!(stderr(&unknown), "error: no execution with id `nope`\n");
 
-    let done = warden(&db, &redis, &["cancel", "done-1"]);
+    let done = run(&db, &redis, &["cancel", "done-1"]);
     assert_eq!(done.status.code(), Some(2), "{}", stderr(&done));
     assert_eq!(
         stderr(&done),
@@ -149,7 +131,7 @@ async fn cancel_refuses_unknown_and_finished_ids() {
     );
 
     // Running (recorded) and queued (only in the stream) are cancelled as before.
-    let running = ok(warden(&db, &redis, &["cancel", "run-1"]));
+    let running = ok(run(&db, &redis, &["cancel", "run-1"]));
     assert_eq!(running, "cancel requested for run-1\n");
     let mut conn = redis.conn().await;
     let _: String = redis::cmd("XADD")
@@ -159,7 +141,7 @@ async fn cancel_refuses_unknown_and_finished_ids() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let queued = ok(warden(&db, &redis, &["cancel", "queued-1"]));
+    let queued = ok(run(&db, &redis, &["cancel", "queued-1"]));
     assert_eq!(queued, "cancel requested for queued-1\n");
     let flagged: Option<String> = redis::cmd("GET")
         .arg(redis.keys().cancelled("queued-1"))
@@ -182,7 +164,7 @@ async fn kv_list_columns_fit_their_values() {
          INSERT INTO kv (org_id, key, value) VALUES (NULL, 'k', '2');",
     )
     .await;
-    let out = ok(warden(&db, &redis, &["kv", "list"]));
+    let out = ok(run(&db, &redis, &["kv", "list"]));
     let expected = "\
 org                       key                                      updated by  value
 -                         k                                        -           2
@@ -211,7 +193,7 @@ async fn executions_list_shows_times_and_organization_and_filters_by_it() {
     )
     .await;
 
-    let all = ok(warden(&db, &redis, &["executions", "list"]));
+    let all = ok(run(&db, &redis, &["executions", "list"]));
     assert_eq!(
         all,
         "\
@@ -220,11 +202,7 @@ e-globex  globex  a-long-workflow-name  pending  1        2026-12-01 11:00:00  -
 e-acme    acme    report                success  1        2026-12-01 10:00:00  2026-12-01 10:00:01  1000.0
 "
     );
-    let acme = ok(warden(
-        &db,
-        &redis,
-        &["executions", "list", "--org", "acme"],
-    ));
+    let acme = ok(run(&db, &redis, &["executions", "list", "--org", "acme"]));
     assert_eq!(
         acme,
         "\
@@ -232,7 +210,7 @@ id      org   workflow  status   attempt  queued (UTC)         started (UTC)    
 e-acme  acme  report    success  1        2026-12-01 10:00:00  2026-12-01 10:00:01  1000.0
 "
     );
-    let missing = warden(&db, &redis, &["executions", "list", "--org", "nobody"]);
+    let missing = run(&db, &redis, &["executions", "list", "--org", "nobody"]);
     assert_eq!(missing.status.code(), Some(2));
     assert_eq!(stderr(&missing), "error: there is no organization nobody\n");
 }
@@ -241,7 +219,7 @@ e-acme  acme  report    success  1        2026-12-01 10:00:00  2026-12-01 10:00:
 async fn a_default_database_url_is_warned_about() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
-    let set = ok(warden(&db, &redis, &["kv", "list"]));
+    let set = ok(run(&db, &redis, &["kv", "list"]));
     assert_eq!(set, "org  key  updated by  value\n");
 
     // Without DATABASE_URL the command goes to the built-in default (whatever is there)
@@ -268,6 +246,6 @@ async fn a_default_database_url_is_warned_about() {
     );
 
     // Set, no warning.
-    let with = warden(&db, &redis, &["kv", "list"]);
+    let with = run(&db, &redis, &["kv", "list"]);
     assert!(!stderr(&with).contains("DATABASE_URL"), "{}", stderr(&with));
 }
