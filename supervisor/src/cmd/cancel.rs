@@ -15,14 +15,14 @@ use crate::intake::{IntakeClient, IntakeError};
 
 pub async fn run(conn: ConnArgs, id: String) -> Result<i32, CliError> {
     let store = conn.store().await?;
-    let found = store.show_execution(&id).await;
+    let found = store.execution_status(&id).await;
     store.close().await;
     let client = conn.intake().await?;
     match found? {
-        Some(d) if d.execution.status.terminal().is_some() => {
+        Some(status) if status.terminal().is_some() => {
             return Err(CliError::ExecutionEnded {
                 id,
-                status: d.execution.status.as_str(),
+                status: status.as_str(),
             });
         }
         Some(_) => {}

@@ -566,6 +566,17 @@ impl Store {
         .map_err(StoreError::query("list executions"))
     }
 
+    /// An execution's status alone (`None`: no row), without its record and logs.
+    pub async fn execution_status(&self, id: &str) -> Result<Option<ExecutionStatus>, StoreError> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status::text FROM executions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(StoreError::query("read the execution's status"))?;
+        status.map(|s| s.parse()).transpose()
+    }
+
     /// One execution and its logs in `seq` order; `None` if there is no such id.
     pub async fn show_execution(&self, id: &str) -> Result<Option<ExecutionDetail>, StoreError> {
         let execution: Option<ExecutionRecord> = sqlx::query_as(

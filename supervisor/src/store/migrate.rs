@@ -50,6 +50,18 @@ impl Store {
 
     /// The versions recorded as applied (none when the migrations table is missing).
     async fn applied_versions(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .applied_rows()
+            .await?
+            .into_iter()
+            .filter(|(_, success, _)| *success)
+            .map(|(version, _, _)| version)
+            .collect())
+    }
+
+    /// `_sqlx_migrations` as `(version, success, checksum)`, oldest first; empty when the
+    /// table is missing (a database never migrated).
+    async fn applied_rows(&self) -> Result<Vec<(i64, bool, Vec<u8>)>, StoreError> {
         let table: Option<String> =
             sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
                 .fetch_one(self.pool())
@@ -58,7 +70,7 @@ impl Store {
         if table.is_none() {
             return Ok(Vec::new());
         }
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
             .fetch_all(self.pool())
             .await
             .map_err(StoreError::query("read the applied migrations"))
@@ -73,21 +85,7 @@ impl Store {
             .filter(|m| m.migration_type.is_up_migration())
             .map(|m| (m.version, m.checksum.to_vec()))
             .collect();
-        let table: Option<String> =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
-                .fetch_one(self.pool())
-                .await
-                .map_err(StoreError::query("check for the migrations table"))?;
-        let applied: Vec<(i64, bool, Vec<u8>)> = if table.is_some() {
-            sqlx::query_as(
-                "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version",
-            )
-            .fetch_all(self.pool())
-            .await
-            .map_err(StoreError::query("read the applied migrations"))?
-        } else {
-            Vec::new()
-        };
+        let applied = self.applied_rows().await?;
         let status = SchemaStatus {
             applied: applied.iter().map(|(v, _, _)| *v).collect(),
             expected: expected.iter().map(|(v, _)| *v).collect(),
