@@ -76,6 +76,18 @@ pub enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// An execution's log lines: stored ones for an ended execution; with --follow, a
+    /// queued or running one's lines so far, then each new one, until it ends (exit
+    /// code as `submit --wait`: 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled).
+    Logs {
+        /// The execution's id.
+        id: String,
+        /// Follow a queued or running execution to its end.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Cancel a queued or running execution (it ends `cancelled`).
     Cancel {
         /// The execution's id.
@@ -125,6 +137,7 @@ impl Command {
             Command::Workflow { cmd, conn } => crate::cmd::workflow::run(conn, cmd).await,
             Command::Submit(args) => crate::cmd::submit::run(args).await,
             Command::Executions { cmd, conn } => crate::cmd::executions::run(conn, cmd).await,
+            Command::Logs { id, follow, conn } => crate::cmd::logs::run(conn, id, follow).await,
             Command::Cancel { id, conn } => crate::cmd::cancel::run(conn, id).await,
             Command::Status { conn } => crate::cmd::status::run(conn).await,
             Command::Config { cmd, conn } => crate::cmd::config::run(conn, cmd).await,

@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod config;
 pub mod executions;
 pub mod kv;
+pub mod logs;
 pub mod migrate;
 pub mod module;
 pub mod serve;

@@ -1,6 +1,7 @@
 //! `warden submit WORKFLOW`: adds one execution request to the stream; with `--wait`,
 //! follows it: its logs as they are produced, then its result. Exit code (with
-//! `--wait`): 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled.
+//! `--wait`): 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled; Ctrl-C stops
+//! waiting (the execution goes on; it says how to follow or cancel it), 130.
 //!
 //! Before submitting it checks, in PostgreSQL, that the workflow exists where the
 //! request looks for it (the organization given, or the global workflows without
@@ -108,7 +109,14 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     };
     eprintln!("submitted {}", req.execution_id);
     loop {
-        match waiter.next().await? {
+        let event = tokio::select! {
+            event = waiter.next() => event?,
+            _ = tokio::signal::ctrl_c() => {
+                super::logs::detached(req.execution_id.as_str());
+                return Ok(super::logs::EXIT_INTERRUPTED);
+            }
+        };
+        match event {
             Some(WaitEvent::Log(l)) => eprintln!("[{}] {}", l.level, l.message),
             Some(WaitEvent::Completed(c)) => {
                 println!("{}", c.to_json());

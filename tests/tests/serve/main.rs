@@ -4,6 +4,7 @@
 //!
 //! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
+//! - [`logs`]: `warden logs ID [--follow]`, and Ctrl-C while following.
 //! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
 //! - [`places`]: every way an execution ends gives its intake place back once.
@@ -13,6 +14,7 @@
 
 mod duplicate_entries;
 mod liveness;
+mod logs;
 mod outages;
 mod outcomes;
 mod places;
