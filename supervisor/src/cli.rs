@@ -97,6 +97,9 @@ pub enum Command {
     },
     /// Live supervisors, their workers, and the stream's backlog.
     Status {
+        /// One JSON object (`supervisors`, `stream`, `consumers`) instead of the text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -139,7 +142,7 @@ impl Command {
             Command::Executions { cmd, conn } => crate::cmd::executions::run(conn, cmd).await,
             Command::Logs { id, follow, conn } => crate::cmd::logs::run(conn, id, follow).await,
             Command::Cancel { id, conn } => crate::cmd::cancel::run(conn, id).await,
-            Command::Status { conn } => crate::cmd::status::run(conn).await,
+            Command::Status { json, conn } => crate::cmd::status::run(conn, json).await,
             Command::Config { cmd, conn } => crate::cmd::config::run(conn, cmd).await,
             Command::Kv { cmd, conn } => crate::cmd::kv::run(conn, cmd).await,
         }

@@ -8,6 +8,7 @@
 pub mod cancel;
 pub mod config;
 pub mod executions;
+mod json;
 pub mod kv;
 pub mod logs;
 pub mod migrate;

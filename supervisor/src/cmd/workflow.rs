@@ -41,7 +41,12 @@ pub enum WorkflowCmd {
         value: Option<f64>,
     },
     /// List stored workflows.
-    List,
+    List {
+        /// One JSON array of objects (`id`, `org`, `name`, `path`, `function`,
+        /// `timeout_ms`, `active`, `updated_at`) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
@@ -92,8 +97,25 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                 println!("workflow {name} {what} (id {})", r.id);
             }
         }
-        WorkflowCmd::List => {
+        WorkflowCmd::List { json } => {
             let all = store.list_workflows().await?;
+            if json {
+                let items = all.iter().map(|w| {
+                    serde_json::json!({
+                        "id": w.id,
+                        "org": w.org,
+                        "name": w.name,
+                        "path": w.path,
+                        "function": w.function_name,
+                        "timeout_ms": w.default_timeout_ms,
+                        "active": w.active,
+                        "updated_at": super::json::time(w.updated_at),
+                    })
+                });
+                super::json::print(&serde_json::Value::Array(items.collect()));
+                store.close().await;
+                return Ok(0);
+            }
             println!(
                 "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
                 "id", "org", "name", "path", "function", "timeout"
