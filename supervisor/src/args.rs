@@ -177,11 +177,16 @@ impl PoolArgs {
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/warden";
 
 /// Where the services are. Defaults suit a local set-up (`scripts/services`).
+///
+/// Every flag is `global`: given after a command's name, it may stand anywhere after it,
+/// also after a subcommand (`warden executions list --database-url URL` as well as
+/// `warden executions --database-url URL list`).
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
     /// PostgreSQL URL. Only the supervisor and admin commands use it; workers never see it.
     #[arg(
         long,
+        global = true,
         env = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
@@ -190,13 +195,14 @@ pub struct ConnArgs {
     /// Redis URL.
     #[arg(
         long,
+        global = true,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
         hide_env_values = true
     )]
     pub redis_url: String,
     /// Prefix for every Redis key, to share one Redis between installations (and tests).
-    #[arg(long, env = "WARDEN_KEY_PREFIX", default_value = "")]
+    #[arg(long, global = true, env = "WARDEN_KEY_PREFIX", default_value = "")]
     pub key_prefix: String,
 }
 

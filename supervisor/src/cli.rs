@@ -118,6 +118,20 @@ pub enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Print a shell completion script (`warden completions bash >
+    /// /etc/bash_completion.d/warden`; zsh: a file `_warden` in a `$fpath` directory;
+    /// fish: `~/.config/fish/completions/warden.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`warden man | man -l -`), or write one page per command into
+    /// a directory (`warden man --dir /usr/local/share/man/man1`).
+    Man {
+        /// Write `warden.1`, `warden-serve.1`, ... here instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 impl Command {
@@ -145,6 +159,8 @@ impl Command {
             Command::Status { json, conn } => crate::cmd::status::run(conn, json).await,
             Command::Config { cmd, conn } => crate::cmd::config::run(conn, cmd).await,
             Command::Kv { cmd, conn } => crate::cmd::kv::run(conn, cmd).await,
+            Command::Completions { shell } => crate::cmd::manual::completions(shell),
+            Command::Man { dir } => crate::cmd::manual::man(dir.as_deref()),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod executions;
 mod json;
 pub mod kv;
 pub mod logs;
+pub mod manual;
 pub mod migrate;
 pub mod module;
 pub mod serve;

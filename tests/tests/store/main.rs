@@ -5,6 +5,7 @@
 //! - [`begin`]: `begin_batch` and attempts.
 //! - [`budget`]: the connection budget.
 //! - [`cli_fixes`]: the `warden` binary's admin commands (issue 13's CLI fixes).
+//! - [`cli_flags`]: completions, man pages, connection flags after a subcommand.
 //! - [`cli_json`]: `--json` on the list, show and status commands.
 //! - [`configs`]: config values.
 //! - [`resilience`]: the writer under failure.
@@ -15,6 +16,7 @@
 mod begin;
 mod budget;
 mod cli_fixes;
+mod cli_flags;
 mod cli_json;
 mod configs;
 mod resilience;
