@@ -123,7 +123,11 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
             }
             let e = &d.execution;
             println!("id:        {}", e.id);
-            println!("workflow:  {}", e.workflow_name.as_deref().unwrap_or("-"));
+            println!(
+                "workflow:  {}{}",
+                e.workflow_name.as_deref().unwrap_or("-"),
+                version_note(e.workflow_version, e.workflow_hash.as_deref())
+            );
             println!("status:    {} (attempt {})", e.status, e.attempt);
             println!("queued:    {}", e.queued_at);
             if let Some(t) = e.started_at {
@@ -211,6 +215,8 @@ fn detail_json(d: &ExecutionDetail) -> Value {
         "id": e.id.as_str(),
         "workflow": e.workflow_name,
         "workflow_id": e.workflow_id,
+        "workflow_version": e.workflow_version,
+        "workflow_hash": e.workflow_hash,
         "org_id": e.org_id,
         "caller": e.caller,
         "status": e.status.as_str(),
@@ -232,4 +238,28 @@ fn detail_json(d: &ExecutionDetail) -> Value {
         "logs": logs,
         "logs_dropped": e.logs_dropped,
     })
+}
+
+/// ` (version 3, source 1a2b3c4d5e6f)` after the workflow's name, or nothing when the
+/// execution was begun before versions were recorded.
+fn version_note(version: Option<i32>, hash: Option<&str>) -> String {
+    match (version, hash) {
+        (Some(v), Some(h)) => format!(" (version {v}, source {})", &h[..h.len().min(12)]),
+        (Some(v), None) => format!(" (version {v})"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_note;
+
+    #[test]
+    fn the_version_note_names_version_and_short_hash() {
+        assert_eq!(
+            version_note(Some(3), Some("1a2b3c4d5e6f7a8b9c")),
+            " (version 3, source 1a2b3c4d5e6f)"
+        );
+        assert_eq!(version_note(None, None), "");
+    }
 }
