@@ -8,7 +8,8 @@
 //!   produced, until it ends; then any line the live path missed (dropped during a
 //!   Redis outage), from PostgreSQL, and its status; exit code as when ended.
 //!
-//! An unknown id is an error (exit code 2). Ctrl-C while following leaves the execution
+//! An execution still waiting in the stream (no supervisor has read it, so it has no
+//! row yet) counts as queued. An unknown id is an error (exit code 2). Ctrl-C while following leaves the execution
 //! running and says how to follow or cancel it again ([`detached`], shared with
 //! `submit --wait`); exit code [`EXIT_INTERRUPTED`].
 
@@ -27,36 +28,41 @@ const FOLLOW_LIMIT: Duration = Duration::from_secs(25 * 60 * 60);
 pub async fn run(conn: ConnArgs, id: String, follow: bool) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let detail = store.show_execution(&id).await?;
-    let Some(detail) = detail else {
-        store.close().await;
-        return Err(CliError::ExecutionNotFound { id });
-    };
-    let e = &detail.execution;
-    if let Some(status) = e.status.terminal() {
-        for l in &detail.logs {
-            println!("[{}] {}", l.level, l.message);
+    if let Some(d) = &detail {
+        if let Some(end) = d.execution.status.terminal() {
+            let e = &d.execution;
+            for l in &d.logs {
+                println!("[{}] {}", l.level, l.message);
+            }
+            eprintln!(
+                "{}",
+                ended_line(
+                    &id,
+                    end.as_str(),
+                    e.error_type.as_deref(),
+                    e.error_message.as_deref()
+                )
+            );
+            store.close().await;
+            return Ok(end.exit_code());
         }
-        eprintln!(
-            "{}",
-            ended_line(
-                &id,
-                status.as_str(),
-                e.error_type.as_deref(),
-                e.error_message.as_deref()
-            )
-        );
-        store.close().await;
-        return Ok(status.exit_code());
     }
+    // Not ended: Redis has its lines so far. No row yet: still in the stream, not read
+    // by any supervisor (or no such id).
     let client = conn.intake().await?;
+    let status = match &detail {
+        Some(d) => d.execution.status.to_string(),
+        None if client.is_queued(&id).await? => "queued in the stream".to_string(),
+        None => {
+            store.close().await;
+            return Err(CliError::ExecutionNotFound { id });
+        }
+    };
     if !follow {
         for l in client.live_logs(&id).await? {
             println!("[{}] {}", l.level, l.message);
         }
-        eprintln!(
-            "execution {id} is {}; `warden logs {id} --follow` follows it to its end",
-            e.status
-        );
+        eprintln!("execution {id} is {status}; `warden logs {id} --follow` follows it to its end");
         store.close().await;
         return Ok(0);
     }

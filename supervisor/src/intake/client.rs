@@ -188,6 +188,38 @@ impl IntakeClient {
         })
     }
 
+    /// Whether the stream holds a request with this execution id (submitted, not yet
+    /// finished). Reads the stream in pages of 1,000 entries, up to [`MAX_QUEUED_SCAN`].
+    pub async fn is_queued(&self, execution_id: &str) -> Result<bool, IntakeError> {
+        let stream = self.keys.stream();
+        let mut from = "-".to_owned();
+        let mut scanned = 0;
+        while scanned < MAX_QUEUED_SCAN {
+            let page: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| IntakeError::redis(format!("reading `{stream}`"), e))?;
+            if page
+                .ids
+                .iter()
+                .any(|e| e.get::<String>("id").as_deref() == Some(execution_id))
+            {
+                return Ok(true);
+            }
+            let Some(last) = page.ids.last() else {
+                return Ok(false);
+            };
+            scanned += page.ids.len();
+            from = format!("({}", last.id);
+        }
+        Ok(false)
+    }
+
     /// The log lines of a running execution so far, from its live-log stream (empty
     /// when it has logged nothing yet, or ended more than a minute ago).
     pub async fn live_logs(&self, execution_id: &str) -> Result<Vec<LogLine>, IntakeError> {
@@ -344,6 +376,9 @@ pub struct Waiter {
     ready: Option<Completion>,
     finished: bool,
 }
+
+/// Most stream entries [`IntakeClient::is_queued`] looks through.
+pub const MAX_QUEUED_SCAN: usize = 100_000;
 
 /// How long one blocking read of the live-log stream waits.
 const LOG_BLOCK: Duration = Duration::from_millis(1000);

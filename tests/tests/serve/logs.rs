@@ -1,9 +1,9 @@
 //! `warden logs ID [--follow]` and Ctrl-C in `submit --wait`, through the real `warden`
 //! binary against an in-process `serve`: following attached mid-execution prints every
 //! line in order (the ones before it attached first) and exits with the status's code;
-//! an ended execution's lines come from PostgreSQL; an unknown id is refused; Ctrl-C
-//! while following leaves the execution running and names the commands to follow or
-//! cancel it.
+//! an ended execution's lines come from PostgreSQL; one still in the stream counts as
+//! queued; an unknown id is refused; Ctrl-C while following leaves the execution running
+//! and names the commands to follow or cancel it.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -240,4 +240,25 @@ async fn ctrl_c_while_following_leaves_the_execution_running_and_says_what_to_do
 
     // Neither stopped it.
     assert_eq!(s.wait_terminal("long-1").await, "success");
+}
+
+#[tokio::test]
+async fn an_execution_still_in_the_stream_counts_as_queued() {
+    // No supervisor: the request stays in the stream and has no row yet.
+    let db = warden_tests::db::TestDb::new().await;
+    let redis = warden_tests::redis::TestRedis::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| warden_tests::cli::warden(&db, &redis, dir.path(), args);
+    warden_tests::cli::write(dir.path(), "chatty.py", CHATTY);
+    warden_tests::cli::ok(cli(&["workflow", "push", "chatty.py"]));
+    warden_tests::cli::ok(cli(&["submit", "chatty", "--id", "q-1", "--param", "n=1"]));
+    let out = cli(&["logs", "q-1"]);
+    let err = warden_tests::cli::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("execution q-1 is queued in the stream"),
+        "{err}"
+    );
+    let unknown = cli(&["logs", "q-2"]);
+    assert_eq!(unknown.status.code(), Some(2));
 }
