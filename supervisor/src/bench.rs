@@ -50,7 +50,8 @@ pub struct BenchArgs {
     pub orgs: u32,
     #[command(flatten)]
     pub pool: PoolArgs,
-    #[command(flatten)]
+    /// Set from the global connection flags (crate::args::ConnArgs).
+    #[arg(skip)]
     pub conn: ConnArgs,
 }
 

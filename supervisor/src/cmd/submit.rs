@@ -52,7 +52,8 @@ pub struct SubmitArgs {
     /// With --wait: give up waiting after this long (the execution goes on).
     #[arg(long, default_value = "1h", value_parser = crate::args::parse_duration)]
     pub wait_timeout: Duration,
-    #[command(flatten)]
+    /// Set from the global connection flags (crate::args::ConnArgs).
+    #[arg(skip)]
     pub conn: ConnArgs,
 }
 

@@ -14,7 +14,7 @@ const NOWHERE_DB: &str = "postgres://postgres@127.0.0.1:1/nowhere";
 const NOWHERE_REDIS: &str = "redis://127.0.0.1:1";
 
 #[tokio::test]
-async fn connection_flags_work_before_and_after_the_subcommand() {
+async fn connection_flags_work_before_and_after_the_subcommand_and_its_subcommand() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let cwd = Path::new(".");
@@ -42,8 +42,16 @@ async fn connection_flags_work_before_and_after_the_subcommand() {
         &env,
         &["executions", "list", "--json", "--database-url", url],
     ));
+    let top = ok(warden_env(
+        &db,
+        &redis,
+        cwd,
+        &env,
+        &["--database-url", url, "executions", "list", "--json"],
+    ));
     assert!(before.contains("\"id\":\"e-1\""), "{before}");
     assert_eq!(before, after);
+    assert_eq!(before, top);
     // And without the flag the environment's URL is used (and fails), so the flag is
     // what made the difference.
     refused(warden_env(
@@ -88,6 +96,21 @@ async fn connection_flags_work_before_and_after_the_subcommand() {
         ],
     ));
     assert!(status.starts_with("{\"consumers\""), "{status}");
+    let top = ok(warden_env(
+        &db,
+        &redis,
+        cwd,
+        &env,
+        &[
+            "--redis-url",
+            &redis.url,
+            "--key-prefix",
+            &redis.prefix,
+            "status",
+            "--json",
+        ],
+    ));
+    assert_eq!(status, top);
 }
 
 #[tokio::test]
