@@ -114,7 +114,23 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
         }
         ExecutionsCmd::Show { id, json } => {
             let Some(d) = store.show_execution(&id).await? else {
-                return Err(CliError::ExecutionNotFound { id });
+                // No row until a supervisor reads the request: it may wait in the stream.
+                store.close().await;
+                // Redis unreachable: say what PostgreSQL says.
+                let queued = match conn.intake().await {
+                    Ok(client) => client.is_queued(&id).await.unwrap_or(false),
+                    Err(_) => false,
+                };
+                if !queued {
+                    return Err(CliError::ExecutionNotFound { id });
+                }
+                if json {
+                    super::json::print(&json!({"id": id, "status": "pending", "in_stream": true}));
+                } else {
+                    println!("id:        {id}");
+                    println!("status:    pending (in the stream; no supervisor has taken it yet)");
+                }
+                return Ok(0);
             };
             if json {
                 super::json::print(&detail_json(&d));

@@ -243,7 +243,7 @@ async fn ctrl_c_while_following_leaves_the_execution_running_and_says_what_to_do
 }
 
 #[tokio::test]
-async fn an_execution_still_in_the_stream_counts_as_queued() {
+async fn an_execution_still_in_the_stream_counts_as_queued_not_unknown() {
     // No supervisor: the request stays in the stream and has no row yet.
     let db = warden_tests::db::TestDb::new().await;
     let redis = warden_tests::redis::TestRedis::new();
@@ -261,4 +261,21 @@ async fn an_execution_still_in_the_stream_counts_as_queued() {
     );
     let unknown = cli(&["logs", "q-2"]);
     assert_eq!(unknown.status.code(), Some(2));
+
+    // `executions show` says the same, in text and JSON; an unknown id is still refused.
+    let shown = warden_tests::cli::ok(cli(&["executions", "show", "q-1"]));
+    assert!(
+        shown.contains("status:    pending (in the stream; no supervisor has taken it yet)"),
+        "{shown}"
+    );
+    let shown: serde_json::Value = serde_json::from_str(&warden_tests::cli::ok(cli(&[
+        "executions",
+        "show",
+        "q-1",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(shown["status"], "pending");
+    assert_eq!(shown["in_stream"], true);
+    assert_eq!(cli(&["executions", "show", "q-2"]).status.code(), Some(2));
 }
