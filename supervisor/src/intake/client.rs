@@ -445,31 +445,7 @@ impl Waiter {
                         timeout: self.timeout,
                     })
                 }
-                msg = self.messages.next() => match msg {
-                    Some(msg) => {
-                        if msg.get_channel_name() == self.completion_channel {
-                            match serde_json::from_slice::<Completion>(msg.get_payload_bytes()) {
-                                Ok(c) => self.ready = Some(c),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "ignoring malformed completion message")
-                                }
-                            }
-                        }
-                    }
-                    None => {
-                        // The connection dropped. The completion may still have been stored.
-                        match completion(&mut self.conn, &self.keys, self.execution_id.as_str())
-                            .await?
-                        {
-                            Some(c) => self.ready = Some(c),
-                            None => {
-                                return Err(IntakeError::SubscriptionClosed {
-                                    execution_id: self.execution_id.clone(),
-                                })
-                            }
-                        }
-                    }
-                },
+                msg = self.messages.next() => self.on_message(msg).await?,
                 read = xread(&mut log_conn, &key, &from, Some(LOG_BLOCK)) => {
                     let read = read.map_err(|e| IntakeError::redis(format!("reading `{key}`"), e))?;
                     self.take(read);
@@ -505,19 +481,44 @@ impl Waiter {
         }
     }
 
-    /// Skips the logs and returns the completion.
+    /// Skips the logs (never reads them) and returns the completion.
     pub async fn completion(mut self) -> Result<Completion, IntakeError> {
         loop {
-            match self.next().await? {
-                Some(WaitEvent::Completed(c)) => return Ok(c),
-                Some(WaitEvent::Log(_)) => {}
-                None => {
-                    return Err(IntakeError::SubscriptionClosed {
-                        execution_id: self.execution_id,
-                    })
+            if let Some(c) = self.ready.take() {
+                return Ok(c);
+            }
+            let msg = tokio::time::timeout_at(self.deadline, self.messages.next())
+                .await
+                .map_err(|_| IntakeError::WaitTimedOut {
+                    execution_id: self.execution_id.clone(),
+                    timeout: self.timeout,
+                })?;
+            self.on_message(msg).await?;
+        }
+    }
+
+    /// One pub/sub message, or `None` for the end of the subscription: the completion
+    /// (or, when the connection dropped, the stored one) goes to `ready`.
+    async fn on_message(&mut self, msg: Option<redis::Msg>) -> Result<(), IntakeError> {
+        let Some(msg) = msg else {
+            // The connection dropped. The completion may still have been stored.
+            return match completion(&mut self.conn, &self.keys, self.execution_id.as_str()).await? {
+                Some(c) => {
+                    self.ready = Some(c);
+                    Ok(())
                 }
+                None => Err(IntakeError::SubscriptionClosed {
+                    execution_id: self.execution_id.clone(),
+                }),
+            };
+        };
+        if msg.get_channel_name() == self.completion_channel {
+            match serde_json::from_slice::<Completion>(msg.get_payload_bytes()) {
+                Ok(c) => self.ready = Some(c),
+                Err(e) => tracing::warn!(error = %e, "ignoring malformed completion message"),
             }
         }
+        Ok(())
     }
 }
 
