@@ -66,12 +66,13 @@ pub async fn run(conn: ConnArgs, id: String, follow: bool) -> Result<i32, CliErr
         store.close().await;
         return Ok(0);
     }
+    let mut interrupts = interrupts()?;
     let mut waiter = client.wait_for_completion(&id, FOLLOW_LIMIT).await?;
     let mut last_seq: Option<u32> = None;
     let completion: Completion = loop {
         let event = tokio::select! {
             event = waiter.next() => event?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.recv() => {
                 detached(&id);
                 return Ok(EXIT_INTERRUPTED);
             }
@@ -119,6 +120,13 @@ fn ended_line(id: &str, status: &str, error_type: Option<&str>, message: Option<
         (Some(t), _) => format!("execution {id} ended {status}: {t}"),
         _ => format!("execution {id} ended {status}"),
     }
+}
+
+/// SIGINT (Ctrl-C) as a stream, installed once before following: a signal that arrives
+/// between two events is kept for the next `recv`, never lost to the default action.
+pub fn interrupts() -> Result<tokio::signal::unix::Signal, CliError> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(CliError::Signals)
 }
 
 /// Said on stderr when Ctrl-C stops following execution `id`: it goes on, and how to

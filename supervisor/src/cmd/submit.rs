@@ -109,10 +109,11 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
         return Ok(0);
     };
     eprintln!("submitted {}", req.execution_id);
+    let mut interrupts = super::logs::interrupts()?;
     loop {
         let event = tokio::select! {
             event = waiter.next() => event?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.recv() => {
                 super::logs::detached(req.execution_id.as_str());
                 return Ok(super::logs::EXIT_INTERRUPTED);
             }
