@@ -15,6 +15,9 @@
 //!   by [`commit`]).
 //! - [`deliveries`]: event deliveries, created on intake by [`Store::begin_batch`]'s
 //!   statement; their status is written by [`commit`].
+//! - [`due`]: executions waiting for their next attempt or their start: claimed by the
+//!   due-work poller (one statement, `FOR UPDATE SKIP LOCKED`), cancelled by `warden
+//!   cancel`.
 //! - [`executions`]: the one-statement [`Store::begin_batch`] that marks a batch
 //!   `running` (and says which ids were already finished), [`Store::hand_back`] for
 //!   what a supervisor that shuts down gives back, recording rejected requests, and the read
@@ -39,6 +42,7 @@ pub mod commit;
 pub mod configs;
 pub mod connect;
 pub mod deliveries;
+pub mod due;
 pub mod executions;
 pub mod items;
 pub mod kv;

@@ -129,6 +129,7 @@ impl TestDb {
                 default_timeout_ms: None,
                 time_saved_seconds: None,
                 value: None,
+                retry_policy: None,
             })
             .await
             .expect("push workflow");
@@ -330,6 +331,10 @@ pub mod fixtures {
             // execution writes its result.
             stream_id: Some(format!("1-{id}")),
             delivery_id: None,
+            timeout_ms: None,
+            retries: None,
+            carrier_attempt: None,
+            not_before: None,
         }
     }
 }

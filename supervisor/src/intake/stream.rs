@@ -19,7 +19,7 @@ use super::cancel::{self, CancelListener};
 use super::entry::{self, Entry, Field};
 use super::keys::Keys;
 use super::messages::{Completion, Done, LogLine, SupervisorStatus};
-use super::request::InvalidEntry;
+use super::request::{ExecutionRequest, InvalidEntry};
 use super::{redact_url, IntakeError};
 
 /// How long establishing a connection may take.
@@ -441,6 +441,27 @@ impl Intake {
             );
         }
         Ok(())
+    }
+
+    /// Adds requests to the stream in one pipeline (the due-work poller's entries for
+    /// due attempts: crate::serve::due); returns their stream ids.
+    pub async fn enqueue(&self, requests: &[ExecutionRequest]) -> Result<Vec<String>, IntakeError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stream = self.keys.stream();
+        let mut pipe = redis::pipe();
+        for request in requests {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(request.to_fields());
+        }
+        self.send_pipe(&mut self.writer.clone(), &pipe)
+            .await
+            .map_err(|e| {
+                IntakeError::redis(format!("enqueueing {} due attempts", requests.len()), e)
+            })
     }
 
     /// Publishes log lines on their executions' live-log channels (one pipeline).

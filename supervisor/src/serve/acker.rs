@@ -160,6 +160,11 @@ fn done_for(c: Committed) -> Option<Done> {
             completion: None,
         }),
         (_, Disposition::Superseded) => None,
+        // The execution waits for its next attempt: callers hear of the last one only.
+        (_, Disposition::Retrying) => Some(Done {
+            stream_id,
+            completion: None,
+        }),
         // What is in the database wins: publish that status, not ours.
         (_, Disposition::AlreadyTerminal) | (None, _) => Some(Done::new(
             stream_id,

@@ -317,6 +317,12 @@ impl Reader {
                         supervisor: consumer.clone(),
                         stream_id: Some(sid.clone()),
                         delivery_id: req.delivery_id.clone(),
+                        timeout_ms: req
+                            .timeout
+                            .map(|t| t.as_millis().min(i32::MAX as u128) as i32),
+                        retries: req.retries.map(|r| r as i32),
+                        carrier_attempt: req.attempt,
+                        not_before: req.not_before,
                     })
                 })
                 .collect()
@@ -588,7 +594,9 @@ fn settle(
                 sid,
                 Completion::new(req.execution_id.clone(), status),
             )),
-            Begin::Duplicate => answered.push(Done {
+            // Recorded `scheduled` (durably: see Store::prepare_batch): the entry's
+            // work is done; the due-work poller starts it when it is due.
+            Begin::Duplicate | Begin::Scheduled => answered.push(Done {
                 stream_id: sid,
                 completion: None,
             }),
@@ -635,7 +643,23 @@ fn meta_for(sid: &str, req: &ExecutionRequest, wf: &Workflow) -> Meta {
         time_saved_seconds: wf.time_saved_seconds,
         value: wf.value,
         attempt: None,
+        retry: None,
     }
+}
+
+/// The retry policy an execution runs under: its workflow's, with the request's
+/// `retries` in place of the workflow's number. `None` when nothing is retried (no
+/// allocation on the common path).
+fn retry_policy_of(
+    req: &ExecutionRequest,
+    wf: &Workflow,
+) -> Option<Arc<crate::retry_policy::RetryPolicy>> {
+    let stored = wf.retry_policy.as_ref().map(|p| &p.0);
+    if req.retries.is_none() && stored.is_none_or(|p| p.retries == 0) {
+        return None;
+    }
+    let policy = crate::retry_policy::RetryPolicy::resolve(stored, req.retries);
+    (policy.retries > 0).then(|| Arc::new(policy))
 }
 
 fn dispatch(
@@ -659,6 +683,7 @@ fn dispatch(
     });
     let mut meta = meta_for(&sid, &req, wf);
     meta.attempt = Some(attempt);
+    meta.retry = retry_policy_of(&req, wf);
     Dispatch {
         job: Job {
             execution_id: req.execution_id,
@@ -730,6 +755,9 @@ mod tests {
             caller: None,
             timeout: None,
             delivery_id: None,
+            retries: None,
+            not_before: None,
+            attempt: None,
         }
     }
 
@@ -746,6 +774,7 @@ mod tests {
             time_saved_seconds: 1.0,
             value: 2.0,
             updated_at: chrono::Utc::now(),
+            retry_policy: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
 //! - [`places`]: every way an execution ends gives its intake place back once.
 //! - [`redis_wipe`]: Redis wiped under a running service.
+//! - [`retries`]: retry policies, due attempts, each attempt once across supervisors.
 //! - [`resilience`]: the connection budget, dropped connections, SIGKILL, several
 //!   supervisors on one stream.
 
@@ -18,3 +19,4 @@ mod outcomes;
 mod places;
 mod redis_wipe;
 mod resilience;
+mod retries;
