@@ -99,6 +99,9 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     req.validate()
         .map_err(|r| CliError::InvalidInput(r.reason))?;
     check_workflow(&args.conn, &req.workflow, args.org.as_deref()).await?;
+    if args.id.is_some() {
+        check_id_params(&args.conn, &req).await?;
+    }
     let client = args.conn.intake().await?;
     match client.status().await {
         Ok(overview) if !overview.backlog.consumers.iter().any(|c| c.live) => eprintln!(
@@ -139,6 +142,37 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
             }
         }
     }
+}
+
+/// Fails when the id is already used by an execution with other params: a resubmission
+/// must be the same request (then the first copy answers it), not another one. Only
+/// warns when the database cannot be reached (the supervisor refuses it too, with an
+/// `IdempotencyConflict` completion).
+async fn check_id_params(conn: &ConnArgs, req: &ExecutionRequest) -> Result<(), CliError> {
+    let stored = async {
+        let store = conn.store().await?;
+        let p = store.execution_params(req.execution_id.as_str()).await;
+        store.close().await;
+        p
+    }
+    .await;
+    let stored = match stored {
+        Ok(Some(Some(p))) => p,
+        Ok(_) => return Ok(()),
+        Err(e) => {
+            eprintln!("warning: cannot check whether the id is in use ({e}); submitting anyway");
+            return Ok(());
+        }
+    };
+    let ours: Value = serde_json::from_str(&req.params_json).unwrap_or(Value::Null);
+    if ours == stored {
+        return Ok(());
+    }
+    Err(CliError::InvalidInput(format!(
+        "execution id {} was already used with different params ({stored}); \
+         resubmit it with the same params, or leave out --id for a new one",
+        req.execution_id
+    )))
 }
 
 /// Fails when `workflow` names no active workflow where the request looks for it,

@@ -341,12 +341,14 @@ impl Intake {
     /// Adds a completion's `SET … EX` (kept for late waiters) and `PUBLISH` to `pipe`.
     fn queue_completion(&self, pipe: &mut redis::Pipeline, completion: &Completion) {
         let json = completion.to_json();
-        pipe.cmd("SET")
-            .arg(self.keys.completion_key(completion.id.as_str()))
-            .arg(&json)
-            .arg("EX")
-            .arg(COMPLETION_TTL.as_secs())
-            .ignore();
+        if completion.is_stored() {
+            pipe.cmd("SET")
+                .arg(self.keys.completion_key(completion.id.as_str()))
+                .arg(&json)
+                .arg("EX")
+                .arg(COMPLETION_TTL.as_secs())
+                .ignore();
+        }
         pipe.cmd("PUBLISH")
             .arg(self.keys.completion_channel(completion.id.as_str()))
             .arg(&json)

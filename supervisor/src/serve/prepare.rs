@@ -600,6 +600,10 @@ fn settle(
                 stream_id: sid,
                 completion: None,
             }),
+            Begin::Conflict => {
+                tracing::warn!(execution = %req.execution_id, stream_id = %sid, "execution id reused with other params: not run");
+                answered.push(Done::new(sid, Completion::conflict(&req.execution_id)));
+            }
         }
     }
     for d in &mut out {

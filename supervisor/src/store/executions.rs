@@ -155,8 +155,9 @@ pub struct NewExecution {
 }
 
 /// Per request of [`Store::begin_batch`]'s statement: id, the attempt it was begun at
-/// and the status it was given (`None`: left alone), and its status before.
-type BeginAnswer = (String, Option<i32>, Option<String>, Option<String>);
+/// and the status it was given (`None`: left alone), its status before, and whether
+/// its stored params differ from the request's.
+type BeginAnswer = (String, Option<i32>, Option<String>, Option<String>, bool);
 
 /// The `error_type` of a row whose attempt a shutdown cut off ([`Store::hand_back`]).
 pub const INTERRUPTED: &str = "Interrupted";
@@ -189,6 +190,9 @@ pub enum Begin {
     /// entry, or waits for another attempt than the one this entry carries (a due-work
     /// entry enqueued twice, or a stale one): acknowledge this copy without running it.
     Duplicate,
+    /// The id was already used with other params: not a copy of that execution but a
+    /// mistake (or a reused id). Acknowledge it without running, and tell its sender.
+    Conflict,
 }
 
 /// Filters for [`Store::list_executions`].
@@ -515,7 +519,8 @@ impl Store {
                      completed_at = NULL
                  WHERE d.execution_id <> EXCLUDED.execution_id OR d.status = 'running'
              )
-             SELECT i.id, up.attempt, up.status, prev.status::text
+             SELECT i.id, up.attempt, up.status, prev.status::text,
+                    COALESCE(prev.params IS DISTINCT FROM i.params::jsonb, false)
              FROM input i
              LEFT JOIN up ON up.id = i.id
              LEFT JOIN executions prev ON prev.id = i.id",
@@ -539,10 +544,13 @@ impl Store {
         .map_err(StoreError::query("record the batch as running"))?;
 
         let mut answers = std::collections::HashMap::with_capacity(found.len());
-        for (id, attempt, status, previous) in found {
+        for (id, attempt, status, previous, params_differ) in found {
             let begin = match (attempt, previous) {
                 (Some(_), _) if status.as_deref() == Some("scheduled") => Begin::Scheduled,
                 (Some(attempt), _) => Begin::Run { attempt },
+                // Not begun, and the row holds other params: the same id was used for
+                // another request.
+                (None, Some(_)) if params_differ => Begin::Conflict,
                 (None, Some(previous)) => match previous.parse::<ExecutionStatus>()?.terminal() {
                     Some(status) => Begin::AlreadyDone { status },
                     // Not terminal and not taken: another stream entry runs this id.
@@ -651,6 +659,18 @@ impl Store {
         .fetch_all(self.pool())
         .await
         .map_err(StoreError::query("list executions"))
+    }
+
+    /// The params an execution was submitted with (`None`: no row).
+    pub async fn execution_params(
+        &self,
+        id: &str,
+    ) -> Result<Option<Option<serde_json::Value>>, StoreError> {
+        sqlx::query_scalar("SELECT params FROM executions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(StoreError::query("read the execution's params"))
     }
 
     /// An execution's status alone (`None`: no row), without its record and logs.

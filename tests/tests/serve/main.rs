@@ -2,7 +2,9 @@
 //! binary for the area (fewer links than one binary per file), one concern per module.
 //! Run one module with e.g. `cargo test -p warden-tests --test serve liveness::`.
 //!
+//! - [`delays`]: executions submitted to start later (`not_before`).
 //! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
+//! - [`idempotency`]: an execution id reused with the same or with other params.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
 //! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
@@ -12,7 +14,9 @@
 //! - [`resilience`]: the connection budget, dropped connections, SIGKILL, several
 //!   supervisors on one stream.
 
+mod delays;
 mod duplicate_entries;
+mod idempotency;
 mod liveness;
 mod outages;
 mod outcomes;

@@ -292,6 +292,46 @@ async fn non_retryable_exceptions_and_per_submission_retries() {
     );
 }
 
+/// `submit --wait` and any waiter hear, on the live logs, that an attempt failed and
+/// when the next is due; the completion is the last attempt's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_logs_say_when_an_attempt_failed_and_when_the_next_is_due() {
+    let s = TestServe::start(|_| {}).await;
+    push(
+        &s.db,
+        "flaky_once",
+        FAILS_ONCE,
+        None,
+        Some(policy(2, 100, 100)),
+    )
+    .await;
+    let mut waiter = s
+        .client
+        .wait_for_completion("l1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    s.client
+        .submit(&TestServe::request("l1", "flaky_once", "{}"))
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    let completion = loop {
+        match waiter.next().await.unwrap() {
+            Some(warden::WaitEvent::Log(l)) => lines.push(l.message),
+            Some(warden::WaitEvent::Completed(c)) => break c,
+            None => panic!("no completion"),
+        }
+    };
+    assert_eq!(completion.status, Status::Success);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                .starts_with("attempt 1 ended failed (ValueError: once); attempt 2 is due at ")),
+        "{lines:?}"
+    );
+}
+
 /// Cancelled while `retrying`: by `warden cancel` at once, or by a cancel marker alone
 /// (what any client can write) when its next attempt comes due. Either way it ends
 /// `cancelled`, the completion says so, and nothing runs again.
