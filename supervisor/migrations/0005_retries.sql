@@ -53,3 +53,26 @@ CREATE TABLE execution_attempts (
 ALTER TABLE execution_logs ADD COLUMN attempt integer NOT NULL DEFAULT 1;
 ALTER TABLE execution_logs DROP CONSTRAINT execution_logs_pkey;
 ALTER TABLE execution_logs ADD PRIMARY KEY (execution_id, attempt, seq);
+
+-- Cron schedules (supervisor/src/schedule.rs, supervisor/src/store/schedules.rs). Each
+-- tick becomes one execution with a deterministic id (`schedule:<name>:<tick>`),
+-- inserted `scheduled` by the supervisor that holds the schedule's row lock, in the
+-- same transaction that moves `next_tick_at` on; the due-work poller starts it.
+CREATE TABLE schedules (
+    id           bigserial   PRIMARY KEY,
+    name         text        NOT NULL UNIQUE CHECK (name <> ''),
+    workflow_id  bigint      NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    cron         text        NOT NULL,
+    -- IANA zone the cron expression is read in (`Europe/Berlin`); UTC by default.
+    tz           text        NOT NULL DEFAULT 'UTC',
+    params       jsonb       NOT NULL DEFAULT '{}',
+    -- What to do with ticks missed while no supervisor ran: none, latest or all.
+    catch_up     text        NOT NULL DEFAULT 'latest'
+                             CHECK (catch_up IN ('none', 'latest', 'all')),
+    paused       boolean     NOT NULL DEFAULT false,
+    -- The first tick not yet fired.
+    next_tick_at timestamptz NOT NULL,
+    last_tick_at timestamptz,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX schedules_due ON schedules (next_tick_at) WHERE NOT paused;

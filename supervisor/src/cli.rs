@@ -69,6 +69,13 @@ pub enum Command {
     },
     /// Queue an execution of a workflow (and, with --wait, follow it to its end).
     Submit(crate::cmd::submit::SubmitArgs),
+    /// Cron schedules: run a workflow at every tick, once per tick across supervisors.
+    Schedule {
+        #[command(subcommand)]
+        cmd: crate::cmd::schedule::ScheduleCmd,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// List executions, or show one with its logs.
     Executions {
         #[command(subcommand)]
@@ -124,6 +131,7 @@ impl Command {
             Command::Module { cmd, conn } => crate::cmd::module::run(conn, cmd).await,
             Command::Workflow { cmd, conn } => crate::cmd::workflow::run(conn, cmd).await,
             Command::Submit(args) => crate::cmd::submit::run(args).await,
+            Command::Schedule { cmd, conn } => crate::cmd::schedule::run(conn, cmd).await,
             Command::Executions { cmd, conn } => crate::cmd::executions::run(conn, cmd).await,
             Command::Cancel { id, conn } => crate::cmd::cancel::run(conn, id).await,
             Command::Status { conn } => crate::cmd::status::run(conn).await,

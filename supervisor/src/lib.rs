@@ -24,6 +24,7 @@
 //! - `pycheck`: push-time Python checks (`ast.parse` in a `python3` subprocess, never
 //!   running the code).
 //! - `telemetry`: tracing set-up (human or JSON).
+//! - `schedule`: cron schedules, the pure part: ticks in a zone, catch-up, tick ids.
 //! - `retry_policy`: whether an ended attempt is retried, and the back-off before the
 //!   next (pure; the jitter's randomness is passed in).
 //!
@@ -58,6 +59,7 @@ mod outcome;
 mod pool;
 mod pycheck;
 mod retry_policy;
+mod schedule;
 mod sdk;
 mod serve;
 mod store;

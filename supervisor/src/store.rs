@@ -25,6 +25,8 @@
 //! - [`items`]: the plain data that flows through the writer ([`Completed`] in,
 //!   [`CommitOutcome`] from the transaction, [`Committed`] out) and [`Rejected`];
 //!   a leaf that `commit`, `executions` and `writer` all import, and nothing else.
+//! - [`schedules`]: cron schedules (`warden schedule`), and firing due ticks as
+//!   `scheduled` executions, one transaction per batch of schedules.
 //! - [`commit`]: one batch of outcomes in one transaction (rows, logs, SDK writes,
 //!   delivery statuses, daily metrics), idempotent so a replay never records twice.
 //! - [`lost`]: executions a dead supervisor left unfinished with nothing left to run
@@ -50,6 +52,7 @@ pub mod lost;
 pub mod metrics;
 pub mod migrate;
 pub mod retry;
+pub mod schedules;
 pub mod workflows;
 pub mod writer;
 

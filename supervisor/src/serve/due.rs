@@ -1,4 +1,6 @@
-//! The due-work poller: every supervisor runs one. About twice a second it takes the
+//! The due-work poller: every supervisor runs one. About twice a second it fires the
+//! cron schedules whose tick is due (crate::store::schedules: one transaction, only
+//! when one is due), then takes the
 //! executions whose next attempt (`retrying`) or start (`scheduled`) is due, in one
 //! statement on a pooled connection ([`Store::claim_due`]: `FOR UPDATE SKIP LOCKED`,
 //! and a lease), and puts each back on the intake path as a stream entry that carries
@@ -31,6 +33,8 @@ pub const POLL_EVERY: Duration = Duration::from_millis(500);
 pub const LEASE: Duration = Duration::from_secs(10);
 /// The most rows one poll takes.
 const POLL_LIMIT: i64 = 500;
+/// The most schedules one poll fires (in one transaction).
+const SCHEDULES_PER_POLL: i64 = 200;
 
 pub struct DuePoller {
     pub store: Store,
@@ -71,6 +75,23 @@ impl DuePoller {
 
     /// One poll: claims what is due and enqueues it; how many it enqueued.
     pub async fn poll(&self) -> Result<usize, String> {
+        // Cron ticks first: they become `scheduled` executions due at once, which the
+        // claim below takes in the same poll.
+        if self
+            .store
+            .schedules_due()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let fired = self
+                .store
+                .fire_schedules(chrono::Utc::now(), SCHEDULES_PER_POLL)
+                .await
+                .map_err(|e| e.to_string())?;
+            if fired > 0 {
+                tracing::debug!(executions = fired, "schedules fired");
+            }
+        }
         let due = self
             .store
             .claim_due(POLL_LIMIT, self.lease)

@@ -11,6 +11,7 @@
 //! - [`places`]: every way an execution ends gives its intake place back once.
 //! - [`redis_wipe`]: Redis wiped under a running service.
 //! - [`retries`]: retry policies, due attempts, each attempt once across supervisors.
+//! - [`schedules`]: cron schedules: each tick once across supervisors, catch-up.
 //! - [`resilience`]: the connection budget, dropped connections, SIGKILL, several
 //!   supervisors on one stream.
 
@@ -24,3 +25,4 @@ mod places;
 mod redis_wipe;
 mod resilience;
 mod retries;
+mod schedules;
