@@ -570,6 +570,9 @@ fn unknown_record(sid: &str, req: &ExecutionRequest, r: &WorkflowKey) -> Complet
         stream_id: Some(sid.to_string()),
     });
     record.completion = completion;
+    // A due attempt whose workflow was deactivated or deleted meanwhile: this ends the
+    // waiting execution (otherwise it would wait, and be enqueued again, for ever).
+    record.due_entry = req.attempt.is_some();
     record
 }
 

@@ -81,6 +81,7 @@ struct Rows {
     stream_id: Vec<Option<String>>,
     attempt: Vec<Option<i32>>,
     next_attempt_at: Vec<Option<DateTime<Utc>>>,
+    due_entry: Vec<bool>,
 }
 
 /// The arrays of the log insert.
@@ -155,11 +156,13 @@ impl Store {
                                       $9::text[], $10::timestamptz[], $11::timestamptz[],
                                       $12::float8[], $13::bigint[], $14::float8[],
                                       $15::int[], $16::int[], $17::int[], $18::text[],
-                                      $19::text[], $20::int[], $21::timestamptz[])
+                                      $19::text[], $20::int[], $21::timestamptz[],
+                                      $22::bool[])
                      AS t(id, workflow_id, workflow_name, org_id, status, result, error_type,
                           error_message, traceback, started_at, completed_at, duration_ms,
                           peak_memory_bytes, cpu_seconds, exit_code, exit_signal,
-                          logs_dropped, stream_id, caller, attempt, next_attempt_at)
+                          logs_dropped, stream_id, caller, attempt, next_attempt_at,
+                          due_entry)
              ),
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, status,
@@ -214,9 +217,11 @@ impl Store {
                             e.attempt))
                     -- A cancel of an execution waiting for its next attempt (or its
                     -- start): `warden cancel`, or its due-work entry found a cancel
-                    -- marker. Nothing of it runs, so no attempt fences it.
+                    -- marker; or its due-work entry could not run (its workflow is
+                    -- gone). Nothing of it runs, so no attempt fences it.
                     OR (e.status IN ('retrying', 'scheduled')
-                        AND EXCLUDED.status = 'cancelled'
+                        AND (EXCLUDED.status = 'cancelled'
+                             OR (SELECT i.due_entry FROM input i WHERE i.id = EXCLUDED.id))
                         AND (SELECT i.attempt FROM input i WHERE i.id = EXCLUDED.id) IS NULL)
                  RETURNING e.id, e.workflow_id, e.org_id, e.status, e.supervisor
              ),
@@ -270,6 +275,7 @@ impl Store {
         .bind(&rows.caller)
         .bind(&rows.attempt)
         .bind(&rows.next_attempt_at)
+        .bind(&rows.due_entry)
         .fetch_all(&mut *tx)
         .await
         .map_err(StoreError::query("write the execution rows"))?;
@@ -448,6 +454,7 @@ fn rows_of(items: &[&Completed]) -> Rows {
         r.stream_id.push(item.stream_id.as_deref().map(strip_nul));
         r.attempt.push(item.attempt);
         r.next_attempt_at.push(item.retry_at);
+        r.due_entry.push(item.due_entry);
     }
     r
 }

@@ -39,6 +39,9 @@ pub struct Completed {
     /// (crate::retry_policy): the execution is then recorded `retrying`, and no
     /// completion is published.
     pub retry_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A not-run outcome of a due attempt's entry (crate::serve::due), which may end a
+    /// `retrying` or `scheduled` row (a cancel may anyway).
+    pub due_entry: bool,
     /// The completion to publish once this outcome is recorded, handed back in its
     /// [`Committed`] (`None`: nothing was arranged, e.g. an item from a test; the
     /// acknowledger then publishes the committed status alone).
@@ -60,6 +63,7 @@ impl Completed {
             caller: None,
             attempt: None,
             retry_at: None,
+            due_entry: false,
             completion: None,
         }
     }
@@ -78,6 +82,7 @@ impl Completed {
             caller: r.caller,
             attempt: None,
             retry_at: None,
+            due_entry: false,
             completion: None,
         }
     }
@@ -128,6 +133,7 @@ impl Completed {
             attempt: self.attempt,
             // Stored as `failed`: nothing is retried after a StoreError.
             retry_at: None,
+            due_entry: self.due_entry,
             // Kept so the acknowledger knows a completion was arranged (it publishes
             // the `StoreError` instead).
             completion: self.completion.clone(),

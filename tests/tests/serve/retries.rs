@@ -412,6 +412,50 @@ async fn a_cancel_while_retrying_ends_it_cancelled() {
     assert_eq!(report.executions, 2, "one run each: {report:?}");
 }
 
+/// A workflow deactivated while one of its executions waits for its next attempt: the
+/// due attempt cannot run, and the execution ends `failed` / `UnknownWorkflow` (rather
+/// than waiting, and being enqueued again, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_workflow_gone_meanwhile_ends_the_execution() {
+    let s = TestServe::start(|_| {}).await;
+    push(
+        &s.db,
+        "retired",
+        FAILS_ONCE,
+        None,
+        Some(policy(3, 3_600_000, 3_600_000)),
+    )
+    .await;
+    s.client
+        .submit(&TestServe::request("g1", "retired", "{}"))
+        .await
+        .unwrap();
+    wait_for("retrying", Duration::from_secs(30), async || {
+        status_of(&s.db, "g1").await == "retrying"
+    })
+    .await;
+    execute(
+        &s.db,
+        "UPDATE workflows SET active = false WHERE name = 'retired'",
+    )
+    .await;
+    let waiter = s
+        .client
+        .wait_for_completion("g1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    execute(
+        &s.db,
+        "UPDATE executions SET next_attempt_at = now() WHERE id = 'g1'",
+    )
+    .await;
+    let c = waiter.completion().await.unwrap();
+    assert_eq!(c.status, Status::Failed);
+    assert_eq!(c.error_type.as_deref(), Some("UnknownWorkflow"));
+    assert_eq!(status_of(&s.db, "g1").await, "failed");
+    assert_eq!(attempts(&s.db, "g1").await, [(1, "failed".into())]);
+}
+
 /// A due attempt enqueued twice (as when a poller's lease runs out while its entry
 /// still waits in the stream), and a stale entry of an earlier attempt: the attempt
 /// runs once, and the stale entry runs nothing.
