@@ -228,6 +228,16 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_attempt_is_acknowledged_without_a_completion() {
+        let done = done_for(committed(Disposition::Retrying, ours())).expect("acknowledged");
+        assert_eq!(done.stream_id, "1-0");
+        assert!(
+            done.completion.is_none(),
+            "callers hear of the last attempt only"
+        );
+    }
+
+    #[test]
     fn an_isolated_outcome_publishes_the_store_error() {
         let mut c = committed(Disposition::Isolated, ours());
         c.status = Status::Failed;

@@ -188,3 +188,62 @@ impl Inflight {
         self.map.is_empty() && self.places.is_empty() && self.lost.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Status;
+    use crate::retry_policy::RetryPolicy;
+
+    fn meta(attempt: i32, retries: u32) -> Meta {
+        Meta {
+            stream_id: "1-0".into(),
+            workflow_id: Some(1),
+            org_id: None,
+            workflow_name: "wf".into(),
+            caller: None,
+            time_saved_seconds: 0.0,
+            value: 0.0,
+            attempt: Some(attempt),
+            retry: (retries > 0).then(|| {
+                Arc::new(RetryPolicy {
+                    retries,
+                    backoff_base_ms: 1_000,
+                    backoff_cap_ms: 1_000,
+                    ..RetryPolicy::default()
+                })
+            }),
+        }
+    }
+
+    fn failed() -> ExecutionOutcome {
+        ExecutionOutcome::not_run(&"e1".into(), Status::Failed, "ValueError", "boom")
+    }
+
+    #[test]
+    fn a_failed_attempt_with_retries_left_is_due_again_within_the_ceiling() {
+        let before = chrono::Utc::now();
+        let at = meta(1, 2).retry_at(&failed(), || 0.5).expect("retried");
+        let wait = (at - before).num_milliseconds();
+        assert!((450..=600).contains(&wait), "{wait} ms");
+        let item = meta(1, 2).into_completed(failed(), Vec::new());
+        assert!(item.retry_at.is_some());
+        let note = retry_note(&item, Some(4)).expect("a live note");
+        assert_eq!(note.seq, 5);
+        assert!(note
+            .message
+            .starts_with("attempt 1 ended failed (ValueError: boom); attempt 2 is due at "));
+    }
+
+    #[test]
+    fn the_last_attempt_and_a_cancel_are_not_retried() {
+        assert_eq!(meta(3, 2).retry_at(&failed(), || 0.5), None);
+        assert_eq!(meta(1, 0).retry_at(&failed(), || 0.5), None);
+        let cancelled =
+            ExecutionOutcome::not_run(&"e1".into(), Status::Cancelled, "Cancelled", "by a user");
+        assert_eq!(meta(1, 2).retry_at(&cancelled, || 0.5), None);
+        let item = meta(3, 2).into_completed(failed(), Vec::new());
+        assert!(item.retry_at.is_none());
+        assert!(retry_note(&item, None).is_none());
+    }
+}
