@@ -25,14 +25,23 @@ pub struct RetryArgs {
     pub retry_backoff: Option<(std::time::Duration, std::time::Duration)>,
     /// Which ends are retried: any of failed, timeout, crashed (default: all three;
     /// `cancelled` never is).
-    #[arg(long, value_name = "LIST", value_parser = crate::retry_policy::parse_retry_on)]
-    pub retry_on: Option<Vec<RetryOn>>,
+    #[arg(long, value_name = "LIST", value_parser = parse_retry_on)]
+    pub retry_on: Option<RetryOnList>,
     /// Retry a failed attempt only if it raised this exception class (repeatable).
     #[arg(long = "retry-exception", value_name = "CLASS")]
     pub retry_exceptions: Vec<String>,
     /// Never retry an attempt that raised this exception class (repeatable).
     #[arg(long = "no-retry-exception", value_name = "CLASS")]
     pub never_retry_exceptions: Vec<String>,
+}
+
+/// `--retry-on`'s value: one flag, a comma-separated list (a newtype, so clap takes it
+/// as one value rather than as a repeated flag).
+#[derive(Debug, Clone)]
+pub struct RetryOnList(pub Vec<RetryOn>);
+
+fn parse_retry_on(text: &str) -> Result<RetryOnList, String> {
+    crate::retry_policy::parse_retry_on(text).map(RetryOnList)
 }
 
 impl RetryArgs {
@@ -55,7 +64,7 @@ impl RetryArgs {
             p.backoff_cap_ms = cap.as_millis() as u64;
         }
         if let Some(on) = &self.retry_on {
-            p.retry_on = on.clone();
+            p.retry_on = on.0.clone();
         }
         p.retry_exceptions = self.retry_exceptions.clone();
         p.never_retry_exceptions = self.never_retry_exceptions.clone();

@@ -412,6 +412,60 @@ async fn a_cancel_while_retrying_ends_it_cancelled() {
     assert_eq!(report.executions, 2, "one run each: {report:?}");
 }
 
+/// `warden workflow push` stores the policy its flags describe, and refuses one that
+/// cannot be (a cancel is never retried; a cap below the base).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_flags_store_the_retry_policy() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flaky.py"), FAILS_ONCE).unwrap();
+    ok(warden(
+        &db,
+        &redis,
+        dir.path(),
+        &[
+            "workflow",
+            "push",
+            "flaky.py",
+            "--retries",
+            "4",
+            "--retry-backoff",
+            "250ms,2s",
+            "--retry-on",
+            "failed,timeout",
+            "--no-retry-exception",
+            "PermissionError",
+        ],
+    ));
+    let stored: String =
+        sqlx::query_scalar("SELECT retry_policy::text FROM workflows WHERE name = 'flaky'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!({
+            "retries": 4, "backoff_base_ms": 250, "backoff_cap_ms": 2000,
+            "retry_on": ["failed", "timeout"], "retry_exceptions": [],
+            "never_retry_exceptions": ["PermissionError"]
+        })
+    );
+    for bad in [
+        &["--retries", "2", "--retry-on", "cancelled"][..],
+        &["--retry-backoff", "5s,1s"][..],
+    ] {
+        let mut args = vec!["workflow", "push", "flaky.py"];
+        args.extend_from_slice(bad);
+        let err = warden_tests::cli::refused(warden(&db, &redis, dir.path(), &args));
+        assert!(
+            err.contains("never retried") || err.contains("below"),
+            "{err}"
+        );
+    }
+}
+
 /// A workflow deactivated while one of its executions waits for its next attempt: the
 /// due attempt cannot run, and the execution ends `failed` / `UnknownWorkflow` (rather
 /// than waiting, and being enqueued again, for ever).
