@@ -66,6 +66,11 @@ pub enum Command {
     },
     /// Queue an execution of a workflow (and, with --wait, follow it to its end).
     Submit(crate::cmd::submit::SubmitArgs),
+    /// Cron schedules: run a workflow at every tick, once per tick across supervisors.
+    Schedule {
+        #[command(subcommand)]
+        cmd: crate::cmd::schedule::ScheduleCmd,
+    },
     /// List executions, or show one with its logs.
     Executions {
         #[command(subcommand)]
@@ -145,6 +150,7 @@ impl Command {
             Command::Submit(args) => {
                 crate::cmd::submit::run(crate::cmd::submit::SubmitArgs { conn, ..args }).await
             }
+            Command::Schedule { cmd } => crate::cmd::schedule::run(conn, cmd).await,
             Command::Executions { cmd } => crate::cmd::executions::run(conn, cmd).await,
             Command::Logs { id, follow } => crate::cmd::logs::run(conn, id, follow).await,
             Command::Cancel { id } => crate::cmd::cancel::run(conn, id).await,

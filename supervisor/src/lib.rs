@@ -24,6 +24,9 @@
 //! - `pycheck`: push-time Python checks (`ast.parse` in a `python3` subprocess, never
 //!   running the code).
 //! - `telemetry`: tracing set-up (human or JSON).
+//! - `schedule`: cron schedules, the pure part: ticks in a zone, catch-up, tick ids.
+//! - `retry_policy`: whether an ended attempt is retried, and the back-off before the
+//!   next (pure; the jitter's randomness is passed in).
 //!
 //! # The public surface
 //!
@@ -55,6 +58,8 @@ mod modules;
 mod outcome;
 mod pool;
 mod pycheck;
+mod retry_policy;
+mod schedule;
 mod sdk;
 mod serve;
 mod store;
@@ -99,6 +104,9 @@ pub use sdk::{
 
 // The daemon, run in-process with a shutdown trigger the caller holds.
 pub use serve::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
+
+// Retries: a workflow's policy.
+pub use retry_policy::{RetryOn, RetryPolicy};
 
 /// Internal functions the end-to-end tests (`warden-tests`) call for set-up, or to
 /// check one step on its own against real PostgreSQL and Redis. Not part of the API:

@@ -60,6 +60,9 @@
 //!   superseded, and the acker neither acknowledges nor publishes it. The sweeper
 //!   ends rows a dead supervisor left running with nothing left to run them
 //!   ([`sweeper`]).
+//! - **Due work.** Retries and delayed starts wait in PostgreSQL (`retrying`,
+//!   `scheduled`); each supervisor's [`due`] poller puts those that are due back on the
+//!   stream, as entries carrying the attempt they start.
 //! - **Shutdown.** The first signal stops intake and hands back what has not started:
 //!   executions queued in the pool (or prepared by the reader) go back to `pending` in
 //!   PostgreSQL at the same attempt ([`handback`]), and their stream entries stay
@@ -81,6 +84,7 @@
 
 pub mod acker;
 mod daemon;
+pub mod due;
 pub mod handback;
 pub mod held;
 pub mod inflight;
@@ -187,6 +191,9 @@ pub struct ServeReport {
     pub taken_over: u64,
     /// Executions this supervisor's sweeper recorded `crashed` / `SupervisorLost`.
     pub swept: u64,
+    /// Due attempts (retries, delayed starts) this supervisor's poller enqueued
+    /// (crate::serve::due); a row enqueued twice counts twice, and runs once.
+    pub due_enqueued: u64,
     /// Executions given back at shutdown without starting (queued, or prepared as
     /// intake stopped): not counted in `executions`.
     pub returned: u64,

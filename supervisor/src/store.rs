@@ -15,6 +15,9 @@
 //!   by [`commit`]).
 //! - [`deliveries`]: event deliveries, created on intake by [`Store::begin_batch`]'s
 //!   statement; their status is written by [`commit`].
+//! - [`due`]: executions waiting for their next attempt or their start: claimed by the
+//!   due-work poller (one statement, `FOR UPDATE SKIP LOCKED`), cancelled by `warden
+//!   cancel`.
 //! - [`executions`]: the one-statement [`Store::begin_batch`] that marks a batch
 //!   `running` (and says which ids were already finished), [`Store::hand_back`] for
 //!   what a supervisor that shuts down gives back, recording rejected requests, and the read
@@ -22,6 +25,8 @@
 //! - [`items`]: the plain data that flows through the writer ([`Completed`] in,
 //!   [`CommitOutcome`] from the transaction, [`Committed`] out) and [`Rejected`];
 //!   a leaf that `commit`, `executions` and `writer` all import, and nothing else.
+//! - [`schedules`]: cron schedules (`warden schedule`), and firing due ticks as
+//!   `scheduled` executions, one transaction per batch of schedules.
 //! - [`commit`]: one batch of outcomes in one transaction (rows, logs, SDK writes,
 //!   delivery statuses, daily metrics), idempotent so a replay never records twice.
 //! - [`lost`]: executions a dead supervisor left unfinished with nothing left to run
@@ -39,6 +44,7 @@ pub mod commit;
 pub mod configs;
 pub mod connect;
 pub mod deliveries;
+pub mod due;
 pub mod executions;
 pub mod items;
 pub mod kv;
@@ -46,6 +52,7 @@ pub mod lost;
 pub mod metrics;
 pub mod migrate;
 pub mod retry;
+pub mod schedules;
 pub mod workflows;
 pub mod writer;
 

@@ -129,6 +129,7 @@ impl TestDb {
                 default_timeout_ms: None,
                 time_saved_seconds: None,
                 value: None,
+                retry_policy: None,
             })
             .await
             .expect("push workflow");
@@ -332,6 +333,10 @@ pub mod fixtures {
             delivery_id: None,
             workflow_version: None,
             workflow_hash: None,
+            timeout_ms: None,
+            retries: None,
+            carrier_attempt: None,
+            not_before: None,
         }
     }
 }

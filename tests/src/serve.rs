@@ -80,6 +80,7 @@ impl TestServe {
                 default_timeout_ms: timeout.map(|t| t.as_millis() as i32),
                 time_saved_seconds: Some(60.0),
                 value: Some(2.5),
+                retry_policy: None,
             })
             .await
             .expect("push workflow")

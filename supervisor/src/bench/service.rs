@@ -47,6 +47,7 @@ pub async fn bench_mode(
                 default_timeout_ms: None,
                 time_saved_seconds: None,
                 value: None,
+                retry_policy: workload.retry_policy(),
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -23,6 +23,16 @@ def run(x):
     return {"y": x * 2, "retries": settings["retries"]}
 "#;
 
+/// The retries workload: one execution in ten fails its first attempt and is retried
+/// (policy: 1 retry, back-off up to 100 ms), the others are trivial.
+pub const RETRIES: &str = r#"from warden import context
+
+def run(x):
+    if context.attempt == 1 and x % 10 == 0:
+        raise ValueError("transient")
+    return {"y": x * 2}
+"#;
+
 /// The global config the SDK workload reads.
 const CONFIG: [(&str, &str); 5] = [
     ("region", "\"eu-west-1\""),
@@ -39,6 +49,8 @@ pub enum Workload {
     Sdk,
     /// Imports 10 workspace modules (crate::modules::bench).
     Modules,
+    /// 10% fail once and are retried ([`RETRIES`]).
+    Retries,
 }
 
 /// Which workloads to measure (`--workload`).
@@ -51,6 +63,8 @@ pub enum Workloads {
     Modules,
     /// Every workload.
     All,
+    /// The trivial workload, then the one where 10% of executions are retried once.
+    Retries,
 }
 
 impl Workloads {
@@ -61,6 +75,7 @@ impl Workloads {
             Workloads::Both => &[Workload::Trivial, Workload::Sdk],
             Workloads::Modules => &[Workload::Trivial, Workload::Modules],
             Workloads::All => &[Workload::Trivial, Workload::Sdk, Workload::Modules],
+            Workloads::Retries => &[Workload::Trivial, Workload::Retries],
         }
     }
 }
@@ -72,6 +87,7 @@ impl Workload {
             Workload::Trivial => "trivial",
             Workload::Sdk => "sdk",
             Workload::Modules => "modules",
+            Workload::Retries => "retries",
         }
     }
 
@@ -80,7 +96,18 @@ impl Workload {
             Workload::Trivial => TRIVIAL,
             Workload::Sdk => SDK,
             Workload::Modules => crate::modules::bench::WORKFLOW,
+            Workload::Retries => RETRIES,
         }
+    }
+
+    /// The retry policy its workflow is pushed with.
+    pub fn retry_policy(self) -> Option<crate::retry_policy::RetryPolicy> {
+        (self == Workload::Retries).then(|| crate::retry_policy::RetryPolicy {
+            retries: 1,
+            backoff_base_ms: 100,
+            backoff_cap_ms: 100,
+            ..Default::default()
+        })
     }
 
     /// Stores what the workload reads (the SDK workload's global config, the modules

@@ -6,18 +6,43 @@
 //! where a queued execution waits before a supervisor records it) is refused with a
 //! non-zero exit code, rather than a cancel request that can only be ignored.
 //!
+//! An execution waiting for its next attempt (`retrying`) or its start (`scheduled`)
+//! is cancelled in PostgreSQL at once, and its completion published; its due entry,
+//! if one is already in the stream, then finds it ended.
+//!
 //! Any client can do the same: `SET warden:cancelled:<id> 1 EX 86400` (so a supervisor
 //! that reads the request later still sees it) and `PUBLISH warden:cancel <id>`.
 
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
-use crate::intake::{IntakeClient, IntakeError};
+use crate::intake::{Completion, IntakeClient, IntakeError};
+use crate::outcome::Status;
+use crate::store::ExecutionStatus;
 
 pub async fn run(conn: ConnArgs, id: String) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let found = store.execution_status(&id).await;
+    let waiting = matches!(
+        found,
+        Ok(Some(ExecutionStatus::Retrying | ExecutionStatus::Scheduled))
+    );
+    let cancelled_waiting = if waiting {
+        store.cancel_waiting(&id).await
+    } else {
+        Ok(false)
+    };
     store.close().await;
     let client = conn.intake().await?;
+    if cancelled_waiting? {
+        let mut c = Completion::new(id.clone(), Status::Cancelled);
+        c.error_type = Some("Cancelled".into());
+        c.error_message = Some("cancelled while waiting for its next attempt or its start".into());
+        // The marker too: a due entry already read by a supervisor finds it.
+        client.cancel(&id).await?;
+        client.publish_completion(&c).await?;
+        println!("cancelled {id}");
+        return Ok(0);
+    }
     match found? {
         Some(status) if status.terminal().is_some() => {
             return Err(CliError::ExecutionEnded {

@@ -15,7 +15,8 @@ use super::json::{opt_time, time};
 pub enum ExecutionsCmd {
     /// Recent executions, newest first.
     List {
-        /// Only this status: pending, running, success, failed, timeout, cancelled, crashed.
+        /// Only this status: pending, running, retrying, scheduled, success, failed,
+        /// timeout, cancelled, crashed.
         #[arg(long)]
         status: Option<String>,
         /// Only this workflow (name).
@@ -59,7 +60,7 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
             let status = status
                 .map(|s| {
                     ExecutionStatus::try_from(s.clone()).map_err(|_| {
-                        CliError::InvalidInput(format!("unknown status `{s}`: use pending, running, success, failed, timeout, cancelled or crashed"))
+                        CliError::InvalidInput(format!("unknown status `{s}`: use pending, running, retrying, scheduled, success, failed, timeout, cancelled or crashed"))
                     })
                 })
                 .transpose()?;
@@ -145,6 +146,14 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
                 version_note(e.workflow_version, e.workflow_hash.as_deref())
             );
             println!("status:    {} (attempt {})", e.status, e.attempt);
+            if let Some(t) = e.next_attempt_at {
+                let what = if e.status == ExecutionStatus::Scheduled {
+                    "starts at"
+                } else {
+                    "next try:"
+                };
+                println!("{what} {t}");
+            }
             println!("queued:    {}", e.queued_at);
             if let Some(t) = e.started_at {
                 println!("started:   {t}");
@@ -180,10 +189,38 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
             if let Some(tb) = e.traceback.as_deref().filter(|t| !t.is_empty()) {
                 println!("traceback:\n{tb}");
             }
+            if !d.attempts.is_empty() {
+                println!("attempts:");
+                for a in &d.attempts {
+                    let error = a
+                        .error_type
+                        .as_deref()
+                        .map(|t| format!(" {t}: {}", a.error_message.as_deref().unwrap_or("")))
+                        .unwrap_or_default();
+                    let next = a
+                        .next_attempt_at
+                        .map(|t| format!("; next due {t}"))
+                        .unwrap_or_default();
+                    println!(
+                        "  {:>3} {:<9} {:>9.1} ms, CPU {:.3} s, {:.1} MiB, ended {}{error}{next}",
+                        a.attempt,
+                        a.status,
+                        a.duration_ms.unwrap_or(0.0),
+                        a.cpu_seconds.unwrap_or(0.0),
+                        a.peak_memory_bytes.unwrap_or(0) as f64 / 1048576.0,
+                        a.completed_at,
+                    );
+                }
+            }
             if !d.logs.is_empty() {
                 println!("logs:");
+                let several = d.logs.iter().any(|l| l.attempt != d.logs[0].attempt);
                 for l in &d.logs {
-                    println!("  {:>4} [{}] {}", l.seq, l.level, l.message);
+                    if several {
+                        println!("  #{} {:>4} [{}] {}", l.attempt, l.seq, l.level, l.message);
+                    } else {
+                        println!("  {:>4} [{}] {}", l.seq, l.level, l.message);
+                    }
                 }
             }
             if e.logs_dropped > 0 {

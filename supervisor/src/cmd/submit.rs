@@ -43,6 +43,15 @@ pub struct SubmitArgs {
     /// Deadline for this execution (default: the workflow's, else the supervisor's).
     #[arg(long, value_parser = crate::args::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Retries for this execution instead of the workflow's policy's number (0: none).
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Start it this long from now (`10m`, `90s`): `scheduled` until then.
+    #[arg(long = "in", value_name = "DURATION", value_parser = crate::args::parse_duration, conflicts_with = "at")]
+    pub in_: Option<Duration>,
+    /// Start it at this time, RFC 3339 with an offset (`2026-12-24T07:00:00+01:00`).
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Execution id (default: a new UUID). Resubmitting an id never runs it twice.
     #[arg(long)]
     pub id: Option<String>,
@@ -80,9 +89,21 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     req.org = args.org.clone();
     req.caller = args.caller.clone();
     req.timeout = args.timeout;
+    req.retries = args.retries;
+    req.not_before = match (args.in_, args.at) {
+        (Some(d), _) => Some(
+            chrono::Utc::now()
+                + chrono::Duration::from_std(d)
+                    .map_err(|_| CliError::InvalidInput("--in is too far ahead".into()))?,
+        ),
+        (None, at) => at,
+    };
     req.validate()
         .map_err(|r| CliError::InvalidInput(r.reason))?;
     check_workflow(&args.conn, &req.workflow, args.org.as_deref()).await?;
+    if args.id.is_some() {
+        check_id_params(&args.conn, &req).await?;
+    }
     let client = args.conn.intake().await?;
     match client.status().await {
         Ok(overview) if !overview.backlog.consumers.iter().any(|c| c.live) => eprintln!(
@@ -131,6 +152,37 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
             }
         }
     }
+}
+
+/// Fails when the id is already used by an execution with other params: a resubmission
+/// must be the same request (then the first copy answers it), not another one. Only
+/// warns when the database cannot be reached (the supervisor refuses it too, with an
+/// `IdempotencyConflict` completion).
+async fn check_id_params(conn: &ConnArgs, req: &ExecutionRequest) -> Result<(), CliError> {
+    let stored = async {
+        let store = conn.store().await?;
+        let p = store.execution_params(req.execution_id.as_str()).await;
+        store.close().await;
+        p
+    }
+    .await;
+    let stored = match stored {
+        Ok(Some(Some(p))) => p,
+        Ok(_) => return Ok(()),
+        Err(e) => {
+            eprintln!("warning: cannot check whether the id is in use ({e}); submitting anyway");
+            return Ok(());
+        }
+    };
+    let ours: Value = serde_json::from_str(&req.params_json).unwrap_or(Value::Null);
+    if ours == stored {
+        return Ok(());
+    }
+    Err(CliError::InvalidInput(format!(
+        "execution id {} was already used with different params ({stored}); \
+         resubmit it with the same params, or leave out --id for a new one",
+        req.execution_id
+    )))
 }
 
 /// Fails when `workflow` names no active workflow where the request looks for it,
@@ -217,6 +269,15 @@ fn missing_workflow(name: &str, org: Option<&str>, elsewhere: &[Option<String>])
     } else {
         format!("{here}; {}", hints.join("; "))
     }
+}
+
+/// `--at`: RFC 3339 with an offset.
+fn parse_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("`{text}` is not an RFC 3339 time with an offset ({e}); e.g. 2026-12-24T07:00:00+01:00")
+        })
 }
 
 /// `--params` or the `--param k=v` pairs, as one JSON object.

@@ -10,7 +10,67 @@ use clap::Subcommand;
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
 use crate::pycheck::{self, PyCheckError};
+use crate::retry_policy::{RetryOn, RetryPolicy};
 use crate::store::{PushAction, WorkflowSpec};
+
+/// The retry policy flags of a push (crate::retry_policy). None given: no retries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetryArgs {
+    /// How many times a failed attempt is tried again (0: never; at most 100).
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Back-off before a retry, `BASE[,CAP]` (`1s,5m`): the wait after attempt n is
+    /// random in [0, min(CAP, BASE * 2^(n-1))] ("full jitter"). Default `1s,5m`.
+    #[arg(long, value_name = "BASE[,CAP]", value_parser = crate::retry_policy::parse_backoff)]
+    pub retry_backoff: Option<(std::time::Duration, std::time::Duration)>,
+    /// Which ends are retried: any of failed, timeout, crashed (default: all three;
+    /// `cancelled` never is).
+    #[arg(long, value_name = "LIST", value_parser = parse_retry_on)]
+    pub retry_on: Option<RetryOnList>,
+    /// Retry a failed attempt only if it raised this exception class (repeatable).
+    #[arg(long = "retry-exception", value_name = "CLASS")]
+    pub retry_exceptions: Vec<String>,
+    /// Never retry an attempt that raised this exception class (repeatable).
+    #[arg(long = "no-retry-exception", value_name = "CLASS")]
+    pub never_retry_exceptions: Vec<String>,
+}
+
+/// `--retry-on`'s value: one flag, a comma-separated list (a newtype, so clap takes it
+/// as one value rather than as a repeated flag).
+#[derive(Debug, Clone)]
+pub struct RetryOnList(pub Vec<RetryOn>);
+
+fn parse_retry_on(text: &str) -> Result<RetryOnList, String> {
+    crate::retry_policy::parse_retry_on(text).map(RetryOnList)
+}
+
+impl RetryArgs {
+    /// The policy the flags describe (`None`: no flag given, or `--retries 0` alone).
+    pub fn policy(&self) -> Option<RetryPolicy> {
+        let given = self.retries.is_some_and(|n| n > 0)
+            || self.retry_backoff.is_some()
+            || self.retry_on.is_some()
+            || !self.retry_exceptions.is_empty()
+            || !self.never_retry_exceptions.is_empty();
+        if !given {
+            return None;
+        }
+        let mut p = RetryPolicy {
+            retries: self.retries.unwrap_or(0),
+            ..RetryPolicy::default()
+        };
+        if let Some((base, cap)) = self.retry_backoff {
+            p.backoff_base_ms = base.as_millis() as u64;
+            p.backoff_cap_ms = cap.as_millis() as u64;
+        }
+        if let Some(on) = &self.retry_on {
+            p.retry_on = on.0.clone();
+        }
+        p.retry_exceptions = self.retry_exceptions.clone();
+        p.never_retry_exceptions = self.never_retry_exceptions.clone();
+        Some(p)
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCmd {
@@ -39,6 +99,8 @@ pub enum WorkflowCmd {
         /// Value of one successful execution (ROI metrics).
         #[arg(long)]
         value: Option<f64>,
+        #[command(flatten)]
+        retry: Box<RetryArgs>,
     },
     /// The versions of a workflow, oldest first: a push that changes the source makes
     /// a new one.
@@ -73,7 +135,12 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
             org,
             time_saved,
             value,
+            retry,
         } => {
+            let retry_policy = retry.policy();
+            if let Some(Err(reason)) = retry_policy.as_ref().map(RetryPolicy::validate) {
+                return Err(CliError::InvalidInput(format!("{reason}; nothing stored")));
+            }
             // Every file is read and checked before anything is stored.
             let mut specs = Vec::new();
             for (file, name) in workflow_files(&file, name)? {
@@ -97,6 +164,7 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                     default_timeout_ms: timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32),
                     time_saved_seconds: time_saved,
                     value,
+                    retry_policy: retry_policy.clone(),
                 });
             }
             for spec in specs {

@@ -130,6 +130,28 @@ impl IntakeClient {
         })
     }
 
+    /// Stores and publishes a completion (`SET … EX` + `PUBLISH`), for an execution that
+    /// ended without a supervisor (cancelled while waiting for its next attempt).
+    pub async fn publish_completion(&self, completion: &Completion) -> Result<(), IntakeError> {
+        let json = completion.to_json();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.completion_key(completion.id.as_str()))
+            .arg(&json)
+            .arg("EX")
+            .arg(super::stream::COMPLETION_TTL.as_secs())
+            .ignore();
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.completion_channel(completion.id.as_str()))
+            .arg(&json)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(|e| {
+                IntakeError::redis(format!("publishing the completion of {}", completion.id), e)
+            })
+    }
+
     /// Asks for an execution to be cancelled (queued or running).
     pub async fn cancel(&self, execution_id: &str) -> Result<(), IntakeError> {
         cancel::request_cancel(&mut self.conn.clone(), &self.keys, execution_id).await

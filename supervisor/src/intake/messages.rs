@@ -24,6 +24,10 @@ pub const MAX_PUBLISHED_ERROR_MESSAGE: usize = 4 * 1024;
 /// `error_type` of an execution whose stream entry was not a valid request.
 pub const INVALID_REQUEST: &str = "InvalidRequest";
 
+/// `error_type` of the answer to a request that reused an execution id with other
+/// params (crate::store::Begin::Conflict).
+pub const ID_CONFLICT: &str = "IdempotencyConflict";
+
 /// How one execution ended, published once on `warden:execution:<id>` after its row
 /// is committed:
 ///
@@ -92,6 +96,29 @@ impl Completion {
             result: None,
             result_truncated: false,
         })
+    }
+
+    /// The answer to a request that reused `id` with other params. Published on the
+    /// id's channel for its sender, never stored as the id's completion (that belongs
+    /// to the execution that has the id: [`Completion::is_stored`]).
+    pub fn conflict(id: &ExecutionId) -> Completion {
+        Completion {
+            id: id.clone(),
+            status: Status::Failed,
+            error_type: Some(ID_CONFLICT.to_owned()),
+            error_message: Some(format!(
+                "execution id {id} was already used with different params; \
+                 the request was not run: submit it under a new id"
+            )),
+            result: None,
+            result_truncated: false,
+        }
+    }
+
+    /// Whether this completion is the execution's own, to keep in the completion key
+    /// (every one but a [`Completion::conflict`] answer).
+    pub fn is_stored(&self) -> bool {
+        self.error_type.as_deref() != Some(ID_CONFLICT)
     }
 
     /// A completion with just a status and an optional error (e.g. `cancelled` while

@@ -12,6 +12,9 @@
 //! | `caller`      | no       | who asked (user, service), recorded with the execution       |
 //! | `timeout`     | no       | deadline in seconds (`30`, `2.5`), > 0 and <= 86400          |
 //! | `delivery_id` | no       | reserved for event delivery; same charset as `id`            |
+//! | `retries`     | no       | retries for this execution (`0`..=`100`), instead of the workflow's |
+//! | `not_before`  | no       | do not start before: RFC 3339 (`2026-12-24T07:00:00+01:00`) or Unix seconds |
+//! | `attempt`     | no       | set by supervisors on a due attempt's entry (crate::serve::due), not by clients |
 //!
 //! An empty value of an optional field means "absent" (clients that cannot omit a
 //! field send `""`). Unknown fields are ignored, so newer clients can talk to older
@@ -26,6 +29,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 use crate::outcome::ExecutionId;
@@ -71,6 +75,13 @@ pub struct ExecutionRequest {
     /// `None`: the supervisor's default deadline.
     pub timeout: Option<Duration>,
     pub delivery_id: Option<String>,
+    /// Retries for this execution, instead of its workflow's policy's number.
+    pub retries: Option<u32>,
+    /// Not to start before this time (`scheduled` until then).
+    pub not_before: Option<DateTime<Utc>>,
+    /// On an entry the due-work poller enqueues: the attempt it starts (a waiting row
+    /// is begun only by the entry carrying the attempt it waits for).
+    pub attempt: Option<i32>,
 }
 
 /// Why a stream entry is not a valid request.
@@ -107,6 +118,9 @@ impl ExecutionRequest {
             caller: None,
             timeout: None,
             delivery_id: None,
+            retries: None,
+            not_before: None,
+            attempt: None,
         }
     }
 
@@ -134,6 +148,18 @@ impl ExecutionRequest {
         }
         if let Some(delivery_id) = &self.delivery_id {
             fields.push(("delivery_id", delivery_id.clone()));
+        }
+        if let Some(retries) = self.retries {
+            fields.push(("retries", retries.to_string()));
+        }
+        if let Some(at) = self.not_before {
+            fields.push((
+                "not_before",
+                at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ));
+        }
+        if let Some(attempt) = self.attempt {
+            fields.push(("attempt", attempt.to_string()));
         }
         fields
     }
@@ -174,6 +200,9 @@ const FIELD_ORG: &str = "org";
 const FIELD_CALLER: &str = "caller";
 const FIELD_TIMEOUT: &str = "timeout";
 const FIELD_DELIVERY_ID: &str = "delivery_id";
+const FIELD_RETRIES: &str = "retries";
+const FIELD_NOT_BEFORE: &str = "not_before";
+const FIELD_ATTEMPT: &str = "attempt";
 
 /// The known fields, raw, as found in the entry.
 #[derive(Default)]
@@ -185,6 +214,9 @@ struct RawFields<'a> {
     caller: Option<&'a [u8]>,
     timeout: Option<&'a [u8]>,
     delivery_id: Option<&'a [u8]>,
+    retries: Option<&'a [u8]>,
+    not_before: Option<&'a [u8]>,
+    attempt: Option<&'a [u8]>,
 }
 
 /// Turns one stream entry into an [`ExecutionRequest`], or says why it is not one.
@@ -208,6 +240,9 @@ where
             b"caller" => (&mut raw.caller, FIELD_CALLER),
             b"timeout" => (&mut raw.timeout, FIELD_TIMEOUT),
             b"delivery_id" => (&mut raw.delivery_id, FIELD_DELIVERY_ID),
+            b"retries" => (&mut raw.retries, FIELD_RETRIES),
+            b"not_before" => (&mut raw.not_before, FIELD_NOT_BEFORE),
+            b"attempt" => (&mut raw.attempt, FIELD_ATTEMPT),
             _ => {
                 unknown += 1;
                 continue;
@@ -266,6 +301,21 @@ where
         .map(|b| parse_id(FIELD_DELIVERY_ID, b))
         .transpose()
         .map_err(&fail)?;
+    let retries = optional(raw.retries)
+        .map(|b| parse_count(FIELD_RETRIES, b, crate::retry_policy::MAX_RETRIES as i64))
+        .transpose()
+        .map_err(&fail)?
+        .map(|n| n as u32);
+    let not_before = optional(raw.not_before)
+        .map(parse_time)
+        .transpose()
+        .map_err(&fail)?;
+    let attempt = optional(raw.attempt)
+        .map(|b| parse_count(FIELD_ATTEMPT, b, i32::MAX as i64))
+        .transpose()
+        .map_err(&fail)?
+        .map(|n| n as i32)
+        .filter(|n| *n >= 1);
 
     Ok(ExecutionRequest {
         execution_id,
@@ -275,6 +325,9 @@ where
         caller,
         timeout,
         delivery_id,
+        retries,
+        not_before,
+        attempt,
     })
 }
 
@@ -406,6 +459,37 @@ fn parse_timeout(bytes: &[u8]) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A whole number in `0..=max`.
+fn parse_count(field: &str, bytes: &[u8], max: i64) -> Result<i64, String> {
+    let text = utf8(field, bytes)?;
+    match text.trim().parse::<i64>() {
+        Ok(n) if (0..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "field `{field}` must be a whole number from 0 to {max}, got `{}`",
+            snippet(text)
+        )),
+    }
+}
+
+/// `not_before`: RFC 3339 with an offset, or Unix seconds.
+fn parse_time(bytes: &[u8]) -> Result<DateTime<Utc>, String> {
+    let text = utf8(FIELD_NOT_BEFORE, bytes)?.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 253_402_300_800.0)
+        .and_then(|s| DateTime::<Utc>::from_timestamp_micros((s * 1e6) as i64))
+        .ok_or_else(|| {
+            format!(
+                "field `not_before` must be an RFC 3339 time with an offset \
+                 (`2026-12-24T07:00:00+01:00`) or Unix seconds, got `{}`",
+                snippet(text)
+            )
+        })
 }
 
 /// At most 40 characters of `text`, for quoting a bad value in a reason.

@@ -19,7 +19,7 @@ use super::cancel::{self, CancelListener};
 use super::entry::{self, Entry, Field};
 use super::keys::Keys;
 use super::messages::{Completion, Done, LogLine, SupervisorStatus};
-use super::request::InvalidEntry;
+use super::request::{ExecutionRequest, InvalidEntry};
 use super::{redact_url, IntakeError};
 
 /// How long establishing a connection may take.
@@ -351,12 +351,14 @@ impl Intake {
     /// Adds a completion's `SET … EX` (kept for late waiters) and `PUBLISH` to `pipe`.
     fn queue_completion(&self, pipe: &mut redis::Pipeline, completion: &Completion) {
         let json = completion.to_json();
-        pipe.cmd("SET")
-            .arg(self.keys.completion_key(completion.id.as_str()))
-            .arg(&json)
-            .arg("EX")
-            .arg(COMPLETION_TTL.as_secs())
-            .ignore();
+        if completion.is_stored() {
+            pipe.cmd("SET")
+                .arg(self.keys.completion_key(completion.id.as_str()))
+                .arg(&json)
+                .arg("EX")
+                .arg(COMPLETION_TTL.as_secs())
+                .ignore();
+        }
         pipe.cmd("PUBLISH")
             .arg(self.keys.completion_channel(completion.id.as_str()))
             .arg(&json)
@@ -457,6 +459,27 @@ impl Intake {
             );
         }
         Ok(())
+    }
+
+    /// Adds requests to the stream in one pipeline (the due-work poller's entries for
+    /// due attempts: crate::serve::due); returns their stream ids.
+    pub async fn enqueue(&self, requests: &[ExecutionRequest]) -> Result<Vec<String>, IntakeError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stream = self.keys.stream();
+        let mut pipe = redis::pipe();
+        for request in requests {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(request.to_fields());
+        }
+        self.send_pipe(&mut self.writer.clone(), &pipe)
+            .await
+            .map_err(|e| {
+                IntakeError::redis(format!("enqueueing {} due attempts", requests.len()), e)
+            })
     }
 
     /// Appends log lines to their executions' live-log streams (one pipeline): `XADD`

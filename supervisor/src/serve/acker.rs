@@ -160,6 +160,11 @@ fn done_for(c: Committed) -> Option<Done> {
             completion: None,
         }),
         (_, Disposition::Superseded) => None,
+        // The execution waits for its next attempt: callers hear of the last one only.
+        (_, Disposition::Retrying) => Some(Done {
+            stream_id,
+            completion: None,
+        }),
         // What is in the database wins: publish that status, not ours.
         (_, Disposition::AlreadyTerminal) | (None, _) => Some(Done::new(
             stream_id,
@@ -220,6 +225,16 @@ mod tests {
         assert_eq!(published.error_type, None);
         let done = done_for(committed(Disposition::NotOwner, ours())).expect("acknowledged");
         assert!(done.completion.is_none());
+    }
+
+    #[test]
+    fn a_retried_attempt_is_acknowledged_without_a_completion() {
+        let done = done_for(committed(Disposition::Retrying, ours())).expect("acknowledged");
+        assert_eq!(done.stream_id, "1-0");
+        assert!(
+            done.completion.is_none(),
+            "callers hear of the last attempt only"
+        );
     }
 
     #[test]

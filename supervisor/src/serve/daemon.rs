@@ -21,7 +21,7 @@ use super::inflight::{Inflight, Meta};
 use super::outage::RedisOutage;
 use super::prepare::{self, Dispatch};
 use super::publisher::Publisher;
-use super::sweeper;
+use super::{due, sweeper};
 use super::{ServeConfig, ServeError, ServeReport, Shutdown};
 use crate::intake::{
     CancelListener, CancelSignal, Heartbeat, Intake, Keys, Liveness, SupervisorStatus,
@@ -72,6 +72,8 @@ pub(super) struct Daemon {
     dispatches: mpsc::Receiver<Vec<Dispatch>>,
     reader: JoinHandle<()>,
     sweeper: JoinHandle<u64>,
+    /// The due-work poller (retries and delayed starts).
+    due: JoinHandle<u64>,
     taken_over: Arc<AtomicU64>,
     inflight: Inflight,
     report: ServeReport,
@@ -144,6 +146,16 @@ impl Daemon {
             }
             .run(),
         );
+        let due = tokio::spawn(
+            due::DuePoller {
+                store: store.clone(),
+                intake: intake.clone(),
+                every: due::POLL_EVERY,
+                lease: due::LEASE,
+                stop: reader_stopped.clone(),
+            }
+            .run(),
+        );
         let reader = tokio::spawn(
             prepare::Reader {
                 intake: intake.clone(),
@@ -204,6 +216,7 @@ impl Daemon {
             dispatches,
             reader,
             sweeper,
+            due,
             taken_over,
             inflight: Inflight::default(),
             report: ServeReport::default(),
@@ -465,8 +478,12 @@ impl Daemon {
             RunEnd::Record { meta, logs, place } => {
                 self.count(&out);
                 // The item carries its stream entry and completion on to the acker.
-                self.to_writer
-                    .push_back((meta.into_completed(out, logs), place));
+                let last_seq = logs.iter().map(|l| l.seq).max();
+                let item = meta.into_completed(out, logs);
+                if let Some(note) = super::inflight::retry_note(&item, last_seq) {
+                    self.publisher.log(note);
+                }
+                self.to_writer.push_back((item, place));
             }
         }
     }
@@ -525,6 +542,7 @@ impl Daemon {
             mut dispatches,
             mut reader,
             mut sweeper,
+            mut due,
             taken_over,
             mut report,
             mut to_writer,
@@ -601,6 +619,10 @@ impl Daemon {
         match tokio::time::timeout(stop.left().min(SIDE_TIMEOUT), &mut sweeper).await {
             Ok(swept) => report.swept = swept.unwrap_or(0),
             Err(_) => sweeper.abort(),
+        }
+        match tokio::time::timeout(stop.left().min(SIDE_TIMEOUT), &mut due).await {
+            Ok(enqueued) => report.due_enqueued = enqueued.unwrap_or(0),
+            Err(_) => due.abort(),
         }
         report.taken_over = taken_over.load(Ordering::Relaxed);
         // Last: rows are handed back and what was committed is acknowledged (or, past the
@@ -925,6 +947,7 @@ mod tests {
             time_saved_seconds: 0.0,
             value: 0.0,
             attempt: Some(1),
+            retry: None,
         }
     }
 

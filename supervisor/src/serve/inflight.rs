@@ -3,11 +3,13 @@
 //! the log lines it produced so far (written with its result, in one transaction).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use warden_protocol::Log;
 
 use crate::intake::Completion;
 use crate::outcome::{ExecutionId, ExecutionOutcome};
+use crate::retry_policy::RetryPolicy;
 use crate::store::Completed;
 
 /// Per-execution facts the writer needs besides the outcome.
@@ -22,6 +24,8 @@ pub struct Meta {
     pub value: f64,
     /// The attempt `begin_batch` gave this run (`None`: never begun).
     pub attempt: Option<i32>,
+    /// The retry policy it runs under (`None`: no retries).
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 impl Meta {
@@ -29,7 +33,9 @@ impl Meta {
     /// publish once it is committed.
     pub fn into_completed(self, outcome: ExecutionOutcome, logs: Vec<Log>) -> Completed {
         let completion = Completion::from_outcome(&outcome);
+        let retry_at = self.retry_at(&outcome, fastrand::f64);
         let mut c = Completed::new(outcome);
+        c.retry_at = retry_at;
         c.completion = Some(completion);
         c.logs = logs;
         c.workflow_id = self.workflow_id;
@@ -42,6 +48,42 @@ impl Meta {
         c.attempt = self.attempt;
         c
     }
+
+    /// When the attempt after this one is due, if its policy retries how this attempt
+    /// ended (`random`: the jitter's draw, in `[0, 1)`).
+    pub fn retry_at(
+        &self,
+        outcome: &ExecutionOutcome,
+        random: impl FnOnce() -> f64,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let (policy, attempt) = (self.retry.as_deref()?, self.attempt?);
+        let error_type = outcome.error.as_ref().map(|e| e.error_type.as_str());
+        let delay = policy.next_attempt(attempt, outcome.status, error_type, random)?;
+        Some(chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
+    }
+}
+
+/// The live log line that says an attempt failed and when the next is due (published
+/// on the execution's log channel; not stored: the attempt's row says the same).
+pub fn retry_note(c: &Completed, last_seq: Option<u32>) -> Option<Log> {
+    let at = c.retry_at?;
+    let attempt = c.attempt.unwrap_or(1);
+    let o = &c.outcome;
+    let how = match &o.error {
+        Some(e) => format!("{} ({}: {})", o.status, e.error_type, e.message),
+        None => o.status.to_string(),
+    };
+    Some(Log {
+        execution_id: o.execution_id.to_string(),
+        seq: last_seq.map_or(0, |s| s.saturating_add(1)),
+        level: warden_protocol::LogLevel::Warning,
+        message: format!(
+            "attempt {attempt} ended {how}; attempt {} is due at {}",
+            attempt + 1,
+            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ),
+        timestamp_us: chrono::Utc::now().timestamp_micros(),
+    })
 }
 
 #[derive(Debug, Default)]
@@ -144,5 +186,64 @@ impl Inflight {
     /// its place until its end arrives).
     pub fn is_empty(&self) -> bool {
         self.map.is_empty() && self.places.is_empty() && self.lost.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Status;
+    use crate::retry_policy::RetryPolicy;
+
+    fn meta(attempt: i32, retries: u32) -> Meta {
+        Meta {
+            stream_id: "1-0".into(),
+            workflow_id: Some(1),
+            org_id: None,
+            workflow_name: "wf".into(),
+            caller: None,
+            time_saved_seconds: 0.0,
+            value: 0.0,
+            attempt: Some(attempt),
+            retry: (retries > 0).then(|| {
+                Arc::new(RetryPolicy {
+                    retries,
+                    backoff_base_ms: 1_000,
+                    backoff_cap_ms: 1_000,
+                    ..RetryPolicy::default()
+                })
+            }),
+        }
+    }
+
+    fn failed() -> ExecutionOutcome {
+        ExecutionOutcome::not_run(&"e1".into(), Status::Failed, "ValueError", "boom")
+    }
+
+    #[test]
+    fn a_failed_attempt_with_retries_left_is_due_again_within_the_ceiling() {
+        let before = chrono::Utc::now();
+        let at = meta(1, 2).retry_at(&failed(), || 0.5).expect("retried");
+        let wait = (at - before).num_milliseconds();
+        assert!((450..=600).contains(&wait), "{wait} ms");
+        let item = meta(1, 2).into_completed(failed(), Vec::new());
+        assert!(item.retry_at.is_some());
+        let note = retry_note(&item, Some(4)).expect("a live note");
+        assert_eq!(note.seq, 5);
+        assert!(note
+            .message
+            .starts_with("attempt 1 ended failed (ValueError: boom); attempt 2 is due at "));
+    }
+
+    #[test]
+    fn the_last_attempt_and_a_cancel_are_not_retried() {
+        assert_eq!(meta(3, 2).retry_at(&failed(), || 0.5), None);
+        assert_eq!(meta(1, 0).retry_at(&failed(), || 0.5), None);
+        let cancelled =
+            ExecutionOutcome::not_run(&"e1".into(), Status::Cancelled, "Cancelled", "by a user");
+        assert_eq!(meta(1, 2).retry_at(&cancelled, || 0.5), None);
+        let item = meta(3, 2).into_completed(failed(), Vec::new());
+        assert!(item.retry_at.is_none());
+        assert!(retry_note(&item, None).is_none());
     }
 }

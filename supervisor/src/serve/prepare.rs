@@ -319,6 +319,12 @@ impl Reader {
                         delivery_id: req.delivery_id.clone(),
                         workflow_version: Some(wf.version),
                         workflow_hash: Some(wf.source_hash.clone()),
+                        timeout_ms: req
+                            .timeout
+                            .map(|t| t.as_millis().min(i32::MAX as u128) as i32),
+                        retries: req.retries.map(|r| r as i32),
+                        carrier_attempt: req.attempt,
+                        not_before: req.not_before,
                     })
                 })
                 .collect()
@@ -566,6 +572,9 @@ fn unknown_record(sid: &str, req: &ExecutionRequest, r: &WorkflowKey) -> Complet
         stream_id: Some(sid.to_string()),
     });
     record.completion = completion;
+    // A due attempt whose workflow was deactivated or deleted meanwhile: this ends the
+    // waiting execution (otherwise it would wait, and be enqueued again, for ever).
+    record.due_entry = req.attempt.is_some();
     record
 }
 
@@ -590,10 +599,16 @@ fn settle(
                 sid,
                 Completion::new(req.execution_id.clone(), status),
             )),
-            Begin::Duplicate => answered.push(Done {
+            // Recorded `scheduled` (durably: see Store::prepare_batch): the entry's
+            // work is done; the due-work poller starts it when it is due.
+            Begin::Duplicate | Begin::Scheduled => answered.push(Done {
                 stream_id: sid,
                 completion: None,
             }),
+            Begin::Conflict => {
+                tracing::warn!(execution = %req.execution_id, stream_id = %sid, "execution id reused with other params: not run");
+                answered.push(Done::new(sid, Completion::conflict(&req.execution_id)));
+            }
         }
     }
     for d in &mut out {
@@ -637,7 +652,23 @@ fn meta_for(sid: &str, req: &ExecutionRequest, wf: &Workflow) -> Meta {
         time_saved_seconds: wf.time_saved_seconds,
         value: wf.value,
         attempt: None,
+        retry: None,
     }
+}
+
+/// The retry policy an execution runs under: its workflow's, with the request's
+/// `retries` in place of the workflow's number. `None` when nothing is retried (no
+/// allocation on the common path).
+fn retry_policy_of(
+    req: &ExecutionRequest,
+    wf: &Workflow,
+) -> Option<Arc<crate::retry_policy::RetryPolicy>> {
+    let stored = wf.retry_policy.as_ref().map(|p| &p.0);
+    if req.retries.is_none() && stored.is_none_or(|p| p.retries == 0) {
+        return None;
+    }
+    let policy = crate::retry_policy::RetryPolicy::resolve(stored, req.retries);
+    (policy.retries > 0).then(|| Arc::new(policy))
 }
 
 fn dispatch(
@@ -661,6 +692,7 @@ fn dispatch(
     });
     let mut meta = meta_for(&sid, &req, wf);
     meta.attempt = Some(attempt);
+    meta.retry = retry_policy_of(&req, wf);
     Dispatch {
         job: Job {
             execution_id: req.execution_id,
@@ -732,6 +764,9 @@ mod tests {
             caller: None,
             timeout: None,
             delivery_id: None,
+            retries: None,
+            not_before: None,
+            attempt: None,
         }
     }
 
@@ -750,6 +785,7 @@ mod tests {
             updated_at: chrono::Utc::now(),
             version: 1,
             source_hash: "0".repeat(64),
+            retry_policy: None,
         }
     }
 

@@ -44,13 +44,15 @@ use crate::store::kv::apply_kv_writes;
 use crate::store::metrics::{DailyMetrics, Sample};
 use crate::store::{Store, StoreError};
 
-/// Per item: id, whether this statement recorded it, its status and stream entry
-/// before the statement, and (when recorded) the row's workflow and organization.
+/// Per item: id, whether this statement recorded it, its status, stream entry and
+/// attempt before the statement, and (when recorded) the row's workflow and
+/// organization.
 type Answer = (
     String,
     bool,
     Option<String>,
     Option<String>,
+    Option<i32>,
     Option<i64>,
     Option<i64>,
 );
@@ -78,12 +80,15 @@ struct Rows {
     logs_dropped: Vec<i32>,
     stream_id: Vec<Option<String>>,
     attempt: Vec<Option<i32>>,
+    next_attempt_at: Vec<Option<DateTime<Utc>>>,
+    due_entry: Vec<bool>,
 }
 
 /// The arrays of the log insert.
 #[derive(Default)]
 struct Logs {
     execution_id: Vec<String>,
+    attempt: Vec<i32>,
     seq: Vec<i32>,
     level: Vec<&'static str>,
     message: Vec<String>,
@@ -151,31 +156,44 @@ impl Store {
                                       $9::text[], $10::timestamptz[], $11::timestamptz[],
                                       $12::float8[], $13::bigint[], $14::float8[],
                                       $15::int[], $16::int[], $17::int[], $18::text[],
-                                      $19::text[], $20::int[])
+                                      $19::text[], $20::int[], $21::timestamptz[],
+                                      $22::bool[])
                      AS t(id, workflow_id, workflow_name, org_id, status, result, error_type,
                           error_message, traceback, started_at, completed_at, duration_ms,
                           peak_memory_bytes, cpu_seconds, exit_code, exit_signal,
-                          logs_dropped, stream_id, caller, attempt)
+                          logs_dropped, stream_id, caller, attempt, next_attempt_at,
+                          due_entry)
              ),
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, status,
                                               result, error_type, error_message, traceback,
                                               started_at, completed_at, duration_ms,
                                               peak_memory_bytes, cpu_seconds, exit_code,
-                                              exit_signal, logs_dropped, stream_id, caller)
-                 SELECT id, workflow_id, workflow_name, org_id, status::execution_status,
+                                              exit_signal, logs_dropped, stream_id, caller,
+                                              next_attempt_at)
+                 SELECT id, workflow_id, workflow_name, org_id,
+                        -- The retry policy gave this attempt a successor: the execution
+                        -- waits for it (crate::retry_policy).
+                        (CASE WHEN next_attempt_at IS NOT NULL THEN 'retrying'
+                              ELSE status END)::execution_status,
                         result::jsonb, error_type, error_message, traceback, started_at,
                         completed_at, duration_ms, peak_memory_bytes, cpu_seconds, exit_code,
-                        exit_signal, logs_dropped, stream_id, caller
+                        exit_signal, logs_dropped, stream_id, caller, next_attempt_at
                  FROM input
                  ON CONFLICT (id) DO UPDATE SET
                      status = EXCLUDED.status,
+                     -- A retrying row already counts the attempt it waits for, which is
+                     -- the one its due-work entry must carry (executions::begin_batch).
+                     attempt = CASE WHEN EXCLUDED.next_attempt_at IS NOT NULL
+                                    THEN e.attempt + 1 ELSE e.attempt END,
+                     next_attempt_at = EXCLUDED.next_attempt_at,
                      result = EXCLUDED.result,
                      error_type = EXCLUDED.error_type,
                      error_message = EXCLUDED.error_message,
                      traceback = EXCLUDED.traceback,
                      started_at = COALESCE(EXCLUDED.started_at, e.started_at),
-                     completed_at = EXCLUDED.completed_at,
+                     completed_at = CASE WHEN EXCLUDED.next_attempt_at IS NULL
+                                         THEN EXCLUDED.completed_at END,
                      duration_ms = EXCLUDED.duration_ms,
                      peak_memory_bytes = EXCLUDED.peak_memory_bytes,
                      cpu_seconds = EXCLUDED.cpu_seconds,
@@ -189,22 +207,48 @@ impl Store {
                      caller = COALESCE(e.caller, EXCLUDED.caller)
                  -- Only the stream entry that began the execution writes its result
                  -- (as in begin_batch): another entry with the same id is a duplicate.
-                 WHERE e.status IN ('pending', 'running')
-                   AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
-                        OR e.stream_id = EXCLUDED.stream_id)
-                   -- Fenced by attempt: once the entry was begun again (a peer took it
-                   -- over), only that attempt's outcome is written.
-                   AND e.attempt = COALESCE(
-                       (SELECT i.attempt FROM input i WHERE i.id = EXCLUDED.id), e.attempt)
-                 RETURNING e.id, e.workflow_id, e.org_id, e.status
+                 WHERE (e.status IN ('pending', 'running')
+                        AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
+                             OR e.stream_id = EXCLUDED.stream_id)
+                        -- Fenced by attempt: once the entry was begun again (a peer took
+                        -- it over), only that attempt's outcome is written.
+                        AND e.attempt = COALESCE(
+                            (SELECT i.attempt FROM input i WHERE i.id = EXCLUDED.id),
+                            e.attempt))
+                    -- A cancel of an execution waiting for its next attempt (or its
+                    -- start): `warden cancel`, or its due-work entry found a cancel
+                    -- marker; or its due-work entry could not run (its workflow is
+                    -- gone). Nothing of it runs, so no attempt fences it.
+                    OR (e.status IN ('retrying', 'scheduled')
+                        AND (EXCLUDED.status = 'cancelled'
+                             OR (SELECT i.due_entry FROM input i WHERE i.id = EXCLUDED.id))
+                        AND (SELECT i.attempt FROM input i WHERE i.id = EXCLUDED.id) IS NULL)
+                 RETURNING e.id, e.workflow_id, e.org_id, e.status, e.supervisor
+             ),
+             attempts AS (
+                 INSERT INTO execution_attempts (execution_id, attempt, status, error_type,
+                                                 error_message, traceback, started_at,
+                                                 completed_at, duration_ms,
+                                                 peak_memory_bytes, cpu_seconds, exit_code,
+                                                 exit_signal, supervisor, next_attempt_at)
+                 SELECT i.id, i.attempt, i.status, i.error_type, i.error_message,
+                        i.traceback, i.started_at, i.completed_at, i.duration_ms,
+                        i.peak_memory_bytes, i.cpu_seconds, i.exit_code, i.exit_signal,
+                        up.supervisor, i.next_attempt_at
+                 FROM input i JOIN up ON up.id = i.id
+                 WHERE i.attempt IS NOT NULL
+                 ON CONFLICT (execution_id, attempt) DO NOTHING
              ),
              delivered AS (
                  UPDATE deliveries d SET
-                     status = up.status::text, updated_at = now(), completed_at = now()
+                     status = CASE WHEN up.status = 'retrying' THEN 'running'
+                                   ELSE up.status::text END,
+                     updated_at = now(),
+                     completed_at = CASE WHEN up.status = 'retrying' THEN NULL ELSE now() END
                  FROM up
                  WHERE d.execution_id = up.id
              )
-             SELECT i.id, up.id IS NOT NULL, prev.status::text, prev.stream_id,
+             SELECT i.id, up.id IS NOT NULL, prev.status::text, prev.stream_id, prev.attempt,
                     up.workflow_id, up.org_id
              FROM input i
              LEFT JOIN up ON up.id = i.id
@@ -230,6 +274,8 @@ impl Store {
         .bind(&rows.stream_id)
         .bind(&rows.caller)
         .bind(&rows.attempt)
+        .bind(&rows.next_attempt_at)
+        .bind(&rows.due_entry)
         .fetch_all(&mut *tx)
         .await
         .map_err(StoreError::query("write the execution rows"))?;
@@ -241,10 +287,20 @@ impl Store {
         let mut config_writes: BTreeMap<(Option<i64>, String), Change> = BTreeMap::new();
         let mut kv_writes: BTreeMap<(Option<i64>, String), (Change, String)> = BTreeMap::new();
         let mut recorded_order: Vec<(usize, Option<i64>)> = Vec::new();
-        for (id, recorded, previous, previous_stream, workflow_id, org_id) in answers {
+        for (id, recorded, previous, previous_stream, previous_attempt, workflow_id, org_id) in
+            answers
+        {
             let Some(&i) = index.get(&id) else { continue };
             let item = unique[i];
-            if recorded {
+            let same_entry = item.stream_id.is_some()
+                && previous_stream.as_deref()
+                    == item.stream_id.as_deref().map(strip_nul).as_deref();
+            if recorded && item.retry_at.is_some() {
+                // A failed attempt with a successor: its logs and its attempt row are
+                // kept; the execution is counted in the metrics when it ends.
+                outcome_of[i] = Some(CommitOutcome::Retrying);
+                push_logs(&mut logs, &id, item);
+            } else if recorded {
                 recorded_order.push((i, org_id));
                 let roi = writes[i].as_ref().and_then(|w| w.roi);
                 outcome_of[i] = Some(CommitOutcome::Recorded);
@@ -265,10 +321,16 @@ impl Store {
                 let previous = previous
                     .as_deref()
                     .and_then(|p| p.parse::<ExecutionStatus>().ok());
-                let same_entry = item.stream_id.is_some()
-                    && previous_stream.as_deref()
-                        == item.stream_id.as_deref().map(strip_nul).as_deref();
+                // This very outcome was committed before (a replay after a COMMIT whose
+                // answer was lost): the row waits for the attempt after it.
+                let replayed_retry = previous == Some(ExecutionStatus::Retrying)
+                    && same_entry
+                    && item.retry_at.is_some()
+                    && item
+                        .attempt
+                        .is_some_and(|a| previous_attempt == Some(a + 1));
                 outcome_of[i] = Some(match previous.map(ExecutionStatus::terminal) {
+                    _ if replayed_retry => CommitOutcome::Retrying,
                     // A row that is not terminal was left alone: the same entry was begun
                     // again by a later attempt, or another entry owns it.
                     Some(None) if same_entry && item.attempt.is_some() => CommitOutcome::Superseded,
@@ -282,16 +344,18 @@ impl Store {
 
         if !logs.seq.is_empty() {
             sqlx::query(
-                "INSERT INTO execution_logs (execution_id, seq, level, message, logged_at)
-                 SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[],
-                                      $5::timestamptz[])
-                 ON CONFLICT (execution_id, seq) DO NOTHING",
+                "INSERT INTO execution_logs (execution_id, attempt, seq, level, message,
+                                             logged_at)
+                 SELECT * FROM UNNEST($1::text[], $6::int[], $2::int[], $3::text[],
+                                      $4::text[], $5::timestamptz[])
+                 ON CONFLICT (execution_id, attempt, seq) DO NOTHING",
             )
             .bind(&logs.execution_id)
             .bind(&logs.seq)
             .bind(&logs.level)
             .bind(&logs.message)
             .bind(&logs.logged_at)
+            .bind(&logs.attempt)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::query("insert the execution logs"))?;
@@ -389,6 +453,8 @@ fn rows_of(items: &[&Completed]) -> Rows {
             .push(i32::try_from(o.logs_dropped as u64 + logs_past_i32 as u64).unwrap_or(i32::MAX));
         r.stream_id.push(item.stream_id.as_deref().map(strip_nul));
         r.attempt.push(item.attempt);
+        r.next_attempt_at.push(item.retry_at);
+        r.due_entry.push(item.due_entry);
     }
     r
 }
@@ -402,6 +468,7 @@ fn push_logs(logs: &mut Logs, id: &str, item: &Completed) {
             continue; // counted in logs_dropped
         };
         logs.execution_id.push(id.to_string());
+        logs.attempt.push(item.attempt.unwrap_or(1));
         logs.seq.push(seq);
         logs.level.push(line.level.as_str());
         logs.message.push(strip_nul(&line.message));

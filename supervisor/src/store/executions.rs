@@ -29,6 +29,10 @@ use crate::store::{Store, StoreError, Workflow, WorkflowKey};
 pub enum ExecutionStatus {
     Pending,
     Running,
+    /// An attempt failed and another is due at `next_attempt_at`.
+    Retrying,
+    /// Submitted with a `not_before` still in the future.
+    Scheduled,
     Success,
     Failed,
     Timeout,
@@ -41,6 +45,8 @@ impl ExecutionStatus {
         match self {
             ExecutionStatus::Pending => "pending",
             ExecutionStatus::Running => "running",
+            ExecutionStatus::Retrying => "retrying",
+            ExecutionStatus::Scheduled => "scheduled",
             ExecutionStatus::Success => "success",
             ExecutionStatus::Failed => "failed",
             ExecutionStatus::Timeout => "timeout",
@@ -52,7 +58,10 @@ impl ExecutionStatus {
     /// The terminal status, if this is one.
     pub fn terminal(self) -> Option<Status> {
         match self {
-            ExecutionStatus::Pending | ExecutionStatus::Running => None,
+            ExecutionStatus::Pending
+            | ExecutionStatus::Running
+            | ExecutionStatus::Retrying
+            | ExecutionStatus::Scheduled => None,
             ExecutionStatus::Success => Some(Status::Success),
             ExecutionStatus::Failed => Some(Status::Failed),
             ExecutionStatus::Timeout => Some(Status::Timeout),
@@ -81,6 +90,8 @@ impl std::str::FromStr for ExecutionStatus {
         Ok(match s {
             "pending" => ExecutionStatus::Pending,
             "running" => ExecutionStatus::Running,
+            "retrying" => ExecutionStatus::Retrying,
+            "scheduled" => ExecutionStatus::Scheduled,
             "success" => ExecutionStatus::Success,
             "failed" => ExecutionStatus::Failed,
             "timeout" => ExecutionStatus::Timeout,
@@ -90,8 +101,8 @@ impl std::str::FromStr for ExecutionStatus {
                 return Err(StoreError::Invalid {
                     what: "execution status",
                     reason: format!(
-                        "`{other}` (expected pending, running, success, failed, timeout, \
-                         cancelled or crashed)"
+                        "`{other}` (expected pending, running, retrying, scheduled, success, \
+                         failed, timeout, cancelled or crashed)"
                     ),
                 })
             }
@@ -137,7 +148,20 @@ pub struct NewExecution {
     /// workflow record loaded for the batch; `None`: not known).
     pub workflow_version: Option<i32>,
     pub workflow_hash: Option<String>,
+    /// The request's own deadline and `retries` (kept for later attempts).
+    pub timeout_ms: Option<i32>,
+    pub retries: Option<i32>,
+    /// The attempt a due-work entry carries (crate::serve::due): it begins a
+    /// `retrying` or `scheduled` row only while the row waits for exactly this attempt.
+    pub carrier_attempt: Option<i32>,
+    /// Not to start before this: a later time records the row `scheduled`.
+    pub not_before: Option<DateTime<Utc>>,
 }
+
+/// Per request of [`Store::begin_batch`]'s statement: id, the attempt it was begun at
+/// and the status it was given (`None`: left alone), its status before, and whether
+/// its stored params differ from the request's.
+type BeginAnswer = (String, Option<i32>, Option<String>, Option<String>, bool);
 
 /// The `error_type` of a row whose attempt a shutdown cut off ([`Store::hand_back`]).
 pub const INTERRUPTED: &str = "Interrupted";
@@ -158,13 +182,21 @@ pub struct HandBack {
 pub enum Begin {
     /// Run it. `attempt` is 1 for a new execution, more when a non-terminal row is taken
     /// up again (its previous supervisor died or was interrupted, the message was
-    /// reclaimed); a row handed back before it started keeps its attempt.
+    /// reclaimed); a row handed back before it started keeps its attempt; a due
+    /// retry runs the attempt its row waits for.
     Run { attempt: i32 },
+    /// Recorded `scheduled` (its `not_before` is later): acknowledge the entry; the
+    /// due-work poller starts it when it is due.
+    Scheduled,
     /// Its terminal state is already committed: acknowledge the message, do not run it.
     AlreadyDone { status: Status },
     /// The same id appeared earlier in this batch, or is running from another stream
-    /// entry: acknowledge this copy without running it.
+    /// entry, or waits for another attempt than the one this entry carries (a due-work
+    /// entry enqueued twice, or a stale one): acknowledge this copy without running it.
     Duplicate,
+    /// The id was already used with other params: not a copy of that execution but a
+    /// mistake (or a reused id). Acknowledge it without running, and tell its sender.
+    Conflict,
 }
 
 /// Filters for [`Store::list_executions`].
@@ -237,11 +269,35 @@ pub struct ExecutionRecord {
     /// The workflow version it ran (or runs) and its source's SHA-256.
     pub workflow_version: Option<i32>,
     pub workflow_hash: Option<String>,
+    /// While `retrying` or `scheduled`: when the next attempt is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// One attempt of an execution, as recorded when it ended.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub status: String,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub traceback: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: DateTime<Utc>,
+    pub duration_ms: Option<f64>,
+    pub peak_memory_bytes: Option<i64>,
+    pub cpu_seconds: Option<f64>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub supervisor: Option<String>,
+    /// When the attempt after it was due (`None`: it was the last).
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// One stored log line (the live one published to clients is `intake::LogLine`).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredLogLine {
+    /// The attempt that wrote it (each attempt numbers its lines from 0).
+    pub attempt: i32,
     pub seq: i32,
     pub level: String,
     pub message: String,
@@ -253,6 +309,8 @@ pub struct StoredLogLine {
 pub struct ExecutionDetail {
     pub execution: ExecutionRecord,
     pub logs: Vec<StoredLogLine>,
+    /// Every attempt that ran to an end, first first.
+    pub attempts: Vec<AttemptRecord>,
 }
 
 impl Store {
@@ -281,18 +339,23 @@ impl Store {
             .begin()
             .await
             .map_err(StoreError::query("begin the batch transaction"))?;
+        let workflows = Self::load_for_batch_on(&mut tx, refs).await?;
+        let new = rows(&workflows);
         // Marking executions `running` need not wait for the disk: if the database
         // crashes before it is durable, the stream entries are still pending (they are
         // acknowledged only after the *result* is committed, synchronously) and are
-        // simply begun again. This saves a flush per batch on the intake path.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query(
-                "relax durability of the batch transaction",
-            ))?;
-        let workflows = Self::load_for_batch_on(&mut tx, refs).await?;
-        let new = rows(&workflows);
+        // simply begun again. This saves a flush per batch on the intake path. A batch
+        // that schedules an execution for later is the exception: its entry is
+        // acknowledged once this commits, so the row must be durable by then.
+        let now = Utc::now();
+        if !new.iter().any(|r| r.not_before.is_some_and(|t| t > now)) {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query(
+                    "relax durability of the batch transaction",
+                ))?;
+        }
         let begins = if new.is_empty() {
             Vec::new()
         } else {
@@ -380,37 +443,53 @@ impl Store {
                     .map(strip_nul)
             })
             .collect();
+        let timeouts: Vec<Option<i32>> = unique.iter().map(|r| r.timeout_ms).collect();
+        let retries: Vec<Option<i32>> = unique.iter().map(|r| r.retries).collect();
+        let carriers: Vec<Option<i32>> = unique.iter().map(|r| r.carrier_attempt).collect();
+        let not_before: Vec<Option<DateTime<Utc>>> = unique.iter().map(|r| r.not_before).collect();
 
         // `prev` reads the snapshot from before this statement: for rows the upsert left
         // alone (terminal ones) it is their committed status.
-        let found: Vec<(String, Option<i32>, Option<String>)> = sqlx::query_as(
+        let found: Vec<BeginAnswer> = sqlx::query_as(
             "WITH input AS (
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
-                                      $5::text[], $6::text[], $7::timestamptz[], $8::text[],
-                                      $9::text[], $10::text[], $11::int[], $12::text[])
-                     WITH ORDINALITY
+                 SELECT *, not_before > now() AS later
+                 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
+                             $5::text[], $6::text[], $7::timestamptz[], $8::text[],
+                             $9::text[], $10::text[], $11::int[], $12::int[], $13::int[],
+                             $14::timestamptz[], $15::int[], $16::text[])
+                             WITH ORDINALITY
                      AS t(id, workflow_id, workflow_name, org_id, caller, params, queued_at,
-                          supervisor, stream_id, delivery_id, workflow_version, workflow_hash,
-                          ord)
+                          supervisor, stream_id, delivery_id, timeout_ms, retries,
+                          carrier_attempt, not_before, workflow_version, workflow_hash, ord)
              ),
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, caller,
                                               status, params, queued_at, started_at,
-                                              supervisor, stream_id, workflow_version,
-                                              workflow_hash)
+                                              supervisor, stream_id, requested_timeout_ms,
+                                              requested_retries, next_attempt_at,
+                                              workflow_version, workflow_hash)
                  SELECT id,
                         -- A workflow deleted since the batch was loaded is not an error.
                         (SELECT w.id FROM workflows w WHERE w.id = input.workflow_id),
-                        workflow_name, org_id, caller, 'running',
-                        params::jsonb, COALESCE(queued_at, now()), now(), supervisor, stream_id,
+                        workflow_name, org_id, caller,
+                        -- Not due yet: waits for the due-work poller (crate::serve::due).
+                        CASE WHEN later THEN 'scheduled' ELSE 'running' END::execution_status,
+                        params::jsonb, COALESCE(queued_at, now()),
+                        CASE WHEN later THEN NULL ELSE now() END,
+                        CASE WHEN later THEN NULL ELSE supervisor END, stream_id,
+                        timeout_ms, retries, CASE WHEN later THEN not_before END,
                         workflow_version, workflow_hash
                  FROM input
                  ON CONFLICT (id) DO UPDATE SET
                      status = 'running',
-                     -- Handed back before it started: this is still its first try.
-                     attempt = CASE WHEN e.status = 'pending' AND e.started_at IS NULL
+                     -- Handed back before it started: this is still its first try. A
+                     -- due attempt of a retrying (or scheduled) row is the one it
+                     -- waited for.
+                     attempt = CASE WHEN e.status IN ('retrying', 'scheduled')
+                                      OR (e.status = 'pending' AND e.started_at IS NULL)
                                     THEN e.attempt ELSE e.attempt + 1 END,
                      started_at = now(),
+                     next_attempt_at = NULL,
                      -- The note of an interrupted attempt belongs to that attempt.
                      error_type = NULL,
                      error_message = NULL,
@@ -424,10 +503,16 @@ impl Store {
                  -- Only the same stream entry is taken over (it was reclaimed from a
                  -- supervisor that died). Another entry with a non-terminal id is a
                  -- duplicate submission while the first copy runs: never run it twice.
-                 WHERE e.status IN ('pending', 'running')
-                   AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
-                        OR e.stream_id = EXCLUDED.stream_id)
-                 RETURNING e.id, e.attempt
+                 WHERE (e.status IN ('pending', 'running')
+                        AND (EXCLUDED.stream_id IS NULL OR e.stream_id IS NULL
+                             OR e.stream_id = EXCLUDED.stream_id))
+                    -- A waiting row is begun only by a due-work entry carrying the very
+                    -- attempt it waits for: (id, attempt) is the key, so an entry
+                    -- enqueued twice runs once, and a stale one not at all.
+                    OR (e.status IN ('retrying', 'scheduled')
+                        AND e.attempt = (SELECT i.carrier_attempt FROM input i
+                                         WHERE i.id = EXCLUDED.id))
+                 RETURNING e.id, e.attempt, e.status::text AS status
              ),
              -- Reads `executions` as it was before this statement, like `prev` below.
              delivered AS (
@@ -449,7 +534,8 @@ impl Store {
                      completed_at = NULL
                  WHERE d.execution_id <> EXCLUDED.execution_id OR d.status = 'running'
              )
-             SELECT i.id, up.attempt, prev.status::text
+             SELECT i.id, up.attempt, up.status, prev.status::text,
+                    COALESCE(prev.params IS DISTINCT FROM i.params::jsonb, false)
              FROM input i
              LEFT JOIN up ON up.id = i.id
              LEFT JOIN executions prev ON prev.id = i.id",
@@ -464,6 +550,10 @@ impl Store {
         .bind(&supervisors)
         .bind(&stream_ids)
         .bind(&delivery_ids)
+        .bind(&timeouts)
+        .bind(&retries)
+        .bind(&carriers)
+        .bind(&not_before)
         .bind(&versions)
         .bind(&hashes)
         .fetch_all(&mut *conn)
@@ -471,9 +561,13 @@ impl Store {
         .map_err(StoreError::query("record the batch as running"))?;
 
         let mut answers = std::collections::HashMap::with_capacity(found.len());
-        for (id, attempt, previous) in found {
+        for (id, attempt, status, previous, params_differ) in found {
             let begin = match (attempt, previous) {
+                (Some(_), _) if status.as_deref() == Some("scheduled") => Begin::Scheduled,
                 (Some(attempt), _) => Begin::Run { attempt },
+                // Not begun, and the row holds other params: the same id was used for
+                // another request.
+                (None, Some(_)) if params_differ => Begin::Conflict,
                 (None, Some(previous)) => match previous.parse::<ExecutionStatus>()?.terminal() {
                     Some(status) => Begin::AlreadyDone { status },
                     // Not terminal and not taken: another stream entry runs this id.
@@ -584,6 +678,18 @@ impl Store {
         .map_err(StoreError::query("list executions"))
     }
 
+    /// The params an execution was submitted with (`None`: no row).
+    pub async fn execution_params(
+        &self,
+        id: &str,
+    ) -> Result<Option<Option<serde_json::Value>>, StoreError> {
+        sqlx::query_scalar("SELECT params FROM executions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(StoreError::query("read the execution's params"))
+    }
+
     /// An execution's status alone (`None`: no row), without its record and logs.
     pub async fn execution_status(&self, id: &str) -> Result<Option<ExecutionStatus>, StoreError> {
         let status: Option<String> =
@@ -602,7 +708,7 @@ impl Store {
                     params, result, error_type, error_message, traceback, queued_at,
                     started_at, completed_at, duration_ms, peak_memory_bytes, cpu_seconds,
                     exit_code, exit_signal, attempt, supervisor, stream_id, logs_dropped,
-                    workflow_version, workflow_hash
+                    next_attempt_at, workflow_version, workflow_hash
              FROM executions WHERE id = $1",
         )
         .bind(id)
@@ -613,14 +719,28 @@ impl Store {
             return Ok(None);
         };
         let logs = sqlx::query_as(
-            "SELECT seq, level, message, logged_at FROM execution_logs
-             WHERE execution_id = $1 ORDER BY seq",
+            "SELECT attempt, seq, level, message, logged_at FROM execution_logs
+             WHERE execution_id = $1 ORDER BY attempt, seq",
         )
         .bind(id)
         .fetch_all(self.pool())
         .await
         .map_err(StoreError::query("read the execution's logs"))?;
-        Ok(Some(ExecutionDetail { execution, logs }))
+        let attempts = sqlx::query_as(
+            "SELECT attempt, status, error_type, error_message, traceback, started_at,
+                    completed_at, duration_ms, peak_memory_bytes, cpu_seconds, exit_code,
+                    exit_signal, supervisor, next_attempt_at
+             FROM execution_attempts WHERE execution_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("read the execution's attempts"))?;
+        Ok(Some(ExecutionDetail {
+            execution,
+            logs,
+            attempts,
+        }))
     }
 }
 

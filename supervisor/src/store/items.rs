@@ -35,6 +35,13 @@ pub struct Completed {
     /// row is still at this attempt: once a peer took the stream entry over and began
     /// it again, this run's outcome is [`CommitOutcome::Superseded`].
     pub attempt: Option<i32>,
+    /// When the attempt after this one is due, if the retry policy gave it one
+    /// (crate::retry_policy): the execution is then recorded `retrying`, and no
+    /// completion is published.
+    pub retry_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A not-run outcome of a due attempt's entry (crate::serve::due), which may end a
+    /// `retrying` or `scheduled` row (a cancel may anyway).
+    pub due_entry: bool,
     /// The completion to publish once this outcome is recorded, handed back in its
     /// [`Committed`] (`None`: nothing was arranged, e.g. an item from a test; the
     /// acknowledger then publishes the committed status alone).
@@ -55,6 +62,8 @@ impl Completed {
             workflow_name: None,
             caller: None,
             attempt: None,
+            retry_at: None,
+            due_entry: false,
             completion: None,
         }
     }
@@ -72,6 +81,8 @@ impl Completed {
             workflow_name: r.workflow_name,
             caller: r.caller,
             attempt: None,
+            retry_at: None,
+            due_entry: false,
             completion: None,
         }
     }
@@ -120,6 +131,9 @@ impl Completed {
             workflow_name: None,
             caller: None,
             attempt: self.attempt,
+            // Stored as `failed`: nothing is retried after a StoreError.
+            retry_at: None,
+            due_entry: self.due_entry,
             // Kept so the acknowledger knows a completion was arranged (it publishes
             // the `StoreError` instead).
             completion: self.completion.clone(),
@@ -176,6 +190,9 @@ pub enum CommitOutcome {
     /// over while this supervisor could not reach Redis) and is not finished: that run
     /// owns the row; nothing was written for this one.
     Superseded,
+    /// The attempt was recorded and the execution waits for its next attempt
+    /// (`retrying`): acknowledge the entry, publish no completion.
+    Retrying,
 }
 
 /// What was done with a committed item.
@@ -194,6 +211,9 @@ pub enum Disposition {
     /// attempt): nothing was written, and the entry is that supervisor's to
     /// acknowledge, not this one's.
     Superseded,
+    /// The attempt is committed and another is due: acknowledge the entry (the due-work
+    /// poller enqueues the next attempt), publish no completion.
+    Retrying,
 }
 
 /// An item whose terminal state is committed: acknowledge its stream entry and publish.

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
+use crate::retry_policy::RetryPolicy;
 use crate::store::{Store, StoreError};
 
 /// The key a workflow is looked up by: its id (the request's `workflow` is all digits)
@@ -65,6 +66,8 @@ pub struct Workflow {
     pub version: i32,
     /// SHA-256 of `source`, hex (kept by the database: migration 0007).
     pub source_hash: String,
+    /// Its retry policy (`None`: no retries unless a submission asks for some).
+    pub retry_policy: Option<sqlx::types::Json<RetryPolicy>>,
 }
 
 /// One version of a workflow (`warden workflow history`).
@@ -88,6 +91,8 @@ pub struct WorkflowSpec {
     /// ROI per successful execution; `None` keeps the stored value (0 for a new one).
     pub time_saved_seconds: Option<f64>,
     pub value: Option<f64>,
+    /// Its retry policy (`None`: none; a push replaces the stored one).
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// What a push did.
@@ -126,7 +131,7 @@ pub struct WorkflowSummary {
 
 const WORKFLOW_COLUMNS: &str = "w.id, w.org_id, o.name AS org, w.name, w.path, w.function_name, \
      w.source, w.default_timeout_ms, w.time_saved_seconds, w.value, w.updated_at, w.version, \
-     w.source_hash";
+     w.source_hash, w.retry_policy";
 
 impl Store {
     /// The id of the organization called `name`, creating it if needed.
@@ -169,8 +174,9 @@ impl Store {
         let (id, created, changed, version): (i64, bool, bool, i32) = sqlx::query_as(
             "WITH up AS (
                  INSERT INTO workflows AS w (org_id, name, path, function_name, source,
-                                             default_timeout_ms, time_saved_seconds, value)
-                 VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 0), COALESCE($8, 0))
+                                             default_timeout_ms, time_saved_seconds, value,
+                                             retry_policy)
+                 VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 0), COALESCE($8, 0), $9)
                  ON CONFLICT (org_id, name) DO UPDATE SET
                      path = EXCLUDED.path,
                      function_name = EXCLUDED.function_name,
@@ -178,14 +184,15 @@ impl Store {
                      default_timeout_ms = EXCLUDED.default_timeout_ms,
                      time_saved_seconds = COALESCE($7, w.time_saved_seconds),
                      value = COALESCE($8, w.value),
+                     retry_policy = EXCLUDED.retry_policy,
                      active = true,
                      updated_at = now()
                  WHERE (w.path, w.function_name, w.source, w.default_timeout_ms,
-                        w.time_saved_seconds, w.value, w.active)
+                        w.time_saved_seconds, w.value, w.active, w.retry_policy)
                        IS DISTINCT FROM
                        (EXCLUDED.path, EXCLUDED.function_name, EXCLUDED.source,
                         EXCLUDED.default_timeout_ms, COALESCE($7, w.time_saved_seconds),
-                        COALESCE($8, w.value), true)
+                        COALESCE($8, w.value), true, EXCLUDED.retry_policy)
                  RETURNING w.id, (w.xmax = 0) AS created, w.version
              )
              SELECT id, created, true, version FROM up
@@ -201,6 +208,7 @@ impl Store {
         .bind(spec.default_timeout_ms)
         .bind(spec.time_saved_seconds)
         .bind(spec.value)
+        .bind(spec.retry_policy.clone().map(sqlx::types::Json))
         .fetch_one(self.pool())
         .await
         .map_err(StoreError::query("push the workflow"))?;
@@ -352,6 +360,9 @@ fn validate(spec: &WorkflowSpec) -> Result<(), StoreError> {
     }
     if spec.default_timeout_ms.is_some_and(|t| t <= 0) {
         return invalid("the default timeout must be positive");
+    }
+    if let Some(Err(reason)) = spec.retry_policy.as_ref().map(RetryPolicy::validate) {
+        return invalid(&reason);
     }
     let has_nul = [&spec.name, &spec.path, &spec.function_name, &spec.source]
         .iter()

@@ -557,9 +557,10 @@ impl Writer {
                 CommitOutcome::AlreadyTerminal { status } => (status, Disposition::AlreadyTerminal),
                 CommitOutcome::NotOwner => (item.outcome.status, Disposition::NotOwner),
                 CommitOutcome::Superseded => (item.outcome.status, Disposition::Superseded),
+                CommitOutcome::Retrying => (item.outcome.status, Disposition::Retrying),
             };
             let counter = match disposition {
-                Disposition::Recorded => &self.counters.recorded,
+                Disposition::Recorded | Disposition::Retrying => &self.counters.recorded,
                 Disposition::AlreadyTerminal | Disposition::NotOwner | Disposition::Superseded => {
                     &self.counters.already_terminal
                 }

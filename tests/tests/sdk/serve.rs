@@ -33,6 +33,7 @@ async fn push_org(
             default_timeout_ms: timeout_ms,
             time_saved_seconds: Some(60.0),
             value: Some(2.5),
+            retry_policy: None,
         })
         .await
         .expect("push workflow")

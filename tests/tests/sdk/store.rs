@@ -23,6 +23,7 @@ async fn push(store: &Store, org: &str) -> (i64, i64) {
             default_timeout_ms: None,
             time_saved_seconds: Some(30.0),
             value: Some(1.5),
+            retry_policy: None,
         })
         .await
         .unwrap();
@@ -48,6 +49,10 @@ async fn begin(store: &Store, ids: &[&str], wf: i64, org: i64) {
         .map(|id| warden::NewExecution {
             org_id: Some(org),
             delivery_id: Some(format!("d-{id}")),
+            timeout_ms: None,
+            retries: None,
+            carrier_attempt: None,
+            not_before: None,
             ..new_execution(id, Some(wf))
         })
         .collect();
@@ -326,6 +331,10 @@ async fn deliveries_count_attempts_and_a_replay_leaves_a_finished_one_alone() {
     let db = TestDb::new().await;
     let begin = |exec: &str, sup: &str| warden::NewExecution {
         delivery_id: Some("evt-1".into()),
+        timeout_ms: None,
+        retries: None,
+        carrier_attempt: None,
+        not_before: None,
         supervisor: sup.into(),
         ..new_execution(exec, None)
     };

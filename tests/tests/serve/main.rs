@@ -2,7 +2,9 @@
 //! binary for the area (fewer links than one binary per file), one concern per module.
 //! Run one module with e.g. `cargo test -p warden-tests --test serve liveness::`.
 //!
+//! - [`delays`]: executions submitted to start later (`not_before`).
 //! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
+//! - [`idempotency`]: an execution id reused with the same or with other params.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
 //! - [`logs`]: `warden logs ID [--follow]`, and Ctrl-C while following.
 //! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
@@ -10,10 +12,14 @@
 //! - [`places`]: every way an execution ends gives its intake place back once.
 //! - [`redis_wipe`]: Redis wiped under a running service.
 //! - [`versions`]: workflow versions, their history, and the version each execution ran.
+//! - [`retries`]: retry policies, due attempts, each attempt once across supervisors.
+//! - [`schedules`]: cron schedules: each tick once across supervisors, catch-up.
 //! - [`resilience`]: the connection budget, dropped connections, SIGKILL, several
 //!   supervisors on one stream.
 
+mod delays;
 mod duplicate_entries;
+mod idempotency;
 mod liveness;
 mod logs;
 mod outages;
@@ -21,4 +27,6 @@ mod outcomes;
 mod places;
 mod redis_wipe;
 mod resilience;
+mod retries;
+mod schedules;
 mod versions;

@@ -1,7 +1,8 @@
 //! `begin_batch`: new executions run with attempt 1, a non-terminal one taken up again
 //! runs with the next attempt, a committed one is reported done (acknowledge, don't
 //! run). Rows a supervisor hands back at shutdown are begun again at the right attempt.
-//! Rejected requests become `failed` rows; `list` and `show` read them back.
+//! Rejected requests become `failed` rows; `list` and `show` read them back. A row
+//! waiting for its next attempt is begun only by the entry carrying that attempt.
 
 use std::time::Duration;
 
@@ -369,4 +370,71 @@ async fn handed_back_rows_are_fenced_by_the_attempt_they_are_begun_at() {
             "{id}"
         );
     }
+}
+
+/// A failed attempt committed with a next attempt leaves the row `retrying`, waiting for
+/// attempt 2; only an entry carrying attempt 2 begins it, once: (id, attempt) is the
+/// key. A replay of that commit is answered `Retrying` again and writes nothing twice.
+#[tokio::test]
+async fn a_retrying_row_is_begun_only_by_the_attempt_it_waits_for_once() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+    assert_eq!(
+        s.begin_batch(&[new_execution("r", None)]).await.unwrap(),
+        [Begin::Run { attempt: 1 }]
+    );
+    let mut failed = completed("r", Status::Failed, 2, None, None);
+    failed.attempt = Some(1);
+    failed.retry_at = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    assert_eq!(
+        s.commit_batch([&failed]).await.unwrap(),
+        [warden::CommitOutcome::Retrying]
+    );
+    assert_eq!(
+        s.commit_batch([&failed]).await.unwrap(),
+        [warden::CommitOutcome::Retrying],
+        "a replay is answered the same"
+    );
+    let d = s.show_execution("r").await.unwrap().unwrap();
+    assert_eq!(d.execution.status, ExecutionStatus::Retrying);
+    assert_eq!(d.execution.attempt, 2, "it waits for attempt 2");
+    assert!(d.execution.next_attempt_at.is_some());
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.logs.len(), 2, "the attempt's logs, once");
+
+    let carrier = |sid: &str, attempt: i32| NewExecution {
+        stream_id: Some(sid.to_string()),
+        carrier_attempt: Some(attempt),
+        ..new_execution("r", None)
+    };
+    // The original entry again (its acknowledgement was lost), a stale and a future
+    // attempt: none runs.
+    let again = s
+        .begin_batch(&[
+            new_execution("r", None),
+            carrier("2-0", 1),
+            carrier("3-0", 3),
+        ])
+        .await
+        .unwrap();
+    assert!(again.iter().all(|b| *b == Begin::Duplicate), "{again:?}");
+    // The due attempt, enqueued twice: the first copy runs it, the second does not.
+    let due = s
+        .begin_batch(&[carrier("4-0", 2), carrier("5-0", 2)])
+        .await
+        .unwrap();
+    assert_eq!(due, [Begin::Run { attempt: 2 }, Begin::Duplicate]);
+    let later = s.begin_batch(&[carrier("6-0", 2)]).await.unwrap();
+    assert_eq!(
+        later,
+        [Begin::Duplicate],
+        "enqueued again later: runs nothing"
+    );
+    let d = s.show_execution("r").await.unwrap().unwrap();
+    assert_eq!(d.execution.status, ExecutionStatus::Running);
+    assert_eq!(
+        (d.execution.attempt, d.execution.next_attempt_at),
+        (2, None)
+    );
+    assert_eq!(d.execution.stream_id.as_deref(), Some("4-0"));
 }

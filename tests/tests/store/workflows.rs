@@ -14,6 +14,7 @@ fn spec(org: Option<&str>, name: &str, source: &str) -> WorkflowSpec {
         default_timeout_ms: Some(30_000),
         time_saved_seconds: Some(60.0),
         value: None,
+        retry_policy: None,
     }
 }
 

@@ -24,6 +24,7 @@ async fn push(store: &Store, org: Option<&str>, name: &str) -> (i64, Option<i64>
             default_timeout_ms: None,
             time_saved_seconds: Some(30.0),
             value: Some(1.5),
+            retry_policy: None,
         })
         .await
         .unwrap();
