@@ -60,6 +60,15 @@ pub enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Third-party Python packages workflows import (`requests`, `pydantic`): the
+    /// workspace's requirements, which every supervisor installs with pip and rolls
+    /// its workers over to.
+    Package {
+        #[command(subcommand)]
+        cmd: crate::cmd::package::PackageCmd,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Store and list workflows.
     Workflow {
         #[command(subcommand)]
@@ -122,6 +131,7 @@ impl Command {
             Command::Serve(args) => crate::cmd::serve::run(args).await,
             Command::Migrate { conn } => crate::cmd::migrate::run(conn).await,
             Command::Module { cmd, conn } => crate::cmd::module::run(conn, cmd).await,
+            Command::Package { cmd, conn } => crate::cmd::package::run(conn, cmd).await,
             Command::Workflow { cmd, conn } => crate::cmd::workflow::run(conn, cmd).await,
             Command::Submit(args) => crate::cmd::submit::run(args).await,
             Command::Executions { cmd, conn } => crate::cmd::executions::run(conn, cmd).await,
