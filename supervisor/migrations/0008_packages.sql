@@ -11,8 +11,9 @@ CREATE TABLE workspace_requirements (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- The requirements' generation: moves by one with every statement that changes them
--- (trigger below), so a supervisor compares one number to know it is current.
+-- The requirements' generation: moves with every statement that changes them (trigger
+-- below; an upsert moves it twice, as its INSERT and UPDATE triggers both fire), so a
+-- supervisor compares one number to know it is current.
 CREATE TABLE package_generation (
     only_row   boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     generation bigint  NOT NULL

@@ -91,6 +91,20 @@ pub async fn install(
     hash: &str,
     lines: &[(String, String)],
 ) -> Result<PathBuf, InstallError> {
+    // A root supervisor's templates get private tmp directories (pool::spawn).
+    let private_tmp = nix::unistd::geteuid().is_root();
+    if let Some(hidden) = warden_protocol::limits::PRIVATE_TMP_DIRS
+        .iter()
+        .find(|d| private_tmp && root.starts_with(d))
+    {
+        return Err(InstallError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "workers get a private {hidden} and would not see a package set there; \
+                 choose another --packages-dir"
+            )),
+        });
+    }
     check_pip(python).await?;
     std::fs::create_dir_all(root).map_err(io(root))?;
     // Workers traverse it to reach their set (its parents must let them, too).
