@@ -23,6 +23,33 @@ def run(x):
     return {"y": x * 2, "retries": settings["retries"]}
 "#;
 
+/// The requests workload: a workflow that imports `requests` (with its dependencies,
+/// about 70 modules) and uses it lightly. Without `--preload requests`, every fork-mode
+/// child imports it afresh; with it, the template imported it once.
+pub const REQUESTS: &str = r#"import requests
+
+def run(x):
+    return {"y": x * 2, "requests": requests.__version__}
+"#;
+
+/// Where `bench --workload requests` installs `requests` (kept between runs: the set is
+/// found by its content hash; not under /tmp, which templates see privately).
+const REQUESTS_ROOT: &str = "/var/lib/warden/bench-packages";
+
+/// The package set the requests workload imports from: installed with pip on first use.
+pub async fn requests_set() -> Result<std::path::PathBuf, String> {
+    use crate::packages::install;
+    let lines = [("requests".to_string(), "requests".to_string())];
+    let hash = install::content_hash(&lines);
+    let root = std::path::Path::new(REQUESTS_ROOT);
+    if let Some(dir) = install::find_installed(root, &hash) {
+        return Ok(dir);
+    }
+    install::install(&crate::pycheck::python(), root, 0, &hash, &lines)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// The global config the SDK workload reads.
 const CONFIG: [(&str, &str); 5] = [
     ("region", "\"eu-west-1\""),
@@ -39,6 +66,8 @@ pub enum Workload {
     Sdk,
     /// Imports 10 workspace modules (crate::modules::bench).
     Modules,
+    /// Imports `requests` from an installed package set ([`REQUESTS`]; `--local` only).
+    Requests,
 }
 
 /// Which workloads to measure (`--workload`).
@@ -51,6 +80,9 @@ pub enum Workloads {
     Modules,
     /// Every workload.
     All,
+    /// The one importing `requests` (`--local` only; compare with and without
+    /// `--preload requests`).
+    Requests,
 }
 
 impl Workloads {
@@ -61,6 +93,7 @@ impl Workloads {
             Workloads::Both => &[Workload::Trivial, Workload::Sdk],
             Workloads::Modules => &[Workload::Trivial, Workload::Modules],
             Workloads::All => &[Workload::Trivial, Workload::Sdk, Workload::Modules],
+            Workloads::Requests => &[Workload::Requests],
         }
     }
 }
@@ -72,6 +105,7 @@ impl Workload {
             Workload::Trivial => "trivial",
             Workload::Sdk => "sdk",
             Workload::Modules => "modules",
+            Workload::Requests => "requests",
         }
     }
 
@@ -80,6 +114,7 @@ impl Workload {
             Workload::Trivial => TRIVIAL,
             Workload::Sdk => SDK,
             Workload::Modules => crate::modules::bench::WORKFLOW,
+            Workload::Requests => REQUESTS,
         }
     }
 

@@ -9,7 +9,7 @@ use warden_tests::cli::{ok, warden};
 use warden_tests::serve::TestServe;
 
 /// Where the tests' package roots go (each test its own, removed after it).
-const TEST_ROOT: &str = "/var/lib/warden-tests/packages";
+pub const TEST_ROOT: &str = "/var/lib/warden-tests/packages";
 
 pub struct Fixture {
     pub serve: TestServe,
@@ -30,6 +30,12 @@ pub struct Recorded {
 
 impl Fixture {
     pub async fn start(isolation: Isolation) -> Fixture {
+        Fixture::start_with(isolation, &[]).await
+    }
+
+    /// With `--preload` of these packages.
+    pub async fn start_with(isolation: Isolation, preload: &[&str]) -> Fixture {
+        let preload: Vec<String> = preload.iter().map(|p| p.to_string()).collect();
         // Not under /tmp: templates get a private /tmp, where it would not be. Workers
         // (other uids) must traverse every directory down to the set.
         std::fs::create_dir_all(TEST_ROOT).unwrap();
@@ -44,6 +50,7 @@ impl Fixture {
         let serve = TestServe::start(move |cfg| {
             cfg.packages_root = r;
             cfg.pool.isolation = isolation;
+            cfg.pool.preload = preload;
         })
         .await;
         Fixture {

@@ -110,3 +110,25 @@ async fn imports(isolation: Isolation) {
         assert_eq!(meta.uid(), 0);
     }
 }
+
+/// `--preload`: the template imports the named packages once (after a rollover, from
+/// the new set), so a forked child finds them already in `sys.modules`; a name that
+/// cannot be imported is skipped and does not stop the template.
+#[tokio::test]
+async fn preloaded_packages_are_already_imported_in_a_forked_child() {
+    // iniconfig: small, and not among the host's own packages (six is, on Debian).
+    let f = Fixture::start_with(Isolation::Fork, &["iniconfig", "warden_no_such_module"]).await;
+    f.serve
+        .push(
+            "preloaded",
+            "import sys\n\ndef run():\n    return {'loaded': 'iniconfig' in sys.modules}\n",
+            None,
+        )
+        .await;
+    let c = f.serve.run("before", "preloaded", "{}").await;
+    assert_eq!(value(&c)["loaded"], false, "no set yet: nothing to preload");
+    f.install(&["iniconfig"]).await;
+    let c = f.serve.run("after", "preloaded", "{}").await;
+    assert_eq!(c.status, warden::Status::Success, "{c:?}");
+    assert_eq!(value(&c)["loaded"], true, "imported by the template");
+}

@@ -3,6 +3,7 @@
 //! module with e.g. `cargo test -p warden-tests --test packages rollover::`.
 //!
 //! - [`cli`]: `warden package add|rm|list|sync`: what is checked, stored and shown.
+//! - [`converge`]: two supervisors on one database each install the set and use it.
 //! - [`imports`]: `requests` and a compiled extension imported in fork and reuse mode;
 //!   a workspace module beats a package of the same name; workers cannot write the set.
 //! - [`rollover`]: an upgrade under continuous load fails nothing, and every execution
@@ -13,6 +14,7 @@
 //! is shared by the tests and kept between runs, so only a first run downloads.
 
 mod cli;
+mod converge;
 mod fixture;
 mod imports;
 mod rollover;

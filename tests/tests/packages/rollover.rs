@@ -11,7 +11,8 @@ use warden_tests::serve::TestServe;
 
 use crate::fixture::Fixture;
 
-const VERSION: &str = "import six\n\ndef run():\n    return {'six': six.__version__}\n";
+const VERSION: &str =
+    "import six\n\ndef run():\n    return {'six': six.__version__, 'file': six.__file__}\n";
 /// The load's workflow: in flight for 20 ms, so templates are busy while they roll over.
 const SLOW_VERSION: &str =
     "import time, six\n\ndef run():\n    time.sleep(0.02)\n    return {'six': six.__version__}\n";
@@ -139,7 +140,11 @@ async fn a_requirement_pip_cannot_install_leaves_the_previous_set_in_use() {
 
     let c = f.serve.run("still-works", "version", "{}").await;
     assert_eq!(c.status, warden::Status::Success, "{c:?}");
-    assert_eq!(warden_tests::serve::value(&c)["six"], "1.16.0");
+    let v = warden_tests::serve::value(&c);
+    assert_eq!(v["six"], "1.16.0");
+    // From the set, not the host's own six (Debian ships one).
+    let in_use = old.directory.clone().unwrap();
+    assert!(v["file"].as_str().unwrap().starts_with(&in_use), "{v}");
 
     let listed = f.warden(&["package", "list"]);
     assert!(
