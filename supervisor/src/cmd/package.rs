@@ -49,7 +49,7 @@ pub async fn run(conn: ConnArgs, cmd: PackageCmd) -> Result<i32, CliError> {
     let code = match cmd {
         PackageCmd::Add { .. } => add(&store, &checked.unwrap_or_default()).await,
         PackageCmd::Rm { names } => remove(&store, &names).await,
-        PackageCmd::List => list(&store).await,
+        PackageCmd::List => list(&conn, &store).await,
         PackageCmd::Sync { .. } => sync(&store, &checked.unwrap_or_default()).await,
     };
     store.close().await;
@@ -156,7 +156,7 @@ async fn print_generation(store: &Store) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn list(store: &Store) -> Result<i32, CliError> {
+async fn list(conn: &ConnArgs, store: &Store) -> Result<i32, CliError> {
     let current = store::current(store).await?;
     println!(
         "generation {} ({} requirements)",
@@ -170,9 +170,23 @@ async fn list(store: &Store) -> Result<i32, CliError> {
     if installs.is_empty() {
         println!("no supervisor has reported installing packages");
     }
+    // Which supervisors are live (their status in Redis); without Redis, all are shown
+    // unmarked.
+    let live: Option<Vec<String>> = match conn.intake().await {
+        Ok(client) => client
+            .list_supervisors()
+            .await
+            .ok()
+            .map(|l| l.into_iter().map(|s| s.consumer).collect()),
+        Err(_) => None,
+    };
     for s in &installs {
+        let gone = match &live {
+            Some(l) if !l.contains(&s.consumer) => " (not running)",
+            _ => "",
+        };
         println!(
-            "supervisor {}: {}",
+            "supervisor {}{gone}: {}",
             s.consumer,
             install_line(s, current.generation)
         );

@@ -91,6 +91,7 @@ pub async fn install(
     hash: &str,
     lines: &[(String, String)],
 ) -> Result<PathBuf, InstallError> {
+    check_pip(python).await?;
     // A root supervisor's templates get private tmp directories (pool::spawn).
     let private_tmp = nix::unistd::geteuid().is_root();
     if let Some(hidden) = warden_protocol::limits::PRIVATE_TMP_DIRS
@@ -105,7 +106,6 @@ pub async fn install(
             )),
         });
     }
-    check_pip(python).await?;
     std::fs::create_dir_all(root).map_err(io(root))?;
     // Workers traverse it to reach their set (its parents must let them, too).
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).map_err(io(root))?;
@@ -277,6 +277,18 @@ mod tests {
 
     fn lines(l: &[&str]) -> Vec<(String, String)> {
         l.iter().map(|s| (s.to_string(), s.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn without_pip_the_error_says_what_to_install_and_nothing_is_left() {
+        let root = tempfile::tempdir().unwrap();
+        let sets = root.path().join("sets");
+        let e = install("/nonexistent/python3", &sets, 1, "abc", &lines(&["six"]))
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("apt-get install python3-pip"), "{msg}");
+        assert!(!sets.exists());
     }
 
     #[test]
