@@ -1,5 +1,6 @@
 //! Packages imported by workflows through `serve`, in both isolation modes: `requests`
-//! with its dependencies, `charset-normalizer`'s compiled extension, a workspace module
+//! with its dependencies, the compiled extensions of `charset-normalizer` and `pydantic`
+//! (`pydantic-core`), a workspace module
 //! that shadows a package of the same name, and a package set workers cannot change.
 
 use warden_protocol::Isolation;
@@ -14,6 +15,12 @@ import requests
 import charset_normalizer
 from charset_normalizer import md
 import six
+import pydantic
+import pydantic_core
+
+class Ticket(pydantic.BaseModel):
+    id: int
+    title: str
 
 def run():
     here = os.path.dirname(requests.__file__)
@@ -28,6 +35,7 @@ def run():
         chmod = "changed"
     except OSError as e:
         chmod = type(e).__name__
+    ticket = Ticket.model_validate({"id": "42", "title": "printer"})
     best = charset_normalizer.from_bytes("héllo wörld, ça va".encode("utf-8")).best()
     return {
         "requests": requests.__version__,
@@ -35,6 +43,8 @@ def run():
         "urllib3": __import__("urllib3").__version__,
         "md": md.__file__,
         "encoding": best.encoding,
+        "ticket_id": ticket.id,
+        "pydantic_core": pydantic_core._pydantic_core.__file__,
         "six": getattr(six, "WHO", "the package"),
         "wrote": wrote,
         "chmod": chmod,
@@ -70,7 +80,9 @@ async fn imports(isolation: Isolation) {
         "{before:?}"
     );
 
-    let rec = f.install(&["requests", "charset-normalizer", "six"]).await;
+    let rec = f
+        .install(&["requests", "charset-normalizer", "six", "pydantic"])
+        .await;
     let dir = rec.directory.expect("a directory in use");
     assert!(dir.starts_with(f.root.to_str().unwrap()), "{dir}");
 
@@ -92,6 +104,11 @@ async fn imports(isolation: Isolation) {
             "the compiled extension is what runs: {v}"
         );
         assert_eq!(v["encoding"], "utf_8", "{v}");
+        assert_eq!(
+            v["ticket_id"], 42,
+            "pydantic (pydantic-core, Rust) validated: {v}"
+        );
+        assert!(v["pydantic_core"].as_str().unwrap().ends_with(".so"), "{v}");
         assert_eq!(v["six"], "the workspace", "{v}");
         if warden_tests::pool::unique_uid_base().is_some() {
             assert_ne!(v["uid"], 0, "{v}");
