@@ -90,6 +90,11 @@ pub struct PoolArgs {
     /// only PATH, HOME, TMPDIR, LANG, LC_ALL and TZ.
     #[arg(long = "worker-env", value_parser = parse_key_value)]
     pub worker_env: Vec<(String, String)>,
+    /// Packages each template imports once when it starts (`requests,pydantic`), so
+    /// every forked child finds them already imported; one that cannot be imported is
+    /// logged and skipped (docs/packages.md).
+    #[arg(long, value_delimiter = ',')]
+    pub preload: Vec<String>,
     /// Path of the warden-worker binary (default: next to this executable).
     #[arg(long, env = "WARDEN_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
@@ -139,6 +144,12 @@ impl PoolArgs {
             None => default_uid_base(),
         };
         cfg.worker_env = self.worker_env.clone();
+        cfg.preload = self
+            .preload
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
         cfg.tmp_size = self.tmp_size;
         // Without a uid of its own, RLIMIT_NPROC would count every process of the
         // user running the supervisor, so it is left off.

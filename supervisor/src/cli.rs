@@ -59,6 +59,13 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cmd::module::ModuleCmd,
     },
+    /// Third-party Python packages workflows import (`requests`, `pydantic`): the
+    /// workspace's requirements, which every supervisor installs with pip and rolls
+    /// its workers over to.
+    Package {
+        #[command(subcommand)]
+        cmd: crate::cmd::package::PackageCmd,
+    },
     /// Store and list workflows.
     Workflow {
         #[command(subcommand)]
@@ -146,6 +153,7 @@ impl Command {
             }
             Command::Migrate => crate::cmd::migrate::run(conn).await,
             Command::Module { cmd } => crate::cmd::module::run(conn, cmd).await,
+            Command::Package { cmd } => crate::cmd::package::run(conn, cmd).await,
             Command::Workflow { cmd } => crate::cmd::workflow::run(conn, cmd).await,
             Command::Submit(args) => {
                 crate::cmd::submit::run(crate::cmd::submit::SubmitArgs { conn, ..args }).await

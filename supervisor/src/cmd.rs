@@ -15,6 +15,7 @@ pub mod logs;
 pub mod manual;
 pub mod migrate;
 pub mod module;
+pub mod package;
 pub mod schedule;
 pub mod serve;
 pub mod status;

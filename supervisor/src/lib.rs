@@ -11,6 +11,8 @@
 //! - `serve`: the daemon: intake → pool → group-commit writer → acknowledgement.
 //! - `modules`: the workspace module cache: `workspace_modules` kept in step with
 //!   Redis (full sync, LISTEN/NOTIFY, per-batch generation check, worker misses).
+//! - `packages`: third-party Python packages: requirements in PostgreSQL, installed
+//!   with pip per supervisor, templates rolled over to each new set.
 //! - `sdk`: the workflow SDK's supervisor side: config and secrets, kv reads,
 //!   buffered writes, redaction.
 //! - `cli`: the command line (clap): the tree of subcommands, and the dispatch.
@@ -56,6 +58,7 @@ mod exec_cmd;
 mod intake;
 mod modules;
 mod outcome;
+mod packages;
 mod pool;
 mod pycheck;
 mod retry_policy;

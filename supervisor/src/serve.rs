@@ -133,6 +133,9 @@ pub struct ServeConfig {
     /// The key that opens secret config values (`--secret-key-file` or
     /// `WARDEN_SECRET_KEY`); `None`: executions that read a secret get a clear error.
     pub secret_key: Option<crate::sdk::SecretKey>,
+    /// Where this supervisor installs the workspace's packages, one directory per set
+    /// (`--packages-dir`; see docs/packages.md).
+    pub packages_root: std::path::PathBuf,
 }
 
 impl ServeConfig {
@@ -152,6 +155,7 @@ impl ServeConfig {
             read_block: Duration::from_millis(200),
             read_linger: Duration::from_millis(50),
             secret_key: None,
+            packages_root: crate::packages::DEFAULT_ROOT.into(),
         }
     }
 }

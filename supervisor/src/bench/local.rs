@@ -39,6 +39,13 @@ pub async fn bench_mode(
     if let Some(m) = &modules {
         m.configure(&mut cfg);
     }
+    if workload == Workload::Requests {
+        cfg.packages_dir = Some(
+            super::workload::requests_set()
+                .await
+                .map_err(CliError::Bench)?,
+        );
+    }
     let modules_generation = modules.as_ref().map_or(0, |m| m.generation);
     let modules_manifest = modules.as_ref().map(|m| m.manifest.clone());
     // Recycling is part of reuse mode's cost; keep the configured value.

@@ -32,6 +32,9 @@ pub async fn bench_mode(
     mode: Isolation,
     workload: Workload,
 ) -> Result<serde_json::Value, String> {
+    if workload == Workload::Requests {
+        return Err("the requests workload is measured with --local (the pool alone)".into());
+    }
     let db_url = scratch_database(&args.conn.database_url).await?;
     let store = Store::connect(&db_url, 1)
         .await

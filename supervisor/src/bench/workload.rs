@@ -33,6 +33,33 @@ def run(x):
     return {"y": x * 2}
 "#;
 
+/// The requests workload: a workflow that imports `requests` (with its dependencies,
+/// about 70 modules) and uses it lightly. Without `--preload requests`, every fork-mode
+/// child imports it afresh; with it, the template imported it once.
+pub const REQUESTS: &str = r#"import requests
+
+def run(x):
+    return {"y": x * 2, "requests": requests.__version__}
+"#;
+
+/// Where `bench --workload requests` installs `requests` (kept between runs: the set is
+/// found by its content hash; not under /tmp, which templates see privately).
+const REQUESTS_ROOT: &str = "/var/lib/warden/bench-packages";
+
+/// The package set the requests workload imports from: installed with pip on first use.
+pub async fn requests_set() -> Result<std::path::PathBuf, String> {
+    use crate::packages::install;
+    let lines = [("requests".to_string(), "requests".to_string())];
+    let hash = install::content_hash(&lines);
+    let root = std::path::Path::new(REQUESTS_ROOT);
+    if let Some(dir) = install::find_installed(root, &hash) {
+        return Ok(dir);
+    }
+    install::install(&crate::pycheck::python(), root, 0, &hash, &lines)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// The global config the SDK workload reads.
 const CONFIG: [(&str, &str); 5] = [
     ("region", "\"eu-west-1\""),
@@ -51,6 +78,8 @@ pub enum Workload {
     Modules,
     /// 10% fail once and are retried ([`RETRIES`]).
     Retries,
+    /// Imports `requests` from an installed package set ([`REQUESTS`]; `--local` only).
+    Requests,
 }
 
 /// Which workloads to measure (`--workload`).
@@ -65,6 +94,9 @@ pub enum Workloads {
     All,
     /// The trivial workload, then the one where 10% of executions are retried once.
     Retries,
+    /// The one importing `requests` (`--local` only; compare with and without
+    /// `--preload requests`).
+    Requests,
 }
 
 impl Workloads {
@@ -76,6 +108,7 @@ impl Workloads {
             Workloads::Modules => &[Workload::Trivial, Workload::Modules],
             Workloads::All => &[Workload::Trivial, Workload::Sdk, Workload::Modules],
             Workloads::Retries => &[Workload::Trivial, Workload::Retries],
+            Workloads::Requests => &[Workload::Requests],
         }
     }
 }
@@ -88,6 +121,7 @@ impl Workload {
             Workload::Sdk => "sdk",
             Workload::Modules => "modules",
             Workload::Retries => "retries",
+            Workload::Requests => "requests",
         }
     }
 
@@ -97,6 +131,7 @@ impl Workload {
             Workload::Sdk => SDK,
             Workload::Modules => crate::modules::bench::WORKFLOW,
             Workload::Retries => RETRIES,
+            Workload::Requests => REQUESTS,
         }
     }
 

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// no new work. Keep it well above Redis's worst answer time.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
+    /// Where this supervisor installs the workspace's packages (`warden package add`),
+    /// one directory per set; give each supervisor on a host its own.
+    #[arg(long, default_value = crate::packages::DEFAULT_ROOT, env = "WARDEN_PACKAGES_DIR")]
+    pub packages_dir: std::path::PathBuf,
 }
 
 pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
@@ -74,6 +78,7 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
     cfg.heartbeat_ttl = args
         .heartbeat_ttl
         .max(crate::intake::liveness::MIN_HEARTBEAT_TTL);
+    cfg.packages_root = args.packages_dir;
     if let Some(p) = args.prefetch {
         cfg.prefetch = p;
     }

@@ -59,6 +59,7 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
     for c in b.consumers.iter().filter(|c| c.live || c.pending > 0) {
         println!("  {}", consumer_line(c, any_live));
     }
+    packages(&conn, &o.supervisors).await;
     Ok(0)
 }
 
@@ -107,6 +108,41 @@ fn overview_json(o: &crate::intake::client::Overview) -> Value {
         },
         "consumers": consumers,
     })
+}
+
+/// The live supervisors' package sets (docs/packages.md), from PostgreSQL; only when
+/// there are requirements or a supervisor reported a set. Best effort: the rest of the
+/// status comes from Redis and stands without it.
+async fn packages(conn: &ConnArgs, live: &[crate::intake::SupervisorStatus]) {
+    let Ok(store) = conn.store().await else {
+        return;
+    };
+    let (Ok(current), Ok(installs)) = (
+        crate::packages::store::current(&store).await,
+        crate::packages::store::installs(&store).await,
+    ) else {
+        store.close().await;
+        return;
+    };
+    let installs: Vec<_> = installs
+        .iter()
+        .filter(|s| live.iter().any(|l| l.consumer == s.consumer))
+        .collect();
+    if !current.lines.is_empty() || !installs.is_empty() {
+        println!(
+            "packages: generation {} ({} requirements)",
+            current.generation,
+            current.lines.len()
+        );
+        for s in installs {
+            println!(
+                "  {:<32} {}",
+                s.consumer,
+                crate::cmd::package::install_line(s, current.generation)
+            );
+        }
+    }
+    store.close().await;
 }
 
 /// One consumer of the group: live or dead, and what becomes of a dead one's entries.

@@ -69,6 +69,9 @@ struct Inner {
     /// The generation the per-batch check last brought the manifest up to (0: never).
     checked: AtomicU64,
     manifest: std::sync::Mutex<Manifest>,
+    /// Where notifications of `warden_packages` go (the package keeper), heard on the
+    /// same LISTEN connection: the design allows one.
+    packages: std::sync::Mutex<Option<mpsc::UnboundedSender<()>>>,
 }
 
 /// The workspace as the database has it, path by path (see the module comment).
@@ -132,6 +135,7 @@ impl ModuleSync {
                 write: Mutex::new(()),
                 generation: AtomicU64::new(0),
                 checked: AtomicU64::new(0),
+                packages: std::sync::Mutex::new(None),
                 manifest: std::sync::Mutex::new(Manifest {
                     entries: HashMap::new(),
                     wire: Arc::new(ModuleManifest {
@@ -211,6 +215,19 @@ impl ModuleSync {
             self.sync_paths(&changed).await?;
         }
         Ok(())
+    }
+
+    /// Notifications of a requirements change (`warden_packages`), and one after every
+    /// reconnect of the listener (changes may have been missed). Call before
+    /// [`ModuleSync::start`].
+    pub fn package_changes(&self) -> mpsc::UnboundedReceiver<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self
+            .inner
+            .packages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 
     pub fn cache(&self) -> &ModuleCache {
@@ -455,7 +472,13 @@ impl ModuleSync {
     /// of notifications in one update, and a full sync after the listener reconnected.
     async fn follow(self, listener: PgListener, url: String, mut stop: watch::Receiver<bool>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_changes(listener, url, tx, stop.clone()));
+        let packages = self
+            .inner
+            .packages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let reader = tokio::spawn(read_changes(listener, url, tx, packages, stop.clone()));
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut pending: BTreeSet<String> = BTreeSet::new();
         let mut resync = false;
@@ -549,8 +572,14 @@ async fn read_changes(
     mut listener: PgListener,
     url: String,
     tx: mpsc::UnboundedSender<Change>,
+    packages: Option<mpsc::UnboundedSender<()>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let tell_packages = || {
+        if let Some(p) = &packages {
+            let _ = p.send(());
+        }
+    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let got = tokio::select! {
@@ -558,6 +587,7 @@ async fn read_changes(
             _ = stop.changed() => return,
         };
         match got {
+            Ok(Some(n)) if n.channel() == crate::packages::CHANNEL => tell_packages(),
             Ok(Some(n)) => {
                 if tx.send(Change::Path(n.payload().to_string())).is_err() {
                     return;
@@ -576,6 +606,7 @@ async fn read_changes(
                     }
                 };
                 backoff.reset();
+                tell_packages();
                 if tx.send(Change::Reconnected).is_err() {
                     return;
                 }
@@ -592,7 +623,7 @@ async fn listen(database_url: &str) -> Result<PgListener, ModuleError> {
     // must know, to catch up with a full sync.
     listener.eager_reconnect(false);
     listener
-        .listen(CHANNEL)
+        .listen_all([CHANNEL, crate::packages::CHANNEL])
         .await
         .map_err(ModuleError::listen)?;
     Ok(listener)

@@ -51,6 +51,12 @@ pub struct PoolConfig {
     pub redis_url: Option<String>,
     /// Prefix of the module cache's keys (`--key-prefix`; "" in production).
     pub key_prefix: String,
+    /// The package set templates start with (`serve` installs it; see
+    /// [`super::Pool::set_packages`] for later sets). `None`: no packages.
+    pub packages_dir: Option<PathBuf>,
+    /// Packages each template imports once at start (`--preload`), so forked children
+    /// inherit them already imported.
+    pub preload: Vec<String>,
 }
 
 impl PoolConfig {
@@ -75,6 +81,8 @@ impl PoolConfig {
             kill_grace: Duration::from_secs(2),
             redis_url: None,
             key_prefix: String::new(),
+            packages_dir: None,
+            preload: Vec::new(),
         }
     }
 }

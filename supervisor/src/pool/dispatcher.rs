@@ -67,6 +67,10 @@ pub(super) struct Shared {
     pub(super) completed: AtomicU64,
     pub(super) templates_started: AtomicU64,
     pub(super) last_spawn_to_ready_us: AtomicU64,
+    /// The package set last given to the pool ([`Event::Packages`]; 0: the initial one).
+    pub(super) packages_version: AtomicU64,
+    /// Slots whose template was started with an older package set than that one.
+    pub(super) packages_stale: AtomicUsize,
 }
 
 /// Something that happened, for [`Dispatcher::step`].
@@ -80,6 +84,9 @@ pub(super) enum Event {
     /// Every `Pool` handle is gone: stop now.
     Closed,
     Template(TemplateEvent),
+    /// A new package set (directory for the templates' import path, or none): templates
+    /// are replaced one at a time, each once it is idle (see `Dispatcher::roll_over`).
+    Packages(Option<std::path::PathBuf>),
     /// Nothing arrived, but time passed (see [`Dispatcher::next_timer`]).
     Tick,
 }
@@ -90,8 +97,13 @@ pub(super) enum Event {
 // cost an allocation per log line to save bytes on the rare small ones.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Action {
-    /// Start a template task for `slot`; later commands for the slot go to it.
-    Spawn { slot: usize, generation: u64 },
+    /// Start a template task for `slot`, importing packages from `packages`; later
+    /// commands for the slot go to it.
+    Spawn {
+        slot: usize,
+        generation: u64,
+        packages: Option<Arc<std::path::PathBuf>>,
+    },
     /// A command for the slot's current template task.
     Template { slot: usize, cmd: TemplateCmd },
     /// Report to whoever started the pool.
@@ -119,6 +131,8 @@ struct Slot {
     tenant: Option<Option<String>>,
     /// The id of the module manifest the current template was sent (0: none).
     manifest: u64,
+    /// The package set the current template was started with (`Dispatcher::packages`).
+    packages_version: u64,
 }
 
 enum SlotState {
@@ -202,6 +216,10 @@ pub(super) struct Dispatcher {
     /// The module manifest of the last job dispatched, given to templates as soon as
     /// they are ready (so they load and check the workspace before their first job).
     manifest: Option<Arc<warden_protocol::ModuleManifest>>,
+    /// The package directory new templates import from, and its version (bumped by every
+    /// [`Event::Packages`]).
+    packages: Option<Arc<std::path::PathBuf>>,
+    packages_version: u64,
     /// What the current step decided, handed to the driver when it ends.
     actions: Vec<Action>,
 }
@@ -222,8 +240,11 @@ impl Dispatcher {
             returned: 0,
             dispatches: 0,
             manifest: None,
+            packages: None,
+            packages_version: 0,
             actions: Vec::new(),
         };
+        d.packages = d.cfg.packages_dir.clone().map(Arc::new);
         for slot in 0..d.cfg.workers {
             let generation = d.launch(slot);
             d.slots.push(Slot {
@@ -234,6 +255,7 @@ impl Dispatcher {
                 last_dispatch: 0,
                 tenant: None,
                 manifest: 0,
+                packages_version: 0,
             });
         }
         let first = std::mem::take(&mut d.actions);
@@ -266,7 +288,17 @@ impl Dispatcher {
             Event::Closed => self.begin_drain(Duration::ZERO, now),
             Event::Template(ev) => self.on_template(ev, now),
             Event::Tick => self.on_timer(now),
+            Event::Packages(dir) => {
+                self.packages = dir.map(Arc::new);
+                self.packages_version += 1;
+                self.shared
+                    .packages_version
+                    .store(self.packages_version, Ordering::Relaxed);
+            }
         }
+        // Before dispatching: a stale template that just became idle is replaced rather
+        // than given the next execution, so the rollover always progresses under load.
+        self.roll_over();
         self.dispatch(now);
         self.publish_stats();
         self.finish_drain_if_done(now);
@@ -280,8 +312,40 @@ impl Dispatcher {
         self.shared
             .templates_started
             .fetch_add(1, Ordering::Relaxed);
-        self.actions.push(Action::Spawn { slot, generation });
+        self.actions.push(Action::Spawn {
+            slot,
+            generation,
+            packages: self.packages.clone(),
+        });
         generation
+    }
+
+    /// Replaces templates started with an older package set, one at a time: an idle one
+    /// is asked to shut down (its slot restarts with the current set) only while no
+    /// other template is starting or retiring, so every other slot keeps serving and an
+    /// execution waits at most one template start. A busy one finishes its execution
+    /// first, on the set it started with; it is never killed for this.
+    fn roll_over(&mut self) {
+        if self.drain.is_some() {
+            return;
+        }
+        let current = self.packages_version;
+        let changing = self
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Starting | SlotState::Retiring));
+        if changing {
+            return;
+        }
+        let stale_idle = self
+            .slots
+            .iter()
+            .position(|s| s.packages_version != current && matches!(s.state, SlotState::Idle));
+        if let Some(slot) = stale_idle {
+            tracing::info!(slot, "replacing a template for the new package set");
+            self.slots[slot].state = SlotState::Retiring;
+            self.send(slot, ToWorker::Shutdown);
+        }
     }
 
     fn send(&mut self, slot: usize, msg: ToWorker) {
@@ -634,8 +698,10 @@ impl Dispatcher {
 
     fn respawn(&mut self, slot: usize) {
         let generation = self.launch(slot);
+        let packages_version = self.packages_version;
         let s = &mut self.slots[slot];
         s.generation = generation;
+        s.packages_version = packages_version;
         s.state = SlotState::Starting;
         s.tenant = None;
     }
@@ -818,6 +884,12 @@ impl Dispatcher {
         }
         self.shared.ready.store(ready, Ordering::Relaxed);
         self.shared.busy.store(busy, Ordering::Relaxed);
+        let stale = self
+            .slots
+            .iter()
+            .filter(|s| s.packages_version != self.packages_version)
+            .count();
+        self.shared.packages_stale.store(stale, Ordering::Relaxed);
     }
 
     /// The end of a started execution: `Interrupted` when the drain killed it.
@@ -1082,7 +1154,10 @@ mod tests {
 
         fn note(&mut self, actions: &[Action]) {
             for a in actions {
-                if let Action::Spawn { slot, generation } = a {
+                if let Action::Spawn {
+                    slot, generation, ..
+                } = a
+                {
                     self.generations[*slot] = *generation;
                 }
             }
@@ -1152,6 +1227,38 @@ mod tests {
             assert!(self.frame(slot, success(id)).is_empty());
             self.frame(slot, ended(id, ExitKind::Exited(0)))
         }
+    }
+
+    #[test]
+    fn a_new_package_set_replaces_templates_one_at_a_time_never_a_busy_one() {
+        let mut h = Harness::ready(config(2, Isolation::Fork));
+        let first = h.submit(job("a", None));
+        let busy = executes(&first)[0].0;
+        let idle = 1 - busy;
+        let set = PathBuf::from("/packages/2-abc");
+        let acts = h.step(Event::Packages(Some(set.clone())));
+        // The idle template goes; the busy one keeps running its execution.
+        assert_eq!(shutdowns(&acts), [idle]);
+        assert!(child_kills(&acts).is_empty() && template_kills(&acts).is_empty());
+        assert_eq!(h.d.shared.packages_stale.load(Ordering::Relaxed), 2);
+        // Work submitted meanwhile waits for the new template (one start at most).
+        assert!(executes(&h.submit(job("b", None))).is_empty());
+        let acts = h.gone(idle, true, None);
+        let new = acts.iter().find_map(|a| match a {
+            Action::Spawn { slot, packages, .. } if *slot == idle => Some(packages.clone()),
+            _ => None,
+        });
+        assert_eq!(new, Some(Some(Arc::new(set.clone()))));
+        assert_eq!(executes(&h.hello(idle)), [(idle, "b".to_string())]);
+        assert_eq!(h.d.shared.packages_stale.load(Ordering::Relaxed), 1);
+        // The old template finishes "a" on the old set, then is replaced in turn.
+        let acts = h.succeed(busy, "a");
+        assert_eq!(finished(&acts).len(), 1);
+        assert_eq!(shutdowns(&acts), [busy]);
+        h.gone(busy, true, None);
+        h.hello(busy);
+        assert_eq!(h.d.shared.packages_stale.load(Ordering::Relaxed), 0);
+        assert!(shutdowns(&h.succeed(idle, "b")).is_empty());
     }
 
     fn spawns(actions: &[Action]) -> Vec<usize> {

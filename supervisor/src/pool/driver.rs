@@ -42,6 +42,10 @@ pub struct PoolStats {
     pub templates_started: u64,
     /// Spawn-to-hello time of the most recent template, microseconds.
     pub last_spawn_to_ready_us: u64,
+    /// How many package sets were given with [`Pool::set_packages`] so far.
+    pub packages_version: u64,
+    /// Templates still running with an older package set than the last one given.
+    pub packages_stale: usize,
 }
 
 /// What a [`Pool`] handle asks of the driver task.
@@ -49,6 +53,7 @@ enum Command {
     Submit(Box<Job>),
     Cancel(ExecutionId),
     Reply(warden_protocol::Reply),
+    Packages(Option<std::path::PathBuf>),
     Shutdown {
         drain: Duration,
         done: oneshot::Sender<ShutdownReport>,
@@ -173,6 +178,14 @@ impl Pool {
         rx.await.unwrap_or_default()
     }
 
+    /// Rolls the pool over to a new package set (`dir` on the templates' import path, or
+    /// none): templates are replaced one at a time as they become idle; executions that
+    /// are running finish on the set they started with. [`PoolStats::packages_stale`]
+    /// says when no template of an older set is left.
+    pub fn set_packages(&self, dir: Option<std::path::PathBuf>) {
+        let _ = self.requests.send(Command::Packages(dir));
+    }
+
     /// The uids each slot's template and children run under (empty when the
     /// supervisor is not root).
     pub fn slot_ids(&self) -> &[SlotIds] {
@@ -189,6 +202,8 @@ impl Pool {
             completed: s.completed.load(Ordering::Relaxed),
             templates_started: s.templates_started.load(Ordering::Relaxed),
             last_spawn_to_ready_us: s.last_spawn_to_ready_us.load(Ordering::Relaxed),
+            packages_version: s.packages_version.load(Ordering::Relaxed),
+            packages_stale: s.packages_stale.load(Ordering::Relaxed),
         }
     }
 }
@@ -223,6 +238,7 @@ impl Driver {
                     Some(Command::Submit(job)) => Event::Submit(job),
                     Some(Command::Cancel(id)) => Event::Cancel(id),
                     Some(Command::Reply(reply)) => Event::Reply(reply),
+                    Some(Command::Packages(dir)) => Event::Packages(dir),
                     Some(Command::Shutdown { drain, done }) => {
                         if self.done.is_none() {
                             self.done = Some(done);
@@ -246,12 +262,17 @@ impl Driver {
     fn apply(&mut self, actions: Vec<Action>) -> bool {
         for action in actions {
             match action {
-                Action::Spawn { slot, generation } => {
+                Action::Spawn {
+                    slot,
+                    generation,
+                    packages,
+                } => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     tokio::spawn(template_task::run(
                         self.cfg.clone(),
                         slot,
                         generation,
+                        packages,
                         self.tmpl_tx.clone(),
                         rx,
                     ));

@@ -50,7 +50,12 @@ pub struct Spawned {
 }
 
 /// Starts the template for `slot` (its `worker_id` on the command line is `worker_id`).
-pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<Spawned, PoolError> {
+pub fn spawn_template(
+    cfg: &PoolConfig,
+    slot: usize,
+    worker_id: u64,
+    packages: Option<&Path>,
+) -> Result<Spawned, PoolError> {
     let workdir = cfg.run_dir.join(format!("w{slot}"));
     let ids = cfg.slot_ids.get(slot).copied();
     prepare_workdir(&workdir, ids.map(|i| i.template))?;
@@ -115,7 +120,7 @@ pub fn spawn_template(cfg: &PoolConfig, slot: usize, worker_id: u64) -> Result<S
         Some(_) => PathBuf::from(PRIVATE_HOME),
         None => workdir.clone(),
     };
-    for (k, v) in worker_env(cfg, &home) {
+    for (k, v) in worker_env(cfg, &home, packages) {
         cmd.env(k, v);
     }
 
@@ -210,7 +215,7 @@ impl PrivateMounts {
     }
 }
 
-fn worker_env(cfg: &PoolConfig, workdir: &Path) -> Vec<(String, String)> {
+fn worker_env(cfg: &PoolConfig, workdir: &Path, packages: Option<&Path>) -> Vec<(String, String)> {
     let mut env = vec![
         (
             "PATH".to_string(),
@@ -228,6 +233,14 @@ fn worker_env(cfg: &PoolConfig, workdir: &Path) -> Vec<(String, String)> {
         }
     }
     env.extend(cfg.worker_env.iter().cloned());
+    // The runner puts the package set on `sys.path` (before the host's site-packages)
+    // and imports the preloaded packages once, before any child is forked.
+    if let Some(dir) = packages {
+        env.push(("WARDEN_PACKAGES".to_string(), dir.display().to_string()));
+    }
+    if !cfg.preload.is_empty() {
+        env.push(("WARDEN_PRELOAD".to_string(), cfg.preload.join(",")));
+    }
     if let Some(url) = &cfg.redis_url {
         // Read and removed from its environment by the template at start-up, before
         // any child exists (see warden-worker's cli).

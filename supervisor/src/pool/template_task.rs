@@ -57,6 +57,7 @@ pub async fn run(
     cfg: Arc<PoolConfig>,
     slot: usize,
     generation: u64,
+    packages: Option<Arc<std::path::PathBuf>>,
     events: mpsc::UnboundedSender<TemplateEvent>,
     mut cmds: mpsc::UnboundedReceiver<TemplateCmd>,
 ) {
@@ -70,7 +71,12 @@ pub async fn run(
     };
     let started = Instant::now();
     let worker_id = ((slot as u64) << 32) | (generation & 0xffff_ffff);
-    let spawned = match spawn_template(&cfg, slot, worker_id) {
+    let spawned = match spawn_template(
+        &cfg,
+        slot,
+        worker_id,
+        packages.as_deref().map(|p| p.as_path()),
+    ) {
         Ok(s) => s,
         Err(e) => {
             let _ = events.send(gone(e.to_string(), None, None, false));

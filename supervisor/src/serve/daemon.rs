@@ -28,6 +28,7 @@ use crate::intake::{
 };
 use crate::modules::{ModuleCache, ModuleSync};
 use crate::outcome::{ExecutionId, ExecutionOutcome, PoolEvent};
+use crate::packages::PackageKeeper;
 use crate::pool::Pool;
 use crate::sdk::Sdk;
 use crate::store::{Completed, Reservation, Store, StoreError, Writer, WriterHandle};
@@ -707,7 +708,17 @@ async fn connect(cfg: &ServeConfig) -> Result<Services, ServeError> {
     let module_cache = ModuleCache::connect(&cfg.redis_url, intake.keys().clone()).await?;
     let modules = ModuleSync::new(store.clone(), module_cache);
     let (stop_modules, modules_stopped) = watch::channel(false);
-    let module_follower = modules.start(&cfg.database_url, modules_stopped).await?;
+    let package_changes = modules.package_changes();
+    let module_follower = modules
+        .start(&cfg.database_url, modules_stopped.clone())
+        .await?;
+    // The workspace's packages: installed before the pool starts, so its first
+    // templates import them; then followed (on the same LISTEN connection).
+    let mut packages = PackageKeeper::new(
+        store.clone(),
+        cfg.packages_root.clone(),
+        cfg.consumer.clone(),
+    );
     // Workers read the cache from the same Redis (unless told otherwise, e.g. a Unix
     // socket for network-isolated workers), as a read-only user; never the database.
     let mut pool_cfg = cfg.pool.clone();
@@ -721,9 +732,12 @@ async fn connect(cfg: &ServeConfig) -> Result<Services, ServeError> {
     };
     pool_cfg.redis_url = Some(access?);
     pool_cfg.key_prefix = cfg.key_prefix.clone();
+    pool_cfg.packages_dir = packages.prepare().await;
 
     let (pool_tx, pool_events) = mpsc::unbounded_channel();
     let pool = Pool::start(pool_cfg, pool_tx).await?;
+    // Ends with the module follower (`stop_modules`).
+    tokio::spawn(packages.follow(pool.clone(), package_changes, modules_stopped));
     Ok(Services {
         store,
         intake,

@@ -502,7 +502,35 @@ def _fix_interpreter_paths():
         sys.argv = [""]
 
 
+def _install_packages():
+    """The workspace's package set (``WARDEN_PACKAGES``, a directory the supervisor
+    installed with pip, read-only to workers) goes on ``sys.path`` just before the host's
+    site-packages: the standard library wins over a package of the same name, the set
+    wins over whatever the host happens to have installed. Workspace modules come first
+    of all (their finder is ``sys.meta_path[0]``). The directory also counts as a library
+    directory in reuse mode, so packages are kept loaded between executions. Then the
+    packages named by ``WARDEN_PRELOAD`` are imported once, here in the template, so
+    forked children inherit them; one that fails to import is reported on stderr (the
+    supervisor's log) and skipped."""
+    global _LIBRARY_DIRS
+    packages = os.environ.pop("WARDEN_PACKAGES", "")
+    preload = os.environ.pop("WARDEN_PRELOAD", "")
+    if packages:
+        at = next(
+            (i for i, p in enumerate(sys.path) if p.endswith(("site-packages", "dist-packages"))),
+            len(sys.path),
+        )
+        sys.path.insert(at, packages)
+        _LIBRARY_DIRS = _library_dirs() + (os.path.join(packages, ""),)
+    for name in filter(None, (n.strip() for n in preload.split(","))):
+        try:
+            __import__(name)
+        except BaseException as exc:  # noqa: BLE001 - a bad package must not stop the template
+            print(f"warden: --preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 _fix_interpreter_paths()
+_install_packages()
 install_capture()
 
 # Everything loaded so far lives as long as the template. Moving it to the collector's
