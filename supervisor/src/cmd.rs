@@ -11,6 +11,7 @@ pub mod executions;
 pub mod kv;
 pub mod migrate;
 pub mod module;
+pub mod prune;
 pub mod serve;
 pub mod status;
 pub mod submit;

@@ -21,6 +21,8 @@
 //!   executions, cancel, status, config, kv), one file each.
 //! - `exec_cmd`: `warden exec`, one workflow through the pool with no services.
 //! - `bench`: `warden bench`.
+//! - `ops`: operating the daemon: `/metrics`, `/healthz`, `/readyz` (`serve --http`),
+//!   systemd notifications, retention.
 //! - `pycheck`: push-time Python checks (`ast.parse` in a `python3` subprocess, never
 //!   running the code).
 //! - `telemetry`: tracing set-up (human or JSON).
@@ -52,6 +54,7 @@ mod cmd;
 mod exec_cmd;
 mod intake;
 mod modules;
+mod ops;
 mod outcome;
 mod pool;
 mod pycheck;
@@ -99,6 +102,9 @@ pub use sdk::{
 
 // The daemon, run in-process with a shutdown trigger the caller holds.
 pub use serve::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
+
+// Operating the daemon: retention's settings and one pass of it.
+pub use ops::retention::{prune, PruneReport, Retention};
 
 /// Internal functions the end-to-end tests (`warden-tests`) call for set-up, or to
 /// check one step on its own against real PostgreSQL and Redis. Not part of the API:

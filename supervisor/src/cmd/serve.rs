@@ -47,6 +47,16 @@ pub struct ServeArgs {
     /// no new work. Keep it well above Redis's worst answer time.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
+    /// `127.0.0.1:9187` (port 0: any free port, named in the log). Off by default: no
+    /// server, and nothing is counted.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Delete ended executions (and their logs) that completed longer ago than this,
+    /// e.g. `30d`, `12h`: a pass at start-up and every 10 minutes, 1,000 rows per
+    /// statement. Executions still pending or running are never deleted. Off by default.
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
@@ -76,6 +86,8 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
     if let Some(p) = args.prefetch {
         cfg.prefetch = p;
     }
+    cfg.http = args.http;
+    cfg.retention = args.retention.map(crate::ops::retention::Retention::new);
     until_stopped(cfg).await
 }
 

@@ -17,6 +17,8 @@ pub struct Meta {
     pub workflow_id: Option<i64>,
     pub org_id: Option<i64>,
     pub workflow_name: String,
+    /// The organization's name (for the metrics' labels).
+    pub org: Option<String>,
     pub caller: Option<String>,
     pub time_saved_seconds: f64,
     pub value: f64,

@@ -3,6 +3,7 @@
 //! Run one module with e.g. `cargo test -p warden-tests --test serve liveness::`.
 //!
 //! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
+//! - [`http`]: `--http`: `/metrics` against the database, `/readyz` through outages.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
 //! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
@@ -12,6 +13,7 @@
 //!   supervisors on one stream.
 
 mod duplicate_entries;
+mod http;
 mod liveness;
 mod outages;
 mod outcomes;
