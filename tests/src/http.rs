@@ -17,12 +17,19 @@ pub fn free_addr() -> SocketAddr {
 /// `GET path` on `addr`: the status code and the body. Panics if nothing answers
 /// within 5 s.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
+    try_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+/// [`get`], with a refused connection (nothing listening yet) as an error.
+pub async fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(req.as_bytes()).await?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.unwrap();
+        s.read_to_end(&mut raw).await?;
         let raw = String::from_utf8(raw).expect("utf-8 reply");
         let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
         let code = head
@@ -30,19 +37,23 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .expect("a status line");
-        (code, body.to_string())
-    })
-    .await
-    .unwrap_or_else(|_| panic!("GET {path} on {addr}: no answer within 5 s"))
+        Ok((code, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} on {addr}: no answer within 5 s"))
 }
 
-/// `GET path` every 100 ms until its status is `code`; the body then. Panics with the
-/// last answer after `within`.
+/// `GET path` every 100 ms until its status is `code` (a refused connection counts as
+/// not yet); the body then. Panics with the last answer after `within`.
 pub async fn wait_for_status(addr: SocketAddr, path: &str, code: u16, within: Duration) -> String {
     let t = Instant::now();
     loop {
-        let (got, body) = get(addr, path).await;
-        if got == code {
+        let (got, body) = match try_get(addr, path).await {
+            Ok((got, body)) => (got.to_string(), body),
+            Err(e) => (e.to_string(), String::new()),
+        };
+        if got == code.to_string() {
             return body;
         }
         assert!(

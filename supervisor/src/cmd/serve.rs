@@ -50,12 +50,17 @@ pub struct ServeArgs {
     /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
     /// `127.0.0.1:9187` (port 0: any free port, named in the log). Off by default: no
     /// server, and nothing is counted.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "WARDEN_HTTP")]
     pub http: Option<std::net::SocketAddr>,
     /// Delete ended executions (and their logs) that completed longer ago than this,
     /// e.g. `30d`, `12h`: a pass at start-up and every 10 minutes, 1,000 rows per
     /// statement. Executions still pending or running are never deleted. Off by default.
-    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        value_name = "AGE",
+        value_parser = humantime::parse_duration,
+        env = "WARDEN_RETENTION"
+    )]
     pub retention: Option<Duration>,
 }
 

@@ -9,6 +9,7 @@
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
 //! - [`places`]: every way an execution ends gives its intake place back once.
 //! - [`redis_wipe`]: Redis wiped under a running service.
+//! - [`systemd`]: `READY=1`, watchdog pings and `STOPPING=1` on `NOTIFY_SOCKET`.
 //! - [`resilience`]: the connection budget, dropped connections, SIGKILL, several
 //!   supervisors on one stream.
 
@@ -20,3 +21,4 @@ mod outcomes;
 mod places;
 mod redis_wipe;
 mod resilience;
+mod systemd;
