@@ -7,6 +7,8 @@
 //! - [`cli_fixes`]: the `warden` binary's admin commands (issue 13's CLI fixes).
 //! - [`configs`]: config values.
 //! - [`resilience`]: the writer under failure.
+//! - [`retention`]: deleting old ended executions (store, `executions prune`,
+//!   `serve --retention`).
 //! - [`schema`]: migrations, `check_schema`, connection errors.
 //! - [`workflows`]: workflow push and `load_for_batch`.
 //! - [`writer`]: the group-commit writer.
@@ -16,6 +18,7 @@ mod budget;
 mod cli_fixes;
 mod configs;
 mod resilience;
+mod retention;
 mod schema;
 mod workflows;
 mod writer;
