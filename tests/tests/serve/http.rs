@@ -165,6 +165,24 @@ async fn metrics_move_by_what_ran_and_match_the_database() {
     assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_string()));
     assert_eq!(get(addr, "/readyz").await, (200, "ready\n".to_string()));
     assert_eq!(get(addr, "/nothing").await.0, 404);
+
+    // docs/operations.md lists every metric the endpoint exposes.
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+    )
+    .unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        assert!(
+            doc.contains(&format!("`{name}")),
+            "{name} is not in docs/operations.md"
+        );
+    }
     s.stop().await;
 }
 
