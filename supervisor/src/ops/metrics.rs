@@ -460,4 +460,29 @@ mod tests {
             "{text}"
         );
     }
+
+    /// What the main loop pays per execution with `--http` on: one `started`, one
+    /// `ended` (a duration observed), and 1/20 of a commit observed. Run in release:
+    /// `cargo test --release -p warden --lib cost_per_execution -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run it in release"]
+    fn cost_per_execution() {
+        let m = Metrics::new();
+        let commit = m.commit();
+        let orgs = ["acme", "globex", "initech"];
+        let n = 1_000_000;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let org = Some(orgs[i % 3]);
+            m.started("double", org);
+            m.ended(Status::Success, "double", org, Duration::from_micros(900));
+            if i % 20 == 0 {
+                commit.observe(20, Duration::from_millis(2));
+            }
+        }
+        let per = t.elapsed() / n as u32;
+        println!("metrics cost per execution: {per:?}");
+        // A fork-mode execution costs about a millisecond of CPU: stay far below 1%.
+        assert!(per < Duration::from_micros(5), "{per:?}");
+    }
 }
