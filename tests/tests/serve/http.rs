@@ -264,6 +264,46 @@ async fn readyz_follows_postgres_and_redis_and_healthz_stays_up() {
 }
 
 #[tokio::test]
+async fn readyz_is_not_ready_while_draining_and_healthz_still_answers() {
+    let addr = free_addr();
+    let mut s = TestServe::start(|cfg| {
+        cfg.http = Some(addr);
+        cfg.drain_timeout = Duration::from_secs(10);
+    })
+    .await;
+    s.push(
+        "sleepy",
+        "import time\ndef run():\n    time.sleep(2)\n    return 1\n",
+        None,
+    )
+    .await;
+    wait_for_status(addr, "/readyz", 200, Duration::from_secs(30)).await;
+    s.client
+        .submit(&TestServe::request("sleepy-1", "sleepy", "{}"))
+        .await
+        .unwrap();
+    // Wait until it runs, then start the drain: it finishes, meanwhile not ready.
+    let t = std::time::Instant::now();
+    while sample(
+        &get(addr, "/metrics").await.1,
+        r#"warden_workers{state="busy"}"#,
+    ) != Some(1.0)
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.drain();
+    let why = wait_for_status(addr, "/readyz", 503, Duration::from_secs(1)).await;
+    assert_eq!(why, "not ready: shutting down (draining)\n");
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    let report = s.stop().await;
+    assert_eq!(
+        report.executions, 1,
+        "the running execution finished in the drain"
+    );
+}
+
+#[tokio::test]
 async fn an_address_in_use_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
