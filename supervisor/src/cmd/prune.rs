@@ -13,7 +13,7 @@ use crate::store::Store;
 pub struct PruneArgs {
     /// Delete ended executions that completed longer ago than this: `30d`, `12h`,
     /// `90m`, `1w 2d`.
-    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "AGE", value_parser = crate::ops::retention::parse_age)]
     pub older_than: Duration,
     /// Only count what would be deleted.
     #[arg(long)]

@@ -58,7 +58,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "AGE",
-        value_parser = humantime::parse_duration,
+        value_parser = crate::ops::retention::parse_age,
         env = "WARDEN_RETENTION"
     )]
     pub retention: Option<Duration>,

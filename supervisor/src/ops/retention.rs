@@ -62,6 +62,17 @@ pub struct PruneReport {
     pub took: Duration,
 }
 
+/// An age on the command line (`30d`, `12h`, `1w 2d`: humantime), more than zero.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let age = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("`{s}` is not an age ({e}): use a number and a unit, e.g. `30d`, `12h`, `90m`")
+    })?;
+    if age.is_zero() {
+        return Err(format!("`{s}`: the age must be more than zero"));
+    }
+    Ok(age)
+}
+
 /// The instant before which an execution must have completed to be deleted.
 pub fn cutoff(now: DateTime<Utc>, older_than: Duration) -> DateTime<Utc> {
     let age = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
@@ -143,6 +154,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_need_a_unit_and_must_be_positive() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("1w 2d"), Ok(Duration::from_secs(9 * 86_400)));
+        let e = parse_age("forever").unwrap_err();
+        assert!(e.starts_with("`forever` is not an age ("), "{e}");
+        assert!(e.contains("e.g. `30d`"), "{e}");
+        assert!(parse_age("30").unwrap_err().contains("time unit needed"));
+        assert_eq!(
+            parse_age("0s").unwrap_err(),
+            "`0s`: the age must be more than zero"
+        );
+    }
 
     #[test]
     fn the_cutoff_is_the_age_before_now_and_saturates() {

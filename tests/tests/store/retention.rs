@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use warden::{prune, Retention, Store};
-use warden_tests::cli::{ok, warden};
+use warden_tests::cli::{ok, refused, warden};
 use warden_tests::db::{scalar, TestDb};
 use warden_tests::http::{free_addr, get, sample, wait_for_status};
 use warden_tests::redis::TestRedis;
@@ -127,6 +127,23 @@ async fn executions_prune_dry_run_counts_and_the_real_run_deletes() {
     let redis = TestRedis::new();
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
+
+    // An age without a unit, or zero, is refused before anything is touched.
+    let err = refused(warden(
+        &db,
+        &redis,
+        dir.path(),
+        &["executions", "prune", "--older-than", "30"],
+    ));
+    assert!(err.contains("`30` is not an age"), "{err}");
+    let err = refused(warden(
+        &db,
+        &redis,
+        dir.path(),
+        &["executions", "prune", "--older-than", "0d"],
+    ));
+    assert!(err.contains("the age must be more than zero"), "{err}");
+    assert_eq!(left(&db).await, (OLD, OLD * LOGS_EACH, 3, 5, 5));
 
     let out = ok(warden(
         &db,
