@@ -176,12 +176,23 @@ impl PoolArgs {
 /// The PostgreSQL URL used when neither DATABASE_URL nor --database-url says otherwise.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/warden";
 
+/// The Redis URL used when neither REDIS_URL nor --redis-url says otherwise.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 /// Where the services are. Defaults suit a local set-up (`scripts/services`).
+///
+/// Flags of the top-level command ([`crate::cli::Cli`]), every one `global`: they stand
+/// before the subcommand or anywhere after it (`warden --database-url URL executions
+/// list`, `warden executions list --database-url URL`). The commands whose flags are a
+/// struct of their own (`serve`, `submit`, `bench`) get them set from there
+/// (`#[arg(skip)]` fields).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Services")]
 pub struct ConnArgs {
     /// PostgreSQL URL. Only the supervisor and admin commands use it; workers never see it.
     #[arg(
         long,
+        global = true,
         env = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
@@ -190,14 +201,26 @@ pub struct ConnArgs {
     /// Redis URL.
     #[arg(
         long,
+        global = true,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,
     /// Prefix for every Redis key, to share one Redis between installations (and tests).
-    #[arg(long, env = "WARDEN_KEY_PREFIX", default_value = "")]
+    #[arg(long, global = true, env = "WARDEN_KEY_PREFIX", default_value = "")]
     pub key_prefix: String,
+}
+
+impl Default for ConnArgs {
+    /// The built-in defaults (what the flags default to without their variables).
+    fn default() -> ConnArgs {
+        ConnArgs {
+            database_url: DEFAULT_DATABASE_URL.to_string(),
+            redis_url: DEFAULT_REDIS_URL.to_string(),
+            key_prefix: String::new(),
+        }
+    }
 }
 
 impl ConnArgs {

@@ -54,7 +54,8 @@ pub struct BenchArgs {
     pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub pool: PoolArgs,
-    #[command(flatten)]
+    /// Set from the global connection flags (crate::args::ConnArgs).
+    #[arg(skip)]
     pub conn: ConnArgs,
 }
 

@@ -1,6 +1,8 @@
 //! The command line: the tree of subcommands (clap) and the one `match` that hands
 //! each to its module. Each subcommand's flags and behaviour live in its own module;
-//! the flags several share (pool, services, durations) live in [`crate::args`].
+//! the flags several share (pool, services, durations) live in [`crate::args`]. Where the
+//! services are ([`ConnArgs`]) is a group of global flags of [`Cli`] itself, so they
+//! stand before the subcommand or after it, and [`Command::run`] hands them down.
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,8 @@ pub struct Cli {
         env = "WARDEN_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -48,24 +52,17 @@ pub enum Command {
     /// second.
     Serve(crate::cmd::serve::ServeArgs),
     /// Create the database if needed and bring its schema up to date.
-    Migrate {
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
+    Migrate,
     /// Store, list and remove the workspace's shared Python modules, which workflows
     /// import (`from shared.tickets import open_ticket`).
     Module {
         #[command(subcommand)]
         cmd: crate::cmd::module::ModuleCmd,
-        #[command(flatten)]
-        conn: ConnArgs,
     },
     /// Store and list workflows.
     Workflow {
         #[command(subcommand)]
         cmd: crate::cmd::workflow::WorkflowCmd,
-        #[command(flatten)]
-        conn: ConnArgs,
     },
     /// Queue an execution of a workflow (and, with --wait, follow it to its end).
     Submit(crate::cmd::submit::SubmitArgs),
@@ -73,35 +70,52 @@ pub enum Command {
     Executions {
         #[command(subcommand)]
         cmd: crate::cmd::executions::ExecutionsCmd,
-        #[command(flatten)]
-        conn: ConnArgs,
+    },
+    /// An execution's log lines: stored ones for an ended execution; with --follow, a
+    /// queued or running one's lines so far, then each new one, until it ends (exit
+    /// code as `submit --wait`: 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled).
+    Logs {
+        /// The execution's id.
+        id: String,
+        /// Follow a queued or running execution to its end.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Cancel a queued or running execution (it ends `cancelled`).
     Cancel {
         /// The execution's id.
         id: String,
-        #[command(flatten)]
-        conn: ConnArgs,
     },
     /// Live supervisors, their workers, and the stream's backlog.
     Status {
-        #[command(flatten)]
-        conn: ConnArgs,
+        /// One JSON object (`supervisors`, `stream`, `consumers`) instead of the text.
+        #[arg(long)]
+        json: bool,
     },
     /// Set, delete and list the config workflows read (`warden.config`), global or per
     /// organization; secrets are stored encrypted and shown as `***`.
     Config {
         #[command(subcommand)]
         cmd: crate::cmd::config::ConfigCmd,
-        #[command(flatten)]
-        conn: ConnArgs,
     },
     /// Inspect the per-organization key-value store workflows use (`warden.kv`).
     Kv {
         #[command(subcommand)]
         cmd: crate::cmd::kv::KvCmd,
-        #[command(flatten)]
-        conn: ConnArgs,
+    },
+    /// Print a shell completion script (`warden completions bash >
+    /// /etc/bash_completion.d/warden`; zsh: a file `_warden` in a `$fpath` directory;
+    /// fish: `~/.config/fish/completions/warden.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`warden man | man -l -`), or write one page per command into
+    /// a directory (`warden man --dir /usr/local/share/man/man1`).
+    Man {
+        /// Write `warden.1`, `warden-serve.1`, ... here instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -114,21 +128,31 @@ impl Command {
         }
     }
 
-    /// Runs the subcommand and returns the process exit code.
-    pub async fn run(self) -> Result<i32, CliError> {
+    /// Runs the subcommand with the services `conn` names and returns the process exit
+    /// code.
+    pub async fn run(self, conn: ConnArgs) -> Result<i32, CliError> {
         match self {
             Command::Exec(args) => crate::exec_cmd::run(args).await,
-            Command::Bench(args) => crate::bench::run(args).await,
-            Command::Serve(args) => crate::cmd::serve::run(args).await,
-            Command::Migrate { conn } => crate::cmd::migrate::run(conn).await,
-            Command::Module { cmd, conn } => crate::cmd::module::run(conn, cmd).await,
-            Command::Workflow { cmd, conn } => crate::cmd::workflow::run(conn, cmd).await,
-            Command::Submit(args) => crate::cmd::submit::run(args).await,
-            Command::Executions { cmd, conn } => crate::cmd::executions::run(conn, cmd).await,
-            Command::Cancel { id, conn } => crate::cmd::cancel::run(conn, id).await,
-            Command::Status { conn } => crate::cmd::status::run(conn).await,
-            Command::Config { cmd, conn } => crate::cmd::config::run(conn, cmd).await,
-            Command::Kv { cmd, conn } => crate::cmd::kv::run(conn, cmd).await,
+            Command::Bench(args) => {
+                crate::bench::run(crate::bench::BenchArgs { conn, ..args }).await
+            }
+            Command::Serve(args) => {
+                crate::cmd::serve::run(crate::cmd::serve::ServeArgs { conn, ..args }).await
+            }
+            Command::Migrate => crate::cmd::migrate::run(conn).await,
+            Command::Module { cmd } => crate::cmd::module::run(conn, cmd).await,
+            Command::Workflow { cmd } => crate::cmd::workflow::run(conn, cmd).await,
+            Command::Submit(args) => {
+                crate::cmd::submit::run(crate::cmd::submit::SubmitArgs { conn, ..args }).await
+            }
+            Command::Executions { cmd } => crate::cmd::executions::run(conn, cmd).await,
+            Command::Logs { id, follow } => crate::cmd::logs::run(conn, id, follow).await,
+            Command::Cancel { id } => crate::cmd::cancel::run(conn, id).await,
+            Command::Status { json } => crate::cmd::status::run(conn, json).await,
+            Command::Config { cmd } => crate::cmd::config::run(conn, cmd).await,
+            Command::Kv { cmd } => crate::cmd::kv::run(conn, cmd).await,
+            Command::Completions { shell } => crate::cmd::manual::completions(shell),
+            Command::Man { dir } => crate::cmd::manual::man(dir.as_deref()),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - [`keys`]: every key and channel name, built from one prefix (tests use their own).
 //! - [`request`]: the stream entry format (`id`, `workflow`, `params`, ...) and its parser.
 //! - [`entry`]: a stream entry as read, and byte-safe decoding of read replies.
-//! - [`messages`]: the JSON published for clients: [`Completion`], [`LogLine`],
+//! - [`messages`]: the JSON published for clients: [`Completion`], [`LogLine`] (kept in
+//!   each execution's live-log stream),
 //!   [`SupervisorStatus`].
 //! - [`stream`]: [`Intake`], the supervisor's handle: read, acknowledge and publish,
 //!   dead-letter, status.
@@ -24,7 +25,8 @@
 //! entry is now *pending* on that consumer. Before dispatching it checks the batch's
 //! cancel markers (one `MGET`). Once the execution's terminal state is committed to
 //! PostgreSQL, one pipeline `XACK`s and `XDEL`s the batch's entries and, for each,
-//! `SET`s its completion key and `PUBLISH`es its completion. An entry is never
+//! `SET`s its completion key, `PUBLISH`es its completion and shortens the life of its
+//! live-log stream (`PEXPIRE`). An entry is never
 //! acknowledged before its commit, so a supervisor that dies leaves its entries
 //! pending, and once its heartbeat expires a live one takes them over
 //! ([`Intake::take_over`]). The store makes a second delivery of an already-committed
@@ -38,11 +40,11 @@
 //! |------------------------------|-------------|-----------------|
 //! | read (`XREADGROUP`)          | 1           | 1               |
 //! | cancel check (`MGET`)        | 1           | 1               |
-//! | ack + publish (one pipeline) | 1           | 2 + 2N          |
-//! | live logs (per flush)        | 1           | one per line    |
+//! | ack + publish (one pipeline) | 1           | 2 + 3N          |
+//! | live logs (per flush)        | 1           | one per line, plus one per execution that logged |
 //!
-//! The ack pipeline is `XACK` + `XDEL` for the whole batch plus `SET EX` and `PUBLISH`
-//! per execution: the per-execution commands exist because each execution has its
+//! The ack pipeline is `XACK` + `XDEL` for the whole batch plus `SET EX`, `PUBLISH`
+//! and `PEXPIRE` (its live-log stream) per execution: the per-execution commands exist because each execution has its
 //! own channel, but they ride in the same round trip. Nothing on this path costs a
 //! round trip per execution. Off the steady path, at fixed intervals: the heartbeat
 //! (`SET … PX … GET`, on its own connection, every third of its TTL), the takeover
@@ -74,6 +76,13 @@
 //! - **Cancel markers are keys with a TTL**, not members of one set: Redis 7.0 cannot
 //!   expire set members, and a cancel that arrives before the supervisor reads the
 //!   entry must still work when it does.
+//! - **Live logs are a stream per execution**, not pub/sub: `XADD
+//!   warden:execution:<id>:logs` per line (`MAXLEN ~ 10000`) and one `PEXPIRE` (an hour)
+//!   per execution and flush, so `warden logs ID --follow` attached mid-run reads the
+//!   lines so far, then waits for the next (`XREAD BLOCK`). The completion's pipeline
+//!   cuts the stream's life to a minute: the lines are in the database by then. A
+//!   flush that lands after that (rare) makes it live an hour again; an execution
+//!   taken over by a peer appends its new attempt's lines after the old ones.
 //! - **Replies are decoded as bytes** ([`entry`]): a non-UTF-8 field name in one
 //!   entry must not make every read of the batch fail.
 

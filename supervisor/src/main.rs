@@ -13,7 +13,7 @@ async fn main() {
         .as_deref()
         .unwrap_or(cli.command.default_log_level());
     warden::init_telemetry(level, cli.log_format);
-    let result = cli.command.run().await;
+    let result = cli.command.run(cli.conn).await;
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {

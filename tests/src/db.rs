@@ -330,6 +330,8 @@ pub mod fixtures {
             // execution writes its result.
             stream_id: Some(format!("1-{id}")),
             delivery_id: None,
+            workflow_version: None,
+            workflow_hash: None,
         }
     }
 }

@@ -281,9 +281,6 @@ impl Completions {
             let mut msgs = pubsub.into_on_message();
             while let Some(m) = msgs.next().await {
                 let channel = m.get_channel_name().to_string();
-                if channel.ends_with(":logs") {
-                    continue;
-                }
                 if let Some(id) = channel.strip_prefix(&strip) {
                     if tx.send((id.to_string(), Instant::now())).is_err() {
                         return;

@@ -45,6 +45,10 @@ pub enum ConfigCmd {
     List {
         #[arg(long)]
         org: Option<String>,
+        /// One JSON array of objects (`org`, `key`, `kind`, `value`, `updated_at`; a
+        /// secret's value is `"***"`) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -107,7 +111,7 @@ async fn run_on(
             invalidate(conn, scope).await;
             println!("{} {key} deleted", describe(org.as_deref()));
         }
-        ConfigCmd::List { org } => {
+        ConfigCmd::List { org, json } => {
             if let Some(name) = org.as_deref() {
                 if store.org_id(name).await?.is_none() {
                     return Err(CliError::OrganizationNotFound {
@@ -116,11 +120,29 @@ async fn run_on(
                 }
             }
             let all = store.list_configs().await?;
-            println!("{:<16} {:<32} {:<7} value", "org", "key", "kind");
-            for c in all
+            let shown = all
                 .iter()
-                .filter(|c| org.is_none() || c.org.as_deref() == org.as_deref())
-            {
+                .filter(|c| org.is_none() || c.org.as_deref() == org.as_deref());
+            if json {
+                let items = shown.map(|c| {
+                    let value = if c.kind == crate::store::ConfigKind::Secret {
+                        serde_json::Value::String(crate::sdk::MASK.to_string())
+                    } else {
+                        c.value.clone()
+                    };
+                    serde_json::json!({
+                        "org": c.org,
+                        "key": c.key,
+                        "kind": c.kind.as_str(),
+                        "value": value,
+                        "updated_at": super::json::time(c.updated_at),
+                    })
+                });
+                super::json::print(&serde_json::Value::Array(items.collect()));
+                return Ok(0);
+            }
+            println!("{:<16} {:<32} {:<7} value", "org", "key", "kind");
+            for c in shown {
                 println!(
                     "{:<16} {:<32} {:<7} {}",
                     c.org.as_deref().unwrap_or("-"),

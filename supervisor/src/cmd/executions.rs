@@ -2,10 +2,14 @@
 //! and started, how it ended, and its logs.
 
 use clap::Subcommand;
+use serde_json::{json, Value};
 
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
+use crate::store::executions::{ExecutionDetail, ExecutionSummary};
 use crate::store::{ExecutionFilter, ExecutionStatus};
+
+use super::json::{opt_time, time};
 
 #[derive(Debug, Subcommand)]
 pub enum ExecutionsCmd {
@@ -22,9 +26,17 @@ pub enum ExecutionsCmd {
         org: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// One JSON array of objects instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// One execution: status, result or error, resources, and its logs.
-    Show { id: String },
+    Show {
+        id: String,
+        /// One JSON object instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete ended executions (and their logs) older than --older-than, in small
     /// batches; executions still pending or running are never deleted.
     Prune(super::prune::PruneArgs),
@@ -38,6 +50,7 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
             workflow,
             org,
             limit,
+            json,
         } => {
             if let Some(name) = org.as_deref() {
                 if store.org_id(name).await?.is_none() {
@@ -61,6 +74,11 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
                     limit,
                 })
                 .await?;
+            if json {
+                super::json::print(&Value::Array(rows.iter().map(summary_json).collect()));
+                store.close().await;
+                return Ok(0);
+            }
             let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
@@ -97,13 +115,38 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
             );
             0
         }
-        ExecutionsCmd::Show { id } => {
+        ExecutionsCmd::Show { id, json } => {
             let Some(d) = store.show_execution(&id).await? else {
-                return Err(CliError::ExecutionNotFound { id });
+                // No row until a supervisor reads the request: it may wait in the stream.
+                store.close().await;
+                // Redis unreachable: say what PostgreSQL says.
+                let queued = match conn.intake().await {
+                    Ok(client) => client.is_queued(&id).await.unwrap_or(false),
+                    Err(_) => false,
+                };
+                if !queued {
+                    return Err(CliError::ExecutionNotFound { id });
+                }
+                if json {
+                    super::json::print(&json!({"id": id, "status": "pending", "in_stream": true}));
+                } else {
+                    println!("id:        {id}");
+                    println!("status:    pending (in the stream; no supervisor has taken it yet)");
+                }
+                return Ok(0);
             };
+            if json {
+                super::json::print(&detail_json(&d));
+                store.close().await;
+                return Ok(0);
+            }
             let e = &d.execution;
             println!("id:        {}", e.id);
-            println!("workflow:  {}", e.workflow_name.as_deref().unwrap_or("-"));
+            println!(
+                "workflow:  {}{}",
+                e.workflow_name.as_deref().unwrap_or("-"),
+                version_note(e.workflow_version, e.workflow_hash.as_deref())
+            );
             println!("status:    {} (attempt {})", e.status, e.attempt);
             println!("queued:    {}", e.queued_at);
             if let Some(t) = e.started_at {
@@ -155,4 +198,88 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
     };
     store.close().await;
     Ok(code)
+}
+
+/// One `executions list --json` element.
+fn summary_json(r: &ExecutionSummary) -> Value {
+    json!({
+        "id": r.id.as_str(),
+        "org": r.org,
+        "workflow": r.workflow_name,
+        "status": r.status.as_str(),
+        "attempt": r.attempt,
+        "queued_at": time(r.queued_at),
+        "started_at": opt_time(r.started_at),
+        "completed_at": opt_time(r.completed_at),
+        "duration_ms": r.duration_ms,
+        "error_type": r.error_type,
+    })
+}
+
+/// `executions show --json`.
+fn detail_json(d: &ExecutionDetail) -> Value {
+    let e = &d.execution;
+    let logs: Vec<Value> = d
+        .logs
+        .iter()
+        .map(|l| {
+            json!({
+                "seq": l.seq,
+                "level": l.level,
+                "message": l.message,
+                "logged_at": time(l.logged_at),
+            })
+        })
+        .collect();
+    json!({
+        "id": e.id.as_str(),
+        "workflow": e.workflow_name,
+        "workflow_id": e.workflow_id,
+        "workflow_version": e.workflow_version,
+        "workflow_hash": e.workflow_hash,
+        "org_id": e.org_id,
+        "caller": e.caller,
+        "status": e.status.as_str(),
+        "attempt": e.attempt,
+        "queued_at": time(e.queued_at),
+        "started_at": opt_time(e.started_at),
+        "completed_at": opt_time(e.completed_at),
+        "duration_ms": e.duration_ms,
+        "cpu_seconds": e.cpu_seconds,
+        "peak_memory_bytes": e.peak_memory_bytes,
+        "exit_code": e.exit_code,
+        "exit_signal": e.exit_signal,
+        "params": e.params,
+        "result": e.result,
+        "error_type": e.error_type,
+        "error_message": e.error_message,
+        "traceback": e.traceback,
+        "supervisor": e.supervisor,
+        "logs": logs,
+        "logs_dropped": e.logs_dropped,
+    })
+}
+
+/// ` (version 3, source 1a2b3c4d5e6f)` after the workflow's name, or nothing when the
+/// execution was begun before versions were recorded.
+fn version_note(version: Option<i32>, hash: Option<&str>) -> String {
+    match (version, hash) {
+        (Some(v), Some(h)) => format!(" (version {v}, source {})", &h[..h.len().min(12)]),
+        (Some(v), None) => format!(" (version {v})"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_note;
+
+    #[test]
+    fn the_version_note_names_version_and_short_hash() {
+        assert_eq!(
+            version_note(Some(3), Some("1a2b3c4d5e6f7a8b9c")),
+            " (version 3, source 1a2b3c4d5e6f)"
+        );
+        assert_eq!(version_note(None, None), "");
+    }
 }

@@ -16,6 +16,10 @@ pub enum KvCmd {
         /// Only keys that start with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// One JSON array of objects (`org`, `key`, `value`, `updated_by`, `updated_at`)
+        /// instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -23,7 +27,7 @@ pub async fn run(conn: ConnArgs, cmd: KvCmd) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let result = async {
         match cmd {
-            KvCmd::List { org, prefix } => {
+            KvCmd::List { org, prefix, json } => {
                 if let Some(name) = org.as_deref() {
                     if store.org_id(name).await?.is_none() {
                         return Err(CliError::OrganizationNotFound {
@@ -32,6 +36,19 @@ pub async fn run(conn: ConnArgs, cmd: KvCmd) -> Result<i32, CliError> {
                     }
                 }
                 let entries = store.kv_list(org.as_deref(), &prefix).await?;
+                if json {
+                    let items = entries.iter().map(|e| {
+                        serde_json::json!({
+                            "org": e.org,
+                            "key": e.key,
+                            "value": e.value,
+                            "updated_by": e.updated_by,
+                            "updated_at": super::json::time(e.updated_at),
+                        })
+                    });
+                    super::json::print(&serde_json::Value::Array(items.collect()));
+                    return Ok(0);
+                }
                 let rows: Vec<Vec<String>> = entries
                     .into_iter()
                     .map(|e| {

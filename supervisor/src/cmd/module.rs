@@ -53,7 +53,12 @@ pub enum ModuleCmd {
         dry_run: bool,
     },
     /// List stored modules.
-    List,
+    List {
+        /// One JSON array of objects (`path`, `module`, `size_bytes`, `content_hash`,
+        /// `updated_at`) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove modules.
     ///
     /// A path (`shared/tickets.py`), or a directory (`shared`) for everything under it.
@@ -76,7 +81,7 @@ pub async fn run(conn: ConnArgs, cmd: ModuleCmd) -> Result<i32, CliError> {
     let store = conn.store().await?;
     let code = match cmd {
         ModuleCmd::Push { .. } => push(&conn, &store, &checked.unwrap_or_default()).await,
-        ModuleCmd::List => list(&store).await,
+        ModuleCmd::List { json } => list(&store, json).await,
         ModuleCmd::Rm { paths } => remove(&conn, &store, &paths).await,
     };
     store.close().await;
@@ -156,8 +161,21 @@ async fn push(conn: &ConnArgs, store: &Store, modules: &[ModuleFile]) -> Result<
     Ok(0)
 }
 
-async fn list(store: &Store) -> Result<i32, CliError> {
+async fn list(store: &Store, json: bool) -> Result<i32, CliError> {
     let all = store::list(store).await?;
+    if json {
+        let items = all.iter().map(|m| {
+            serde_json::json!({
+                "path": m.path,
+                "module": files::module_name(&m.path),
+                "size_bytes": m.size_bytes,
+                "content_hash": m.content_hash,
+                "updated_at": super::json::time(m.updated_at),
+            })
+        });
+        super::json::print(&serde_json::Value::Array(items.collect()));
+        return Ok(0);
+    }
     println!("{:<48} {:>9}  {:<12}  updated", "path", "bytes", "hash");
     for m in &all {
         println!(

@@ -14,7 +14,8 @@ use crate::serve::{serve, ServeConfig, Shutdown};
 pub struct ServeArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
-    #[command(flatten)]
+    /// Set from the global connection flags (crate::args::ConnArgs).
+    #[arg(skip)]
     pub conn: ConnArgs,
     #[command(flatten)]
     pub secret: crate::sdk::SecretKeyArgs,

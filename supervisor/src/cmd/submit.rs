@@ -1,6 +1,7 @@
 //! `warden submit WORKFLOW`: adds one execution request to the stream; with `--wait`,
 //! follows it: its logs as they are produced, then its result. Exit code (with
-//! `--wait`): 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled.
+//! `--wait`): 0 success, 1 failed, 3 timeout, 4 crashed, 5 cancelled; Ctrl-C stops
+//! waiting (the execution goes on; it says how to follow or cancel it), 130.
 //!
 //! Before submitting it checks, in PostgreSQL, that the workflow exists where the
 //! request looks for it (the organization given, or the global workflows without
@@ -51,7 +52,8 @@ pub struct SubmitArgs {
     /// With --wait: give up waiting after this long (the execution goes on).
     #[arg(long, default_value = "1h", value_parser = crate::args::parse_duration)]
     pub wait_timeout: Duration,
-    #[command(flatten)]
+    /// Set from the global connection flags (crate::args::ConnArgs).
+    #[arg(skip)]
     pub conn: ConnArgs,
 }
 
@@ -107,8 +109,16 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
         return Ok(0);
     };
     eprintln!("submitted {}", req.execution_id);
+    let mut interrupts = super::logs::interrupts()?;
     loop {
-        match waiter.next().await? {
+        let event = tokio::select! {
+            event = waiter.next() => event?,
+            _ = interrupts.recv() => {
+                super::logs::detached(req.execution_id.as_str());
+                return Ok(super::logs::EXIT_INTERRUPTED);
+            }
+        };
+        match event {
             Some(WaitEvent::Log(l)) => eprintln!("[{}] {}", l.level, l.message),
             Some(WaitEvent::Completed(c)) => {
                 println!("{}", c.to_json());

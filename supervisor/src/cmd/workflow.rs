@@ -40,8 +40,26 @@ pub enum WorkflowCmd {
         #[arg(long)]
         value: Option<f64>,
     },
+    /// The versions of a workflow, oldest first: a push that changes the source makes
+    /// a new one.
+    History {
+        /// The workflow's name.
+        name: String,
+        /// Its organization (none: the global workflow of that name).
+        #[arg(long)]
+        org: Option<String>,
+        /// One JSON array of objects (`version`, `source_hash`, `pushed_at`) instead of
+        /// the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List stored workflows.
-    List,
+    List {
+        /// One JSON array of objects (`id`, `org`, `name`, `path`, `function`,
+        /// `timeout_ms`, `active`, `updated_at`) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
@@ -89,11 +107,71 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                     PushAction::Updated => "updated",
                     PushAction::Unchanged => "unchanged",
                 };
-                println!("workflow {name} {what} (id {})", r.id);
+                println!(
+                    "workflow {name} {what} (id {}, version {})",
+                    r.id, r.version
+                );
             }
         }
-        WorkflowCmd::List => {
+        WorkflowCmd::History { name, org, json } => {
+            let Some(versions) = store.workflow_history(org.as_deref(), &name).await? else {
+                store.close().await;
+                return Err(CliError::InvalidInput(match org {
+                    Some(o) => format!(
+                        "there is no workflow {name} in organization {o}; `warden workflow list` shows them"
+                    ),
+                    None => format!(
+                        "there is no global workflow {name} (pass --org for an organization's); \
+                         `warden workflow list` shows them"
+                    ),
+                }));
+            };
+            if json {
+                let items = versions.iter().map(|v| {
+                    serde_json::json!({
+                        "version": v.version,
+                        "source_hash": v.source_hash,
+                        "pushed_at": super::json::time(v.pushed_at),
+                    })
+                });
+                super::json::print(&serde_json::Value::Array(items.collect()));
+            } else {
+                let rows: Vec<Vec<String>> = versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            v.pushed_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            v.source_hash.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    super::table::render(&["version", "pushed (UTC)", "source sha256"], &rows)
+                );
+            }
+        }
+        WorkflowCmd::List { json } => {
             let all = store.list_workflows().await?;
+            if json {
+                let items = all.iter().map(|w| {
+                    serde_json::json!({
+                        "id": w.id,
+                        "org": w.org,
+                        "name": w.name,
+                        "path": w.path,
+                        "function": w.function_name,
+                        "timeout_ms": w.default_timeout_ms,
+                        "active": w.active,
+                        "version": w.version,
+                        "updated_at": super::json::time(w.updated_at),
+                    })
+                });
+                super::json::print(&serde_json::Value::Array(items.collect()));
+                store.close().await;
+                return Ok(0);
+            }
             println!(
                 "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
                 "id", "org", "name", "path", "function", "timeout"

@@ -3,14 +3,17 @@
 //! while following their logs, and read the supervisors' status.
 //!
 //! Waiting never loses a wake-up: [`IntakeClient::wait_for_completion`] subscribes to
-//! the execution's completion and log channels *first*, and only then looks for a
-//! completion already stored. A completion published before the subscription is in
+//! the execution's completion channel *first*, and only then looks for a completion
+//! already stored. A completion published before the subscription is in
 //! the key; one published after it arrives on the channel.
 
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use futures::StreamExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubStream};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::AsyncConnectionConfig;
 use tokio::time::Instant;
 
@@ -137,8 +140,9 @@ impl IntakeClient {
         completion(&mut self.conn.clone(), &self.keys, execution_id).await
     }
 
-    /// Subscribes to the execution's completion and live logs, then checks whether it
-    /// already completed. Read events from the returned [`Waiter`]; it gives up
+    /// Subscribes to the execution's completion, then checks whether it already
+    /// completed. Read events from the returned [`Waiter`]: its log lines from the first
+    /// (the live-log stream keeps them while it runs), then its completion. It gives up
     /// `timeout` from now.
     pub async fn wait_for_completion(
         &self,
@@ -147,12 +151,10 @@ impl IntakeClient {
     ) -> Result<Waiter, IntakeError> {
         let deadline = Instant::now() + timeout;
         let completion_channel = self.keys.completion_channel(execution_id);
-        let log_channel = self.keys.log_channel(execution_id);
         let context = || format!("subscribing to the completion of execution {execution_id}");
         let subscribe = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
             pubsub.subscribe(&completion_channel).await?;
-            pubsub.subscribe(&log_channel).await?;
             Ok::<_, redis::RedisError>(pubsub.into_on_message())
         };
         let messages = match tokio::time::timeout(RESPONSE_TIMEOUT, subscribe).await {
@@ -170,16 +172,66 @@ impl IntakeClient {
         let ready = self.completion(execution_id).await?;
         Ok(Waiter {
             execution_id: execution_id.into(),
+            client: self.client.clone(),
             conn: self.conn.clone(),
             keys: self.keys.clone(),
             messages,
             completion_channel,
-            log_channel,
+            log_stream: self.keys.log_stream(execution_id),
+            log_conn: None,
+            last_log_id: "0".to_owned(),
+            lines: VecDeque::new(),
             deadline,
             timeout,
             ready,
             finished: false,
         })
+    }
+
+    /// Whether the stream holds a request with this execution id (submitted, not yet
+    /// finished). Reads the stream in pages of 1,000 entries, up to [`MAX_QUEUED_SCAN`].
+    pub async fn is_queued(&self, execution_id: &str) -> Result<bool, IntakeError> {
+        let stream = self.keys.stream();
+        let mut from = "-".to_owned();
+        let mut scanned = 0;
+        while scanned < MAX_QUEUED_SCAN {
+            let page: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| IntakeError::redis(format!("reading `{stream}`"), e))?;
+            if page
+                .ids
+                .iter()
+                .any(|e| e.get::<String>("id").as_deref() == Some(execution_id))
+            {
+                return Ok(true);
+            }
+            let Some(last) = page.ids.last() else {
+                return Ok(false);
+            };
+            scanned += page.ids.len();
+            from = format!("({}", last.id);
+        }
+        Ok(false)
+    }
+
+    /// The log lines of a running execution so far, from its live-log stream (empty
+    /// when it has logged nothing yet, or ended more than a minute ago).
+    pub async fn live_logs(&self, execution_id: &str) -> Result<Vec<LogLine>, IntakeError> {
+        let key = self.keys.log_stream(execution_id);
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| IntakeError::redis(format!("reading `{key}`"), e))?;
+        Ok(reply.ids.iter().filter_map(log_line).collect())
     }
 
     /// The supervisors whose status is current, sorted by consumer name. Names whose
@@ -295,20 +347,44 @@ async fn list_supervisors<C: ConnectionLike>(
     Ok(alive)
 }
 
-/// Follows one execution: its log lines as they are published, then its completion.
+/// Follows one execution: its log lines from the first, as they are produced, then its
+/// completion.
+///
+/// Lines come from the execution's live-log stream (`XREAD BLOCK` on a connection of
+/// the waiter's own, opened at the first [`Waiter::next`]); the completion from pub/sub.
+/// When the completion arrives, the lines still unread are yielded first: the
+/// supervisor appends them before it publishes the completion, and the stream is kept
+/// for a minute after it.
 pub struct Waiter {
     execution_id: ExecutionId,
+    client: redis::Client,
     conn: MultiplexedConnection,
     keys: Keys,
     messages: PubSubStream,
     completion_channel: String,
-    log_channel: String,
+    log_stream: String,
+    /// For the blocking reads of the live-log stream.
+    log_conn: Option<MultiplexedConnection>,
+    /// The stream id of the last line read (`0`: none yet).
+    last_log_id: String,
+    /// Lines read and not yet yielded.
+    lines: VecDeque<LogLine>,
     deadline: Instant,
     timeout: Duration,
-    /// Found in the key when we subscribed: yield it at once.
+    /// The completion, once known (found in the key, or received): yielded after the
+    /// remaining lines.
     ready: Option<Completion>,
     finished: bool,
 }
+
+/// Most stream entries [`IntakeClient::is_queued`] looks through.
+pub const MAX_QUEUED_SCAN: usize = 100_000;
+
+/// How long one blocking read of the live-log stream waits.
+const LOG_BLOCK: Duration = Duration::from_millis(1000);
+
+/// Lines read from the live-log stream at a time.
+const LOG_READ_COUNT: usize = 1000;
 
 impl std::fmt::Debug for Waiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -323,68 +399,151 @@ impl Waiter {
     /// The next log line or the completion; `None` after the completion was yielded.
     /// Errors with [`IntakeError::WaitTimedOut`] at the deadline.
     pub async fn next(&mut self) -> Result<Option<WaitEvent>, IntakeError> {
-        if self.finished {
-            return Ok(None);
-        }
-        if let Some(c) = self.ready.take() {
-            self.finished = true;
-            return Ok(Some(WaitEvent::Completed(c)));
-        }
         loop {
-            let msg = match tokio::time::timeout_at(self.deadline, self.messages.next()).await {
-                Err(_) => {
+            if self.finished {
+                return Ok(None);
+            }
+            if let Some(line) = self.lines.pop_front() {
+                return Ok(Some(WaitEvent::Log(line)));
+            }
+            if let Some(c) = self.ready.take() {
+                // The lines appended before the completion was published, not yet read.
+                let mut conn = self.conn.clone();
+                let rest = self.read_logs(&mut conn, None).await?;
+                if rest {
+                    self.ready = Some(c);
+                    continue;
+                }
+                self.finished = true;
+                return Ok(Some(WaitEvent::Completed(c)));
+            }
+            let mut log_conn = match &self.log_conn {
+                Some(c) => c.clone(),
+                None => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                    let c = self
+                        .client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map_err(|e| {
+                            IntakeError::redis(
+                                format!("connecting to read the logs of {}", self.execution_id),
+                                e,
+                            )
+                        })?;
+                    self.log_conn = Some(c.clone());
+                    c
+                }
+            };
+            let (key, from) = (self.log_stream.clone(), self.last_log_id.clone());
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline) => {
                     return Err(IntakeError::WaitTimedOut {
                         execution_id: self.execution_id.clone(),
                         timeout: self.timeout,
                     })
                 }
-                Ok(Some(msg)) => msg,
-                Ok(None) => {
-                    // The connection dropped. The completion may still have been stored.
-                    return match completion(&mut self.conn, &self.keys, self.execution_id.as_str())
-                        .await?
-                    {
-                        Some(c) => {
-                            self.finished = true;
-                            Ok(Some(WaitEvent::Completed(c)))
-                        }
-                        None => Err(IntakeError::SubscriptionClosed {
-                            execution_id: self.execution_id.clone(),
-                        }),
-                    };
-                }
-            };
-            let channel = msg.get_channel_name();
-            let payload = msg.get_payload_bytes();
-            if channel == self.completion_channel {
-                match serde_json::from_slice::<Completion>(payload) {
-                    Ok(c) => {
-                        self.finished = true;
-                        return Ok(Some(WaitEvent::Completed(c)));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "ignoring malformed completion message"),
-                }
-            } else if channel == self.log_channel {
-                match serde_json::from_slice::<LogLine>(payload) {
-                    Ok(line) => return Ok(Some(WaitEvent::Log(line))),
-                    Err(e) => tracing::warn!(error = %e, "ignoring malformed log message"),
+                msg = self.messages.next() => self.on_message(msg).await?,
+                read = xread(&mut log_conn, &key, &from, Some(LOG_BLOCK)) => {
+                    let read = read.map_err(|e| IntakeError::redis(format!("reading `{key}`"), e))?;
+                    self.take(read);
                 }
             }
         }
     }
 
-    /// Skips the logs and returns the completion.
-    pub async fn completion(mut self) -> Result<Completion, IntakeError> {
-        loop {
-            match self.next().await? {
-                Some(WaitEvent::Completed(c)) => return Ok(c),
-                Some(WaitEvent::Log(_)) => {}
-                None => {
-                    return Err(IntakeError::SubscriptionClosed {
-                        execution_id: self.execution_id,
-                    })
+    /// Reads the lines after the last one read into `self.lines`; whether there were any.
+    async fn read_logs(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        block: Option<Duration>,
+    ) -> Result<bool, IntakeError> {
+        let key = self.log_stream.clone();
+        let read = xread(conn, &key, &self.last_log_id, block)
+            .await
+            .map_err(|e| IntakeError::redis(format!("reading `{key}`"), e))?;
+        let before = self.lines.len();
+        self.take(read);
+        Ok(self.lines.len() > before)
+    }
+
+    fn take(&mut self, read: Option<StreamReadReply>) {
+        for stream in read.into_iter().flat_map(|r| r.keys) {
+            for entry in &stream.ids {
+                self.last_log_id.clone_from(&entry.id);
+                match log_line(entry) {
+                    Some(line) => self.lines.push_back(line),
+                    None => tracing::warn!(id = %entry.id, "ignoring malformed log line"),
                 }
             }
         }
     }
+
+    /// Skips the logs (never reads them) and returns the completion.
+    pub async fn completion(mut self) -> Result<Completion, IntakeError> {
+        loop {
+            if let Some(c) = self.ready.take() {
+                return Ok(c);
+            }
+            let msg = tokio::time::timeout_at(self.deadline, self.messages.next())
+                .await
+                .map_err(|_| IntakeError::WaitTimedOut {
+                    execution_id: self.execution_id.clone(),
+                    timeout: self.timeout,
+                })?;
+            self.on_message(msg).await?;
+        }
+    }
+
+    /// One pub/sub message, or `None` for the end of the subscription: the completion
+    /// (or, when the connection dropped, the stored one) goes to `ready`.
+    async fn on_message(&mut self, msg: Option<redis::Msg>) -> Result<(), IntakeError> {
+        let Some(msg) = msg else {
+            // The connection dropped. The completion may still have been stored.
+            return match completion(&mut self.conn, &self.keys, self.execution_id.as_str()).await? {
+                Some(c) => {
+                    self.ready = Some(c);
+                    Ok(())
+                }
+                None => Err(IntakeError::SubscriptionClosed {
+                    execution_id: self.execution_id.clone(),
+                }),
+            };
+        };
+        if msg.get_channel_name() == self.completion_channel {
+            match serde_json::from_slice::<Completion>(msg.get_payload_bytes()) {
+                Ok(c) => self.ready = Some(c),
+                Err(e) => tracing::warn!(error = %e, "ignoring malformed completion message"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `XREAD [BLOCK ms] COUNT n STREAMS key from`: nil (`None`) when a block times out.
+async fn xread(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    from: &str,
+    block: Option<Duration>,
+) -> redis::RedisResult<Option<StreamReadReply>> {
+    let mut cmd = redis::cmd("XREAD");
+    if let Some(b) = block {
+        cmd.arg("BLOCK").arg(b.as_millis() as u64);
+    }
+    cmd.arg("COUNT")
+        .arg(LOG_READ_COUNT)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(from)
+        .query_async(conn)
+        .await
+}
+
+/// One entry of a live-log stream (`line` → the [`LogLine`] JSON).
+fn log_line(entry: &StreamId) -> Option<LogLine> {
+    let json: String = entry.get("line")?;
+    serde_json::from_str(&json).ok()
 }

@@ -61,9 +61,11 @@ impl Keys {
         format!("{}warden:execution:{execution_id}:completion", self.prefix)
     }
 
-    /// Pub/sub channel carrying an execution's log lines as they happen:
-    /// `{prefix}warden:execution:<id>:logs`.
-    pub fn log_channel(&self, execution_id: &str) -> String {
+    /// A Redis stream holding an execution's log lines as they happen, so a client
+    /// attaching mid-run reads the lines so far, then waits for more (`XREAD`):
+    /// `{prefix}warden:execution:<id>:logs`. It expires [`crate::intake::stream`]'s
+    /// `LIVE_LOG_TTL` after the last line, and a minute after the completion.
+    pub fn log_stream(&self, execution_id: &str) -> String {
         format!("{}warden:execution:{execution_id}:logs", self.prefix)
     }
 
@@ -144,7 +146,7 @@ mod tests {
         assert_eq!(k.group(), "warden");
         assert_eq!(k.dead_letters(), "warden:executions:dead");
         assert_eq!(k.completion_channel("e1"), "warden:execution:e1");
-        assert_eq!(k.log_channel("e1"), "warden:execution:e1:logs");
+        assert_eq!(k.log_stream("e1"), "warden:execution:e1:logs");
         assert_eq!(k.cancel_channel(), "warden:cancel");
         assert_eq!(k.cancelled("e1"), "warden:cancelled:e1");
         assert_eq!(k.supervisor_status("h1"), "warden:supervisor:h1");
@@ -169,7 +171,7 @@ mod tests {
             k.dead_letters(),
             k.completion_channel("x"),
             k.completion_key("x"),
-            k.log_channel("x"),
+            k.log_stream("x"),
             k.cancel_channel(),
             k.cancelled("x"),
             k.supervisor_status("x"),

@@ -33,6 +33,15 @@ pub const MAX_READ: usize = 10_000;
 /// How long a completion stays readable at its key after it was published.
 pub const COMPLETION_TTL: Duration = Duration::from_secs(60 * 60);
 /// The supervisor status key's TTL: a supervisor that stops publishing drops out.
+/// How long an execution's live-log stream outlives its last line while it runs (a
+/// safety net for a supervisor that dies: the completion shortens it).
+pub const LIVE_LOG_TTL: Duration = Duration::from_secs(60 * 60);
+/// How long the live-log stream stays once the completion is published: long enough
+/// for a follower to read its last lines; the database holds them all.
+pub const COMPLETED_LOG_TTL: Duration = Duration::from_secs(60);
+/// Most lines one live-log stream keeps (approximately: `MAXLEN ~`); the default log
+/// cap per execution.
+pub const LIVE_LOG_MAXLEN: usize = 10_000;
 pub const STATUS_TTL: Duration = Duration::from_secs(5);
 /// The dead-letter stream is capped (approximately) at this many entries.
 pub const DEAD_LETTER_MAXLEN: usize = 10_000;
@@ -319,7 +328,8 @@ impl Intake {
 
     /// After the store committed these executions: acknowledge and delete their
     /// entries, and store and publish each completion. One pipeline, one round trip:
-    /// `XACK` + `XDEL` for all, then `SET EX` + `PUBLISH` per completion.
+    /// `XACK` + `XDEL` for all, then `SET EX` + `PUBLISH` + `PEXPIRE` (of its live-log
+    /// stream) per completion.
     ///
     /// If this fails the entries stay pending; retry with the same `done` (every
     /// command here is idempotent), or, if this supervisor dies, a peer takes them over
@@ -365,6 +375,12 @@ impl Intake {
         pipe.cmd("PUBLISH")
             .arg(self.keys.completion_channel(completion.id.as_str()))
             .arg(&json)
+            .ignore();
+        // Its live lines are in the database now; followers get a minute to read the
+        // last ones (a no-op when it logged nothing).
+        pipe.cmd("PEXPIRE")
+            .arg(self.keys.log_stream(completion.id.as_str()))
+            .arg(COMPLETED_LOG_TTL.as_millis() as u64)
             .ignore();
     }
 
@@ -458,18 +474,34 @@ impl Intake {
         Ok(())
     }
 
-    /// Publishes log lines on their executions' live-log channels (one pipeline).
+    /// Appends log lines to their executions' live-log streams (one pipeline): `XADD`
+    /// per line, then one `PEXPIRE` per execution in the batch ([`LIVE_LOG_TTL`]).
     pub async fn publish_logs(&self, batch: &[Log]) -> Result<(), IntakeError> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        let mut streams: Vec<&str> = Vec::new();
         for log in batch {
             // Plain strings and numbers: serialising cannot fail.
             let json = serde_json::to_string(&LogLine::from_log(log)).unwrap_or_default();
-            pipe.cmd("PUBLISH")
-                .arg(self.keys.log_channel(&log.execution_id))
+            pipe.cmd("XADD")
+                .arg(self.keys.log_stream(&log.execution_id))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(LIVE_LOG_MAXLEN)
+                .arg("*")
+                .arg("line")
                 .arg(json)
+                .ignore();
+            if !streams.contains(&log.execution_id.as_str()) {
+                streams.push(&log.execution_id);
+            }
+        }
+        for id in streams {
+            pipe.cmd("PEXPIRE")
+                .arg(self.keys.log_stream(id))
+                .arg(LIVE_LOG_TTL.as_millis() as u64)
                 .ignore();
         }
         self.send_pipe::<()>(&mut self.writer.clone(), &pipe)

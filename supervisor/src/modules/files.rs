@@ -57,12 +57,7 @@ pub struct Collected {
 
 /// The hex SHA-256 of a module's content: what the cache and the push compare.
 pub fn content_hash(content: &str) -> String {
-    let digest = Sha256::digest(content.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
+    hex::encode(Sha256::digest(content.as_bytes()))
 }
 
 /// Why `path` cannot be a workspace module path, if it cannot.

@@ -100,7 +100,8 @@ impl SecretKey {
     /// whitespace ignored, so a file with a trailing newline works).
     pub fn parse(text: &str, origin: &str) -> Result<SecretKey, SdkError> {
         let text = text.trim();
-        let bytes = decode_hex(text)
+        let bytes = hex::decode(text)
+            .ok()
             .or_else(|| BASE64.decode(text).ok())
             .filter(|b| b.len() == 32)
             .ok_or_else(|| SdkError::BadKey {
@@ -131,7 +132,7 @@ impl SecretKey {
             what: "generate a key",
             reason: e.to_string(),
         })?;
-        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hex::encode(bytes))
     }
 
     /// Seals `plaintext` for `key` in `scope`.
@@ -201,16 +202,6 @@ impl SecretKey {
 
 fn associated_data(scope: Scope, key: &str) -> String {
     format!("warden-secret:v1:{scope}:{key}")
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// Checks a plaintext before it is sealed.

@@ -317,6 +317,8 @@ impl Reader {
                         supervisor: consumer.clone(),
                         stream_id: Some(sid.clone()),
                         delivery_id: req.delivery_id.clone(),
+                        workflow_version: Some(wf.version),
+                        workflow_hash: Some(wf.source_hash.clone()),
                     })
                 })
                 .collect()
@@ -748,6 +750,8 @@ mod tests {
             time_saved_seconds: 1.0,
             value: 2.0,
             updated_at: chrono::Utc::now(),
+            version: 1,
+            source_hash: "0".repeat(64),
         }
     }
 

@@ -133,6 +133,10 @@ pub struct NewExecution {
     /// recorded by the same statement, only if the execution runs (see
     /// crate::store::deliveries).
     pub delivery_id: Option<String>,
+    /// The version of the workflow it runs, and its source's SHA-256 (from the
+    /// workflow record loaded for the batch; `None`: not known).
+    pub workflow_version: Option<i32>,
+    pub workflow_hash: Option<String>,
 }
 
 /// The `error_type` of a row whose attempt a shutdown cut off ([`Store::hand_back`]).
@@ -230,6 +234,9 @@ pub struct ExecutionRecord {
     pub supervisor: Option<String>,
     pub stream_id: Option<String>,
     pub logs_dropped: i32,
+    /// The workflow version it ran (or runs) and its source's SHA-256.
+    pub workflow_version: Option<i32>,
+    pub workflow_hash: Option<String>,
 }
 
 /// One stored log line (the live one published to clients is `intake::LogLine`).
@@ -362,6 +369,8 @@ impl Store {
             .iter()
             .map(|r| r.stream_id.as_deref().map(strip_nul))
             .collect();
+        let versions: Vec<Option<i32>> = unique.iter().map(|r| r.workflow_version).collect();
+        let hashes: Vec<Option<String>> = unique.iter().map(|r| r.workflow_hash.clone()).collect();
         let delivery_ids: Vec<Option<String>> = unique
             .iter()
             .map(|r| {
@@ -378,19 +387,23 @@ impl Store {
             "WITH input AS (
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
                                       $5::text[], $6::text[], $7::timestamptz[], $8::text[],
-                                      $9::text[], $10::text[]) WITH ORDINALITY
+                                      $9::text[], $10::text[], $11::int[], $12::text[])
+                     WITH ORDINALITY
                      AS t(id, workflow_id, workflow_name, org_id, caller, params, queued_at,
-                          supervisor, stream_id, delivery_id, ord)
+                          supervisor, stream_id, delivery_id, workflow_version, workflow_hash,
+                          ord)
              ),
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, caller,
                                               status, params, queued_at, started_at,
-                                              supervisor, stream_id)
+                                              supervisor, stream_id, workflow_version,
+                                              workflow_hash)
                  SELECT id,
                         -- A workflow deleted since the batch was loaded is not an error.
                         (SELECT w.id FROM workflows w WHERE w.id = input.workflow_id),
                         workflow_name, org_id, caller, 'running',
-                        params::jsonb, COALESCE(queued_at, now()), now(), supervisor, stream_id
+                        params::jsonb, COALESCE(queued_at, now()), now(), supervisor, stream_id,
+                        workflow_version, workflow_hash
                  FROM input
                  ON CONFLICT (id) DO UPDATE SET
                      status = 'running',
@@ -404,7 +417,10 @@ impl Store {
                      supervisor = EXCLUDED.supervisor,
                      stream_id = COALESCE(EXCLUDED.stream_id, e.stream_id),
                      workflow_id = COALESCE(e.workflow_id, EXCLUDED.workflow_id),
-                     org_id = COALESCE(e.org_id, EXCLUDED.org_id)
+                     org_id = COALESCE(e.org_id, EXCLUDED.org_id),
+                     -- The version this attempt runs.
+                     workflow_version = COALESCE(EXCLUDED.workflow_version, e.workflow_version),
+                     workflow_hash = COALESCE(EXCLUDED.workflow_hash, e.workflow_hash)
                  -- Only the same stream entry is taken over (it was reclaimed from a
                  -- supervisor that died). Another entry with a non-terminal id is a
                  -- duplicate submission while the first copy runs: never run it twice.
@@ -448,6 +464,8 @@ impl Store {
         .bind(&supervisors)
         .bind(&stream_ids)
         .bind(&delivery_ids)
+        .bind(&versions)
+        .bind(&hashes)
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::query("record the batch as running"))?;
@@ -583,7 +601,8 @@ impl Store {
             "SELECT id, workflow_id, workflow_name, org_id, caller, status::text AS status,
                     params, result, error_type, error_message, traceback, queued_at,
                     started_at, completed_at, duration_ms, peak_memory_bytes, cpu_seconds,
-                    exit_code, exit_signal, attempt, supervisor, stream_id, logs_dropped
+                    exit_code, exit_signal, attempt, supervisor, stream_id, logs_dropped,
+                    workflow_version, workflow_hash
              FROM executions WHERE id = $1",
         )
         .bind(id)

@@ -61,6 +61,18 @@ pub struct Workflow {
     pub time_saved_seconds: f64,
     pub value: f64,
     pub updated_at: DateTime<Utc>,
+    /// 1, 2, ...: one more each time a push changed the source.
+    pub version: i32,
+    /// SHA-256 of `source`, hex (kept by the database: migration 0007).
+    pub source_hash: String,
+}
+
+/// One version of a workflow (`warden workflow history`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WorkflowVersion {
+    pub version: i32,
+    pub source_hash: String,
+    pub pushed_at: DateTime<Utc>,
 }
 
 /// What `warden push` sends.
@@ -92,6 +104,8 @@ pub struct PushResult {
     pub id: i64,
     pub org_id: Option<i64>,
     pub action: PushAction,
+    /// The workflow's version after the push (a new one only when the source changed).
+    pub version: i32,
 }
 
 /// One line of `warden workflows` (no source).
@@ -107,10 +121,12 @@ pub struct WorkflowSummary {
     pub time_saved_seconds: f64,
     pub value: f64,
     pub updated_at: DateTime<Utc>,
+    pub version: i32,
 }
 
 const WORKFLOW_COLUMNS: &str = "w.id, w.org_id, o.name AS org, w.name, w.path, w.function_name, \
-     w.source, w.default_timeout_ms, w.time_saved_seconds, w.value, w.updated_at";
+     w.source, w.default_timeout_ms, w.time_saved_seconds, w.value, w.updated_at, w.version, \
+     w.source_hash";
 
 impl Store {
     /// The id of the organization called `name`, creating it if needed.
@@ -150,7 +166,7 @@ impl Store {
         // `up` returns a row only when something was inserted or changed; otherwise the
         // second branch reports the existing row as unchanged. `xmax = 0` tells an
         // inserted row from an updated one.
-        let (id, created, changed): (i64, bool, bool) = sqlx::query_as(
+        let (id, created, changed, version): (i64, bool, bool, i32) = sqlx::query_as(
             "WITH up AS (
                  INSERT INTO workflows AS w (org_id, name, path, function_name, source,
                                              default_timeout_ms, time_saved_seconds, value)
@@ -170,11 +186,11 @@ impl Store {
                        (EXCLUDED.path, EXCLUDED.function_name, EXCLUDED.source,
                         EXCLUDED.default_timeout_ms, COALESCE($7, w.time_saved_seconds),
                         COALESCE($8, w.value), true)
-                 RETURNING w.id, (w.xmax = 0) AS created
+                 RETURNING w.id, (w.xmax = 0) AS created, w.version
              )
-             SELECT id, created, true FROM up
+             SELECT id, created, true, version FROM up
              UNION ALL
-             SELECT id, false, false FROM workflows
+             SELECT id, false, false, version FROM workflows
              WHERE org_id IS NOT DISTINCT FROM $1 AND name = $2 AND NOT EXISTS (SELECT 1 FROM up)",
         )
         .bind(org_id)
@@ -194,14 +210,49 @@ impl Store {
             (false, false) => PushAction::Unchanged,
         };
         tracing::info!(id, name = %spec.name, org = ?spec.org, ?action, "workflow pushed");
-        Ok(PushResult { id, org_id, action })
+        Ok(PushResult {
+            id,
+            org_id,
+            action,
+            version,
+        })
+    }
+
+    /// The versions of the workflow `name` of `org` (global when `None`), oldest first;
+    /// `None` when there is no such workflow.
+    pub async fn workflow_history(
+        &self,
+        org: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Vec<WorkflowVersion>>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT w.id FROM workflows w LEFT JOIN organizations o ON o.id = w.org_id
+             WHERE w.name = $1 AND o.name IS NOT DISTINCT FROM $2",
+        )
+        .bind(name)
+        .bind(org)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(StoreError::query("find the workflow"))?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let versions = sqlx::query_as(
+            "SELECT version, source_hash, pushed_at FROM workflow_versions
+             WHERE workflow_id = $1 ORDER BY version",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("read the workflow's versions"))?;
+        Ok(Some(versions))
     }
 
     /// Every workflow (active or not), by organization then name.
     pub async fn list_workflows(&self) -> Result<Vec<WorkflowSummary>, StoreError> {
         sqlx::query_as(
             "SELECT w.id, o.name AS org, w.name, w.path, w.function_name, w.default_timeout_ms,
-                    w.active, w.time_saved_seconds, w.value, w.updated_at
+                    w.active, w.time_saved_seconds, w.value, w.updated_at, w.version
              FROM workflows w LEFT JOIN organizations o ON o.id = w.org_id
              ORDER BY o.name NULLS FIRST, w.name",
         )

@@ -17,7 +17,15 @@ use warden_tests::redis::TestRedis;
 
 /// Rounds to try before concluding the extra calls are ours, not someone else's.
 const ROUNDS: usize = 20;
-const MEASURED: [&str; 6] = ["xreadgroup", "mget", "xack", "xdel", "set", "publish"];
+const MEASURED: [&str; 7] = [
+    "xreadgroup",
+    "mget",
+    "xack",
+    "xdel",
+    "set",
+    "publish",
+    "pexpire",
+];
 
 async fn command_calls(t: &TestRedis) -> HashMap<String, u64> {
     let info: String = redis::cmd("INFO")
@@ -47,6 +55,7 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
         ("xdel", 1),
         ("set", N as u64),
         ("publish", N as u64),
+        ("pexpire", N as u64),
     ]
     .into_iter()
     .collect();
@@ -77,7 +86,7 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
         let after = command_calls(&t).await;
 
         assert_eq!(ours.round_trips, 3);
-        assert_eq!(ours.commands, 4 + 2 * N as u64);
+        assert_eq!(ours.commands, 4 + 3 * N as u64);
         for cmd in MEASURED {
             let delta = after
                 .get(cmd)

@@ -5,20 +5,24 @@
 //! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
 //! - [`http`]: `--http`: `/metrics` against the database, `/readyz` through outages.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
+//! - [`logs`]: `warden logs ID [--follow]`, and Ctrl-C while following.
 //! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
 //! - [`places`]: every way an execution ends gives its intake place back once.
 //! - [`redis_wipe`]: Redis wiped under a running service.
 //! - [`systemd`]: `READY=1`, watchdog pings and `STOPPING=1` on `NOTIFY_SOCKET`.
+//! - [`versions`]: workflow versions, their history, and the version each execution ran.
 //! - [`resilience`]: the connection budget, dropped connections, SIGKILL, several
 //!   supervisors on one stream.
 
 mod duplicate_entries;
 mod http;
 mod liveness;
+mod logs;
 mod outages;
 mod outcomes;
 mod places;
 mod redis_wipe;
 mod resilience;
 mod systemd;
+mod versions;

@@ -5,6 +5,8 @@
 //! - [`begin`]: `begin_batch` and attempts.
 //! - [`budget`]: the connection budget.
 //! - [`cli_fixes`]: the `warden` binary's admin commands (issue 13's CLI fixes).
+//! - [`cli_flags`]: completions, man pages, connection flags after a subcommand.
+//! - [`cli_json`]: `--json` on the list, show and status commands.
 //! - [`configs`]: config values.
 //! - [`resilience`]: the writer under failure.
 //! - [`retention`]: deleting old ended executions (store, `executions prune`,
@@ -16,6 +18,8 @@
 mod begin;
 mod budget;
 mod cli_fixes;
+mod cli_flags;
+mod cli_json;
 mod configs;
 mod resilience;
 mod retention;

@@ -298,7 +298,7 @@ fn query(
 
 /// Lower-case hex, as the supervisor writes the `hash` field.
 pub fn hex(digest: &Digest) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(digest)
 }
 
 /// The bytes of a bulk string reply (`None` for nil or anything else).
