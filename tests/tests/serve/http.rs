@@ -252,9 +252,19 @@ async fn readyz_follows_postgres_and_redis_and_healthz_stays_up() {
     assert!(why.contains("Redis unavailable"), "{why}");
     assert!(!why.contains("PostgreSQL"), "{why}");
     assert_eq!(get(addr, "/healthz").await.0, 200);
+    // Long enough for the status publisher (every second) to meet the outage.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     redis.restore();
     wait_for_status(addr, "/readyz", 200, Duration::from_secs(15)).await;
-    let text = get(addr, "/metrics").await.1;
+    let t = std::time::Instant::now();
+    let text = loop {
+        let text = get(addr, "/metrics").await.1;
+        if metric(&text, "warden_redis_reconnects_total") >= 1.0 {
+            break text;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(metric(&text, "warden_redis_errors_total") >= 1.0, "{text}");
 
     // And it works again.
