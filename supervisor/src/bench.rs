@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// one organization, so many interleaved organizations make it recycle templates.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub orgs: u32,
+    /// End to end: run `serve` with `--http ADDR` (metrics counted), to compare its
+    /// throughput with and without.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub pool: PoolArgs,
     /// Set from the global connection flags (crate::args::ConnArgs).

@@ -16,6 +16,7 @@ pub mod manual;
 pub mod migrate;
 pub mod module;
 pub mod package;
+pub mod prune;
 pub mod schedule;
 pub mod serve;
 pub mod status;

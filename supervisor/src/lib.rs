@@ -23,6 +23,8 @@
 //!   executions, cancel, status, config, kv), one file each.
 //! - `exec_cmd`: `warden exec`, one workflow through the pool with no services.
 //! - `bench`: `warden bench`.
+//! - `ops`: operating the daemon: `/metrics`, `/healthz`, `/readyz` (`serve --http`),
+//!   systemd notifications, retention.
 //! - `pycheck`: push-time Python checks (`ast.parse` in a `python3` subprocess, never
 //!   running the code).
 //! - `telemetry`: tracing set-up (human or JSON).
@@ -57,6 +59,7 @@ mod cmd;
 mod exec_cmd;
 mod intake;
 mod modules;
+mod ops;
 mod outcome;
 mod packages;
 mod pool;
@@ -110,6 +113,8 @@ pub use serve::{serve, ServeConfig, ServeError, ServeReport, Shutdown};
 
 // Retries: a workflow's policy.
 pub use retry_policy::{RetryOn, RetryPolicy};
+// Operating the daemon: retention's settings and one pass of it.
+pub use ops::retention::{prune, PruneReport, Retention};
 
 /// Internal functions the end-to-end tests (`warden-tests`) call for set-up, or to
 /// check one step on its own against real PostgreSQL and Redis. Not part of the API:

@@ -98,6 +98,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::intake::liveness::DEFAULT_HEARTBEAT_TTL;
+use crate::ops::metrics::Metrics;
+use crate::ops::ready::Readiness;
 use crate::pool::PoolConfig;
 use crate::store::WriterConfig;
 
@@ -136,6 +138,11 @@ pub struct ServeConfig {
     /// Where this supervisor installs the workspace's packages, one directory per set
     /// (`--packages-dir`; see docs/packages.md).
     pub packages_root: std::path::PathBuf,
+    /// `--http ADDR`: serve `/metrics`, `/healthz` and `/readyz` there (crate::ops::http);
+    /// `None`: no server, and no metrics are counted.
+    pub http: Option<std::net::SocketAddr>,
+    /// `--retention AGE`: delete ended executions older than that (crate::ops::retention).
+    pub retention: Option<crate::ops::retention::Retention>,
 }
 
 impl ServeConfig {
@@ -156,6 +163,8 @@ impl ServeConfig {
             read_linger: Duration::from_millis(50),
             secret_key: None,
             packages_root: crate::packages::DEFAULT_ROOT.into(),
+            http: None,
+            retention: None,
         }
     }
 }
@@ -239,6 +248,13 @@ pub enum ServeError {
     /// Starting the worker pool (its templates).
     #[error(transparent)]
     PoolStart(#[from] crate::pool::config::PoolError),
+    /// Binding the `--http` address.
+    #[error("cannot listen on {addr} for --http: {source}; choose a free address and port")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A request to stop, as the daemon's shutdown channel carries it (`None` until the
@@ -259,6 +275,25 @@ pub async fn serve(
     cfg: ServeConfig,
     shutdown: watch::Receiver<Option<Shutdown>>,
 ) -> Result<ServeReport, ServeError> {
-    let daemon = daemon::Daemon::start(cfg, shutdown).await?;
-    Ok(daemon.run().await)
+    // Bound before start-up, so `/healthz` answers and `/readyz` says "starting up"
+    // meanwhile; counted only when someone can read the counts.
+    let ops = match cfg.http {
+        Some(addr) => {
+            let metrics = Metrics::new();
+            let ready = Readiness::default();
+            let http = crate::ops::http::start(addr, metrics.clone(), ready.clone())
+                .await
+                .map_err(|source| ServeError::Http { addr, source })?;
+            Some((http, metrics, ready))
+        }
+        None => None,
+    };
+    let (metrics, ready) = match &ops {
+        Some((_, m, r)) => (Some(m.clone()), r.clone()),
+        None => (None, Readiness::default()),
+    };
+    let daemon = daemon::Daemon::start(cfg, shutdown, metrics, ready).await?;
+    let report = daemon.run().await;
+    drop(ops);
+    Ok(report)
 }

@@ -31,6 +31,8 @@
 //!   delivery statuses, daily metrics), idempotent so a replay never records twice.
 //! - [`lost`]: executions a dead supervisor left unfinished with nothing left to run
 //!   them: found and ended `crashed` / `SupervisorLost` for the sweeper.
+//! - [`retention`]: deleting old ended executions and their logs, a small batch per
+//!   statement (for crate::ops::retention), and counting what that would delete.
 //! - [`metrics`]: the per-(day, org, workflow) aggregation done in Rust before the
 //!   metrics upsert.
 //! - [`writer`]: the group-commit writer task: collects outcomes, writes them with
@@ -51,6 +53,7 @@ pub mod kv;
 pub mod lost;
 pub mod metrics;
 pub mod migrate;
+pub mod retention;
 pub mod retry;
 pub mod schedules;
 pub mod workflows;

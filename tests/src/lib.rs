@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod db;
+pub mod http;
 pub mod pool;
 pub mod proxy;
 pub mod redis;

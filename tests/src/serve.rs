@@ -122,6 +122,11 @@ impl TestServe {
         }
     }
 
+    /// SIGTERM-equivalent without waiting: the drain begins.
+    pub fn drain(&self) {
+        let _ = self.signals.send(Some(Shutdown::Drain));
+    }
+
     /// SIGTERM-equivalent: drain and stop; returns the report.
     pub async fn stop(&mut self) -> ServeReport {
         self.stop_result().await.expect("serve ran")

@@ -83,6 +83,7 @@ pub async fn bench_mode(
     let mut cfg = ServeConfig::new(pool, db_url.clone(), args.conn.redis_url.clone());
     cfg.key_prefix = prefix.clone();
     cfg.consumer = format!("bench-{mode_name}");
+    cfg.http = args.http;
     let mut side = PgConnection::connect(&db_url)
         .await
         .map_err(|e| format!("side connection: {e}"))?;

@@ -1,4 +1,4 @@
-//! `warden executions list|show`: what ran, for which organization, when it was queued
+//! `warden executions list|show|prune` (prune: crate::cmd::prune): what ran, for which organization, when it was queued
 //! and started, how it ended, and its logs.
 
 use clap::Subcommand;
@@ -38,6 +38,9 @@ pub enum ExecutionsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete ended executions (and their logs) older than --older-than, in small
+    /// batches; executions still pending or running are never deleted.
+    Prune(super::prune::PruneArgs),
 }
 
 pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
@@ -228,6 +231,7 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
             }
             0
         }
+        ExecutionsCmd::Prune(args) => super::prune::run(&store, args).await?,
     };
     store.close().await;
     Ok(code)

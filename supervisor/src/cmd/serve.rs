@@ -52,6 +52,21 @@ pub struct ServeArgs {
     /// one directory per set; give each supervisor on a host its own.
     #[arg(long, default_value = crate::packages::DEFAULT_ROOT, env = "WARDEN_PACKAGES_DIR")]
     pub packages_dir: std::path::PathBuf,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
+    /// `127.0.0.1:9187` (port 0: any free port, named in the log). Off by default: no
+    /// server, and nothing is counted.
+    #[arg(long, value_name = "ADDR", env = "WARDEN_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Delete ended executions (and their logs) that completed longer ago than this,
+    /// e.g. `30d`, `12h`: a pass at start-up and every 10 minutes, 1,000 rows per
+    /// statement. Executions still pending or running are never deleted. Off by default.
+    #[arg(
+        long,
+        value_name = "AGE",
+        value_parser = crate::ops::retention::parse_age,
+        env = "WARDEN_RETENTION"
+    )]
+    pub retention: Option<Duration>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
@@ -82,6 +97,8 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
     if let Some(p) = args.prefetch {
         cfg.prefetch = p;
     }
+    cfg.http = args.http;
+    cfg.retention = args.retention.map(crate::ops::retention::Retention::new);
     until_stopped(cfg).await
 }
 

@@ -72,6 +72,8 @@ impl std::ops::Sub for RedisCalls {
 struct Counters {
     round_trips: AtomicU64,
     commands: AtomicU64,
+    /// Calls that failed (for `/metrics`).
+    errors: AtomicU64,
 }
 
 /// The stream and its consumer group as seen by `warden status`.
@@ -197,6 +199,19 @@ impl Intake {
             round_trips: self.calls.round_trips.load(Ordering::Relaxed),
             commands: self.calls.commands.load(Ordering::Relaxed),
         }
+    }
+
+    /// Calls of this intake (and its clones) that failed.
+    pub fn errors(&self) -> u64 {
+        self.calls.errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis answers a `PING` on the non-blocking connection (for `/readyz`;
+    /// not counted in [`Intake::calls`]).
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.writer.clone())
+            .await
     }
 
     /// Creates the consumer group (and the stream, if missing). Idempotent.
@@ -636,7 +651,11 @@ impl Intake {
         cmd: &Cmd,
     ) -> Result<T, RedisError> {
         self.count(1, 1);
-        cmd.query_async(conn).await
+        let reply = cmd.query_async(conn).await;
+        if reply.is_err() {
+            self.calls.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        reply
     }
 
     pub(super) async fn send_pipe<T: redis::FromRedisValue>(
@@ -645,7 +664,11 @@ impl Intake {
         pipe: &Pipeline,
     ) -> Result<T, RedisError> {
         self.count(1, pipe.len() as u64);
-        pipe.query_async(conn).await
+        let reply = pipe.query_async(conn).await;
+        if reply.is_err() {
+            self.calls.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        reply
     }
 
     async fn ack_ids(&self, ids: &[String]) -> Result<(), IntakeError> {

@@ -68,6 +68,10 @@ struct Inner {
     generation: AtomicU64,
     /// The generation the per-batch check last brought the manifest up to (0: never).
     checked: AtomicU64,
+    /// Repairs so far, by kind (for `/metrics`).
+    wipes: AtomicU64,
+    misses: AtomicU64,
+    mismatches: AtomicU64,
     manifest: std::sync::Mutex<Manifest>,
     /// Where notifications of `warden_packages` go (the package keeper), heard on the
     /// same LISTEN connection: the design allows one.
@@ -121,6 +125,17 @@ pub fn manifest_of(modules: &[StoredModule]) -> ModuleManifest {
     }
 }
 
+/// Module cache repairs by kind, counted since start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// The whole cache was gone (Redis wiped or restarted) and was refilled.
+    pub wipes: u64,
+    /// A worker missed a module (or the whole cache) and it was re-cached.
+    pub misses: u64,
+    /// A worker's copy did not match the database's hash and was rewritten.
+    pub mismatches: u64,
+}
+
 /// SHA-256 of a module's content, as workers compute it.
 pub fn sha256(content: &str) -> [u8; 32] {
     Sha256::digest(content.as_bytes()).into()
@@ -136,6 +151,9 @@ impl ModuleSync {
                 generation: AtomicU64::new(0),
                 checked: AtomicU64::new(0),
                 packages: std::sync::Mutex::new(None),
+                wipes: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                mismatches: AtomicU64::new(0),
                 manifest: std::sync::Mutex::new(Manifest {
                     entries: HashMap::new(),
                     wire: Arc::new(ModuleManifest {
@@ -237,6 +255,15 @@ impl ModuleSync {
     /// The last generation this process saw (0: none yet).
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Relaxed)
+    }
+
+    /// The cache repairs this keeper made so far.
+    pub fn repairs(&self) -> Repairs {
+        Repairs {
+            wipes: self.inner.wipes.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            mismatches: self.inner.mismatches.load(Ordering::Relaxed),
+        }
     }
 
     fn seen(&self, generation: u64) -> u64 {
@@ -350,6 +377,7 @@ impl ModuleSync {
         match self.inner.cache.generation().await {
             Ok(Some(g)) => self.seen(g),
             Ok(None) => {
+                self.inner.wipes.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("the module cache is gone (Redis wiped or restarted): refilling it");
                 match self.full_sync().await {
                     Ok(s) => s.generation,
@@ -388,6 +416,7 @@ impl ModuleSync {
         if let Some(path) = mismatched(args_json)? {
             return self.repair_mismatch(path).await;
         }
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
         let (generation, path) = self.refill(args_json).await?;
         self.with_module(generation, path).await
     }
@@ -405,6 +434,7 @@ impl ModuleSync {
             .map_err(|e| e.to_string())?;
         let rewritten = !repaired.rewritten.is_empty();
         if rewritten {
+            self.inner.mismatches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 path,
                 generation = repaired.synced.generation,

@@ -27,6 +27,9 @@ use crate::intake::{
     CancelListener, CancelSignal, Heartbeat, Intake, Keys, Liveness, SupervisorStatus,
 };
 use crate::modules::{ModuleCache, ModuleSync};
+use crate::ops::metrics::{Metrics, Sources};
+use crate::ops::notify;
+use crate::ops::ready::{Checks, Readiness};
 use crate::outcome::{ExecutionId, ExecutionOutcome, PoolEvent};
 use crate::packages::PackageKeeper;
 use crate::pool::Pool;
@@ -91,6 +94,14 @@ pub(super) struct Daemon {
     stop: Stop,
     /// The pool's drain, once shutdown has begun.
     draining: Option<JoinHandle<()>>,
+    /// `--http`: the counters this loop updates (`None`: nothing is counted).
+    metrics: Option<Metrics>,
+    /// What `/readyz` reports; moved to draining when shutdown begins.
+    ready: Readiness,
+    /// systemd's watchdog, pinged from this loop (`None`: no watchdog).
+    watchdog: Option<tokio::time::Interval>,
+    /// `--retention`'s task.
+    retention: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -99,6 +110,8 @@ impl Daemon {
     pub(super) async fn start(
         cfg: ServeConfig,
         shutdown: watch::Receiver<Option<Shutdown>>,
+        metrics: Option<Metrics>,
+        ready: Readiness,
     ) -> Result<Daemon, ServeError> {
         let Services {
             store,
@@ -113,11 +126,23 @@ impl Daemon {
             pool,
             pool_events,
         } = connect(&cfg).await?;
-        let (writer, committed) = Writer::spawn(store.clone(), cfg.writer.clone());
+        let mut writer_cfg = cfg.writer.clone();
+        writer_cfg.metrics = metrics.as_ref().map(Metrics::commit);
+        let (writer, committed) = Writer::spawn(store.clone(), writer_cfg);
         // Config changes of committed executions reach the cache before their completions.
         let committed = sdk.after_commit(committed);
         let held = Held::default();
         let outage = RedisOutage::default();
+        if let Some(m) = &metrics {
+            m.set_sources(Sources {
+                pool: pool.clone(),
+                workers: cfg.pool.workers,
+                store: store.clone(),
+                intake: intake.clone(),
+                modules: modules.clone(),
+                outage: outage.clone(),
+            });
+        }
         let acks_waiting = acker::Waiting::default();
         let (direct_acks, direct_acks_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(acker::run(
@@ -157,6 +182,14 @@ impl Daemon {
             }
             .run(),
         );
+        let retention = cfg.retention.clone().map(|r| {
+            tokio::spawn(crate::ops::retention::run(
+                store.clone(),
+                r,
+                metrics.clone(),
+                reader_stopped.clone(),
+            ))
+        });
         let reader = tokio::spawn(
             prepare::Reader {
                 intake: intake.clone(),
@@ -191,6 +224,16 @@ impl Daemon {
             shutdown,
             cfg.drain_timeout + cfg.pool.kill_grace + FLUSH_GRACE,
         );
+        ready.serving(Checks {
+            store: store.clone(),
+            intake: intake.clone(),
+            pool: pool.clone(),
+        });
+        notify::ready();
+        let watchdog = notify::watchdog_every().map(|every| {
+            tracing::info!(every = ?every, "pinging systemd's watchdog");
+            tokio::time::interval(every)
+        });
         Ok(Daemon {
             cfg,
             store,
@@ -230,6 +273,10 @@ impl Daemon {
             started: chrono::Utc::now(),
             stop,
             draining: None,
+            metrics,
+            ready,
+            watchdog,
+            retention,
         })
     }
 
@@ -260,6 +307,7 @@ impl Daemon {
                 Some(sig) = self.cancels.recv() => self.on_cancel(sig),
                 _ = self.log_tick.tick(), if self.publisher.has_logs() => self.publisher.flush_logs(),
                 _ = self.status_tick.tick() => self.on_status_tick(),
+                _ = tick_opt(&mut self.watchdog), if self.watchdog.is_some() => notify::watchdog(),
             }
             let pool_drained = self.draining.as_ref().map(JoinHandle::is_finished);
             if drained(
@@ -279,6 +327,8 @@ impl Daemon {
     fn on_shutdown(&mut self, request: Shutdown) {
         match on_request(self.draining.is_some(), request, self.cfg.drain_timeout) {
             OnRequest::StartDrain { drain } => {
+                self.ready.draining();
+                notify::stopping();
                 tracing::info!(drain = ?self.cfg.drain_timeout, in_flight = self.inflight.len(), "shutting down: intake stopped, queued executions handed back, draining what runs");
                 let _ = self.stop_reader.send(true);
                 let p = self.pool.clone();
@@ -349,6 +399,9 @@ impl Daemon {
                 self.permits.add_permits(1);
                 self.report.returned += 1;
                 continue;
+            }
+            if let Some(m) = &self.metrics {
+                m.started(&d.meta.workflow_name, d.meta.org.as_deref());
             }
             self.inflight.insert(id.clone(), d.meta);
             if self.pool.submit(d.job).is_err() {
@@ -478,6 +531,14 @@ impl Daemon {
             }
             RunEnd::Record { meta, logs, place } => {
                 self.count(&out);
+                if let Some(m) = &self.metrics {
+                    m.ended(
+                        out.status,
+                        &meta.workflow_name,
+                        meta.org.as_deref(),
+                        out.duration,
+                    );
+                }
                 // The item carries its stream entry and completion on to the acker.
                 let last_seq = logs.iter().map(|l| l.seq).max();
                 let item = meta.into_completed(out, logs);
@@ -548,9 +609,14 @@ impl Daemon {
             mut report,
             mut to_writer,
             mut stop,
+            retention,
             ..
         } = self;
         let _ = stop_reader.send(true);
+        // A delete in flight rolls back; the next supervisor's pass does it again.
+        if let Some(r) = retention {
+            r.abort();
+        }
         // Batches the reader prepares until it stops are given back, unstarted.
         let reader_done = stop
             .within("waiting for the intake to stop", async {
@@ -829,6 +895,16 @@ impl Stop {
     }
 }
 
+/// The next tick of `interval`, or never.
+async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -957,6 +1033,7 @@ mod tests {
             workflow_id: Some(1),
             org_id: None,
             workflow_name: "wf".into(),
+            org: None,
             caller: None,
             time_saved_seconds: 0.0,
             value: 0.0,

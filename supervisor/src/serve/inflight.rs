@@ -19,6 +19,8 @@ pub struct Meta {
     pub workflow_id: Option<i64>,
     pub org_id: Option<i64>,
     pub workflow_name: String,
+    /// The organization's name (for the metrics' labels).
+    pub org: Option<String>,
     pub caller: Option<String>,
     pub time_saved_seconds: f64,
     pub value: f64,
@@ -200,6 +202,7 @@ mod tests {
             stream_id: "1-0".into(),
             workflow_id: Some(1),
             org_id: None,
+            org: None,
             workflow_name: "wf".into(),
             caller: None,
             time_saved_seconds: 0.0,

@@ -17,6 +17,8 @@ struct Inner {
     since: Mutex<Option<Instant>>,
     /// Live log lines dropped during the current outage.
     dropped_logs: AtomicU64,
+    /// Outages that ended (Redis answered again), for `/metrics`.
+    recoveries: AtomicU64,
 }
 
 impl RedisOutage {
@@ -41,12 +43,18 @@ impl RedisOutage {
     pub fn reached(&self) {
         let began = self.since().take();
         if let Some(began) = began {
+            self.0.recoveries.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 after = ?began.elapsed(),
                 dropped_live_log_lines = self.0.dropped_logs.swap(0, Ordering::Relaxed),
                 "Redis is reachable again; sending the acknowledgements that waited"
             );
         }
+    }
+
+    /// Outages that ended so far.
+    pub fn recoveries(&self) -> u64 {
+        self.0.recoveries.load(Ordering::Relaxed)
     }
 
     pub fn is_away(&self) -> bool {

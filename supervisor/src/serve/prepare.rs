@@ -430,6 +430,7 @@ impl Reader {
             match or_stop(&mut stop, self.store.prepare_batch(refs, &rows)).await? {
                 Ok((workflows, _, begins)) => return Some((workflows, begins)),
                 Err(e) => {
+                    self.store.count_error();
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot load the batch's workflows or record it running; retrying (intake paused)");
                     or_stop(&mut stop, tokio::time::sleep(wait)).await?;
@@ -648,6 +649,7 @@ fn meta_for(sid: &str, req: &ExecutionRequest, wf: &Workflow) -> Meta {
         workflow_id: Some(wf.id),
         org_id: wf.org_id,
         workflow_name: wf.name.clone(),
+        org: wf.org.clone(),
         caller: req.caller.clone(),
         time_saved_seconds: wf.time_saved_seconds,
         value: wf.value,

@@ -11,6 +11,7 @@
 //! retries. Callers that hit a connectivity error in
 //! the middle of a statement wait with [`crate::store::Backoff`] and try again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,16 @@ const DATABASE_EXISTS: &str = "42P04";
 pub struct Store {
     pool: PgPool,
     url_redacted: Arc<str>,
+    counters: Arc<Counters>,
+}
+
+/// What `/metrics` reports about the connections (crate::ops::metrics).
+#[derive(Debug, Default)]
+struct Counters {
+    /// Connections opened in all, the start-up ones included.
+    opened: AtomicU64,
+    /// Failed statements or transactions the reader and the writer counted.
+    errors: AtomicU64,
 }
 
 impl Store {
@@ -49,12 +60,18 @@ impl Store {
         let connections = connections.max(1);
         let options = parse_url(url)?;
         let url_redacted = redact_url(url);
+        let counters = Arc::new(Counters::default());
+        let opened = Arc::clone(&counters);
         let pool = PgPoolOptions::new()
             .min_connections(connections)
             .max_connections(connections)
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
+            .after_connect(move |_, _| {
+                opened.opened.fetch_add(1, Ordering::Relaxed);
+                Box::pin(async { Ok(()) })
+            })
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
                     if meta.idle_for < PING_IF_IDLE {
@@ -87,6 +104,7 @@ impl Store {
         Ok(Store {
             pool,
             url_redacted: url_redacted.into(),
+            counters,
         })
     }
 
@@ -145,6 +163,32 @@ impl Store {
     /// The fixed number of connections this store was opened with.
     pub fn connections(&self) -> u32 {
         self.pool.options().get_max_connections()
+    }
+
+    /// `SELECT 1` on one of the pool's connections (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::query("answer SELECT 1"))
+    }
+
+    /// Connections opened after start-up to replace lost ones (a database restart, a
+    /// killed backend, a network cut).
+    pub fn reconnects(&self) -> u64 {
+        let opened = self.counters.opened.load(Ordering::Relaxed);
+        opened.saturating_sub(u64::from(self.connections()))
+    }
+
+    /// Counts a failed statement or transaction (for `/metrics`).
+    pub fn count_error(&self) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed statements or transactions counted with [`Store::count_error`].
+    pub fn errors(&self) -> u64 {
+        self.counters.errors.load(Ordering::Relaxed)
     }
 
     /// Close every connection, waiting for checked-out ones to come back.

@@ -60,6 +60,8 @@ pub struct WriterConfig {
     pub retry_max: Duration,
     /// Cap of the back-off for an item that cannot be stored even as `StoreError`.
     pub park_retry_max: Duration,
+    /// Where each committed transaction's size and time are recorded (`serve --http`).
+    pub metrics: Option<crate::ops::metrics::CommitMetrics>,
 }
 
 impl Default for WriterConfig {
@@ -71,6 +73,7 @@ impl Default for WriterConfig {
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
             park_retry_max: Duration::from_secs(60),
+            metrics: None,
         }
     }
 }
@@ -407,8 +410,12 @@ impl Writer {
     async fn attempt(&self, batch: &[Envelope]) -> Attempt {
         let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         loop {
+            let began = Instant::now();
             match self.store.commit_batch(batch.iter().map(|e| &e.item)).await {
                 Ok(outcomes) => {
+                    if let Some(m) = &self.config.metrics {
+                        m.observe(batch.len(), began.elapsed());
+                    }
                     if backoff.attempts() > 0 {
                         tracing::info!(
                             size = batch.len(),
@@ -419,12 +426,14 @@ impl Writer {
                     return Attempt::Committed(outcomes);
                 }
                 Err(error) if error.is_data_error() => {
+                    self.store.count_error();
                     self.counters
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);
                     return Attempt::Rejected(error);
                 }
                 Err(error) => {
+                    self.store.count_error();
                     self.counters
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //!
 //! - [`delays`]: executions submitted to start later (`not_before`).
 //! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
+//! - [`http`]: `--http`: `/metrics` against the database, `/readyz` through outages.
 //! - [`idempotency`]: an execution id reused with the same or with other params.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
 //! - [`logs`]: `warden logs ID [--follow]`, and Ctrl-C while following.
@@ -11,6 +12,7 @@
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
 //! - [`places`]: every way an execution ends gives its intake place back once.
 //! - [`redis_wipe`]: Redis wiped under a running service.
+//! - [`systemd`]: `READY=1`, watchdog pings and `STOPPING=1` on `NOTIFY_SOCKET`.
 //! - [`versions`]: workflow versions, their history, and the version each execution ran.
 //! - [`retries`]: retry policies, due attempts, each attempt once across supervisors.
 //! - [`schedules`]: cron schedules: each tick once across supervisors, catch-up.
@@ -19,6 +21,7 @@
 
 mod delays;
 mod duplicate_entries;
+mod http;
 mod idempotency;
 mod liveness;
 mod logs;
@@ -29,4 +32,5 @@ mod redis_wipe;
 mod resilience;
 mod retries;
 mod schedules;
+mod systemd;
 mod versions;

@@ -9,6 +9,8 @@
 //! - [`cli_json`]: `--json` on the list, show and status commands.
 //! - [`configs`]: config values.
 //! - [`resilience`]: the writer under failure.
+//! - [`retention`]: deleting old ended executions (store, `executions prune`,
+//!   `serve --retention`).
 //! - [`schema`]: migrations, `check_schema`, connection errors.
 //! - [`workflows`]: workflow push and `load_for_batch`.
 //! - [`writer`]: the group-commit writer.
@@ -20,6 +22,7 @@ mod cli_flags;
 mod cli_json;
 mod configs;
 mod resilience;
+mod retention;
 mod schema;
 mod workflows;
 mod writer;
