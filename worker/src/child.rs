@@ -36,6 +36,7 @@ pub fn run(
     socket_fd: RawFd,
     template_pid: nix::unistd::Pid,
     max_frame: usize,
+    warm: bool,
 ) -> ! {
     // Group first, so that from here on one killpg reaches this process and everything it
     // starts (the template also sets it from its side; whichever runs first wins). It
@@ -65,9 +66,10 @@ pub fn run(
         })
         .and_then(|dir| point_python_at(py, &dir))
         .and_then(|()| seccomp::deny_unix_sockets());
-    // Idle time is spent taking the faults the execution would otherwise take; an
-    // Execute that is already waiting is not kept waiting for it.
-    if confined.is_ok() && !fds::readable_now(CONNECTION_FD) {
+    // Idle time is spent taking the faults the execution would otherwise take, when the
+    // slot is idle (`warm`, see `forked::warm_next`); an Execute that is already waiting
+    // is not kept waiting for it.
+    if warm && confined.is_ok() && !fds::readable_now(CONNECTION_FD) {
         runner.warm_up(py, CONNECTION_FD, max_frame);
     }
     // SAFETY: fd 3 is this process's open socket; ManuallyDrop keeps it open (it is

@@ -3,7 +3,7 @@
 //! how the child ended.
 //!
 //! ```text
-//! idle:    Spare::fork ─▶ socketpair + fork ─▶ child: sandbox, warm up, wait for Execute
+//! idle:    Spare::fork ─▶ socketpair + fork ─▶ child: sandbox, warm up (idle slots), wait for Execute
 //! Execute ─▶ spare still current and alive? else discard it and fork one now
 //!          ─▶ Execute queued for the child's socket ─▶ Started
 //!          ─▶ poll { fd 3, child socket, pidfd }
@@ -32,6 +32,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use nix::unistd::{setpgid, Pid};
 use pyo3::Python;
@@ -78,14 +79,32 @@ pub struct Spare {
     socket: UnixStream,
     /// [`interpreter::state`] when it was forked.
     state: u64,
+    /// When it was forked: right after the previous execution's `Ended`, so the time to
+    /// the next `Execute` tells whether the slot is kept busy ([`warm_next`]).
+    forked_at: Instant,
+}
+
+/// How long a slot must have waited for its last `Execute` for the next spare to warm up.
+/// Warming runs a trivial function (a fraction of a millisecond of Python that cannot be
+/// interrupted): on an idle slot it takes the page faults the next execution would take,
+/// but on a busy one the next `Execute` is already on its way when the spare starts, and
+/// would wait for it.
+const WARM_UP_MIN_IDLE: Duration = Duration::from_millis(1);
+
+/// Should the next spare warm up, given how long the current one waited for its
+/// `Execute` (`None`: there was no spare)?
+fn warm_next(waited: Option<Duration>) -> bool {
+    waited.is_none_or(|w| w >= WARM_UP_MIN_IDLE)
 }
 
 impl Spare {
-    pub fn fork(runner: &Runner, max_frame: usize) -> io::Result<Spare> {
+    /// Forks the next child; `warm`: may it warm up while no `Execute` is waiting.
+    pub fn fork(runner: &Runner, max_frame: usize, warm: bool) -> io::Result<Spare> {
         let state = interpreter::state();
+        let forked_at = Instant::now();
         let (ours, theirs) = UnixStream::pair()?;
         let template_pid = Pid::this();
-        let pid = fork_child(runner, theirs.as_raw_fd(), template_pid, max_frame)?;
+        let pid = fork_child(runner, theirs.as_raw_fd(), template_pid, max_frame, warm)?;
         drop(theirs);
         // Also set from the child; doing it here too closes the window in which a Kill
         // would find the child still in the template's group. EACCES/ESRCH mean the
@@ -96,6 +115,7 @@ impl Spare {
             pidfd: fds::pidfd_open(pid).ok(),
             socket: ours,
             state,
+            forked_at,
         };
         // A blocking socket could hang the template on a half-written frame.
         if let Err(err) = fds::set_nonblocking(spare.socket.as_raw_fd()) {
@@ -163,6 +183,7 @@ pub fn execute(
     spare: &mut Option<Spare>,
     code: &mut CodeCache,
 ) -> Result<Next, WorkerError> {
+    let warm = warm_next(spare.as_ref().map(|s| s.forked_at.elapsed()));
     pyo3::Python::attach(|py| runner.prepare_for(py, e));
     let prepared = code.prepare(e);
     if prepared.discard_spare {
@@ -173,7 +194,7 @@ pub fn execute(
     }
     let child = match Spare::usable(spare.take()) {
         Some(s) => s,
-        None => match Spare::fork(runner, conn.max_frame()) {
+        None => match Spare::fork(runner, conn.max_frame(), false) {
             Ok(s) => s,
             Err(err) => return not_started(conn, e, "cannot fork the execution's child", err),
         },
@@ -239,7 +260,7 @@ pub fn execute(
     if next == Next::Continue {
         // The next execution's child, forked now, while the supervisor reads Ended.
         // If it fails, the next Execute tries again and reports why.
-        *spare = Spare::fork(runner, conn.max_frame())
+        *spare = Spare::fork(runner, conn.max_frame(), warm)
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
             .ok();
     }
@@ -255,6 +276,7 @@ fn fork_child(
     socket_fd: RawFd,
     template_pid: Pid,
     max_frame: usize,
+    warm: bool,
 ) -> io::Result<Pid> {
     Python::attach(|py| {
         // SAFETY: the CPython fork protocol, called with the GIL held as os.fork does.
@@ -263,7 +285,7 @@ fn fork_child(
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
-            child::run(py, runner, socket_fd, template_pid, max_frame);
+            child::run(py, runner, socket_fd, template_pid, max_frame, warm);
         }
         let err = io::Error::last_os_error();
         unsafe { pyo3::ffi::PyOS_AfterFork_Parent() };
@@ -611,4 +633,23 @@ fn not_started(
         Usage::default(),
     )?;
     Ok(Next::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spare_warms_up_only_after_an_idle_slot() {
+        // First spare, or after a failed fork: nothing says the slot is busy.
+        assert!(warm_next(None));
+        // The Execute came while the spare was still being forked or cleaned up after:
+        // the slot is kept busy, a warm-up would delay the next one.
+        assert!(!warm_next(Some(Duration::from_micros(300))));
+        assert!(!warm_next(Some(
+            WARM_UP_MIN_IDLE - Duration::from_micros(1)
+        )));
+        assert!(warm_next(Some(WARM_UP_MIN_IDLE)));
+        assert!(warm_next(Some(Duration::from_secs(2))));
+    }
 }

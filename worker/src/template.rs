@@ -66,7 +66,7 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
     let mut spare = None;
     let mut code = CodeCache::default();
     if args.isolation == Isolation::Fork {
-        spare = forked::Spare::fork(&python.runner, conn.max_frame())
+        spare = forked::Spare::fork(&python.runner, conn.max_frame(), true)
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
             .ok();
     }
@@ -106,7 +106,7 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
                 // discarded by the next execution; fork its replacement now, while idle.
                 if let Some(stale) = spare.take_if(|s| !s.current()) {
                     stale.discard();
-                    spare = forked::Spare::fork(&python.runner, conn.max_frame())
+                    spare = forked::Spare::fork(&python.runner, conn.max_frame(), true)
                         .inspect_err(|err| {
                             eprintln!("warden-worker: cannot fork a spare child: {err}")
                         })
