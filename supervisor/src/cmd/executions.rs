@@ -261,10 +261,33 @@ fn detail_json(d: &ExecutionDetail) -> Value {
         .iter()
         .map(|l| {
             json!({
+                "attempt": l.attempt,
                 "seq": l.seq,
                 "level": l.level,
                 "message": l.message,
                 "logged_at": time(l.logged_at),
+            })
+        })
+        .collect();
+    let attempts: Vec<Value> = d
+        .attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "attempt": a.attempt,
+                "status": a.status,
+                "error_type": a.error_type,
+                "error_message": a.error_message,
+                "traceback": a.traceback,
+                "started_at": opt_time(a.started_at),
+                "completed_at": time(a.completed_at),
+                "duration_ms": a.duration_ms,
+                "cpu_seconds": a.cpu_seconds,
+                "peak_memory_bytes": a.peak_memory_bytes,
+                "exit_code": a.exit_code,
+                "exit_signal": a.exit_signal,
+                "supervisor": a.supervisor,
+                "next_attempt_at": opt_time(a.next_attempt_at),
             })
         })
         .collect();
@@ -292,6 +315,8 @@ fn detail_json(d: &ExecutionDetail) -> Value {
         "error_message": e.error_message,
         "traceback": e.traceback,
         "supervisor": e.supervisor,
+        "next_attempt_at": opt_time(e.next_attempt_at),
+        "attempts": attempts,
         "logs": logs,
         "logs_dropped": e.logs_dropped,
     })

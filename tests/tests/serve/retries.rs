@@ -173,6 +173,39 @@ async fn fails_twice_then_succeeds_with_three_recorded_attempts() {
         .map(|l| (l.attempt, l.message.as_str()))
         .collect();
     assert_eq!(logs, [(1, "try 1"), (2, "try 2"), (3, "try 3")]);
+    // `executions show --json` carries the same attempts and each line's attempt.
+    let dir = tempfile::tempdir().unwrap();
+    let out = warden_tests::cli::ok(warden_tests::cli::warden(
+        &s.db,
+        &s.redis,
+        dir.path(),
+        &["executions", "show", "f1", "--json"],
+    ));
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    let attempts: Vec<(i64, &str)> = shown["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap(),
+                a["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attempts, [(1, "failed"), (2, "failed"), (3, "success")]);
+    assert!(
+        shown["attempts"][0]["next_attempt_at"].is_string(),
+        "{shown}"
+    );
+    assert!(shown["next_attempt_at"].is_null(), "{shown}");
+    let line_attempts: Vec<i64> = shown["logs"]
+        .as_array()
+        .expect("logs")
+        .iter()
+        .map(|l| l["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(line_attempts, [1, 2, 3]);
     assert_eq!(
         count(
             &s.db,
