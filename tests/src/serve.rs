@@ -162,6 +162,35 @@ pub fn spawn(
 }
 
 /// A completion's result as JSON, failing the test (with the completion) when it has none.
+/// `warden serve` as a real process, so a test can SIGKILL it: two workers, consumer
+/// `consumer`, then `extra` flags, on the test's database and key prefix, worker uids
+/// from `uid_base` (`None`: `--worker-uid-base 0`, no uid switching). Its output is
+/// dropped; set WARDEN_TEST_SERVE_STDERR to see its log.
+pub fn serve_process(
+    db: &TestDb,
+    redis: &TestRedis,
+    consumer: &str,
+    extra: &[&str],
+    uid_base: Option<u32>,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(crate::pool::warden_bin());
+    cmd.args(["serve", "--workers", "2", "--consumer", consumer])
+        .args(extra)
+        .arg("--worker-bin")
+        .arg(worker_bin())
+        .arg("--worker-uid-base")
+        .arg(uid_base.unwrap_or(0).to_string())
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", &redis.url)
+        .env("WARDEN_KEY_PREFIX", &redis.prefix)
+        .stdout(Stdio::null());
+    if std::env::var_os("WARDEN_TEST_SERVE_STDERR").is_none() {
+        cmd.stderr(Stdio::null());
+    }
+    cmd.spawn().expect("start warden serve")
+}
+
 /// Sends SIGTERM to a `warden serve` process a test started.
 pub fn sigterm(child: &std::process::Child) {
     nix::sys::signal::kill(

@@ -8,7 +8,7 @@
 //! every begin of a non-terminal row adds one) and by the supervisors' reports (every
 //! end of a dispatch is counted), not by the workflows' side effects.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -17,9 +17,9 @@ use warden::ExecutionRequest;
 use warden::Status;
 use warden::{ServeConfig, ServeReport};
 use warden_tests::db::{scalar, TestDb};
-use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
+use warden_tests::pool::unique_uid_base;
 use warden_tests::redis::TestRedis;
-use warden_tests::serve::{config, sigterm, spawn, TestServe};
+use warden_tests::serve::{config, serve_process, sigterm, spawn, TestServe};
 
 const SLEEP: &str = "import time\ndef run(i, s):\n    time.sleep(s)\n    return i\n";
 /// Slow on its first attempt only: the supervisor that is killed holds its entries for
@@ -336,27 +336,6 @@ async fn what_a_peer_took_during_a_cut_is_neither_committed_nor_acked_by_the_cut
     assert_eq!(xlen(&redis).await, 0);
 }
 
-/// The real binary, so it can be SIGKILLed.
-fn serve_process(db: &TestDb, redis: &TestRedis, consumer: &str, extra: &[&str]) -> Child {
-    let mut cmd = Command::new(warden_bin());
-    cmd.args(["serve", "--workers", "2", "--consumer", consumer])
-        .args(extra)
-        .arg("--worker-bin")
-        .arg(worker_bin())
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", &redis.url)
-        .env("WARDEN_KEY_PREFIX", &redis.prefix)
-        .stdout(Stdio::null());
-    if std::env::var_os("LIVENESS_DEBUG").is_none() {
-        cmd.stderr(Stdio::null());
-    }
-    match unique_uid_base() {
-        Some(b) => cmd.arg("--worker-uid-base").arg(b.to_string()),
-        None => cmd.arg("--worker-uid-base").arg("0"),
-    };
-    cmd.spawn().expect("start warden serve")
-}
-
 /// Starts a killable supervisor holding all of 1,000 entries (its prefetch covers them,
 /// and each first attempt takes 2 s), all begun.
 async fn doomed_with_a_thousand(db: &TestDb, redis: &TestRedis) -> Child {
@@ -372,6 +351,7 @@ async fn doomed_with_a_thousand(db: &TestDb, redis: &TestRedis) -> Child {
         redis,
         "doomed",
         &["--prefetch", "2000", "--heartbeat-ttl", "1s"],
+        unique_uid_base(),
     );
     wait_for(
         "the doomed supervisor holds all 1,000 entries and began them",
@@ -473,6 +453,7 @@ async fn a_restarted_supervisor_finishes_its_predecessors_thousand_entries_withi
         &redis,
         "successor",
         &["--heartbeat-ttl", "1s", "--isolation", "reuse"],
+        unique_uid_base(),
     );
     wait_terminal(&db, 1000, Duration::from_secs(120)).await;
     let took = killed_at.elapsed();

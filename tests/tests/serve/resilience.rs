@@ -2,14 +2,13 @@
 //! lost or recorded twice when PostgreSQL drops its connections or the supervisor is
 //! SIGKILLed, and several supervisors sharing one stream.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warden::{ExecutionRequest, IntakeClient};
 use warden_tests::db::{scalar, sessions, TestDb};
-use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
+use warden_tests::pool::unique_uid_base;
 use warden_tests::redis::TestRedis;
-use warden_tests::serve::{config, spawn, TestServe};
+use warden_tests::serve::{config, serve_process, spawn, TestServe};
 
 const QUICK: &str = "def run(i):\n    return {'i': i}\n";
 
@@ -181,32 +180,6 @@ async fn two_supervisors_share_one_stream() {
     );
 }
 
-/// The real binary, so it can be SIGKILLed.
-fn serve_process(db: &TestDb, redis: &TestRedis, consumer: &str, uid_base: Option<u32>) -> Child {
-    let mut cmd = Command::new(warden_bin());
-    cmd.args([
-        "serve",
-        "--workers",
-        "2",
-        "--consumer",
-        consumer,
-        "--heartbeat-ttl",
-        "1s",
-    ])
-    .arg("--worker-bin")
-    .arg(worker_bin())
-    .env("DATABASE_URL", &db.url)
-    .env("REDIS_URL", &redis.url)
-    .env("WARDEN_KEY_PREFIX", &redis.prefix)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    match uid_base {
-        Some(b) => cmd.arg("--worker-uid-base").arg(b.to_string()),
-        None => cmd.arg("--worker-uid-base").arg("0"),
-    };
-    cmd.spawn().expect("start warden serve")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_supervisor_restarts_and_every_execution_commits_once() {
     let db = TestDb::new().await;
@@ -224,7 +197,7 @@ async fn sigkilled_supervisor_restarts_and_every_execution_commits_once() {
         .unwrap();
     let uids = unique_uid_base();
 
-    let mut first = serve_process(&db, &redis, "crashy", uids);
+    let mut first = serve_process(&db, &redis, "crashy", &["--heartbeat-ttl", "1s"], uids);
     let deadline = Instant::now() + Duration::from_secs(60);
     while terminal(&db).await < 80 {
         assert!(
@@ -238,7 +211,7 @@ async fn sigkilled_supervisor_restarts_and_every_execution_commits_once() {
     let done_at_kill = terminal(&db).await;
     assert!(done_at_kill < 300, "killed mid-run ({done_at_kill} done)");
 
-    let mut second = serve_process(&db, &redis, "crashy", uids);
+    let mut second = serve_process(&db, &redis, "crashy", &["--heartbeat-ttl", "1s"], uids);
     wait_terminal(&db, 300, Duration::from_secs(120)).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(second.id() as i32),

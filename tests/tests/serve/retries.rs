@@ -9,15 +9,14 @@
 //! "Ran once" is measured by the supervisors' reports (every end of a dispatch is
 //! counted) and by the recorded attempts, not by the workflows' side effects.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warden::{Completion, ExecutionRequest, RetryOn, RetryPolicy, Status, WorkflowSpec};
 use warden_tests::cli::{ok, warden};
 use warden_tests::db::{scalar, TestDb};
-use warden_tests::pool::{unique_uid_base, warden_bin, worker_bin};
+use warden_tests::pool::unique_uid_base;
 use warden_tests::redis::TestRedis;
-use warden_tests::serve::{config, spawn, value, TestServe};
+use warden_tests::serve::{config, serve_process, spawn, value, TestServe};
 
 /// Raises on attempts 1 and 2, returns its attempt on the third.
 const FAILS_TWICE: &str = "from warden import context\n\ndef run():\n    \
@@ -610,32 +609,6 @@ async fn a_due_attempt_enqueued_twice_runs_once() {
     );
 }
 
-/// The real binary, so it can be SIGKILLed.
-fn serve_process(db: &TestDb, redis: &TestRedis, consumer: &str) -> Child {
-    let mut cmd = Command::new(warden_bin());
-    cmd.args([
-        "serve",
-        "--workers",
-        "2",
-        "--consumer",
-        consumer,
-        "--heartbeat-ttl",
-        "1s",
-    ])
-    .arg("--worker-bin")
-    .arg(worker_bin())
-    .env("DATABASE_URL", &db.url)
-    .env("REDIS_URL", &redis.url)
-    .env("WARDEN_KEY_PREFIX", &redis.prefix)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    match unique_uid_base() {
-        Some(b) => cmd.arg("--worker-uid-base").arg(b.to_string()),
-        None => cmd.arg("--worker-uid-base").arg("0"),
-    };
-    cmd.spawn().expect("start warden serve")
-}
-
 /// A supervisor SIGKILLed right after committing failed attempts (their executions
 /// `retrying`): a peer started afterwards runs each next attempt exactly once, both
 /// when the attempt is simply due and when the dead supervisor's poller had claimed and
@@ -654,7 +627,13 @@ async fn a_supervisor_killed_after_the_failed_attempt_loses_nothing() {
     )
     .await;
     let client = redis.client().await;
-    let mut doomed = serve_process(&db, &redis, "doomed");
+    let mut doomed = serve_process(
+        &db,
+        &redis,
+        "doomed",
+        &["--heartbeat-ttl", "1s"],
+        unique_uid_base(),
+    );
     for id in ["k1", "k2"] {
         client
             .submit(&TestServe::request(id, "flaky_once", "{}"))
