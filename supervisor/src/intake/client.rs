@@ -115,13 +115,7 @@ impl IntakeClient {
             request.validate()?;
         }
         let stream = self.keys.stream();
-        let mut pipe = redis::pipe();
-        for request in requests {
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg(request.to_fields());
-        }
+        let pipe = add_all(&self.keys, requests);
         pipe.query_async(&mut self.conn.clone()).await.map_err(|e| {
             IntakeError::redis(
                 format!("submitting {} requests to `{stream}`", requests.len()),
@@ -277,6 +271,20 @@ impl IntakeClient {
             backlog,
         })
     }
+}
+
+/// One pipeline that `XADD`s every request to the stream (its reply: their stream ids),
+/// for clients and for the supervisor's due attempts alike.
+pub(crate) fn add_all(keys: &Keys, requests: &[ExecutionRequest]) -> redis::Pipeline {
+    let stream = keys.stream();
+    let mut pipe = redis::pipe();
+    for request in requests {
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(request.to_fields());
+    }
+    pipe
 }
 
 /// Validates `request` and `XADD`s it to the stream; returns its stream id.

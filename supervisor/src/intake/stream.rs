@@ -482,14 +482,7 @@ impl Intake {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let stream = self.keys.stream();
-        let mut pipe = redis::pipe();
-        for request in requests {
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg(request.to_fields());
-        }
+        let pipe = super::client::add_all(&self.keys, requests);
         self.send_pipe(&mut self.writer.clone(), &pipe)
             .await
             .map_err(|e| {
