@@ -10,6 +10,7 @@
 //! Both run each workload ([`workload`]: the trivial function, the SDK workload) in
 //! each isolation mode in turn and print a table, then one JSON line per run.
 
+pub mod fairness;
 pub mod local;
 pub mod service;
 pub mod workload;
@@ -72,7 +73,16 @@ pub async fn run(args: BenchArgs) -> Result<i32, CliError> {
         Modes::Reuse => &[Isolation::Reuse],
         Modes::Both => &[Isolation::Fork, Isolation::Reuse],
     };
-    let columns: &[(&str, &str)] = if args.local {
+    let columns: &[(&str, &str)] = if args.workload == workload::Workloads::Fairness {
+        &[
+            ("small p50", "small_org_start_p50_ms"),
+            ("small p99", "small_org_start_p99_ms"),
+            ("fifo p50", "fifo_small_org_start_p50_ms"),
+            ("fifo p99", "fifo_small_org_start_p99_ms"),
+            ("big ex/s", "big_org_executions_per_s"),
+            ("fifo ex/s", "fifo_big_org_executions_per_s"),
+        ]
+    } else if args.local {
         &[
             ("execs/s", "executions_per_s"),
             ("p50 ms", "latency_ms_p50"),

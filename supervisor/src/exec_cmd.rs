@@ -64,6 +64,7 @@ pub async fn run(args: ExecArgs) -> Result<i32, CliError> {
         modules_generation: 0,
         org: None,
         modules_manifest: None,
+        priority: 0,
     })
     .map_err(|_| CliError::Stopped("the worker pool stopped before it could run the workflow"))?;
 

@@ -92,7 +92,8 @@ pub use store::{
 // Redis: the execution stream (supervisor side), the client side, cancels, completions.
 pub use intake::{
     request_cancel, CancelListener, CancelSignal, Completion, Done, Entry, ExecutionRequest,
-    Heartbeat, Intake, IntakeClient, IntakeError, Keys, SupervisorStatus, WaitEvent, WorkflowRef,
+    Heartbeat, Intake, IntakeClient, IntakeError, Keys, Lane, LaneDepth, SupervisorStatus,
+    WaitEvent, WorkflowRef, DEFAULT_QUEUE,
 };
 
 // `PushAction` is defined by two areas (a module push and a workflow push): re-exported

@@ -130,6 +130,9 @@ pub struct Job {
     /// workspace imports are checked against; the pool sends it to a template only when
     /// that template does not have it yet. `None`: no module cache.
     pub modules_manifest: Option<std::sync::Arc<warden_protocol::ModuleManifest>>,
+    /// Which of the queues served it came from, 0 the most urgent: the pool runs the
+    /// lowest first (crate::pool::fair_queue). 0 where there is one queue.
+    pub priority: u32,
 }
 
 /// The terminal states. Every accepted execution reaches exactly one.

@@ -32,6 +32,7 @@
 pub mod config;
 pub mod dispatcher;
 pub mod driver;
+mod fair_queue;
 pub mod firewall;
 pub mod posture;
 pub mod spawn;

@@ -143,6 +143,12 @@ pub struct ServeConfig {
     pub http: Option<std::net::SocketAddr>,
     /// `--retention AGE`: delete ended executions older than that (crate::ops::retention).
     pub retention: Option<crate::ops::retention::Retention>,
+    /// `--queues`: the queues served, most urgent first (crate::intake::lanes).
+    pub queues: Vec<String>,
+    /// While one lane's backlog keeps the reader's places full, how often it looks for
+    /// work of lanes that have little or none here (another organization's, a more
+    /// urgent queue's): bounds how long such work waits to be taken.
+    pub fair_probe: Duration,
 }
 
 impl ServeConfig {
@@ -165,6 +171,8 @@ impl ServeConfig {
             packages_root: crate::packages::DEFAULT_ROOT.into(),
             http: None,
             retention: None,
+            queues: vec![crate::intake::DEFAULT_QUEUE.to_owned()],
+            fair_probe: Duration::from_millis(20),
         }
     }
 }

@@ -166,6 +166,7 @@ pub fn job(id: &str, source: &str, params: &str, timeout: Option<Duration>) -> J
         modules_generation: 0,
         org: None,
         modules_manifest: None,
+        priority: 0,
     }
 }
 

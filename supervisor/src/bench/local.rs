@@ -28,6 +28,11 @@ pub async fn bench_mode(
     })?;
     let mut cfg = args.pool.to_config(run_dir);
     cfg.isolation = mode;
+    if workload == Workload::Fairness {
+        return Err(CliError::Bench(
+            "the fairness workload is measured end to end (without --local)".into(),
+        ));
+    }
     let modules = match workload {
         Workload::Modules => Some(
             LocalModules::start(&args.conn.redis_url)
@@ -68,6 +73,7 @@ pub async fn bench_mode(
         modules_generation,
         org: Some(format!("org{}", i % args.orgs as usize)),
         modules_manifest: modules_manifest.clone(),
+        priority: 0,
     };
 
     // Warm up (first forks fault in pages).

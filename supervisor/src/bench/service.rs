@@ -35,6 +35,9 @@ pub async fn bench_mode(
     if workload == Workload::Requests {
         return Err("the requests workload is measured with --local (the pool alone)".into());
     }
+    if workload == Workload::Fairness {
+        return super::fairness::bench(args, mode).await;
+    }
     let db_url = scratch_database(&args.conn.database_url).await?;
     let store = Store::connect(&db_url, 1)
         .await
@@ -180,7 +183,7 @@ fn orgs(n: u32) -> Vec<Option<String>> {
     (0..n).map(|k| Some(format!("org{k}"))).collect()
 }
 
-fn ids(prefix: &str, n: usize) -> Vec<String> {
+pub(super) fn ids(prefix: &str, n: usize) -> Vec<String> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     (0..n)
         .map(|i| format!("{prefix}{i}-{}", &run[..8]))
@@ -228,7 +231,7 @@ async fn stats(conn: &mut PgConnection) -> Result<(i64, i64), String> {
 }
 
 /// `<db>_bench` next to the configured database, dropped and created afresh.
-async fn scratch_database(url: &str) -> Result<String, String> {
+pub(super) async fn scratch_database(url: &str) -> Result<String, String> {
     let (base, rest) = url
         .rsplit_once('/')
         .ok_or_else(|| format!("cannot find the database name in {url}"))?;
@@ -265,13 +268,13 @@ async fn scratch_database(url: &str) -> Result<String, String> {
 }
 
 /// Every completion published under the prefix, as it arrives.
-struct Completions {
+pub(super) struct Completions {
     rx: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
     seen: HashMap<String, Instant>,
 }
 
 impl Completions {
-    async fn subscribe(redis_url: &str, keys: &Keys) -> Result<Self, String> {
+    pub(super) async fn subscribe(redis_url: &str, keys: &Keys) -> Result<Self, String> {
         let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
         let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
         let pattern = keys.completion_channel("*");
@@ -299,7 +302,7 @@ impl Completions {
     }
 
     /// Waits until every id in `ids` has completed; returns their arrival times.
-    async fn wait(
+    pub(super) async fn wait(
         &mut self,
         ids: &[String],
         within: Duration,

@@ -80,7 +80,13 @@ pub enum Workload {
     Retries,
     /// Imports `requests` from an installed package set ([`REQUESTS`]; `--local` only).
     Requests,
+    /// A large organization's backlog and a small one's trickle, with and without fair
+    /// intake ([`FAIRNESS`]; end to end only: crate::bench::fairness).
+    Fairness,
 }
+
+/// The fairness workload: returns when it started (the bench measures submit → start).
+pub const FAIRNESS: &str = "import time\n\ndef run(x):\n    return {\"started\": time.time()}\n";
 
 /// Which workloads to measure (`--workload`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +103,10 @@ pub enum Workloads {
     /// The one importing `requests` (`--local` only; compare with and without
     /// `--preload requests`).
     Requests,
+    /// Organization A submits `-n` executions at once while organization B submits one
+    /// every 50 ms: B's submit-to-start latency with fair intake, then with one FIFO
+    /// stream (end to end only).
+    Fairness,
 }
 
 impl Workloads {
@@ -109,6 +119,7 @@ impl Workloads {
             Workloads::All => &[Workload::Trivial, Workload::Sdk, Workload::Modules],
             Workloads::Retries => &[Workload::Trivial, Workload::Retries],
             Workloads::Requests => &[Workload::Requests],
+            Workloads::Fairness => &[Workload::Fairness],
         }
     }
 }
@@ -122,6 +133,7 @@ impl Workload {
             Workload::Modules => "modules",
             Workload::Retries => "retries",
             Workload::Requests => "requests",
+            Workload::Fairness => "fairness",
         }
     }
 
@@ -132,6 +144,7 @@ impl Workload {
             Workload::Modules => crate::modules::bench::WORKFLOW,
             Workload::Retries => RETRIES,
             Workload::Requests => REQUESTS,
+            Workload::Fairness => FAIRNESS,
         }
     }
 

@@ -15,7 +15,7 @@
 
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
-use crate::intake::{Completion, IntakeClient, IntakeError};
+use crate::intake::Completion;
 use crate::outcome::Status;
 use crate::store::ExecutionStatus;
 
@@ -52,7 +52,7 @@ pub async fn run(conn: ConnArgs, id: String) -> Result<i32, CliError> {
         }
         Some(_) => {}
         None => {
-            if !queued(&client, &id).await? {
+            if !client.is_queued(&id).await? {
                 return Err(CliError::ExecutionNotFound { id });
             }
         }
@@ -60,34 +60,4 @@ pub async fn run(conn: ConnArgs, id: String) -> Result<i32, CliError> {
     client.cancel(&id).await?;
     println!("cancel requested for {id}");
     Ok(0)
-}
-
-/// Whether the stream holds an entry for `id`: queued, or taken by a supervisor that has
-/// not recorded it yet. Entries are deleted once their execution is recorded, so the
-/// stream holds only the backlog; it is read in pages.
-async fn queued(client: &IntakeClient, id: &str) -> Result<bool, IntakeError> {
-    let stream = client.keys().stream();
-    let mut conn = client.connection();
-    let mut start = "-".to_string();
-    loop {
-        let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| IntakeError::redis(format!("reading `{stream}`"), e))?;
-        if page
-            .iter()
-            .any(|(_, fields)| fields.chunks(2).any(|kv| kv == ["id", id]))
-        {
-            return Ok(true);
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == 500 => start = format!("({last}"),
-            _ => return Ok(false),
-        }
-    }
 }

@@ -67,6 +67,20 @@ pub struct ServeArgs {
         env = "WARDEN_RETENTION"
     )]
     pub retention: Option<Duration>,
+    /// The queues this supervisor serves, most urgent first (comma-separated): it takes
+    /// work of the first queue while there is any, then of the next, and its workers run
+    /// queued work in that order too. Within a queue, organizations take turns, so one
+    /// organization's backlog does not hold up another's. A host can serve only some
+    /// queues (a pool for heavy work, another for quick calls); work of a queue nobody
+    /// serves waits.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = crate::intake::DEFAULT_QUEUE,
+        value_parser = crate::intake::lanes::parse_queue,
+        env = "WARDEN_QUEUES"
+    )]
+    pub queues: Vec<String>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
@@ -98,8 +112,22 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
         cfg.prefetch = p;
     }
     cfg.http = args.http;
+    cfg.queues = dedup_queues(args.queues)?;
     cfg.retention = args.retention.map(crate::ops::retention::Retention::new);
     until_stopped(cfg).await
+}
+
+/// The queues in their order, each once (a queue named twice is a mistake, said so).
+fn dedup_queues(queues: Vec<String>) -> Result<Vec<String>, CliError> {
+    let mut seen = std::collections::HashSet::new();
+    for q in &queues {
+        if !seen.insert(q.as_str()) {
+            return Err(CliError::InvalidInput(format!(
+                "--queues names `{q}` twice: give each queue once, most urgent first"
+            )));
+        }
+    }
+    Ok(queues)
 }
 
 /// Runs the daemon with SIGTERM/SIGINT as its shutdown requests; `Err` is a start-up

@@ -1,5 +1,5 @@
 //! `warden status`: live supervisors (from the status each publishes every second),
-//! their workers, the stream's backlog, and each consumer of the stream's group as
+//! their workers, the stream's backlog, the work waiting per queue and organization, and each consumer of the stream's group as
 //! live or dead (its heartbeat key present or not) with its unfinished entries.
 
 use serde_json::{json, Value};
@@ -59,8 +59,60 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
     for c in b.consumers.iter().filter(|c| c.live || c.pending > 0) {
         println!("  {}", consumer_line(c, any_live));
     }
+    for q in queues(&o.lanes) {
+        let served = o.supervisors.iter().any(|s| s.queues.contains(&q.name));
+        println!(
+            "queue {}: {} waiting in {} organization(s){}",
+            q.name,
+            q.waiting,
+            q.orgs.len(),
+            if served || o.supervisors.is_empty() {
+                ""
+            } else {
+                " (no live supervisor serves it: add it to a `serve --queues`)"
+            }
+        );
+        for (org, waiting) in q.orgs.iter().take(TOP_ORGS) {
+            println!("  {:<32} {waiting:>10}", org_name(org));
+        }
+        if q.orgs.len() > TOP_ORGS {
+            println!("  ... and {} more", q.orgs.len() - TOP_ORGS);
+        }
+    }
     packages(&conn, &o.supervisors).await;
     Ok(0)
+}
+
+/// Organizations listed per queue, deepest first.
+const TOP_ORGS: usize = 10;
+
+/// One queue's waiting work, from its lanes.
+struct QueueDepth {
+    name: String,
+    waiting: u64,
+    /// Deepest first.
+    orgs: Vec<(Option<String>, u64)>,
+}
+
+/// The lanes (deepest first) grouped by queue, queues by name.
+fn queues(lanes: &[crate::intake::LaneDepth]) -> Vec<QueueDepth> {
+    let mut by_queue: std::collections::BTreeMap<&str, QueueDepth> = Default::default();
+    for l in lanes {
+        let q = by_queue
+            .entry(l.lane.queue.as_str())
+            .or_insert_with(|| QueueDepth {
+                name: l.lane.queue.clone(),
+                waiting: 0,
+                orgs: Vec::new(),
+            });
+        q.waiting += l.waiting;
+        q.orgs.push((l.lane.org.clone(), l.waiting));
+    }
+    by_queue.into_values().collect()
+}
+
+fn org_name(org: &Option<String>) -> &str {
+    org.as_deref().unwrap_or("(no organization)")
 }
 
 /// `status --json`: the supervisors, the stream's counts (as the text's `stream:`
@@ -88,6 +140,7 @@ fn overview_json(o: &crate::intake::client::Overview) -> Value {
                 "executions_per_sec": s.executions_per_sec,
                 "started_at": super::json::time(s.started_at),
                 "version": s.version,
+                "queues": s.queues,
             })
         })
         .collect();
@@ -107,6 +160,17 @@ fn overview_json(o: &crate::intake::client::Overview) -> Value {
             "group_exists": b.group_exists,
         },
         "consumers": consumers,
+        "queues": queues(&o.lanes)
+            .iter()
+            .map(|q| json!({
+                "queue": q.name,
+                "waiting": q.waiting,
+                "organizations": q.orgs.len(),
+                "top": q.orgs.iter().take(TOP_ORGS)
+                    .map(|(org, waiting)| json!({"org": org, "waiting": waiting}))
+                    .collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -40,6 +40,11 @@ pub struct SubmitArgs {
     /// Who asked (recorded with the execution).
     #[arg(long)]
     pub caller: Option<String>,
+    /// The queue it waits in (`critical`, `bulk`, ...; default: `default`). A supervisor
+    /// serves the queues given to its `serve --queues`, the first most urgently; within a
+    /// queue, organizations take turns.
+    #[arg(long, value_parser = crate::intake::lanes::parse_queue)]
+    pub queue: Option<String>,
     /// Deadline for this execution (default: the workflow's, else the supervisor's).
     #[arg(long, value_parser = crate::args::parse_duration)]
     pub timeout: Option<Duration>,
@@ -90,6 +95,10 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
     req.caller = args.caller.clone();
     req.timeout = args.timeout;
     req.retries = args.retries;
+    req.queue = args
+        .queue
+        .clone()
+        .filter(|q| q != crate::intake::DEFAULT_QUEUE);
     req.not_before = match (args.in_, args.at) {
         (Some(d), _) => Some(
             chrono::Utc::now()

@@ -48,6 +48,8 @@ impl std::fmt::Debug for IntakeClient {
 pub struct Overview {
     pub supervisors: Vec<SupervisorStatus>,
     pub backlog: Backlog,
+    /// Every lane with work waiting, deepest first.
+    pub lanes: Vec<super::LaneDepth>,
 }
 
 /// What [`Waiter::next`] yields: log lines as they come, then the completion.
@@ -97,12 +99,12 @@ impl IntakeClient {
         self.conn.clone()
     }
 
-    /// Validates `request` and adds it to the stream; returns its stream id.
+    /// Validates `request` and adds it to its lane; returns its lane entry id.
     pub async fn submit(&self, request: &ExecutionRequest) -> Result<String, IntakeError> {
         submit(&mut self.conn.clone(), &self.keys, request).await
     }
 
-    /// Submits many requests in one round trip; returns their stream ids, in order.
+    /// Submits many requests in one round trip; returns their lane entry ids, in order.
     /// Nothing is submitted if any request is invalid.
     pub async fn submit_many(
         &self,
@@ -114,14 +116,23 @@ impl IntakeClient {
         for request in requests {
             request.validate()?;
         }
-        let stream = self.keys.stream();
-        let pipe = add_all(&self.keys, requests);
-        pipe.query_async(&mut self.conn.clone()).await.map_err(|e| {
-            IntakeError::redis(
-                format!("submitting {} requests to `{stream}`", requests.len()),
-                e,
-            )
-        })
+        let pipe = super::lanes::add_all(&self.keys, requests);
+        pipe.query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| IntakeError::redis(format!("submitting {} requests", requests.len()), e))
+    }
+
+    /// Like [`IntakeClient::submit_many`], but straight into the execution stream, first
+    /// come first served, as before queues: what `bench --workload fairness` compares
+    /// with. Not for production use.
+    pub async fn submit_many_fifo(
+        &self,
+        requests: &[ExecutionRequest],
+    ) -> Result<Vec<String>, IntakeError> {
+        let pipe = super::lanes::add_all_fifo(&self.keys, requests);
+        pipe.query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| IntakeError::redis(format!("submitting {} requests", requests.len()), e))
     }
 
     /// Stores and publishes a completion (`SET … EX` + `PUBLISH`), for an execution that
@@ -204,34 +215,43 @@ impl IntakeClient {
         })
     }
 
-    /// Whether the stream holds a request with this execution id (submitted, not yet
-    /// finished). Reads the stream in pages of 1,000 entries, up to [`MAX_QUEUED_SCAN`].
+    /// Whether a request with this execution id waits in a queue's lane or in the stream
+    /// (submitted, not yet finished). Reads them in pages of 1,000 entries, up to
+    /// [`MAX_QUEUED_SCAN`] entries in all.
     pub async fn is_queued(&self, execution_id: &str) -> Result<bool, IntakeError> {
-        let stream = self.keys.stream();
-        let mut from = "-".to_owned();
+        let mut streams = vec![self.keys.stream()];
+        streams.extend(
+            super::lanes::depths(&mut self.conn.clone(), &self.keys)
+                .await?
+                .into_iter()
+                .map(|d| self.keys.lane(&d.lane.queue, d.lane.org.as_deref())),
+        );
         let mut scanned = 0;
-        while scanned < MAX_QUEUED_SCAN {
-            let page: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg(&from)
-                .arg("+")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(|e| IntakeError::redis(format!("reading `{stream}`"), e))?;
-            if page
-                .ids
-                .iter()
-                .any(|e| e.get::<String>("id").as_deref() == Some(execution_id))
-            {
-                return Ok(true);
+        for stream in streams {
+            let mut from = "-".to_owned();
+            while scanned < MAX_QUEUED_SCAN {
+                let page: StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(&from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| IntakeError::redis(format!("reading `{stream}`"), e))?;
+                if page
+                    .ids
+                    .iter()
+                    .any(|e| e.get::<String>("id").as_deref() == Some(execution_id))
+                {
+                    return Ok(true);
+                }
+                let Some(last) = page.ids.last() else {
+                    break;
+                };
+                scanned += page.ids.len();
+                from = format!("({}", last.id);
             }
-            let Some(last) = page.ids.last() else {
-                return Ok(false);
-            };
-            scanned += page.ids.len();
-            from = format!("({}", last.id);
         }
         Ok(false)
     }
@@ -266,49 +286,41 @@ impl IntakeClient {
             &mut backlog.consumers,
         )
         .await?;
+        let lanes = super::lanes::depths(&mut self.conn.clone(), &self.keys).await?;
         Ok(Overview {
             supervisors,
             backlog,
+            lanes,
         })
     }
 }
 
-/// One pipeline that `XADD`s every request to the stream (its reply: their stream ids),
-/// for clients and for the supervisor's due attempts alike.
-pub(crate) fn add_all(keys: &Keys, requests: &[ExecutionRequest]) -> redis::Pipeline {
-    let stream = keys.stream();
-    let mut pipe = redis::pipe();
-    for request in requests {
-        pipe.cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg(request.to_fields());
-    }
-    pipe
-}
-
-/// Validates `request` and `XADD`s it to the stream; returns its stream id.
+/// Validates `request` and adds it to its lane (crate::intake::lanes); returns its
+/// lane entry id.
 pub async fn submit<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     request: &ExecutionRequest,
 ) -> Result<String, IntakeError> {
     request.validate()?;
-    let stream = keys.stream();
-    redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg(request.to_fields())
+    let ids: Vec<String> = super::lanes::add_all(keys, std::slice::from_ref(request))
         .query_async(conn)
         .await
         .map_err(|e| {
             IntakeError::redis(
                 format!(
-                    "submitting execution {} to `{stream}`",
-                    request.execution_id
+                    "submitting execution {} to queue `{}`",
+                    request.execution_id,
+                    request.queue_name()
                 ),
                 e,
             )
+        })?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| IntakeError::UnexpectedReply {
+            context: format!("submitting execution {}", request.execution_id),
+            detail: "no entry id in the reply".to_owned(),
         })
 }
 

@@ -128,6 +128,35 @@ impl Keys {
         format!("{}warden:heartbeat:{consumer}", self.prefix)
     }
 
+    /// The common start of one queue's keys: `{prefix}warden:queue:<queue>:`
+    /// (crate::intake::lanes; its script builds the names below from it, too).
+    pub fn queue_base(&self, queue: &str) -> String {
+        format!("{}warden:queue:{queue}:", self.prefix)
+    }
+
+    /// One queue's lane of one organization, a stream of requests waiting to be taken:
+    /// `{prefix}warden:queue:<queue>:org:<org>` (`org:` alone for no organization).
+    pub fn lane(&self, queue: &str, org: Option<&str>) -> String {
+        format!("{}org:{}", self.queue_base(queue), org.unwrap_or(""))
+    }
+
+    /// The organizations with requests waiting in a queue (a sorted set, all scores 0):
+    /// `{prefix}warden:queue:<queue>:orgs`.
+    pub fn queue_orgs(&self, queue: &str) -> String {
+        format!("{}orgs", self.queue_base(queue))
+    }
+
+    /// A stream of one entry, added to with every submission to the queue, that idle
+    /// supervisors block on: `{prefix}warden:queue:<queue>:bell`.
+    pub fn queue_bell(&self, queue: &str) -> String {
+        format!("{}bell", self.queue_base(queue))
+    }
+
+    /// The names of every queue submitted to: `{prefix}warden:queues`.
+    pub fn queues(&self) -> String {
+        format!("{}warden:queues", self.prefix)
+    }
+
     /// The set of consumer names that have published a status: `{prefix}warden:supervisors`.
     /// Members whose status key has expired are stale and pruned by readers.
     pub fn supervisors(&self) -> String {
@@ -161,6 +190,11 @@ mod tests {
         assert_eq!(k.module_generation(), "warden:module:generation");
         assert_eq!(k.config_cache("org:7"), "warden:config:org:7");
         assert_eq!(k.config_generations(), "warden:config:generations");
+        assert_eq!(k.lane("bulk", Some("acme")), "warden:queue:bulk:org:acme");
+        assert_eq!(k.lane("default", None), "warden:queue:default:org:");
+        assert_eq!(k.queue_orgs("bulk"), "warden:queue:bulk:orgs");
+        assert_eq!(k.queue_bell("bulk"), "warden:queue:bulk:bell");
+        assert_eq!(k.queues(), "warden:queues");
     }
 
     #[test]
@@ -182,6 +216,10 @@ mod tests {
             k.module_generation(),
             k.config_cache("global"),
             k.config_generations(),
+            k.lane("q", Some("o")),
+            k.queue_orgs("q"),
+            k.queue_bell("q"),
+            k.queues(),
         ] {
             assert!(name.starts_with("t:ab:warden:"), "{name}");
         }

@@ -215,6 +215,10 @@ pub struct SupervisorStatus {
     pub started_at: DateTime<Utc>,
     /// The supervisor's version (`CARGO_PKG_VERSION`).
     pub version: String,
+    /// The queues it serves, most urgent first (empty from supervisors that predate
+    /// queues).
+    #[serde(default)]
+    pub queues: Vec<String>,
 }
 
 impl SupervisorStatus {
@@ -230,6 +234,7 @@ impl SupervisorStatus {
             executions_per_sec: 0.0,
             started_at: DateTime::<Utc>::from(SystemTime::now()),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            queues: Vec::new(),
         }
     }
 }

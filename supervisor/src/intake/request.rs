@@ -15,6 +15,7 @@
 //! | `retries`     | no       | retries for this execution (`0`..=`100`), instead of the workflow's |
 //! | `not_before`  | no       | do not start before: RFC 3339 (`2026-12-24T07:00:00+01:00`) or Unix seconds |
 //! | `attempt`     | no       | set by supervisors on a due attempt's entry (crate::serve::due), not by clients |
+//! | `queue`       | no       | named queue (`critical`), 1..=64 chars of `[A-Za-z0-9_.-]`; `default` when absent |
 //!
 //! An empty value of an optional field means "absent" (clients that cannot omit a
 //! field send `""`). Unknown fields are ignored, so newer clients can talk to older
@@ -82,6 +83,8 @@ pub struct ExecutionRequest {
     /// On an entry the due-work poller enqueues: the attempt it starts (a waiting row
     /// is begun only by the entry carrying the attempt it waits for).
     pub attempt: Option<i32>,
+    /// The named queue it waits in (crate::intake::lanes); `None`: the default queue.
+    pub queue: Option<String>,
 }
 
 /// Why a stream entry is not a valid request.
@@ -121,7 +124,13 @@ impl ExecutionRequest {
             retries: None,
             not_before: None,
             attempt: None,
+            queue: None,
         }
+    }
+
+    /// The queue it waits in: its own, else [`super::lanes::DEFAULT_QUEUE`].
+    pub fn queue_name(&self) -> &str {
+        self.queue.as_deref().unwrap_or(super::lanes::DEFAULT_QUEUE)
     }
 
     /// A fresh random execution id (a UUID v4), for clients that do not bring their own.
@@ -160,6 +169,9 @@ impl ExecutionRequest {
         }
         if let Some(attempt) = self.attempt {
             fields.push(("attempt", attempt.to_string()));
+        }
+        if let Some(queue) = &self.queue {
+            fields.push(("queue", queue.clone()));
         }
         fields
     }
@@ -203,6 +215,7 @@ const FIELD_DELIVERY_ID: &str = "delivery_id";
 const FIELD_RETRIES: &str = "retries";
 const FIELD_NOT_BEFORE: &str = "not_before";
 const FIELD_ATTEMPT: &str = "attempt";
+const FIELD_QUEUE: &str = "queue";
 
 /// The known fields, raw, as found in the entry.
 #[derive(Default)]
@@ -217,6 +230,7 @@ struct RawFields<'a> {
     retries: Option<&'a [u8]>,
     not_before: Option<&'a [u8]>,
     attempt: Option<&'a [u8]>,
+    queue: Option<&'a [u8]>,
 }
 
 /// Turns one stream entry into an [`ExecutionRequest`], or says why it is not one.
@@ -243,6 +257,7 @@ where
             b"retries" => (&mut raw.retries, FIELD_RETRIES),
             b"not_before" => (&mut raw.not_before, FIELD_NOT_BEFORE),
             b"attempt" => (&mut raw.attempt, FIELD_ATTEMPT),
+            b"queue" => (&mut raw.queue, FIELD_QUEUE),
             _ => {
                 unknown += 1;
                 continue;
@@ -316,6 +331,15 @@ where
         .map_err(&fail)?
         .map(|n| n as i32)
         .filter(|n| *n >= 1);
+    let queue = optional(raw.queue)
+        .map(|b| {
+            std::str::from_utf8(b)
+                .map_err(|_| "field `queue` is not UTF-8".to_owned())
+                .and_then(|q| super::lanes::check_queue(q).map(str::to_owned))
+        })
+        .transpose()
+        .map_err(&fail)?
+        .filter(|q| q != super::lanes::DEFAULT_QUEUE);
 
     Ok(ExecutionRequest {
         execution_id,
@@ -328,6 +352,7 @@ where
         retries,
         not_before,
         attempt,
+        queue,
     })
 }
 

@@ -243,35 +243,14 @@ impl Intake {
         }
     }
 
-    /// Reads up to `max` new entries for this consumer, waiting up to `block` for the
-    /// first one (`Duration::ZERO`: don't wait). The entries become pending on this
-    /// consumer until acknowledged. Heals a vanished stream or group.
+    /// Takes up to `max` new entries for this consumer as a supervisor serving only the
+    /// default queue would ([`Intake::take`]: the stream's direct entries, then the
+    /// default queue's lanes in turn), waiting up to `block` for the first one
+    /// (`Duration::ZERO`: don't wait). The entries become pending on this consumer until
+    /// acknowledged. Heals a vanished stream or group.
     pub async fn read(&self, max: usize, block: Duration) -> Result<Vec<Entry>, IntakeError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let max = max.min(MAX_READ);
-        let cmd = self.xreadgroup(max, Some(block), ">");
-        let reply = match self.send_read(&cmd, block).await? {
-            Err(e) if is_nogroup(&e) => {
-                tracing::warn!(
-                    stream = self.keys.stream(),
-                    "stream or consumer group is gone (Redis flushed or restarted?); re-creating it"
-                );
-                self.ensure_group().await?;
-                self.send_read(&cmd, block).await?
-            }
-            other => other,
-        }
-        .map_err(|e| IntakeError::redis(self.reading_context(), e))?;
-        let decoded = entry::decode_read(reply).map_err(|detail| IntakeError::UnexpectedReply {
-            context: self.reading_context(),
-            detail,
-        })?;
-        let mut entries = decoded.entries;
-        // COUNT already bounds it; this is the promise to the caller, not to Redis.
-        entries.truncate(max);
-        Ok(entries)
+        let default = [super::lanes::DEFAULT_QUEUE.to_owned()];
+        self.take(max, &default, &[], block).await
     }
 
     /// Everything pending on this consumer name, at most `max` entries: at start-up,
@@ -482,7 +461,7 @@ impl Intake {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let pipe = super::client::add_all(&self.keys, requests);
+        let pipe = super::lanes::add_all(&self.keys, requests);
         self.send_pipe(&mut self.writer.clone(), &pipe)
             .await
             .map_err(|e| {
@@ -611,7 +590,7 @@ impl Intake {
     }
 
     /// A read on the reader connection, bounded by `block` plus a grace period.
-    async fn send_read(
+    pub(super) async fn send_read(
         &self,
         cmd: &Cmd,
         block: Duration,
@@ -629,6 +608,10 @@ impl Intake {
     /// The connection for everything but blocking reads.
     pub(super) fn writer_conn(&self) -> ConnectionManager {
         self.writer.clone()
+    }
+
+    pub(super) fn count_error(&self) {
+        self.calls.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn count(&self, round_trips: u64, commands: u64) {

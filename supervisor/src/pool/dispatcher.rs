@@ -29,7 +29,6 @@
 //! until the drain's deadline, and what is still running then is killed and reported
 //! `PoolEvent::Interrupted` (a second shutdown request moves the deadline to now).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -39,6 +38,7 @@ use warden_protocol::{
 };
 
 use super::config::PoolConfig;
+use super::fair_queue::FairQueue;
 use super::template_task::{TemplateCmd, TemplateEvent};
 use crate::outcome::{ExecutionId, ExecutionOutcome, Job, PoolEvent, Status};
 
@@ -202,7 +202,7 @@ struct Drain {
 pub(super) struct Dispatcher {
     cfg: Arc<PoolConfig>,
     slots: Vec<Slot>,
-    queue: VecDeque<Job>,
+    queue: FairQueue,
     shared: Arc<Shared>,
     /// Start-up has not been reported yet (`Action::Started`).
     starting: bool,
@@ -231,7 +231,7 @@ impl Dispatcher {
         let mut d = Dispatcher {
             slots: Vec::with_capacity(cfg.workers),
             cfg,
-            queue: VecDeque::new(),
+            queue: FairQueue::default(),
             shared,
             starting: true,
             drain: None,
@@ -360,8 +360,7 @@ impl Dispatcher {
     }
 
     fn cancel(&mut self, id: &ExecutionId, now: Instant) {
-        if let Some(pos) = self.queue.iter().position(|j| j.execution_id == *id) {
-            let job = self.queue.remove(pos).expect("position is in range");
+        if let Some(job) = self.queue.remove(id) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             let out = ExecutionOutcome::not_run(
                 &job.execution_id,
@@ -1090,6 +1089,7 @@ mod tests {
             modules_generation: 0,
             org: org.map(str::to_string),
             modules_manifest: None,
+            priority: 0,
         }
     }
 

@@ -207,6 +207,9 @@ impl Daemon {
                 liveness: heartbeat.watch(),
                 taken_over: taken_over.clone(),
                 read_block: cfg.read_block,
+                queues: cfg.queues.clone().into(),
+                fair_probe: cfg.fair_probe,
+                enough_per_lane: cfg.pool.workers.max(1),
                 default_timeout: cfg.pool.timeout,
                 stop: reader_stopped,
             }
@@ -508,6 +511,7 @@ impl Daemon {
         st.executions_completed = self.report.executions;
         st.executions_per_sec = self.rate.per_sec(self.report.executions);
         st.started_at = self.started;
+        st.queues = self.cfg.queues.clone();
         self.publisher.status(st);
     }
 

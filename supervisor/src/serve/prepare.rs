@@ -81,6 +81,14 @@ pub struct Reader {
     /// Entries taken over from dead supervisors, for the report.
     pub taken_over: Arc<AtomicU64>,
     pub read_block: Duration,
+    /// The queues this supervisor serves, in priority order, as given to the take
+    /// script (crate::intake::lanes).
+    pub queues: Arc<[String]>,
+    /// While gathering under load, how often to look for work of lanes that have too
+    /// little here (see [`crate::serve::ServeConfig::fair_probe`]).
+    pub fair_probe: Duration,
+    /// A lane holding this many entries here has enough: probes skip it (the workers).
+    pub enough_per_lane: usize,
     pub default_timeout: Duration,
     pub stop: watch::Receiver<bool>,
 }
@@ -99,10 +107,15 @@ impl Reader {
         // one at a time: gather before reading again (see `gather`).
         let mut busy_since: Option<Instant> = None;
         loop {
+            // A probe takes, from free places only, the work of lanes that have too little
+            // here, while one lane's backlog keeps the places full: another organization's
+            // lone request, or a more urgent queue's, is not held up by the gathering.
+            let mut probe = false;
             if let Some(read_at) = busy_since {
                 let gathered = gather(&self.permits, self.capacity, read_at + self.read_linger);
                 tokio::select! {
                     _ = gathered => {}
+                    _ = tokio::time::sleep(self.fair_probe) => probe = true,
                     _ = self.stop.wait_for(|s| *s) => return,
                 }
             }
@@ -114,16 +127,30 @@ impl Reader {
                     _ = self.stop.wait_for(|s| *s) => return,
                 }
             }
-            let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p,
-                _ = self.stop.wait_for(|s| *s) => return,
-            };
-            let Ok(permit) = permit else { return };
-            permit.forget();
-            let mut n = 1;
-            while let Ok(p) = self.permits.try_acquire() {
-                p.forget();
-                n += 1;
+            let mut n = 0;
+            if probe {
+                while n < self.enough_per_lane {
+                    let Ok(p) = self.permits.try_acquire() else {
+                        break;
+                    };
+                    p.forget();
+                    n += 1;
+                }
+                if n == 0 {
+                    continue;
+                }
+            } else {
+                let permit = tokio::select! {
+                    p = self.permits.clone().acquire_owned() => p,
+                    _ = self.stop.wait_for(|s| *s) => return,
+                };
+                let Ok(permit) = permit else { return };
+                permit.forget();
+                n = 1;
+                while let Ok(p) = self.permits.try_acquire() {
+                    p.forget();
+                    n += 1;
+                }
             }
             let now = *self.liveness.borrow();
             if now.lapses > lapses {
@@ -131,7 +158,12 @@ impl Reader {
                 check_orphans = true;
             }
             let reading = async {
-                if check_orphans {
+                if probe {
+                    let skip = self.held.crowded(self.enough_per_lane);
+                    self.intake
+                        .take(n, &self.queues, &skip, Duration::ZERO)
+                        .await
+                } else if check_orphans {
                     check_orphans = false;
                     match self.intake.recover_own(usize::MAX).await {
                         Ok(mine) => {
@@ -141,7 +173,9 @@ impl Reader {
                                 check_orphans = true;
                             }
                             if orphans.is_empty() {
-                                self.intake.read(n, self.read_block).await
+                                self.intake
+                                    .take(n, &self.queues, &[], self.read_block)
+                                    .await
                             } else {
                                 tracing::info!(count = orphans.len(), "running entries pending on this consumer that it did not hold (left by its previous incarnation, or a read whose reply was lost)");
                                 Ok(orphans)
@@ -162,7 +196,9 @@ impl Reader {
                             self.taken_over
                                 .fetch_add(t.entries.len() as u64, Ordering::Relaxed);
                             if t.entries.is_empty() {
-                                self.intake.read(n, self.read_block).await
+                                self.intake
+                                    .take(n, &self.queues, &[], self.read_block)
+                                    .await
                             } else {
                                 Ok(t.entries)
                             }
@@ -173,7 +209,9 @@ impl Reader {
                         }
                     }
                 } else {
-                    self.intake.read(n, self.read_block).await
+                    self.intake
+                        .take(n, &self.queues, &[], self.read_block)
+                        .await
                 }
             };
             let mut stop = self.stop.clone();
@@ -195,8 +233,7 @@ impl Reader {
                     }
                 }
                 Ok(entries) => {
-                    self.held
-                        .insert(entries.iter().map(|e| e.stream_id.as_str()));
+                    self.held.insert(&entries);
                     backoff.reset();
                     if *self.stop.borrow() {
                         // Left pending: a live supervisor (or this one, restarted) takes
@@ -204,7 +241,9 @@ impl Reader {
                         self.permits.add_permits(n);
                         return;
                     }
-                    busy_since = (entries.len() > 1).then(Instant::now);
+                    if !probe {
+                        busy_since = (entries.len() > 1).then(Instant::now);
+                    }
                     let dispatches = self.prepare(entries).await;
                     self.permits.add_permits(n - dispatches.len().min(n));
                     if !dispatches.is_empty() {
@@ -271,7 +310,14 @@ impl Reader {
                 None => stopped = true,
             }
         }
-        let (out, answered) = settle(runnable, begins, self.default_timeout, &configs, modules);
+        let (out, answered) = settle(
+            runnable,
+            begins,
+            self.default_timeout,
+            &configs,
+            modules,
+            &self.queues,
+        );
         ack_only.extend(answered);
         self.hand_on(records, ack_only, stopped).await;
         out
@@ -588,13 +634,17 @@ fn settle(
     default_timeout: Duration,
     configs: &crate::sdk::cache::ConfigSnapshot,
     (modules_generation, modules_manifest): ModulesOfBatch,
+    queues: &[String],
 ) -> (Vec<Dispatch>, Vec<Done>) {
     let mut out = Vec::new();
     let mut answered = Vec::new();
     for ((sid, req, wf), begin) in runnable.into_iter().zip(begins) {
         match begin {
             Begin::Run { attempt } => {
-                out.push(dispatch(sid, req, &wf, attempt, default_timeout, configs))
+                let priority = priority_of(queues, req.queue_name());
+                let mut d = dispatch(sid, req, &wf, attempt, default_timeout, configs);
+                d.job.priority = priority;
+                out.push(d)
             }
             Begin::AlreadyDone { status } => answered.push(Done::new(
                 sid,
@@ -714,9 +764,19 @@ fn dispatch(
             modules_generation: 0,
             org: wf.org_id.map(|id| id.to_string()),
             modules_manifest: None,
+            priority: 0,
         },
         meta,
     }
+}
+
+/// Where a queue stands among those served (0: the most urgent). Work of a queue not
+/// served here (taken over from a dead peer that served it) comes last.
+fn priority_of(queues: &[String], queue: &str) -> u32 {
+    queues
+        .iter()
+        .position(|q| q == queue)
+        .unwrap_or(queues.len()) as u32
 }
 
 /// When the client added the entry: a stream id starts with its milliseconds.
@@ -769,6 +829,7 @@ mod tests {
             retries: None,
             not_before: None,
             attempt: None,
+            queue: None,
         }
     }
 
@@ -871,8 +932,11 @@ mod tests {
             Duration::from_secs(60),
             &configs,
             (7, None),
+            &["critical".to_string(), "default".to_string()],
         );
         assert_eq!(out.len(), 1);
+        // A request naming no queue is in `default`, the second served.
+        assert_eq!(out[0].job.priority, 1);
         let d = &out[0];
         assert_eq!(d.job.execution_id, "new");
         assert_eq!(

@@ -5,6 +5,7 @@
 //! - [`cancel`]: cancel requests, by marker and on the listener, and resubscription.
 //! - [`client`]: the client side: connection errors, waiting for completions, live logs.
 //! - [`commandstats`]: the server's own count of what one batch costs.
+//! - [`lanes`]: fair intake: lanes per queue and organization, turns, priorities, wake-ups.
 //! - [`persistence`]: the start-up persistence check.
 //! - [`request`]: the stream entry format end to end, malformed entries rejected.
 //! - [`stream`]: the stream and its consumer group: delivery, takeover, round trips.
@@ -12,6 +13,7 @@
 mod cancel;
 mod client;
 mod commandstats;
+mod lanes;
 mod persistence;
 mod request;
 mod stream;

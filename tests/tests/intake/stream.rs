@@ -613,9 +613,15 @@ async fn backlog_reports_waiting_and_pending() {
     intake.read(2, Duration::ZERO).await.expect("read");
     let backlog = intake.stream_backlog().await.expect("backlog");
     assert!(backlog.group_exists);
-    assert_eq!(backlog.length, 5);
+    // The stream holds what was taken; the rest waits in its lane.
+    assert_eq!(backlog.length, 2);
     assert_eq!(backlog.pending, 2);
-    assert_eq!(backlog.waiting(), 3);
+    assert_eq!(backlog.waiting(), 0);
+    let lanes = t.client().await.status().await.expect("status").lanes;
+    assert_eq!(lanes.len(), 1, "{lanes:?}");
+    assert_eq!(lanes[0].lane.queue, "default");
+    assert_eq!(lanes[0].lane.org, None);
+    assert_eq!(lanes[0].waiting, 3);
     assert_eq!(backlog.consumers.len(), 1);
     assert_eq!(backlog.consumers[0].name, "sup-a");
     assert_eq!(backlog.consumers[0].pending, 2);

@@ -4,6 +4,7 @@
 //!
 //! - [`delays`]: executions submitted to start later (`not_before`).
 //! - [`duplicate_entries`]: a valid and a malformed entry with one execution id.
+//! - [`fairness`]: organizations take turns, urgent queues first, only queues served.
 //! - [`http`]: `--http`: `/metrics` against the database, `/readyz` through outages.
 //! - [`idempotency`]: an execution id reused with the same or with other params.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
@@ -21,6 +22,7 @@
 
 mod delays;
 mod duplicate_entries;
+mod fairness;
 mod http;
 mod idempotency;
 mod liveness;
