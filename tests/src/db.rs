@@ -337,6 +337,7 @@ pub mod fixtures {
             retries: None,
             carrier_attempt: None,
             not_before: None,
+            queue: None,
         }
     }
 }

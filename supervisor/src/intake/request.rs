@@ -16,6 +16,7 @@
 //! | `not_before`  | no       | do not start before: RFC 3339 (`2026-12-24T07:00:00+01:00`) or Unix seconds |
 //! | `attempt`     | no       | set by supervisors on a due attempt's entry (crate::serve::due), not by clients |
 //! | `queue`       | no       | named queue (`critical`), 1..=64 chars of `[A-Za-z0-9_.-]`; `default` when absent |
+//! | `enqueued`    | no       | set by the take script (crate::intake::lanes): the lane entry's id, i.e. when it was submitted |
 //!
 //! An empty value of an optional field means "absent" (clients that cannot omit a
 //! field send `""`). Unknown fields are ignored, so newer clients can talk to older
@@ -85,6 +86,9 @@ pub struct ExecutionRequest {
     pub attempt: Option<i32>,
     /// The named queue it waits in (crate::intake::lanes); `None`: the default queue.
     pub queue: Option<String>,
+    /// When it was submitted to its lane (the `enqueued` field the take script adds);
+    /// `None` for entries added to the stream directly. Not sent by clients.
+    pub enqueued_at: Option<std::time::SystemTime>,
 }
 
 /// Why a stream entry is not a valid request.
@@ -125,6 +129,7 @@ impl ExecutionRequest {
             not_before: None,
             attempt: None,
             queue: None,
+            enqueued_at: None,
         }
     }
 
@@ -216,6 +221,7 @@ const FIELD_RETRIES: &str = "retries";
 const FIELD_NOT_BEFORE: &str = "not_before";
 const FIELD_ATTEMPT: &str = "attempt";
 const FIELD_QUEUE: &str = "queue";
+const FIELD_ENQUEUED: &str = "enqueued";
 
 /// The known fields, raw, as found in the entry.
 #[derive(Default)]
@@ -231,6 +237,7 @@ struct RawFields<'a> {
     not_before: Option<&'a [u8]>,
     attempt: Option<&'a [u8]>,
     queue: Option<&'a [u8]>,
+    enqueued: Option<&'a [u8]>,
 }
 
 /// Turns one stream entry into an [`ExecutionRequest`], or says why it is not one.
@@ -258,6 +265,7 @@ where
             b"not_before" => (&mut raw.not_before, FIELD_NOT_BEFORE),
             b"attempt" => (&mut raw.attempt, FIELD_ATTEMPT),
             b"queue" => (&mut raw.queue, FIELD_QUEUE),
+            b"enqueued" => (&mut raw.enqueued, FIELD_ENQUEUED),
             _ => {
                 unknown += 1;
                 continue;
@@ -340,6 +348,10 @@ where
         .transpose()
         .map_err(&fail)?
         .filter(|q| q != super::lanes::DEFAULT_QUEUE);
+    // Informational: a value that is not a stream id is ignored, not rejected.
+    let enqueued_at = optional(raw.enqueued)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(stream_id_time);
 
     Ok(ExecutionRequest {
         execution_id,
@@ -353,7 +365,14 @@ where
         not_before,
         attempt,
         queue,
+        enqueued_at,
     })
+}
+
+/// When a stream entry was added: its id starts with the milliseconds (`1700000000000-0`).
+pub fn stream_id_time(sid: &str) -> Option<std::time::SystemTime> {
+    let ms: u64 = sid.split('-').next()?.parse().ok()?;
+    Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 fn reject(stream_id: &str, execution_id: Option<ExecutionId>, reason: String) -> InvalidEntry {

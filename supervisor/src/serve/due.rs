@@ -133,6 +133,7 @@ pub fn entry_for(d: &DueExecution) -> ExecutionRequest {
         .map(|ms| Duration::from_millis(ms as u64));
     r.retries = d.requested_retries.and_then(|n| u32::try_from(n).ok());
     r.attempt = Some(d.attempt);
+    r.queue = d.queue.clone();
     r
 }
 
@@ -152,8 +153,10 @@ mod tests {
             caller: Some("ops".into()),
             requested_timeout_ms: Some(1_500),
             requested_retries: Some(4),
+            queue: Some("critical".into()),
         };
         let r = entry_for(&d);
+        assert_eq!(r.queue.as_deref(), Some("critical"));
         assert_eq!(r.attempt, Some(3));
         assert_eq!(r.workflow, WorkflowRef::Id(7));
         assert_eq!(r.timeout, Some(Duration::from_millis(1_500)));

@@ -359,7 +359,7 @@ impl Reader {
                         org_id: wf.org_id,
                         caller: req.caller.clone(),
                         params_json: req.params_json.clone(),
-                        queued_at: stream_time(sid),
+                        queued_at: req.enqueued_at.or_else(|| stream_time(sid)),
                         supervisor: consumer.clone(),
                         stream_id: Some(sid.clone()),
                         delivery_id: req.delivery_id.clone(),
@@ -371,6 +371,7 @@ impl Reader {
                         retries: req.retries.map(|r| r as i32),
                         carrier_attempt: req.attempt,
                         not_before: req.not_before,
+                        queue: req.queue.clone(),
                     })
                 })
                 .collect()
@@ -779,10 +780,9 @@ fn priority_of(queues: &[String], queue: &str) -> u32 {
         .unwrap_or(queues.len()) as u32
 }
 
-/// When the client added the entry: a stream id starts with its milliseconds.
+/// When the client added the entry (to the stream directly; lane entries carry it).
 fn stream_time(sid: &str) -> Option<SystemTime> {
-    let ms: u64 = sid.split('-').next()?.parse().ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    crate::intake::request::stream_id_time(sid)
 }
 
 fn not_run(id: &ExecutionId, why: &str) -> ExecutionOutcome {
@@ -830,6 +830,7 @@ mod tests {
             not_before: None,
             attempt: None,
             queue: None,
+            enqueued_at: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct DueExecution {
     pub caller: Option<String>,
     pub requested_timeout_ms: Option<i32>,
     pub requested_retries: Option<i32>,
+    /// The named queue it was submitted to (`None`: the default queue).
+    pub queue: Option<String>,
 }
 
 impl Store {
@@ -50,7 +52,7 @@ impl Store {
              RETURNING e.id, e.attempt, e.workflow_id, e.workflow_name,
                        (SELECT o.name FROM organizations o WHERE o.id = e.org_id) AS org,
                        e.params::text AS params, e.caller, e.requested_timeout_ms,
-                       e.requested_retries",
+                       e.requested_retries, e.queue",
         )
         .bind(limit.max(0))
         .bind(lease.as_secs_f64())

@@ -156,6 +156,9 @@ pub struct NewExecution {
     pub carrier_attempt: Option<i32>,
     /// Not to start before this: a later time records the row `scheduled`.
     pub not_before: Option<DateTime<Utc>>,
+    /// The named queue it was submitted to (`None`: the default queue), kept for its
+    /// later attempts (crate::serve::due).
+    pub queue: Option<String>,
 }
 
 /// Per request of [`Store::begin_batch`]'s statement: id, the attempt it was begun at
@@ -447,6 +450,7 @@ impl Store {
         let retries: Vec<Option<i32>> = unique.iter().map(|r| r.retries).collect();
         let carriers: Vec<Option<i32>> = unique.iter().map(|r| r.carrier_attempt).collect();
         let not_before: Vec<Option<DateTime<Utc>>> = unique.iter().map(|r| r.not_before).collect();
+        let queues: Vec<Option<String>> = unique.iter().map(|r| r.queue.clone()).collect();
 
         // `prev` reads the snapshot from before this statement: for rows the upsert left
         // alone (terminal ones) it is their committed status.
@@ -456,18 +460,19 @@ impl Store {
                  FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[],
                              $5::text[], $6::text[], $7::timestamptz[], $8::text[],
                              $9::text[], $10::text[], $11::int[], $12::int[], $13::int[],
-                             $14::timestamptz[], $15::int[], $16::text[])
+                             $14::timestamptz[], $15::int[], $16::text[], $17::text[])
                              WITH ORDINALITY
                      AS t(id, workflow_id, workflow_name, org_id, caller, params, queued_at,
                           supervisor, stream_id, delivery_id, timeout_ms, retries,
-                          carrier_attempt, not_before, workflow_version, workflow_hash, ord)
+                          carrier_attempt, not_before, workflow_version, workflow_hash, queue,
+                          ord)
              ),
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, caller,
                                               status, params, queued_at, started_at,
                                               supervisor, stream_id, requested_timeout_ms,
                                               requested_retries, next_attempt_at,
-                                              workflow_version, workflow_hash)
+                                              workflow_version, workflow_hash, queue)
                  SELECT id,
                         -- A workflow deleted since the batch was loaded is not an error.
                         (SELECT w.id FROM workflows w WHERE w.id = input.workflow_id),
@@ -478,7 +483,7 @@ impl Store {
                         CASE WHEN later THEN NULL ELSE now() END,
                         CASE WHEN later THEN NULL ELSE supervisor END, stream_id,
                         timeout_ms, retries, CASE WHEN later THEN not_before END,
-                        workflow_version, workflow_hash
+                        workflow_version, workflow_hash, queue
                  FROM input
                  ON CONFLICT (id) DO UPDATE SET
                      status = 'running',
@@ -556,6 +561,7 @@ impl Store {
         .bind(&not_before)
         .bind(&versions)
         .bind(&hashes)
+        .bind(&queues)
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::query("record the batch as running"))?;

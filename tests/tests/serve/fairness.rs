@@ -164,3 +164,76 @@ async fn a_supervisor_takes_only_the_queues_it_serves() {
     assert!(s.db.store.show_execution("slow-1").await.unwrap().is_none());
     s.stop().await;
 }
+
+/// A later attempt, and a delayed start, wait in the queue the execution was submitted
+/// to: a supervisor serving only `critical` runs both (the default queue is nobody's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_delayed_starts_stay_in_their_queue() {
+    let mut s = TestServe::start(|cfg| {
+        cfg.queues = vec!["critical".into()];
+    })
+    .await;
+    s.db.store
+        .push_workflow(&WorkflowSpec {
+            org: None,
+            name: "flaky".into(),
+            path: "workflows/flaky.py".into(),
+            function_name: "run".into(),
+            source: "from warden import context\n\ndef run():\n    if context.attempt == 1:\n        raise ValueError('first')\n    return {'attempt': context.attempt}\n".into(),
+            default_timeout_ms: None,
+            time_saved_seconds: None,
+            value: None,
+            retry_policy: Some(warden::RetryPolicy {
+                retries: 1,
+                backoff_base_ms: 50,
+                backoff_cap_ms: 50,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("push workflow");
+    let mut retried = ExecutionRequest::new("flaky-1", WorkflowRef::Name("flaky".into()));
+    retried.queue = Some("critical".into());
+    let mut delayed = ExecutionRequest::new("flaky-2", WorkflowRef::Name("flaky".into()));
+    delayed.queue = Some("critical".into());
+    delayed.retries = Some(0);
+    delayed.not_before = Some(chrono::Utc::now() + chrono::Duration::milliseconds(500));
+    let mut waiters = Vec::new();
+    for req in [&retried, &delayed] {
+        waiters.push(
+            s.client
+                .wait_for_completion(req.execution_id.as_str(), Duration::from_secs(30))
+                .await
+                .expect("subscribe"),
+        );
+        s.client.submit(req).await.expect("submit");
+    }
+    let mut statuses = Vec::new();
+    for w in waiters {
+        statuses.push(
+            w.completion()
+                .await
+                .expect("completion")
+                .status
+                .as_str()
+                .to_owned(),
+        );
+    }
+    // The delayed one's first attempt fails (attempt 1 raises), and nothing retries it.
+    assert_eq!(statuses, ["success", "failed"]);
+    let mut conn = s.db.connection().await;
+    let queues: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT id, attempt, queue FROM executions WHERE id LIKE 'flaky-%' ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        queues,
+        [
+            ("flaky-1".to_string(), 2, Some("critical".to_string())),
+            ("flaky-2".to_string(), 1, Some("critical".to_string()))
+        ]
+    );
+    s.stop().await;
+}
