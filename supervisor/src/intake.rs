@@ -4,6 +4,8 @@
 //!
 //! Layout:
 //! - [`keys`]: every key and channel name, built from one prefix (tests use their own).
+//! - [`lanes`]: fair intake: a lane per queue and organization, and the script that
+//!   takes work from them in turn ([`Intake::take`]).
 //! - [`request`]: the stream entry format (`id`, `workflow`, `params`, ...) and its parser.
 //! - [`entry`]: a stream entry as read, and byte-safe decoding of read replies.
 //! - [`messages`]: the JSON published for clients: [`Completion`], [`LogLine`] (kept in
@@ -20,9 +22,11 @@
 //!
 //! # How a request flows
 //!
-//! A client `XADD`s an entry to `warden:executions`. The supervisor reads with
-//! `XREADGROUP GROUP warden <consumer> COUNT <free slots> BLOCK <ms> STREAMS … >`, so the
-//! entry is now *pending* on that consumer. Before dispatching it checks the batch's
+//! A client adds an entry to its lane (`warden:queue:<queue>:org:<org>`, [`lanes`]). The
+//! supervisor takes work with one script call that moves entries from the lanes, in turn,
+//! to `warden:executions` and reads them as `XREADGROUP GROUP warden <consumer> … >` would
+//! (blocking on the queues' bells when there is nothing), so the entry is now *pending*
+//! on that consumer. Before dispatching it checks the batch's
 //! cancel markers (one `MGET`). Once the execution's terminal state is committed to
 //! PostgreSQL, one pipeline `XACK`s and `XDEL`s the batch's entries and, for each,
 //! `SET`s its completion key, `PUBLISH`es its completion and shortens the life of its
@@ -38,7 +42,7 @@
 //!
 //! | step                         | round trips | commands        |
 //! |------------------------------|-------------|-----------------|
-//! | read (`XREADGROUP`)          | 1           | 1               |
+//! | take (script: see [`lanes`]) | 1           | 1               |
 //! | cancel check (`MGET`)        | 1           | 1               |
 //! | ack + publish (one pipeline) | 1           | 2 + 3N          |
 //! | live logs (per flush)        | 1           | one per line, plus one per execution that logged |

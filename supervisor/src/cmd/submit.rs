@@ -120,6 +120,20 @@ pub async fn run(args: SubmitArgs) -> Result<i32, CliError> {
              one runs (`warden serve`)",
             args.conn.keys().stream()
         ),
+        // Supervisors that predate queues publish none: they serve the default queue.
+        Ok(overview)
+            if !overview.supervisors.is_empty()
+                && !overview.supervisors.iter().any(|s| {
+                    s.queues.iter().any(|q| q == req.queue_name())
+                        || (s.queues.is_empty() && req.queue.is_none())
+                }) =>
+        {
+            eprintln!(
+                "warning: no live supervisor serves queue `{q}`; the execution waits until one \
+                 does (`warden serve --queues {q},...`)",
+                q = req.queue_name()
+            )
+        }
         Ok(_) => {}
         Err(e) => eprintln!("warning: cannot tell whether a supervisor is running ({e})"),
     }

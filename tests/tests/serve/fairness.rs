@@ -162,7 +162,45 @@ async fn a_supervisor_takes_only_the_queues_it_serves() {
     assert_eq!(overview.lanes[0].lane.queue, "default");
     assert_eq!(overview.lanes[0].waiting, 1);
     assert!(s.db.store.show_execution("slow-1").await.unwrap().is_none());
+
+    // The CLI says so: `status` names the queue nobody serves, `submit` warns.
+    let status = cli(&s, &["status"]).await;
+    assert!(
+        status.0.contains(
+            "queue default: 1 waiting in 1 organization(s) (no live supervisor serves it"
+        ),
+        "{status:?}"
+    );
+    let submit = cli(&s, &["submit", "sleepy", "--queue", "nightly"]).await;
+    assert!(
+        submit
+            .1
+            .contains("warning: no live supervisor serves queue `nightly`"),
+        "{submit:?}"
+    );
+    let submit = cli(&s, &["submit", "sleepy", "--queue", "fast"]).await;
+    assert!(!submit.1.contains("warning"), "{submit:?}");
+    let bad = cli(&s, &["submit", "sleepy", "--queue", "a:b"]).await;
+    assert!(bad.1.contains("contains `:`"), "{bad:?}");
     s.stop().await;
+}
+
+/// Runs the CLI against the service's database and key prefix: (stdout, stderr).
+async fn cli(s: &TestServe, args: &[&str]) -> (String, String) {
+    let out = tokio::process::Command::new(warden_tests::pool::warden_bin())
+        .args(args)
+        .env("DATABASE_URL", &s.db.url)
+        .env("REDIS_URL", &s.redis.url)
+        .env("WARDEN_KEY_PREFIX", &s.redis.prefix)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run warden");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A later attempt, and a delayed start, wait in the queue the execution was submitted
