@@ -28,7 +28,8 @@ pub struct PoolArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Address-space limit per execution (`512M`, `1G`, bytes; `0` = none). Python
-    /// raises MemoryError past it.
+    /// raises MemoryError past it. In every size flag K, M, G and T (also written KB,
+    /// KiB, ...) are powers of 1024.
     #[arg(long, default_value = "1G", value_parser = crate::size::parse)]
     pub memory_limit: u64,
     /// CPU seconds per execution (`0` = none): a backstop behind --timeout.
