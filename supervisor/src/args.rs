@@ -1,7 +1,7 @@
 //! The flags and value parsers that more than one command shares: the pool's flags
 //! ([`PoolArgs`], for `exec`, `serve` and `bench`), where the services are
 //! ([`ConnArgs`], which warns when the database is the built-in default), and the
-//! parsers for sizes, durations and `KEY=VALUE` pairs.
+//! parsers for durations and `KEY=VALUE` pairs (sizes: [`crate::size`]).
 //!
 //! A leaf: it imports nothing from `cli`, `cmd`, `bench` or `exec_cmd`, which all
 //! import it, so the command modules never depend on each other through their flags.
@@ -28,8 +28,9 @@ pub struct PoolArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Address-space limit per execution (`512M`, `1G`, bytes; `0` = none). Python
-    /// raises MemoryError past it.
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    /// raises MemoryError past it. In every size flag K, M, G and T (also written KB,
+    /// KiB, ...) are powers of 1024.
+    #[arg(long, default_value = "1G", value_parser = crate::size::parse)]
     pub memory_limit: u64,
     /// CPU seconds per execution (`0` = none): a backstop behind --timeout.
     #[arg(long, default_value_t = 0)]
@@ -42,15 +43,15 @@ pub struct PoolArgs {
     #[arg(long, default_value_t = 256)]
     pub max_open_files: u64,
     /// Largest JSON result an execution may return (`4M`).
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    #[arg(long, default_value = "4M", value_parser = crate::size::parse)]
     pub max_result_size: u64,
     /// Largest file an execution may write (RLIMIT_FSIZE; `256M`; 0 = no limit): a
     /// write past it fails with "File too large".
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    #[arg(long, default_value = "256M", value_parser = crate::size::parse)]
     pub max_file_size: u64,
     /// Size of each worker's private /tmp, /var/tmp and /dev/shm when the supervisor is
     /// root (`64M` each); emptied after every execution.
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = crate::size::parse)]
     pub tmp_size: u64,
     /// Log lines kept per execution; the rest are counted and dropped.
     #[arg(long, default_value_t = 10_000)]
@@ -63,7 +64,7 @@ pub struct PoolArgs {
     #[arg(long, default_value_t = 1000)]
     pub max_executions_per_worker: u32,
     /// Reuse mode: replace a worker whose memory grows past this (`512M`).
-    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    #[arg(long, default_value = "512M", value_parser = crate::size::parse)]
     pub max_worker_memory: u64,
     /// On SIGTERM/SIGINT, how long running executions may take to finish before they
     /// are killed. `serve` hands queued executions back at once (another supervisor
@@ -267,30 +268,6 @@ impl ConnArgs {
     }
 }
 
-/// `1048576`, `512K`, `512M`, `1G`, `1GiB`, `1.5G` → bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        format!("`{s}` is not a size: use bytes or a number with K, M or G, e.g. 512M")
-    })?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1u64,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{s}`: use K, M or G"
-            ))
-        }
-    };
-    Ok((n * mult as f64) as u64)
-}
-
 /// `30` (seconds), `1.5`, `500ms`, `30s`, `2m` → a duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -324,16 +301,6 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("1.5k").unwrap(), 1536);
-        assert_eq!(parse_size("42").unwrap(), 42);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("3X").is_err());
-    }
 
     #[test]
     fn durations() {

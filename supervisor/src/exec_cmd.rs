@@ -201,10 +201,10 @@ fn print_human(o: &ExecutionOutcome) {
         }
     }
     eprintln!(
-        "{} in {:.1} ms, peak memory {:.1} MiB, CPU {:.3} s",
+        "{} in {:.1} ms, peak memory {}, CPU {:.3} s",
         o.status,
         o.duration.as_secs_f64() * 1000.0,
-        o.peak_memory_bytes as f64 / (1024.0 * 1024.0),
+        crate::size::show(o.peak_memory_bytes),
         o.cpu_seconds
     );
 }

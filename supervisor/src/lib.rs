@@ -68,6 +68,7 @@ mod retry_policy;
 mod schedule;
 mod sdk;
 mod serve;
+mod size;
 mod store;
 mod telemetry;
 

@@ -11,6 +11,7 @@ use std::io;
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use warden_protocol::ExitKind;
 
@@ -47,12 +48,10 @@ impl Usage {
 
     /// This process's usage so far (reuse mode).
     pub fn of_self() -> Usage {
-        // SAFETY: getrusage only writes into the zeroed struct we pass.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-            return Usage::default();
-        }
-        Usage::from_rusage(&ru)
+        use nix::sys::resource::{getrusage, UsageWho};
+        getrusage(UsageWho::RUSAGE_SELF)
+            .map(|ru| Usage::from_rusage(ru.as_ref()))
+            .unwrap_or_default()
     }
 }
 
@@ -66,23 +65,16 @@ pub fn kill_group(pid: Pid) {
 /// Has `pid` exited? Leaves it a zombie (`WNOWAIT`), so its pid, and with it the
 /// process-group id, cannot be reused before we kill the rest of its group.
 pub fn has_exited(pid: Pid, block: bool) -> io::Result<bool> {
-    let mut flags = libc::WEXITED | libc::WNOWAIT;
+    let mut flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
     if !block {
-        flags |= libc::WNOHANG;
+        flags |= WaitPidFlag::WNOHANG;
     }
     loop {
-        // SAFETY: waitid only writes into the zeroed siginfo we pass.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let ret =
-            unsafe { libc::waitid(libc::P_PID, pid.as_raw() as libc::id_t, &mut info, flags) };
-        if ret == 0 {
-            // With WNOHANG and nothing to report, si_pid stays 0.
-            // SAFETY: reading si_pid of a siginfo filled (or zeroed) for SIGCHLD.
-            return Ok(unsafe { info.si_pid() } != 0);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match waitid(Id::Pid(pid), flags) {
+            // With WNOHANG and nothing to report.
+            Ok(status) => return Ok(status != WaitStatus::StillAlive),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -90,6 +82,7 @@ pub fn has_exited(pid: Pid, block: bool) -> io::Result<bool> {
 /// Reaps `pid` and returns how it ended and what it used.
 pub fn reap(pid: Pid) -> io::Result<(ExitKind, Usage)> {
     let mut status = 0;
+    // libc: nix has no wait4 (the child's own resource usage comes with it).
     // SAFETY: wait4 only writes into the status and zeroed rusage we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
@@ -134,13 +127,9 @@ pub fn sweep() -> usize {
             }
         }
         for &pid in &children {
-            let mut status = 0;
             // Blocking: a SIGKILLed process dies promptly. Errors mean another wait
             // already reaped it, which is what we want anyway.
-            // SAFETY: waitpid only writes the status integer.
-            while unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::__WALL) } < 0
-                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-            {}
+            while waitpid(pid, Some(WaitPidFlag::__WALL)) == Err(Errno::EINTR) {}
         }
     }
     eprintln!(
@@ -152,21 +141,15 @@ pub fn sweep() -> usize {
 /// Reaps every child that has already exited, without blocking. Returns whether any
 /// child (running or stopped) is left.
 fn reap_zombies() -> bool {
-    let mut status = 0;
+    let any_child = Pid::from_raw(-1);
     loop {
-        // SAFETY: waitpid only writes the status integer.
-        let ret = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
-        if ret > 0 {
-            continue;
-        }
-        if ret == 0 {
-            return true;
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::ECHILD) => return false,
+        match waitpid(any_child, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::StillAlive) => return true,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => return false,
             // Cannot tell: let the caller look in /proc.
-            _ => return true,
+            Err(_) => return true,
         }
     }
 }

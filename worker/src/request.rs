@@ -135,12 +135,10 @@ struct FdReader(RawFd);
 
 impl Read for FdReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of its length; the fd is only read.
-        let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        // SAFETY: the descriptor stays open while the reader is in use (its owner keeps
+        // it); it is only read.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        Ok(nix::unistd::read(fd, buf)?)
     }
 }
 

@@ -33,26 +33,21 @@ pub fn make_undumpable() -> io::Result<()> {
 /// pipe raises `BrokenPipeError`, and one past the file-size limit `OSError`, instead of
 /// silently killing the process.
 pub fn reset_signals() {
-    // SAFETY: sigaction/sigprocmask with fully initialised arguments; SIGKILL and SIGSTOP
-    // are skipped because they cannot be changed.
-    unsafe {
-        for sig in 1..32 {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            // SIGXFSZ too, as CPython does: a write past RLIMIT_FSIZE then fails with
-            // EFBIG (an OSError the workflow sees) instead of killing the process.
-            let handler = if sig == libc::SIGPIPE || sig == libc::SIGXFSZ {
-                libc::SIG_IGN
-            } else {
-                libc::SIG_DFL
-            };
-            libc::signal(sig, handler);
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+    // Every standard signal (1 to 31), but SIGKILL and SIGSTOP, which cannot be changed.
+    for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        // SIGXFSZ too, as CPython does: a write past RLIMIT_FSIZE then fails with
+        // EFBIG (an OSError the workflow sees) instead of killing the process.
+        let handler = if matches!(sig, Signal::SIGPIPE | Signal::SIGXFSZ) {
+            SigHandler::SigIgn
+        } else {
+            SigHandler::SigDfl
+        };
+        // SAFETY: only the default and ignore dispositions are installed, never a Rust
+        // function as a handler.
+        let _ = unsafe { signal(sig, handler) };
     }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 /// Puts the calling process in a new process group whose id is its pid. The template

@@ -11,7 +11,7 @@
 //! counts against the child's own memory and RLIMIT_FSIZE.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use warden_protocol::LogLevel;
 
@@ -22,21 +22,13 @@ pub const MAX_BYTES: usize = 1024 * 1024;
 
 /// Points fds 1 and 2 at one fresh memfd. Called in the child before any workflow code.
 pub fn redirect() -> io::Result<()> {
-    // SAFETY: memfd_create with a valid NUL-terminated name; dup2 and close on fds this
-    // process owns.
-    unsafe {
-        let m = libc::memfd_create(c"warden-output".as_ptr(), 0);
-        if m < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let rc = if libc::dup2(m, 1) < 0 || libc::dup2(m, 2) < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        };
-        libc::close(m);
-        rc
-    }
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use nix::unistd::{dup2_stderr, dup2_stdout};
+    // Dropping it at the end closes the memfd's own number; fds 1 and 2 keep it.
+    let m = memfd_create(c"warden-output", MFdFlags::empty())?;
+    dup2_stdout(&m)?;
+    dup2_stderr(&m)?;
+    Ok(())
 }
 
 /// Turns what was written to fds 1 and 2 into log lines of the running execution
@@ -50,31 +42,20 @@ pub fn drain() {
 }
 
 fn read_from_start(fd: RawFd) -> Vec<u8> {
-    // SAFETY: fstat on an fd we own into a zeroed stat buffer.
-    let size = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Vec::new();
-        }
-        st.st_size.max(0) as usize
+    // SAFETY: fds 1 and 2 stay open for the whole execution; they are only read here.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let size = match nix::sys::stat::fstat(fd) {
+        Ok(st) => st.st_size.max(0) as usize,
+        Err(_) => return Vec::new(),
     };
     // Most executions write nothing there: no allocation at all.
     let mut buf = vec![0u8; size.min(MAX_BYTES)];
     let mut n = 0;
     while n < buf.len() {
-        // SAFETY: reading into the unfilled tail of `buf`.
-        let r = unsafe {
-            libc::pread(
-                fd,
-                buf[n..].as_mut_ptr().cast(),
-                buf.len() - n,
-                n as libc::off_t,
-            )
-        };
-        if r <= 0 {
-            break;
+        match nix::sys::uio::pread(fd, &mut buf[n..], n as libc::off_t) {
+            Ok(0) | Err(_) => break,
+            Ok(r) => n += r,
         }
-        n += r as usize;
     }
     buf.truncate(n);
     buf

@@ -14,7 +14,7 @@
 //! template keeps one child forked in advance between executions ([`forked::Spare`]);
 //! it is killed and reaped when the template exits.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use pyo3::Python;
 use warden_protocol::{FromWorker, Hello, Isolation, ToWorker, PROTOCOL_VERSION};
@@ -139,28 +139,28 @@ fn wait_for_message(conn: &Connection, spare: &mut Option<forked::Spare>) {
     let Some(pidfd) = spare.as_ref().and_then(|s| s.pidfd()) else {
         return;
     };
-    let mut fds = [conn.as_raw_fd(), pidfd].map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
+    use nix::errno::Errno;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: both stay open for the whole loop: the connection is borrowed for it, and
+    // the spare that owns the pidfd is taken only right before returning.
+    let fds = unsafe { [conn.as_raw_fd(), pidfd].map(|fd| BorrowedFd::borrow_raw(fd)) };
+    let mut fds = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+    // Readable, at end of file or failed (any event at all).
+    let fired = |p: &PollFd| p.any() != Some(false);
     loop {
-        // SAFETY: `fds` is a valid array of pollfd for its length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
             // recv() will block and report the connection's state itself.
-            return;
+            Err(_) => return,
         }
-        if fds[1].revents != 0 && spare.as_ref().is_some_and(|s| s.exited()) {
+        if fired(&fds[1]) && spare.as_ref().is_some_and(|s| s.exited()) {
             if let Some(s) = spare.take() {
                 s.reap_dead();
             }
             return;
         }
-        if fds[0].revents != 0 {
+        if fired(&fds[0]) {
             return;
         }
     }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use warden_protocol::Isolation;
 
 use super::workload::Workload;
-use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
+use super::{children_rss_bytes, latencies, pct, self_rss_bytes, BenchArgs};
 use crate::cli_error::CliError;
 use crate::modules::bench::LocalModules;
 use crate::outcome::{Job, PoolEvent, Status};
@@ -90,7 +90,7 @@ pub async fn bench_mode(
         pool.submit(job(i))
             .map_err(|_| CliError::Stopped("the pool stopped"))?;
     }
-    let mut lat = wait_for(&mut events, args.n).await?;
+    let lat = wait_for(&mut events, args.n).await?;
     let wall = t0.elapsed();
     let workers_rss = children_rss_bytes();
 
@@ -115,8 +115,7 @@ pub async fn bench_mode(
         m.finish().await;
     }
 
-    lat.sort();
-    one.sort();
+    let (lat, one) = (latencies(&lat), latencies(&one));
     Ok(json!({
         "mode": match mode { Isolation::Fork => "fork", Isolation::Reuse => "reuse" },
         "workload": workload.name(),

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use warden_protocol::Isolation;
 
 use super::workload::Workload;
-use super::{children_rss_bytes, pct, self_rss_bytes, BenchArgs};
+use super::{children_rss_bytes, latencies, pct, self_rss_bytes, BenchArgs};
 use crate::intake::{ExecutionRequest, IntakeClient, Keys, WorkflowRef};
 use crate::modules::bench::CountingProxy;
 use crate::serve::{serve, ServeConfig, Shutdown};
@@ -110,11 +110,11 @@ pub async fn bench_mode(
     submit(&client, &batch, workload, args.orgs).await?;
     let arrived = completions.wait(&batch, Duration::from_secs(600)).await?;
     let wall = t0.elapsed();
-    let mut lat: Vec<Duration> = arrived
+    let lat: Vec<Duration> = arrived
         .values()
         .map(|t| t.duration_since(submitted))
         .collect();
-    lat.sort();
+    let lat = latencies(&lat);
     let workers_rss = children_rss_bytes();
     let sup_rss = self_rss_bytes();
 
@@ -129,7 +129,7 @@ pub async fn bench_mode(
             .await?;
         one.push(t.elapsed());
     }
-    one.sort();
+    let one = latencies(&one);
     let worker_redis = proxy
         .as_ref()
         .map(CountingProxy::commands)

@@ -141,16 +141,20 @@ async fn run_on(
                 super::json::print(&serde_json::Value::Array(items.collect()));
                 return Ok(0);
             }
-            println!("{:<16} {:<32} {:<7} value", "org", "key", "kind");
-            for c in shown {
-                println!(
-                    "{:<16} {:<32} {:<7} {}",
-                    c.org.as_deref().unwrap_or("-"),
-                    c.key,
-                    c.kind.as_str(),
-                    admin::display_value(c)
-                );
-            }
+            let rows: Vec<Vec<String>> = shown
+                .map(|c| {
+                    vec![
+                        c.org.clone().unwrap_or_else(|| "-".into()),
+                        c.key.clone(),
+                        c.kind.as_str().to_string(),
+                        admin::display_value(c),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                super::table::render(&["org", "key", "kind", "value"], &rows)
+            );
         }
     }
     Ok(0)

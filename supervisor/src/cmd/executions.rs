@@ -166,9 +166,9 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
             }
             if let Some(ms) = e.duration_ms {
                 println!(
-                    "resources: {ms:.1} ms, CPU {:.3} s, peak memory {:.1} MiB",
+                    "resources: {ms:.1} ms, CPU {:.3} s, peak memory {}",
                     e.cpu_seconds.unwrap_or(0.0),
-                    e.peak_memory_bytes.unwrap_or(0) as f64 / 1048576.0
+                    memory(e.peak_memory_bytes)
                 );
             }
             if let Some(c) = e.exit_code {
@@ -205,12 +205,12 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
                         .map(|t| format!("; next due {t}"))
                         .unwrap_or_default();
                     println!(
-                        "  {:>3} {:<9} {:>9.1} ms, CPU {:.3} s, {:.1} MiB, ended {}{error}{next}",
+                        "  {:>3} {:<9} {:>9.1} ms, CPU {:.3} s, {}, ended {}{error}{next}",
                         a.attempt,
                         a.status,
                         a.duration_ms.unwrap_or(0.0),
                         a.cpu_seconds.unwrap_or(0.0),
-                        a.peak_memory_bytes.unwrap_or(0) as f64 / 1048576.0,
+                        memory(a.peak_memory_bytes),
                         a.completed_at,
                     );
                 }
@@ -330,6 +330,11 @@ fn version_note(version: Option<i32>, hash: Option<&str>) -> String {
         (Some(v), None) => format!(" (version {v})"),
         _ => String::new(),
     }
+}
+
+/// A stored peak memory (bytes; none recorded reads as 0) as `41.3 MiB`.
+fn memory(bytes: Option<i64>) -> String {
+    crate::size::show(bytes.map_or(0, |b| u64::try_from(b).unwrap_or(0)))
 }
 
 #[cfg(test)]

@@ -127,16 +127,11 @@ fn collect_checked(paths: &[PathBuf], prefix: Option<&str>) -> Result<Vec<Module
 
 /// `--dry-run`: each module's import name and workspace path.
 fn print_dry_run(modules: &[ModuleFile]) {
-    let width = modules
+    let rows: Vec<Vec<String>> = modules
         .iter()
-        .map(|m| files::module_name(&m.path).len())
-        .max()
-        .unwrap_or(0)
-        .max("module".len());
-    println!("{:<width$}  path", "module");
-    for m in modules {
-        println!("{:<width$}  {}", files::module_name(&m.path), m.path);
-    }
+        .map(|m| vec![files::module_name(&m.path), m.path.clone()])
+        .collect();
+    print!("{}", super::table::render(&["module", "path"], &rows));
     println!("dry run: {} modules compile; nothing stored", modules.len());
 }
 
@@ -176,16 +171,21 @@ async fn list(store: &Store, json: bool) -> Result<i32, CliError> {
         super::json::print(&serde_json::Value::Array(items.collect()));
         return Ok(0);
     }
-    println!("{:<48} {:>9}  {:<12}  updated", "path", "bytes", "hash");
-    for m in &all {
-        println!(
-            "{:<48} {:>9}  {:<12}  {}",
-            m.path,
-            m.size_bytes,
-            &m.content_hash[..m.content_hash.len().min(12)],
-            m.updated_at.format("%Y-%m-%d %H:%M:%S"),
-        );
-    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|m| {
+            vec![
+                m.path.clone(),
+                m.size_bytes.to_string(),
+                m.content_hash[..m.content_hash.len().min(12)].to_string(),
+                m.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        super::table::render_aligned(&["path", "bytes", "hash", "updated"], &rows, &[1])
+    );
     Ok(0)
 }
 

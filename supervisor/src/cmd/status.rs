@@ -1,9 +1,10 @@
 //! `warden status`: live supervisors (from the status each publishes every second),
-//! their workers, the stream's backlog, the work waiting per queue and organization, and each consumer of the stream's group as
-//! live or dead (its heartbeat key present or not) with its unfinished entries.
+//! their workers, the stream's backlog, the work waiting per queue and organization,
+//! and each consumer of the stream's group as live or dead (its heartbeat key present or not) with its unfinished entries.
 
 use serde_json::{json, Value};
 
+use super::table;
 use crate::args::ConnArgs;
 use crate::cli_error::CliError;
 
@@ -17,21 +18,35 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
     if o.supervisors.is_empty() {
         println!("no live supervisor (start one with `warden serve`)");
     } else {
-        println!(
-            "{:<32} {:>8} {:>6} {:>6} {:>12} {:>9}",
-            "supervisor", "workers", "busy", "idle", "completed", "execs/s"
+        let rows: Vec<Vec<String>> = o
+            .supervisors
+            .iter()
+            .map(|s| {
+                vec![
+                    s.consumer.clone(),
+                    s.workers_total.to_string(),
+                    s.workers_busy.to_string(),
+                    s.workers_total.saturating_sub(s.workers_busy).to_string(),
+                    s.executions_completed.to_string(),
+                    format!("{:.1}", s.executions_per_sec),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render_aligned(
+                &[
+                    "supervisor",
+                    "workers",
+                    "busy",
+                    "idle",
+                    "completed",
+                    "execs/s"
+                ],
+                &rows,
+                &[1, 2, 3, 4, 5],
+            )
         );
-        for s in &o.supervisors {
-            println!(
-                "{:<32} {:>8} {:>6} {:>6} {:>12} {:>9.1}",
-                s.consumer,
-                s.workers_total,
-                s.workers_busy,
-                s.workers_total.saturating_sub(s.workers_busy),
-                s.executions_completed,
-                s.executions_per_sec
-            );
-        }
     }
     let b = &o.backlog;
     let dead_pending: u64 = b
@@ -56,9 +71,16 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
         }
     );
     let any_live = b.consumers.iter().any(|c| c.live);
-    for c in b.consumers.iter().filter(|c| c.live || c.pending > 0) {
-        println!("  {}", consumer_line(c, any_live));
-    }
+    let consumers: Vec<Vec<String>> = b
+        .consumers
+        .iter()
+        .filter(|c| c.live || c.pending > 0)
+        .map(|c| consumer_row(c, any_live))
+        .collect();
+    print!(
+        "{}",
+        table::indent(&table::render_aligned(&[], &consumers, &[2]))
+    );
     for q in queues(&o.lanes) {
         let served = o.supervisors.iter().any(|s| s.queues.contains(&q.name));
         println!(
@@ -72,9 +94,16 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
                 " (no live supervisor serves it: add it to a `serve --queues`)"
             }
         );
-        for (org, waiting) in q.orgs.iter().take(TOP_ORGS) {
-            println!("  {:<32} {waiting:>10}", org_name(org));
-        }
+        let rows: Vec<Vec<String>> = q
+            .orgs
+            .iter()
+            .take(TOP_ORGS)
+            .map(|(org, waiting)| vec![org_name(org).to_owned(), waiting.to_string()])
+            .collect();
+        print!(
+            "{}",
+            table::indent(&table::render_aligned(&[], &rows, &[1]))
+        );
         if q.orgs.len() > TOP_ORGS {
             println!("  ... and {} more", q.orgs.len() - TOP_ORGS);
         }
@@ -198,21 +227,27 @@ async fn packages(conn: &ConnArgs, live: &[crate::intake::SupervisorStatus]) {
             current.generation,
             current.lines.len()
         );
-        for s in installs {
-            println!(
-                "  {:<32} {}",
-                s.consumer,
-                crate::cmd::package::install_line(s, current.generation)
-            );
-        }
+        let rows: Vec<Vec<String>> = installs
+            .iter()
+            .map(|s| {
+                vec![
+                    s.consumer.clone(),
+                    crate::cmd::package::install_line(s, current.generation),
+                ]
+            })
+            .collect();
+        print!("{}", table::indent(&table::render(&[], &rows)));
     }
     store.close().await;
 }
 
-/// One consumer of the group: live or dead, and what becomes of a dead one's entries.
-fn consumer_line(c: &crate::intake::ConsumerBacklog, any_live: bool) -> String {
+/// One consumer of the group: its name, live or dead, its unfinished entries, and what
+/// becomes of a dead one's.
+fn consumer_row(c: &crate::intake::ConsumerBacklog, any_live: bool) -> Vec<String> {
+    let row =
+        |state: &str, what: String| vec![c.name.clone(), state.into(), c.pending.to_string(), what];
     if c.live {
-        return format!("{:<32} live   {:>6} in progress", c.name, c.pending);
+        return row("live", "in progress".into());
     }
     let fate = if any_live {
         format!(
@@ -222,5 +257,5 @@ fn consumer_line(c: &crate::intake::ConsumerBacklog, any_live: bool) -> String {
     } else {
         "taken over when a supervisor starts".to_owned()
     };
-    format!("{:<32} dead   {:>6} unfinished, {fate}", c.name, c.pending)
+    row("dead", format!("unfinished, {fate}"))
 }

@@ -240,23 +240,29 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                 store.close().await;
                 return Ok(0);
             }
-            println!(
-                "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
-                "id", "org", "name", "path", "function", "timeout"
+            let rows: Vec<Vec<String>> = all
+                .into_iter()
+                .map(|w| {
+                    vec![
+                        w.id.to_string(),
+                        w.org.unwrap_or_else(|| "-".into()),
+                        w.name,
+                        w.path,
+                        w.function_name,
+                        w.default_timeout_ms
+                            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                            .unwrap_or_else(|| "default".into()),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                super::table::render_aligned(
+                    &["id", "org", "name", "path", "function", "timeout"],
+                    &rows,
+                    &[0, 5],
+                )
             );
-            for w in all {
-                println!(
-                    "{:>5}  {:<16} {:<24} {:<28} {:<10} {:>9}",
-                    w.id,
-                    w.org.as_deref().unwrap_or("-"),
-                    w.name,
-                    w.path,
-                    w.function_name,
-                    w.default_timeout_ms
-                        .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
-                        .unwrap_or_else(|| "default".into()),
-                );
-            }
         }
     }
     store.close().await;

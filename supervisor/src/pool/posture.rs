@@ -23,8 +23,8 @@ pub fn describe(cfg: &PoolConfig, firewall: Option<&Result<(), String>>) -> (Str
                 first.template, last.template, first.child, last.child
             ));
             on.push(format!(
-                "private /tmp, /var/tmp, /dev/shm ({} MiB each)",
-                cfg.tmp_size / (1024 * 1024)
+                "private /tmp, /var/tmp, /dev/shm ({} each)",
+                crate::size::show(cfg.tmp_size)
             ));
         }
         _ => off.push(

@@ -24,15 +24,22 @@
 //! a thread that lives as long as the pool (a runtime worker thread, never a
 //! `spawn_blocking` thread, which exits when idle).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::prctl;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::unistd::{self, Gid, Pid, Uid};
 use tokio::process::{Child, Command};
 use warden_protocol::Isolation;
-
-use std::ffi::CString;
 
 use super::config::{PoolConfig, PoolError};
 use super::uids::SlotIds;
@@ -125,13 +132,14 @@ pub fn spawn_template(
     }
 
     let fd = theirs.as_raw_fd();
-    let parent = std::process::id() as libc::pid_t;
+    let parent = unistd::getpid();
     let netns = cfg.network_isolation;
     let mounts = ids.map(|ids| PrivateMounts::new(cfg.tmp_size, ids));
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, setsid, unshare, mount, mkdir, chown,
-    // setgroups, setresgid, setresuid, prctl, getppid, setrlimit); it allocates nothing
-    // (the mount arguments were built before the fork).
+    // setgroups, setresgid, setresuid, prctl, getppid, setrlimit, through nix's thin
+    // wrappers); it allocates nothing (the mount arguments and paths are `CStr`s built
+    // before the fork, which nix passes through as they are).
     unsafe {
         cmd.pre_exec(move || sandbox_child(fd, parent, netns, ids, mounts.as_ref()));
     }
@@ -270,75 +278,82 @@ fn prepare_workdir(dir: &Path, ids: Option<u32>) -> Result<(), PoolError> {
 }
 
 /// Runs in the forked child, between fork and exec. See the module comment for why
-/// this order.
+/// this order. Every call but two (said where) is nix's thin wrapper over the system
+/// call, with paths given as the `CStr`s built before the fork (so nothing is allocated
+/// here; an error becomes an `io::Error` from its errno, without allocating either).
 fn sandbox_child(
-    fd: libc::c_int,
-    parent: libc::pid_t,
+    fd: RawFd,
+    parent: Pid,
     netns: bool,
     ids: Option<SlotIds>,
     mounts: Option<&PrivateMounts>,
 ) -> std::io::Result<()> {
-    let check = |rc: libc::c_int| {
-        if rc == -1 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
+    if fd == 3 {
+        // SAFETY: fd 3 is open (it is the socket's own number) for the rest of this call.
+        let three = unsafe { BorrowedFd::borrow_raw(3) };
+        fcntl(three, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    } else {
+        // libc: nix's dup2 wants the target as an OwnedFd, and fd 3 need not be open.
+        // SAFETY: dup2 only manipulates the fd table; `fd` is the socket we own.
+        if unsafe { libc::dup2(fd, 3) } == -1 {
+            return Err(std::io::Error::last_os_error());
         }
-    };
-    // SAFETY: plain system calls on values we own; see spawn_template.
-    unsafe {
-        if fd == 3 {
-            check(libc::fcntl(3, libc::F_SETFD, 0))?;
-        } else {
-            check(libc::dup2(fd, 3))?;
-        }
-        check(libc::setsid())?;
-        if netns {
-            check(libc::unshare(libc::CLONE_NEWNET))?;
-        }
-        if let Some(m) = mounts {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            // Nothing mounted here propagates back to the host.
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            for target in &m.targets {
-                check(libc::mount(
-                    m.tmpfs.as_ptr(),
-                    target.as_ptr(),
-                    m.tmpfs.as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    m.options.as_ptr().cast(),
-                ))?;
-            }
-            check(libc::mkdir(m.scratch.as_ptr(), 0o700))?;
-            check(libc::mkdir(m.home.as_ptr(), 0o700))?;
-            check(libc::chown(m.scratch.as_ptr(), m.ids.child, m.ids.child))?;
-            check(libc::chown(m.home.as_ptr(), m.ids.template, m.ids.template))?;
-            check(libc::chdir(m.home.as_ptr()))?;
-        }
-        if let Some(id) = ids {
-            check(libc::setgroups(0, std::ptr::null()))?;
-            // Real = the children's, effective = the template's: exec copies the
-            // effective id into the saved one, so after exec the template is
-            // (child, template, template), and a child may take its real id for good.
-            check(libc::setresgid(id.child, id.template, id.template))?;
-            check(libc::setresuid(id.child, id.template, id.template))?;
-        }
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-        if libc::getppid() != parent {
-            libc::_exit(1);
-        }
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        check(libc::setrlimit(libc::RLIMIT_CORE, &zero))?;
     }
+    unistd::setsid()?;
+    if netns {
+        unshare(CloneFlags::CLONE_NEWNET)?;
+    }
+    if let Some(m) = mounts {
+        unshare(CloneFlags::CLONE_NEWNS)?;
+        // Nothing mounted here propagates back to the host.
+        mount(
+            None::<&CStr>,
+            c"/",
+            None::<&CStr>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&CStr>,
+        )?;
+        for target in &m.targets {
+            mount(
+                Some(m.tmpfs.as_c_str()),
+                target.as_c_str(),
+                Some(m.tmpfs.as_c_str()),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(m.options.as_c_str()),
+            )?;
+        }
+        unistd::mkdir(m.scratch.as_c_str(), Mode::S_IRWXU)?;
+        unistd::mkdir(m.home.as_c_str(), Mode::S_IRWXU)?;
+        let (child, template) = (m.ids.child, m.ids.template);
+        unistd::chown(
+            m.scratch.as_c_str(),
+            Some(Uid::from_raw(child)),
+            Some(Gid::from_raw(child)),
+        )?;
+        unistd::chown(
+            m.home.as_c_str(),
+            Some(Uid::from_raw(template)),
+            Some(Gid::from_raw(template)),
+        )?;
+        unistd::chdir(m.home.as_c_str())?;
+    }
+    if let Some(id) = ids {
+        unistd::setgroups(&[])?;
+        // Real = the children's, effective = the template's: exec copies the
+        // effective id into the saved one, so after exec the template is
+        // (child, template, template), and a child may take its real id for good.
+        let (child, template) = (Gid::from_raw(id.child), Gid::from_raw(id.template));
+        unistd::setresgid(child, template, template)?;
+        let (child, template) = (Uid::from_raw(id.child), Uid::from_raw(id.template));
+        unistd::setresuid(child, template, template)?;
+    }
+    prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if unistd::getppid() != parent {
+        // libc: nix has no `_exit` (leaving without running exit handlers).
+        // SAFETY: ends this forked child at once; nothing of the parent's runs.
+        unsafe { libc::_exit(1) };
+    }
+    prctl::set_no_new_privs()?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
     Ok(())
 }

@@ -11,8 +11,9 @@
 //! `[base + RANGE, base + 2 * RANGE)`.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use super::config::PoolError;
 
@@ -44,7 +45,7 @@ impl SlotIds {
 #[derive(Debug)]
 pub struct Lease {
     pub ids: Vec<SlotIds>,
-    _locks: Vec<File>,
+    _locks: Vec<Flock<File>>,
 }
 
 /// Leases `n` uids from `[base, base + RANGE)` through lock files in `dir`.
@@ -64,10 +65,10 @@ pub fn lease(dir: &Path, base: u32, n: usize) -> Result<Lease, PoolError> {
             .write(true)
             .open(&path)
             .map_err(err(path.clone()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // Held by another pool (or failed): try the next uid.
+        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             ids.push(SlotIds::for_template(uid));
-            locks.push(file);
+            locks.push(lock);
         }
     }
     if ids.len() < n {

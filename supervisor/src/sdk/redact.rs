@@ -19,11 +19,17 @@
 //! together) the secret's characters depend on its offset, so they are not recognised.
 //! Nor is any other transformation (reversed, split across lines, hex): redaction is a
 //! safety net against accidents, not a sandbox.
+//!
+//! Every pattern is found in one pass over the text (an Aho-Corasick automaton, rebuilt
+//! when a secret is added), and every byte any occurrence covers is masked: occurrences
+//! that overlap (one secret a prefix of another, or one secret's end another's start)
+//! become a single `***`, so no part of either shows.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use aho_corasick::AhoCorasick;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 use warden_protocol::Log;
@@ -97,11 +103,15 @@ impl Redactions {
     }
 }
 
-/// The patterns to mask for one execution, longest first (so a secret that contains
-/// another is masked whole).
+/// The patterns to mask for one execution (each secret in all its forms) and the
+/// automaton that finds them all at once.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     patterns: Vec<String>,
+    /// Built on first use after a secret is added (registering several secrets builds
+    /// it once). `Err` if it could not be built (only past limits no execution's
+    /// secrets reach), which masks whole texts.
+    matcher: OnceLock<Result<AhoCorasick, ()>>,
 }
 
 impl Redactor {
@@ -118,23 +128,59 @@ impl Redactor {
         if secret.is_empty() {
             return;
         }
+        let before = self.patterns.len();
         for form in forms(secret) {
             if !self.patterns.contains(&form) {
                 self.patterns.push(form);
             }
         }
-        self.patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        if self.patterns.len() != before {
+            self.matcher = OnceLock::new();
+        }
     }
 
-    /// `text` with every pattern replaced by [`MASK`] (borrowed when nothing matched).
+    /// `text` with every run of bytes covered by some occurrence of a pattern replaced
+    /// by one [`MASK`] (borrowed when nothing matched). Occurrences that overlap are one
+    /// run; occurrences that only touch stay two masks, as two secrets side by side.
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        let mut out = Cow::Borrowed(text);
-        for p in &self.patterns {
-            if out.contains(p.as_str()) {
-                out = Cow::Owned(out.replace(p.as_str(), MASK));
+        if self.patterns.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let built = self.matcher.get_or_init(|| {
+            AhoCorasick::new(&self.patterns).map_err(|e| {
+                tracing::error!(error = %e, "cannot build the secret matcher; masking whole texts");
+            })
+        });
+        let Ok(matcher) = built else {
+            // Owned: callers keep their text when given it back borrowed.
+            return Cow::Owned(MASK.to_string());
+        };
+        // Every occurrence, overlapping ones included, reported in order of their ends.
+        let mut hits: Vec<(usize, usize)> = matcher
+            .find_overlapping_iter(text)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        if hits.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        hits.sort_unstable();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (start, end) in hits {
+            match runs.last_mut() {
+                Some(run) if start < run.1 => run.1 = run.1.max(end),
+                _ => runs.push((start, end)),
             }
         }
-        out
+        // Matches of UTF-8 patterns in UTF-8 text start and end on character boundaries.
+        let mut out = String::with_capacity(text.len());
+        let mut copied = 0;
+        for (start, end) in runs {
+            out.push_str(&text[copied..start]);
+            out.push_str(MASK);
+            copied = end;
+        }
+        out.push_str(&text[copied..]);
+        Cow::Owned(out)
     }
 
     /// Redacts the result and every error field of `outcome`.
@@ -230,10 +276,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_every_occurrence_longest_first() {
-        let r = Redactor::new(["abcd", "abcdefgh"]);
-        assert_eq!(r.redact("x abcdefgh y abcd z"), "x *** y *** z");
-        assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
+    fn masks_every_occurrence_of_a_secret_that_is_a_prefix_of_another_whole() {
+        for secrets in [["abcd", "abcdefgh"], ["abcdefgh", "abcd"]] {
+            let r = Redactor::new(secrets);
+            assert_eq!(
+                r.redact("x abcdefgh y abcd z abcdabcdefgh"),
+                "x *** y *** z ******",
+                "{secrets:?}"
+            );
+            assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
+        }
+        // A suffix, and one inside another.
+        let r = Redactor::new(["efgh", "abcdefgh", "cdef"]);
+        assert_eq!(r.redact("abcdefgh|efgh|cdef"), "***|***|***");
+    }
+
+    #[test]
+    fn overlapping_secrets_leave_no_part_of_either() {
+        // The end of one is the start of the other: masking one first would leave the
+        // other's tail ("ijkl") in clear.
+        let r = Redactor::new(["abcdefgh", "efghijkl"]);
+        assert_eq!(r.redact("<abcdefghijkl>"), "<***>");
+        assert_eq!(
+            r.redact("<efghijklabcdefgh>"),
+            "<******>",
+            "touching, not overlapping"
+        );
+        // A chain of overlaps is one run.
+        let r = Redactor::new(["aaaabbbb", "bbbbcccc", "ccccdddd"]);
+        assert_eq!(r.redact("xaaaabbbbccccddddx"), "x***x");
+    }
+
+    #[test]
+    fn many_secrets_are_all_masked_in_one_pass() {
+        let secrets: Vec<String> = (0..500).map(|i| format!("secret-{i:04}-value")).collect();
+        let r = Redactor::new(secrets.iter().map(String::as_str));
+        let text: String = secrets.iter().rev().map(|s| format!("{s} ")).collect();
+        assert_eq!(r.redact(&text), "*** ".repeat(500));
+        // Their encodings too, and text between them stays.
+        let encoded = STANDARD.encode("secret-0042-value");
+        assert_eq!(
+            r.redact(&format!(
+                "a={encoded}; b=secret-0499-value; c=secret-0500-value"
+            )),
+            "a=***; b=***; c=secret-0500-value"
+        );
     }
 
     #[test]
@@ -309,7 +396,7 @@ mod tests {
         // written, and so is its padded base64 form, but not the unpadded one ("YWI"),
         // which would garble ordinary text.
         let r = Redactor::new(["ab"]);
-        assert_eq!(r.patterns, vec!["YWI=".to_string(), "ab".to_string()]);
+        assert_eq!(r.patterns, vec!["ab".to_string(), "YWI=".to_string()]);
         assert_eq!(r.redact("YWI ab YWI="), "YWI *** ***");
     }
 

@@ -179,7 +179,7 @@ fn killed_before_start(conn: &mut Connection, e: &Execute) -> Result<(), WorkerE
     conn.send(
         &FromWorker::Ended(Ended {
             execution_id: e.execution_id.clone(),
-            exit: ExitKind::Signaled(libc::SIGKILL),
+            exit: ExitKind::Signaled(nix::sys::signal::Signal::SIGKILL as i32),
             peak_memory_bytes: 0,
             user_cpu_us: 0,
             system_cpu_us: 0,
