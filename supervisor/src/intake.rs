@@ -91,6 +91,7 @@ pub mod client;
 pub mod entry;
 pub mod keys;
 pub mod lanes;
+pub mod limits;
 pub mod liveness;
 pub mod messages;
 pub mod persistence;
