@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use warden::ExecutionRequest;
-use warden_tests::cli::{ok, warden};
+use warden_tests::cli::{ok, refused, warden};
 use warden_tests::db::{scalar, TestDb};
 use warden_tests::pool::unique_uid_base;
 use warden_tests::redis::TestRedis;
@@ -151,6 +151,21 @@ async fn two_supervisors_never_run_more_of_an_organization_than_its_limit() {
         &["org", "list", "--json"],
     ));
     assert!(shown.contains("\"max_concurrency\":2"), "{shown}");
+    let shown = ok(warden(
+        &s.db,
+        &s.redis,
+        dir.path(),
+        &["org", "show", "acme"],
+    ));
+    assert!(shown.contains("max concurrency: 2"), "{shown}");
+    assert!(shown.contains("workflows: 2"), "{shown}");
+    let no = refused(warden(
+        &s.db,
+        &s.redis,
+        dir.path(),
+        &["org", "show", "nope"],
+    ));
+    assert!(no.contains("no organization nope"), "{no}");
     let mut cfg = config(&s.db, &s.redis, &dir, "s2");
     cfg.pool.workers = WORKERS;
     let (sig2, handle2) = spawn(cfg);
@@ -162,6 +177,9 @@ async fn two_supervisors_never_run_more_of_an_organization_than_its_limit() {
         })
         .collect();
     s.client.submit_many(&requests).await.expect("submit");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = ok(warden(&s.db, &s.redis, dir.path(), &["status"]));
+    assert!(status.contains("organization acme"), "{status}");
     wait_terminal(&s.db, 30, Duration::from_secs(60)).await;
     assert_eq!(successes(&s.db).await, 30);
     assert_eq!(max_overlap(&s.db).await, 2);
