@@ -124,7 +124,8 @@ pub enum WorkflowCmd {
     /// List stored workflows.
     List {
         /// One JSON array of objects (`id`, `org`, `name`, `path`, `function`,
-        /// `timeout_ms`, `active`, `updated_at`) instead of the table.
+        /// `timeout_ms`, `active`, `version`, `max_concurrency`, `updated_at`) instead
+        /// of the table.
         #[arg(long)]
         json: bool,
     },
@@ -252,6 +253,7 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                         "timeout_ms": w.default_timeout_ms,
                         "active": w.active,
                         "version": w.version,
+                        "max_concurrency": w.max_concurrency,
                         "updated_at": super::json::time(w.updated_at),
                     })
                 });

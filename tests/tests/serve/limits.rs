@@ -97,6 +97,13 @@ async fn two_supervisors_never_run_more_of_a_workflow_than_its_limit() {
         dir.path(),
         &["workflow", "push", &file, "--max-concurrency", "2"],
     ));
+    let listed = ok(warden(
+        &s.db,
+        &s.redis,
+        dir.path(),
+        &["workflow", "list", "--json"],
+    ));
+    assert!(listed.contains("\"max_concurrency\":2"), "{listed}");
     let mut cfg = config(&s.db, &s.redis, &dir, "s2");
     cfg.pool.workers = WORKERS;
     let (sig2, handle2) = spawn(cfg);
