@@ -330,3 +330,40 @@ async fn the_cost_of_a_take_with_and_without_limits() {
     eprintln!("commands per take of 10: {plain} without limits, {limited} with one limit holding entries back");
     assert!(limited > plain);
 }
+
+/// A dead owner's entry deleted from the stream (`XCLAIM` drops it from the pending
+/// list) gives its permit back in the claim itself; the claimed one keeps its own.
+#[tokio::test]
+async fn a_takeover_gives_back_the_permits_of_entries_that_are_gone() {
+    let t = TestRedis::new();
+    let client = t.client().await;
+    let (a, b) = (t.intake("sup-a").await, t.intake("sup-b").await);
+    set_heartbeat(&t, "sup-a").await;
+    set_heartbeat(&t, "sup-b").await;
+    publish(&t, &limited_workflow(2)).await;
+    let requests: Vec<ExecutionRequest> = (0..4)
+        .map(|i| request(&format!("l{i}"), WorkflowRef::Id(1), None))
+        .collect();
+    client.submit_many(&requests).await.expect("submit");
+    let got = a.read(10, Duration::ZERO).await.expect("take");
+    assert_eq!(ids(&got), ["l0", "l1"]);
+    let _: i64 = redis::cmd("XDEL")
+        .arg(t.keys().stream())
+        .arg(&got[0].stream_id)
+        .query_async(&mut t.conn().await)
+        .await
+        .expect("XDEL");
+    del(&t, t.keys().heartbeat("sup-a")).await;
+    let taken = b.take_over(10).await.expect("take over");
+    assert_eq!(ids(&taken.entries), ["l1"]);
+    let held = holders(&t, "wf:#1").await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        held.get(&got[1].stream_id).map(String::as_str),
+        Some("sup-b")
+    );
+    assert_eq!(
+        ids(&b.read(10, Duration::ZERO).await.expect("take")),
+        ["l2"]
+    );
+}
