@@ -71,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cmd::workflow::WorkflowCmd,
     },
+    /// Organizations and their concurrency limits.
+    Org {
+        #[command(subcommand)]
+        cmd: crate::cmd::org::OrgCmd,
+    },
     /// Queue an execution of a workflow (and, with --wait, follow it to its end).
     Submit(crate::cmd::submit::SubmitArgs),
     /// Cron schedules: run a workflow at every tick, once per tick across supervisors.
@@ -100,7 +105,8 @@ pub enum Command {
     },
     /// Live supervisors, their workers, and the stream's backlog.
     Status {
-        /// One JSON object (`supervisors`, `stream`, `consumers`) instead of the text.
+        /// One JSON object (`supervisors`, `stream`, `consumers`, `queues`, `limits`) instead
+        /// of the text.
         #[arg(long)]
         json: bool,
     },
@@ -155,6 +161,7 @@ impl Command {
             Command::Module { cmd } => crate::cmd::module::run(conn, cmd).await,
             Command::Package { cmd } => crate::cmd::package::run(conn, cmd).await,
             Command::Workflow { cmd } => crate::cmd::workflow::run(conn, cmd).await,
+            Command::Org { cmd } => crate::cmd::org::run(conn, cmd).await,
             Command::Submit(args) => {
                 crate::cmd::submit::run(crate::cmd::submit::SubmitArgs { conn, ..args }).await
             }

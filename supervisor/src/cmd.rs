@@ -15,6 +15,7 @@ pub mod logs;
 pub mod manual;
 pub mod migrate;
 pub mod module;
+pub mod org;
 pub mod package;
 pub mod prune;
 pub mod schedule;

@@ -15,6 +15,9 @@
 //!   dead-letter, status.
 //! - [`liveness`]: each supervisor's heartbeat key ([`Heartbeat`]), and taking over the
 //!   pending entries of supervisors whose heartbeat is gone ([`Intake::take_over`]).
+//! - [`limits`]: concurrency limits: the Redis mirror of the stored limits, the
+//!   permits the take script hands out and the acknowledgement gives back, and the
+//!   running counts for `warden status`.
 //! - [`cancel`]: cancel requests (a marker key plus a pub/sub notice) and the
 //!   [`CancelListener`].
 //! - [`client`]: [`IntakeClient`], what the CLI uses: submit, cancel, wait, status.
@@ -44,10 +47,11 @@
 //! |------------------------------|-------------|-----------------|
 //! | take (script: see [`lanes`]) | 1           | 1               |
 //! | cancel check (`MGET`)        | 1           | 1               |
-//! | ack + publish (one pipeline) | 1           | 2 + 3N          |
+//! | ack + publish (one pipeline) | 1           | 3 + 3N          |
 //! | live logs (per flush)        | 1           | one per line, plus one per execution that logged |
 //!
-//! The ack pipeline is `XACK` + `XDEL` for the whole batch plus `SET EX`, `PUBLISH`
+//! The ack pipeline is `XACK` + `XDEL` + the permits' release script ([`limits`]) for
+//! the whole batch plus `SET EX`, `PUBLISH`
 //! and `PEXPIRE` (its live-log stream) per execution: the per-execution commands exist because each execution has its
 //! own channel, but they ride in the same round trip. Nothing on this path costs a
 //! round trip per execution. Off the steady path, at fixed intervals: the heartbeat
@@ -95,6 +99,7 @@ pub mod client;
 pub mod entry;
 pub mod keys;
 pub mod lanes;
+pub mod limits;
 pub mod liveness;
 pub mod messages;
 pub mod persistence;

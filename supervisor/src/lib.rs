@@ -97,6 +97,9 @@ pub use intake::{
     WaitEvent, WorkflowRef, DEFAULT_QUEUE,
 };
 
+// Concurrency limits: the Redis mirror, and the running counts against them.
+pub use intake::limits;
+
 // `PushAction` is defined by two areas (a module push and a workflow push): re-exported
 // under area names.
 pub use modules::PushAction as ModulePushAction;

@@ -11,6 +11,8 @@
 //! - [`workflows`]: workflow upsert/list and the one-query [`Store::load_for_batch`].
 //! - [`configs`]: config values (secrets sealed) and organizations, read to fill the
 //!   Redis config cache; the SDK's config writes.
+//! - [`limits`]: the concurrency limits of workflows and organizations, read whole for
+//!   the Redis mirror (crate::intake::limits).
 //! - [`kv`]: the per-organization key-value store of the SDK (reads; writes are applied
 //!   by [`commit`]).
 //! - [`deliveries`]: event deliveries, created on intake by [`Store::begin_batch`]'s
@@ -50,6 +52,7 @@ pub mod due;
 pub mod executions;
 pub mod items;
 pub mod kv;
+pub mod limits;
 pub mod lost;
 pub mod metrics;
 pub mod migrate;

@@ -1,6 +1,8 @@
 //! `warden status`: live supervisors (from the status each publishes every second),
 //! their workers, the stream's backlog, the work waiting per queue and organization,
-//! and each consumer of the stream's group as live or dead (its heartbeat key present or not) with its unfinished entries.
+//! each consumer of the stream's group as live or dead (its heartbeat key present or not)
+//! with its unfinished entries, and the concurrency limits set, with the permits held
+//! under each (top 10 by use).
 
 use serde_json::{json, Value};
 
@@ -11,8 +13,11 @@ use crate::cli_error::CliError;
 pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
     let client = conn.intake().await?;
     let o = client.status().await?;
+    let limits = crate::intake::limits::usage(&mut client.connection(), client.keys()).await?;
     if json {
-        super::json::print(&overview_json(&o));
+        let mut v = overview_json(&o);
+        v["limits"] = limits_json(&limits);
+        super::json::print(&v);
         return Ok(0);
     }
     if o.supervisors.is_empty() {
@@ -108,8 +113,37 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
             println!("  ... and {} more", q.orgs.len() - TOP_ORGS);
         }
     }
+    if !limits.is_empty() {
+        println!("concurrency limits: running / limit");
+        let rows: Vec<Vec<String>> = limits
+            .iter()
+            .take(TOP_LIMITS)
+            .map(|l| vec![l.label.clone(), format!("{} / {}", l.running, l.max)])
+            .collect();
+        print!(
+            "{}",
+            table::indent(&table::render_aligned(&[], &rows, &[1]))
+        );
+        if limits.len() > TOP_LIMITS {
+            println!("  ... and {} more", limits.len() - TOP_LIMITS);
+        }
+    }
     packages(&conn, &o.supervisors).await;
     Ok(0)
+}
+
+/// Limits listed, most used first.
+const TOP_LIMITS: usize = 10;
+
+/// `status --json`'s `limits`: the most used first, as the text.
+fn limits_json(limits: &[crate::intake::limits::LimitUsage]) -> Value {
+    Value::Array(
+        limits
+            .iter()
+            .take(TOP_LIMITS)
+            .map(|l| json!({"key": l.key, "name": l.label, "running": l.running, "max": l.max}))
+            .collect(),
+    )
 }
 
 /// Organizations listed per queue, deepest first.

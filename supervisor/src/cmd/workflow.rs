@@ -1,4 +1,5 @@
-//! `warden workflow push|list`: store workflows (source and how to run them).
+//! `warden workflow push|list`: store workflows (source and how to run them, and how
+//! many may run at once: `--max-concurrency`, see crate::cmd::org).
 //!
 //! A push checks every file before storing any: a `.py` file that parses and defines
 //! the function to call at top level, checked without running it ([`crate::pycheck`]).
@@ -99,6 +100,11 @@ pub enum WorkflowCmd {
         /// Value of one successful execution (ROI metrics).
         #[arg(long)]
         value: Option<f64>,
+        /// At most this many of its executions run at once, across all supervisors
+        /// (0: unlimited). Executions over it wait in their queue. Not given: the
+        /// stored limit stays (none for a new workflow).
+        #[arg(long, value_name = "N")]
+        max_concurrency: Option<u32>,
         #[command(flatten)]
         retry: Box<RetryArgs>,
     },
@@ -118,7 +124,8 @@ pub enum WorkflowCmd {
     /// List stored workflows.
     List {
         /// One JSON array of objects (`id`, `org`, `name`, `path`, `function`,
-        /// `timeout_ms`, `active`, `updated_at`) instead of the table.
+        /// `timeout_ms`, `active`, `version`, `max_concurrency`, `updated_at`) instead
+        /// of the table.
         #[arg(long)]
         json: bool,
     },
@@ -135,6 +142,7 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
             org,
             time_saved,
             value,
+            max_concurrency,
             retry,
         } => {
             let retry_policy = retry.policy();
@@ -167,9 +175,18 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                     retry_policy: retry_policy.clone(),
                 });
             }
+            // A new workflow of an organization with a limit changes the mirror too
+            // (a request naming it by id counts against its organization).
+            let org_limited = match org.as_deref() {
+                Some(o) => store.org_max_concurrency(o).await?.is_some_and(|n| n > 0),
+                None => false,
+            };
             for spec in specs {
                 let name = &spec.name;
                 let r = store.push_workflow(&spec).await?;
+                if let Some(max) = max_concurrency {
+                    store.set_workflow_max_concurrency(r.id, max).await?;
+                }
                 let what = match r.action {
                     PushAction::Created => "created",
                     PushAction::Updated => "updated",
@@ -179,6 +196,9 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                     "workflow {name} {what} (id {}, version {})",
                     r.id, r.version
                 );
+            }
+            if max_concurrency.is_some() || org_limited {
+                super::org::publish_limits(&conn, &store).await?;
             }
         }
         WorkflowCmd::History { name, org, json } => {
@@ -233,6 +253,7 @@ pub async fn run(conn: ConnArgs, cmd: WorkflowCmd) -> Result<i32, CliError> {
                         "timeout_ms": w.default_timeout_ms,
                         "active": w.active,
                         "version": w.version,
+                        "max_concurrency": w.max_concurrency,
                         "updated_at": super::json::time(w.updated_at),
                     })
                 });

@@ -157,6 +157,37 @@ impl Keys {
         format!("{}warden:queues", self.prefix)
     }
 
+    /// The concurrency limits, mirrored from PostgreSQL (crate::intake::limits): a hash
+    /// `org:<org>` → N, `wf:#<id>` → `N[ <org>]`, `wf:<len>:<org>:<name>` → `#<id>`:
+    /// `{prefix}warden:limits`.
+    pub fn limits(&self) -> String {
+        format!("{}warden:limits", self.prefix)
+    }
+
+    /// Who holds which permits: a hash, main stream entry id → `[owner, limit key, ...]`
+    /// (JSON): `{prefix}warden:permits`.
+    pub fn permits(&self) -> String {
+        format!("{}warden:permits", self.prefix)
+    }
+
+    /// A stream of one entry, added to whenever permits are released or the limits
+    /// change, that idle supervisors block on: `{prefix}warden:permits:bell`.
+    pub fn permits_bell(&self) -> String {
+        format!("{}warden:permits:bell", self.prefix)
+    }
+
+    /// The common start of the running sets (the scripts append the limit key):
+    /// `{prefix}warden:running:`.
+    pub fn running_base(&self) -> String {
+        format!("{}warden:running:", self.prefix)
+    }
+
+    /// The main stream entries holding a permit of one limit (`wf:#<id>`, `org:<org>`):
+    /// `{prefix}warden:running:<limit key>`.
+    pub fn running(&self, limit: &str) -> String {
+        format!("{}{limit}", self.running_base())
+    }
+
     /// The set of consumer names that have published a status: `{prefix}warden:supervisors`.
     /// Members whose status key has expired are stale and pruned by readers.
     pub fn supervisors(&self) -> String {
@@ -195,6 +226,10 @@ mod tests {
         assert_eq!(k.queue_orgs("bulk"), "warden:queue:bulk:orgs");
         assert_eq!(k.queue_bell("bulk"), "warden:queue:bulk:bell");
         assert_eq!(k.queues(), "warden:queues");
+        assert_eq!(k.limits(), "warden:limits");
+        assert_eq!(k.permits(), "warden:permits");
+        assert_eq!(k.permits_bell(), "warden:permits:bell");
+        assert_eq!(k.running("wf:#7"), "warden:running:wf:#7");
     }
 
     #[test]
@@ -220,6 +255,10 @@ mod tests {
             k.queue_orgs("q"),
             k.queue_bell("q"),
             k.queues(),
+            k.limits(),
+            k.permits(),
+            k.permits_bell(),
+            k.running("org:o"),
         ] {
             assert!(name.starts_with("t:ab:warden:"), "{name}");
         }

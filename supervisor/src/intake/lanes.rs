@@ -29,6 +29,10 @@
 //! the bells, and the reader blocks on them (`XREAD BLOCK`, on its own connection, as
 //! before) until anything new arrives: a lone request is still taken at once.
 //!
+//! With concurrency limits set (crate::intake::limits), the script also skips entries
+//! whose workflow or organization runs as many executions as it may: they keep their
+//! place in the lane, and the script looks at most 200 entries of one lane per call.
+//!
 //! The supervisor's own places are shared fairly too: its pool runs queued work by queue
 //! priority, then organization in turn (crate::pool::fair_queue), and while one
 //! organization fills its places it still looks for others' work every
@@ -291,6 +295,11 @@ impl Intake {
         for lane in skip {
             inv.arg(keys.lane(&lane.queue, lane.org.as_deref()));
         }
+        inv.arg(keys.limits())
+            .arg(keys.permits())
+            .arg(keys.running_base())
+            .arg(keys.heartbeat(""))
+            .arg(keys.permits_bell());
         self.count(1, 1);
         let reply: Value = inv
             .invoke_async(&mut self.writer_conn())

@@ -68,11 +68,15 @@ const CLAIM_CHUNK: usize = 1000;
 /// The most commands in one pipeline of [`Intake::taken_over`].
 const CHECK_CHUNK: usize = 1000;
 
-/// `KEYS`: stream, my heartbeat, their heartbeat. `ARGV`: group, me, them, count.
-/// Returns `{code, entries, ids}`: code 0 = my heartbeat is gone (claim nothing),
-/// 1 = theirs exists (alive: claim nothing), 2 = claimed; `entries` as `XCLAIM`
-/// replies them, `ids` how many were pending (more than `entries` when some were
-/// deleted from the stream: `XCLAIM` drops those from the pending list).
+/// `KEYS`: stream, my heartbeat, their heartbeat. `ARGV`: group, me, them, count,
+/// permits, running base. Returns `{code, entries, ids}`: code 0 = my heartbeat is gone
+/// (claim nothing), 1 = theirs exists (alive: claim nothing), 2 = claimed; `entries`
+/// as `XCLAIM` replies them, `ids` how many were pending (more than `entries` when some
+/// were deleted from the stream: `XCLAIM` drops those from the pending list).
+///
+/// Concurrency permits (crate::intake::limits) go with the entries: a claimed entry's
+/// permit is now this consumer's (the execution runs again here, still under its
+/// limit); a dropped entry's is given back.
 const CLAIM_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[2]) == 0 then return {0, {}, 0} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {1, {}, 0} end
@@ -81,6 +85,25 @@ if #pending == 0 then return {2, {}, 0} end
 local ids = {}
 for i, p in ipairs(pending) do ids[i] = p[1] end
 local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
+if redis.call('HLEN', ARGV[5]) > 0 then
+  local got = {}
+  for _, e in ipairs(claimed) do
+    if e then got[e[1]] = true end
+  end
+  for _, id in ipairs(ids) do
+    local raw = redis.call('HGET', ARGV[5], id)
+    if raw then
+      local permit = cjson.decode(raw)
+      if got[id] then
+        permit[1] = ARGV[2]
+        redis.call('HSET', ARGV[5], id, cjson.encode(permit))
+      else
+        for k = 2, #permit do redis.call('SREM', ARGV[6] .. permit[k], id) end
+        redis.call('HDEL', ARGV[5], id)
+      end
+    end
+  end
+end
 return {2, claimed, #ids}
 "#;
 
@@ -449,7 +472,9 @@ impl Intake {
                     .arg(group)
                     .arg(self.consumer())
                     .arg(name)
-                    .arg(want);
+                    .arg(want)
+                    .arg(self.keys().permits())
+                    .arg(self.keys().running_base());
                 self.count(1, 1);
                 let claiming = || format!("taking over the entries of dead consumer `{name}`");
                 let reply: Value = inv

@@ -306,9 +306,10 @@ impl Intake {
     }
 
     /// After the store committed these executions: acknowledge and delete their
-    /// entries, and store and publish each completion. One pipeline, one round trip:
-    /// `XACK` + `XDEL` for all, then `SET EX` + `PUBLISH` + `PEXPIRE` (of its live-log
-    /// stream) per completion.
+    /// entries, release their concurrency permits, and store and publish each
+    /// completion. One pipeline, one round trip: `XACK` + `XDEL` + the release script
+    /// (crate::intake::limits) for all, then `SET EX` + `PUBLISH` + `PEXPIRE` (of its
+    /// live-log stream) per completion.
     ///
     /// If this fails the entries stay pending; retry with the same `done` (every
     /// command here is idempotent), or, if this supervisor dies, a peer takes them over
@@ -326,6 +327,7 @@ impl Intake {
             .arg(&ids)
             .ignore();
         pipe.cmd("XDEL").arg(&stream).arg(&ids).ignore();
+        super::limits::queue_release(&mut pipe, &self.keys, &ids);
         for completion in done.iter().filter_map(|d| d.completion.as_ref()) {
             self.queue_completion(&mut pipe, completion);
         }
@@ -648,9 +650,15 @@ impl Intake {
     }
 
     async fn ack_ids(&self, ids: &[String]) -> Result<(), IntakeError> {
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(self.keys.stream()).arg(self.keys.group()).arg(ids);
-        self.send::<()>(&mut self.writer.clone(), &cmd)
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(self.keys.stream())
+            .arg(self.keys.group())
+            .arg(ids)
+            .ignore();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        super::limits::queue_release(&mut pipe, &self.keys, &refs);
+        self.send_pipe::<()>(&mut self.writer.clone(), &pipe)
             .await
             .map_err(|e| IntakeError::redis("acknowledging deleted pending entries", e))
     }

@@ -5,6 +5,8 @@
 -- ARGV: stream, group, consumer, budget,
 --       nqueues, queue base key * nqueues   (in priority order: the first is served first)
 --       nskip, lane key * nskip              (lanes not to take from this time)
+--       limits, permits, running base, heartbeat base, permits bell
+--                                            (concurrency limits: crate::intake::limits)
 -- Returns {entries, wake, healed}:
 --   entries: [[id, [field, value, ...]], ...] as XREADGROUP gives them, pending on the
 --            consumer;
@@ -25,6 +27,8 @@ for _ = 1, tonumber(ARGV[at]) do
   at = at + 1
   skip[ARGV[at]] = true
 end
+local limits_key, permits_key = ARGV[at + 1], ARGV[at + 2]
+local running_base, heartbeat_base, permits_bell = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
 
 local healed = 0
 local function read(count)
@@ -52,6 +56,195 @@ local left = budget - #out
 
 -- 2. Move entries from the lanes, queue by queue, organization by organization in turn.
 local moved = 0
+
+-- Moves one lane entry to the stream; returns its new stream id.
+local function move(lane, e)
+  local fields = e[2]
+  fields[#fields + 1] = 'enqueued'
+  fields[#fields + 1] = e[1]
+  local id = redis.call('XADD', stream, '*', unpack(fields))
+  redis.call('XDEL', lane, e[1])
+  return id
+end
+
+-- Takes up to `want` entries of a lane, oldest first; returns how many, and whether
+-- the lane may have more (true) or is empty (false). Without limits, that is all.
+local function take_plain(lane, want)
+  local got = redis.call('XRANGE', lane, '-', '+', 'COUNT', want)
+  for _, e in ipairs(got) do
+    if #e[2] > 2000 then
+      -- Beyond what unpack takes; the parser dead-letters it.
+      e[2] = {'invalid', 'the entry had more than 1000 fields'}
+    end
+    move(lane, e)
+  end
+  return #got, #got == want
+end
+
+-- Concurrency limits: none set, one HLEN and nothing else.
+local limited = redis.call('HLEN', limits_key) > 0
+local take_from = take_plain
+if limited then
+  local WINDOW = 200 -- entries of one lane looked at per call, taken or not
+  local field = {}   -- limits hash field -> value (false: none), this call
+  local maximum = {} -- limit key -> N
+  local count = {}   -- limit key -> permits held, this call
+  local alive = {}   -- consumer -> its heartbeat exists
+  local cursor, scanned, held_back = {}, {}, {}
+
+  local function limit_field(f)
+    local v = field[f]
+    if v == nil then
+      v = redis.call('HGET', limits_key, f)
+      field[f] = v
+    end
+    return v
+  end
+
+  -- The limit keys an entry counts against, from its raw `org` and `workflow` fields,
+  -- resolved as the supervisor resolves them: an id names the workflow wherever it
+  -- is (its own organization counts); a name is looked up in the entry's organization.
+  local function limits_of(fields)
+    local org, wf = '', ''
+    for k = 1, #fields - 1, 2 do
+      if fields[k] == 'org' then
+        org = fields[k + 1]
+      elseif fields[k] == 'workflow' then
+        wf = fields[k + 1]
+      end
+    end
+    local out = {}
+    local wf_key
+    local by_id = wf ~= '' and not string.find(wf, '%D')
+    if by_id then
+      wf_key = 'wf:#' .. (string.gsub(wf, '^0+(%d)', '%1'))
+      org = ''
+    else
+      local alias = limit_field('wf:' .. #org .. ':' .. org .. ':' .. wf)
+      if alias then
+        wf_key = 'wf:' .. alias
+      end
+    end
+    if wf_key then
+      local v = limit_field(wf_key)
+      if v then
+        local n, of = string.match(v, '^(%d+) ?(.*)$')
+        n = tonumber(n) or 0
+        if n > 0 then
+          maximum[wf_key] = n
+          out[#out + 1] = wf_key
+        end
+        if by_id then
+          org = of or ''
+        end
+      end
+    end
+    if org ~= '' then
+      local n = tonumber(limit_field('org:' .. org) or '0') or 0
+      if n > 0 then
+        maximum['org:' .. org] = n
+        out[#out + 1] = 'org:' .. org
+      end
+    end
+    return out
+  end
+
+  local function owner_alive(c)
+    local a = alive[c]
+    if a == nil then
+      a = redis.call('EXISTS', heartbeat_base .. c) == 1
+      alive[c] = a
+    end
+    return a
+  end
+
+  -- Permits held under `key`. A permit counts while its owner lives, or while its
+  -- entry is still pending (whoever takes the entry over takes the permit with it);
+  -- otherwise it is given back here. Only looked at closely when the set is full.
+  local function held(key)
+    local c = count[key]
+    if c then
+      return c
+    end
+    local set = running_base .. key
+    c = redis.call('SCARD', set)
+    if c >= maximum[key] then
+      c = 0
+      for _, id in ipairs(redis.call('SMEMBERS', set)) do
+        local raw = redis.call('HGET', permits_key, id)
+        local permit = raw and cjson.decode(raw)
+        if permit and (owner_alive(permit[1])
+            or #redis.call('XPENDING', stream, group, id, id, 1) > 0) then
+          c = c + 1
+        elseif permit then
+          for k = 2, #permit do
+            redis.call('SREM', running_base .. permit[k], id)
+          end
+          redis.call('HDEL', permits_key, id)
+        else
+          redis.call('SREM', set, id)
+        end
+      end
+    end
+    count[key] = c
+    return c
+  end
+
+  take_from = function(lane, want)
+    local took = 0
+    while took < want do
+      local room = WINDOW - (scanned[lane] or 0)
+      if room <= 0 then
+        return took, false
+      end
+      local n = math.min(room, want - took)
+      local from = cursor[lane] and ('(' .. cursor[lane]) or '-'
+      local got = redis.call('XRANGE', lane, from, '+', 'COUNT', n)
+      for _, e in ipairs(got) do
+        scanned[lane] = (scanned[lane] or 0) + 1
+        cursor[lane] = e[1]
+        local keys = {}
+        if #e[2] > 2000 then
+          e[2] = {'invalid', 'the entry had more than 1000 fields'}
+        else
+          keys = limits_of(e[2])
+        end
+        local fits = true
+        for _, k in ipairs(keys) do
+          if held(k) >= maximum[k] then
+            fits = false
+            break
+          end
+        end
+        if fits then
+          local id = move(lane, e)
+          took = took + 1
+          if #keys > 0 then
+            local permit = {consumer}
+            for _, k in ipairs(keys) do
+              redis.call('SADD', running_base .. k, id)
+              count[k] = count[k] + 1
+              permit[#permit + 1] = k
+            end
+            redis.call('HSET', permits_key, id, cjson.encode(permit))
+          end
+        else
+          -- Over a limit: it keeps its place in the lane, later ones may still go.
+          held_back[lane] = true
+        end
+      end
+      if #got < n then
+        -- Nothing after the cursor: the lane is empty unless something was held back.
+        if held_back[lane] then
+          return took, false
+        end
+        return took, nil
+      end
+    end
+    return took, true
+  end
+end
+
 for _, base in ipairs(queues) do
   if left <= 0 then
     break
@@ -77,25 +270,16 @@ for _, base in ipairs(queues) do
         end
         local lane = base .. 'org:' .. org
         local want = math.min(share, left)
-        local got = redis.call('XRANGE', lane, '-', '+', 'COUNT', want)
-        for _, e in ipairs(got) do
-          local fields = e[2]
-          if #fields > 2000 then
-            -- Beyond what unpack takes; the parser dead-letters it.
-            fields = {'invalid', 'the entry had more than 1000 fields'}
-          end
-          fields[#fields + 1] = 'enqueued'
-          fields[#fields + 1] = e[1]
-          redis.call('XADD', stream, '*', unpack(fields))
-          redis.call('XDEL', lane, e[1])
-        end
-        moved = moved + #got
-        left = left - #got
-        if #got < want then
+        -- more: true = the lane has more, false = it has but not for this call,
+        -- nil = it is empty.
+        local took, more = take_from(lane, want)
+        moved = moved + took
+        left = left - took
+        if more == nil or (more == false and not limited) then
           -- The lane is empty: the organization has nothing waiting in this queue.
           redis.call('ZREM', orgs_key, org)
           redis.call('DEL', lane)
-        else
+        elseif more then
           still[#still + 1] = org
         end
       end
@@ -128,6 +312,12 @@ if #out == 0 then
     local bell = base .. 'bell'
     local last = redis.call('XREVRANGE', bell, '+', '-', 'COUNT', 1)
     wake[#wake + 1] = bell
+    wake[#wake + 1] = last[1] and last[1][1] or '0-0'
+  end
+  if limited then
+    -- Work held back by a limit goes as soon as a permit is given back.
+    local last = redis.call('XREVRANGE', permits_bell, '+', '-', 'COUNT', 1)
+    wake[#wake + 1] = permits_bell
     wake[#wake + 1] = last[1] and last[1][1] or '0-0'
   end
 end

@@ -758,6 +758,12 @@ async fn connect(cfg: &ServeConfig) -> Result<Services, ServeError> {
     let keys = Keys::new(cfg.key_prefix.clone());
     let intake = Intake::connect(&cfg.redis_url, keys, cfg.consumer.clone()).await?;
     intake.ensure_group().await?;
+    // The concurrency limits as stored now (the CLI republishes them on every change).
+    let limits = store.limits().await.map_err(ServeError::DatabaseConnect)?;
+    let limited = intake.publish_limits(&limits).await?;
+    if limited > 0 {
+        tracing::info!(limits = limited, "concurrency limits in force");
+    }
     // Peers see this supervisor alive from now on; set before the first read.
     let heartbeat = Heartbeat::start(&intake, cfg.heartbeat_ttl)
         .await

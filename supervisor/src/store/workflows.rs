@@ -127,6 +127,8 @@ pub struct WorkflowSummary {
     pub value: f64,
     pub updated_at: DateTime<Utc>,
     pub version: i32,
+    /// At most this many run at once (0: no limit; migration 0009).
+    pub max_concurrency: i32,
 }
 
 const WORKFLOW_COLUMNS: &str = "w.id, w.org_id, o.name AS org, w.name, w.path, w.function_name, \
@@ -260,7 +262,8 @@ impl Store {
     pub async fn list_workflows(&self) -> Result<Vec<WorkflowSummary>, StoreError> {
         sqlx::query_as(
             "SELECT w.id, o.name AS org, w.name, w.path, w.function_name, w.default_timeout_ms,
-                    w.active, w.time_saved_seconds, w.value, w.updated_at, w.version
+                    w.active, w.time_saved_seconds, w.value, w.updated_at, w.version,
+                    w.max_concurrency
              FROM workflows w LEFT JOIN organizations o ON o.id = w.org_id
              ORDER BY o.name NULLS FIRST, w.name",
         )

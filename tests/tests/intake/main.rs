@@ -6,6 +6,7 @@
 //! - [`client`]: the client side: connection errors, waiting for completions, live logs.
 //! - [`commandstats`]: the server's own count of what one batch costs.
 //! - [`lanes`]: fair intake: lanes per queue and organization, turns, priorities, wake-ups.
+//! - [`limits`]: concurrency limits: entries over a limit wait, permits given back.
 //! - [`persistence`]: the start-up persistence check.
 //! - [`request`]: the stream entry format end to end, malformed entries rejected.
 //! - [`stream`]: the stream and its consumer group: delivery, takeover, round trips.
@@ -14,6 +15,7 @@ mod cancel;
 mod client;
 mod commandstats;
 mod lanes;
+mod limits;
 mod persistence;
 mod request;
 mod stream;

@@ -32,12 +32,25 @@ async fn a_valid_request_round_trips_through_the_stream() {
     req.caller = Some("user:7".into());
     req.timeout = Some(Duration::from_millis(1500));
     req.delivery_id = Some("dlv-1".into());
-    let stream_id = client.submit(&req).await.expect("submit");
+    let lane_id = client.submit(&req).await.expect("submit");
 
     let entries = intake.read(10, Duration::ZERO).await.expect("read");
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].stream_id, stream_id);
-    assert_eq!(entries[0].parse().expect("valid"), req);
+    // Taken from its lane into the stream (a new id there); the entry says when it was
+    // submitted: its lane id.
+    let mut parsed = entries[0].parse().expect("valid");
+    assert_eq!(
+        parsed.enqueued_at,
+        lane_id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        "lane id {lane_id}"
+    );
+    assert!(parsed.enqueued_at.is_some());
+    parsed.enqueued_at = None;
+    assert_eq!(parsed, req);
 
     // A numeric workflow comes back as an id.
     let req2 = ExecutionRequest::new("exec-2", WorkflowRef::Id(42));

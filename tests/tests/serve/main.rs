@@ -7,6 +7,7 @@
 //! - [`fairness`]: organizations take turns, urgent queues first, only queues served.
 //! - [`http`]: `--http`: `/metrics` against the database, `/readyz` through outages.
 //! - [`idempotency`]: an execution id reused with the same or with other params.
+//! - [`limits`]: concurrency limits across supervisors, and a SIGKILLed holder.
 //! - [`liveness`]: takeover by heartbeat, supervisors cut off from Redis.
 //! - [`logs`]: `warden logs ID [--follow]`, and Ctrl-C while following.
 //! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
@@ -25,6 +26,7 @@ mod duplicate_entries;
 mod fairness;
 mod http;
 mod idempotency;
+mod limits;
 mod liveness;
 mod logs;
 mod outages;
