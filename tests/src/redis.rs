@@ -87,6 +87,23 @@ impl TestRedis {
     }
 
     /// Every key under this prefix.
+    /// The server's `calls` per command (`INFO commandstats`), for tests that check what
+    /// reaches Redis: other tests' commands can only add to it.
+    pub async fn command_calls(&self) -> std::collections::HashMap<String, u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("INFO commandstats");
+        info.lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                Some((name.to_owned(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+
     pub fn scan_keys(&self) -> Vec<String> {
         let Ok(mut conn) = self.client.get_connection() else {
             return Vec::new();

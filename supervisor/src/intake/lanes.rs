@@ -144,16 +144,22 @@ pub(crate) fn add_all(keys: &Keys, requests: &[ExecutionRequest]) -> redis::Pipe
     }
     for queue in queues {
         pipe.cmd("SADD").arg(keys.queues()).arg(queue).ignore();
-        pipe.cmd("XADD")
-            .arg(keys.queue_bell(queue))
-            .arg("MAXLEN")
-            .arg(1)
-            .arg("*")
-            .arg("ring")
-            .arg(1)
-            .ignore();
+        ring(&mut pipe, &keys.queue_bell(queue));
     }
     pipe
+}
+
+/// Adds one entry to a bell (a stream trimmed to its last entry) that idle takes block
+/// on: a queue's, or the permits' (crate::intake::limits).
+pub(crate) fn ring(pipe: &mut redis::Pipeline, bell: &str) {
+    pipe.cmd("XADD")
+        .arg(bell)
+        .arg("MAXLEN")
+        .arg(1)
+        .arg("*")
+        .arg("ring")
+        .arg(1)
+        .ignore();
 }
 
 /// One pipeline that adds every request to the execution stream itself, first come

@@ -135,14 +135,7 @@ pub async fn publish<C: redis::aio::ConnectionLike>(
     if !fields.is_empty() {
         pipe.cmd("HSET").arg(keys.limits()).arg(&fields).ignore();
     }
-    pipe.cmd("XADD")
-        .arg(keys.permits_bell())
-        .arg("MAXLEN")
-        .arg(1)
-        .arg("*")
-        .arg("ring")
-        .arg(1)
-        .ignore();
+    super::lanes::ring(&mut pipe, &keys.permits_bell());
     pipe.query_async::<()>(conn).await.map_err(|e| {
         IntakeError::redis(
             format!("publishing the concurrency limits to `{}`", keys.limits()),

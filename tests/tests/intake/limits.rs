@@ -275,21 +275,7 @@ async fn removing_a_limit_lets_waiting_entries_go() {
 }
 
 async fn total_calls(t: &TestRedis) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut t.conn().await)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter_map(|line| {
-            let (_, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    t.command_calls().await.values().sum()
 }
 
 /// What a take of 10 costs the server (commands, counting those the script runs), with
