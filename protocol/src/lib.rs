@@ -18,10 +18,12 @@ pub mod frame;
 pub mod io;
 pub mod limits;
 pub mod message;
+pub mod url;
 
 pub use frame::FrameError;
 pub use limits::ExecutionLimits;
 pub use message::*;
+pub use url::redact_url;
 
 /// Bumped whenever a message changes shape. Both sides exchange it in the handshake
 /// ([`Hello`] / [`Welcome`]) and refuse to talk across versions.

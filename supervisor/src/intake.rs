@@ -203,42 +203,6 @@ impl IntakeError {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let redacted = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        // `redis://secret@host`: a lone userinfo is the password.
-        None => "***".to_owned(),
-    };
-    format!("{}{}{}", &url[..scheme_end], redacted, &rest[at..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(redact_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
-        assert_eq!(redact_url("rediss://pw@h"), "rediss://***@h");
-        assert_eq!(
-            redact_url("unix:///run/redis.sock"),
-            "unix:///run/redis.sock"
-        );
-        assert_eq!(redact_url("garbage"), "garbage");
-    }
-}
+/// `url` with any password replaced by `***`, for messages and logs (one copy for the
+/// supervisor and the worker: warden_protocol::url).
+pub use warden_protocol::redact_url;
