@@ -149,6 +149,14 @@ pub fn latencies<'a>(durations: impl IntoIterator<Item = &'a Duration>) -> Histo
     h
 }
 
+/// The isolation mode's name, as the bench prints it.
+pub fn mode_name(mode: Isolation) -> &'static str {
+    match mode {
+        Isolation::Fork => "fork",
+        Isolation::Reuse => "reuse",
+    }
+}
+
 /// The p-th percentile in milliseconds (0 with no samples).
 pub fn pct(h: &Histogram<u64>, p: f64) -> f64 {
     if h.is_empty() {

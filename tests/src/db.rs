@@ -119,9 +119,14 @@ impl TestDb {
     /// Stores a global workflow `name` (path `workflows/<name>.py`) whose function is
     /// `run`, with no default timeout.
     pub async fn push_workflow(&self, name: &str, source: &str) {
+        self.push_workflow_for(None, name, source).await
+    }
+
+    /// [`TestDb::push_workflow`] in organization `org` (`None`: global).
+    pub async fn push_workflow_for(&self, org: Option<&str>, name: &str, source: &str) {
         self.store
             .push_workflow(&warden::WorkflowSpec {
-                org: None,
+                org: org.map(str::to_owned),
                 name: name.into(),
                 path: format!("workflows/{name}.py"),
                 function_name: "run".into(),

@@ -19,7 +19,7 @@ use warden_protocol::Isolation;
 
 use super::service::{ids, scratch_database, Completions};
 use super::workload::Workload;
-use super::{latencies, pct, BenchArgs};
+use super::{latencies, mode_name, pct, BenchArgs};
 use crate::intake::{ExecutionRequest, IntakeClient, Keys, WorkflowRef};
 use crate::serve::{serve, ServeConfig, Shutdown};
 use crate::store::{Store, WorkflowSpec};
@@ -94,13 +94,6 @@ pub async fn bench(args: &BenchArgs, mode: Isolation) -> Result<serde_json::Valu
         "fifo_small_org_submitted_during_backlog": fifo.small_during_backlog,
         "fifo_big_org_executions_per_s": fifo.big_per_s,
     }))
-}
-
-fn mode_name(mode: Isolation) -> &'static str {
-    match mode {
-        Isolation::Fork => "fork",
-        Isolation::Reuse => "reuse",
-    }
 }
 
 async fn run(

@@ -117,7 +117,7 @@ pub async fn bench_mode(
 
     let (lat, one) = (latencies(&lat), latencies(&one));
     Ok(json!({
-        "mode": match mode { Isolation::Fork => "fork", Isolation::Reuse => "reuse" },
+        "mode": super::mode_name(mode),
         "workload": workload.name(),
         "n": args.n,
         "workers": workers,

@@ -61,10 +61,7 @@ pub async fn bench_mode(
     workload.setup(&store).await?;
     store.close().await;
 
-    let mode_name = match mode {
-        Isolation::Fork => "fork",
-        Isolation::Reuse => "reuse",
-    };
+    let mode_name = super::mode_name(mode);
     let prefix = format!("bench:{}:{mode_name}:", std::process::id());
     let keys = Keys::new(prefix.clone());
     let client = IntakeClient::connect(&args.conn.redis_url, keys.clone())

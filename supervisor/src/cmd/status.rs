@@ -54,12 +54,7 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
         );
     }
     let b = &o.backlog;
-    let dead_pending: u64 = b
-        .consumers
-        .iter()
-        .filter(|c| !c.live)
-        .map(|c| c.pending)
-        .sum();
+    let dead_pending = b.left_by_dead();
     println!(
         "stream: {} waiting, {} in progress{}{}",
         b.waiting(),
@@ -182,12 +177,7 @@ fn org_name(org: &Option<String>) -> &str {
 /// line), and every consumer of the group.
 fn overview_json(o: &crate::intake::client::Overview) -> Value {
     let b = &o.backlog;
-    let dead_pending: u64 = b
-        .consumers
-        .iter()
-        .filter(|c| !c.live)
-        .map(|c| c.pending)
-        .sum();
+    let dead_pending = b.left_by_dead();
     let supervisors: Vec<Value> = o
         .supervisors
         .iter()

@@ -99,6 +99,15 @@ impl Backlog {
     pub fn waiting(&self) -> u64 {
         self.length.saturating_sub(self.pending)
     }
+
+    /// Pending entries of consumers whose heartbeat is gone (peers take them over).
+    pub fn left_by_dead(&self) -> u64 {
+        self.consumers
+            .iter()
+            .filter(|c| !c.live)
+            .map(|c| c.pending)
+            .sum()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,20 +16,7 @@ use warden_tests::serve::{value, TestServe};
 const SLEEPY: &str = "import time\n\ndef run(ms=50):\n    started = time.time()\n    time.sleep(ms / 1000)\n    return {\"started\": started}\n";
 
 async fn push_for(s: &TestServe, org: Option<&str>) {
-    s.db.store
-        .push_workflow(&WorkflowSpec {
-            org: org.map(str::to_owned),
-            name: "sleepy".into(),
-            path: "workflows/sleepy.py".into(),
-            function_name: "run".into(),
-            source: SLEEPY.into(),
-            default_timeout_ms: None,
-            time_saved_seconds: None,
-            value: None,
-            retry_policy: None,
-        })
-        .await
-        .expect("push workflow");
+    s.db.push_workflow_for(org, "sleepy", SLEEPY).await
 }
 
 fn sleepy(id: &str, org: Option<&str>, queue: Option<&str>, ms: u32) -> ExecutionRequest {
