@@ -16,8 +16,8 @@
 //! [`Shutdown`] request; `daemon` runs it (start-up, the main loop with one handler per
 //! event, the stop sequence, and the loop's decisions as pure, unit-tested functions);
 //! [`prepare`] is the reader, [`acker`] the acknowledger, [`inflight`] what the loop
-//! keeps per execution, [`handback`], [`publisher`], [`sweeper`], [`held`] and
-//! [`outage`] the rest.
+//! keeps per execution, [`places`] the reader's places (with the probes' overdraft),
+//! [`handback`], [`publisher`], [`sweeper`], [`held`] and [`outage`] the rest.
 //!
 //! - **One way.** Each message carries what the next stage needs, so no stage looks
 //!   anything up in a table another one fills: a `Dispatch` carries the job and its
@@ -89,6 +89,7 @@ pub mod handback;
 pub mod held;
 pub mod inflight;
 pub mod outage;
+pub mod places;
 pub mod prepare;
 pub mod publisher;
 pub mod sweeper;

@@ -19,6 +19,7 @@ use super::handback::HandBacks;
 use super::held::Held;
 use super::inflight::{Inflight, Meta};
 use super::outage::RedisOutage;
+use super::places::Places;
 use super::prepare::{self, Dispatch};
 use super::publisher::Publisher;
 use super::{due, sweeper};
@@ -72,6 +73,8 @@ pub(super) struct Daemon {
     /// Intake places in all, and one permit per free one.
     capacity: usize,
     permits: Arc<Semaphore>,
+    /// The same places as the reader sees them (with the probes' debt), for the report.
+    places: Places,
     stop_reader: watch::Sender<bool>,
     dispatches: mpsc::Receiver<Vec<Dispatch>>,
     reader: JoinHandle<()>,
@@ -158,7 +161,9 @@ impl Daemon {
 
         // One permit per execution this supervisor holds (running or queued in the pool).
         let capacity = cfg.pool.workers + cfg.prefetch;
-        let permits = Arc::new(Semaphore::new(capacity));
+        // A probe for other lanes' work may overdraw one lane's worth: the workers.
+        let places = Places::new(capacity, cfg.pool.workers.max(1));
+        let permits = places.permits.clone();
         let (stop_reader, reader_stopped) = watch::channel(false);
         let (dispatch_tx, dispatches) = mpsc::channel(4);
         let taken_over = Arc::new(AtomicU64::new(0));
@@ -199,8 +204,7 @@ impl Daemon {
                 direct_acks,
                 sdk: sdk.clone(),
                 modules: modules.clone(),
-                permits: permits.clone(),
-                capacity,
+                places: places.clone(),
                 read_linger: cfg.read_linger,
                 out: dispatch_tx,
                 consumer: cfg.consumer.clone(),
@@ -259,6 +263,7 @@ impl Daemon {
             hand_backs,
             capacity,
             permits,
+            places,
             stop_reader,
             dispatches,
             reader,
@@ -604,6 +609,7 @@ impl Daemon {
             mut hand_backs,
             capacity,
             permits,
+            places,
             stop_reader,
             mut dispatches,
             mut reader,
@@ -663,7 +669,7 @@ impl Daemon {
             }
         }
         report.places = capacity;
-        report.places_free_at_stop = permits.available_permits();
+        report.places_free_at_stop = places.free();
         // Given back before this supervisor's heartbeat goes, so that whoever takes the
         // entries over finds the rows `pending`.
         let left = stop.left();

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::held::Held;
 use super::inflight::Meta;
+use super::places::Places;
 use crate::intake::liveness::TAKEOVER_EVERY;
 use crate::intake::{self, Completion, Done, Entry, ExecutionRequest, Intake, Liveness};
 use crate::outcome::{ExecutionId, ExecutionOutcome, Job, Status};
@@ -68,10 +69,8 @@ pub struct Reader {
     pub sdk: crate::sdk::Sdk,
     /// The module cache, checked once per batch.
     pub modules: crate::modules::ModuleSync,
-    /// One permit per free place (worker or prefetch).
-    pub permits: Arc<Semaphore>,
-    /// Permits in all.
-    pub capacity: usize,
+    /// The free places (worker or prefetch), with the probes' overdraft.
+    pub places: Places,
     /// See [`crate::serve::ServeConfig::read_linger`].
     pub read_linger: Duration,
     pub out: mpsc::Sender<Vec<Dispatch>>,
@@ -107,14 +106,25 @@ impl Reader {
         // one at a time: gather before reading again (see `gather`).
         let mut busy_since: Option<Instant> = None;
         loop {
-            // A probe takes, from free places only, the work of lanes that have too little
-            // here, while one lane's backlog keeps the places full: another organization's
-            // lone request, or a more urgent queue's, is not held up by the gathering.
+            // A probe takes the work of lanes that have too little here while one lane's
+            // backlog keeps the places full: another organization's lone request, or a
+            // more urgent queue's, is not held up by the gathering, nor by the places
+            // the backlog holds (a probe may overdraw them: crate::serve::places).
             let mut probe = false;
             if let Some(read_at) = busy_since {
-                let gathered = gather(&self.permits, self.capacity, read_at + self.read_linger);
+                let gathered = gather(
+                    &self.places.permits,
+                    self.places.capacity(),
+                    read_at + self.read_linger,
+                );
                 tokio::select! {
                     _ = gathered => {}
+                    _ = tokio::time::sleep(self.fair_probe) => probe = true,
+                    _ = self.stop.wait_for(|s| *s) => return,
+                }
+            } else if self.places.all_taken() {
+                tokio::select! {
+                    _ = self.places.permits.acquire() => {}
                     _ = tokio::time::sleep(self.fair_probe) => probe = true,
                     _ = self.stop.wait_for(|s| *s) => return,
                 }
@@ -127,30 +137,20 @@ impl Reader {
                     _ = self.stop.wait_for(|s| *s) => return,
                 }
             }
-            let mut n = 0;
-            if probe {
-                while n < self.enough_per_lane {
-                    let Ok(p) = self.permits.try_acquire() else {
-                        break;
-                    };
-                    p.forget();
-                    n += 1;
-                }
-                if n == 0 {
-                    continue;
-                }
+            let taken = if probe {
+                self.places.for_probe(self.enough_per_lane)
             } else {
-                let permit = tokio::select! {
-                    p = self.permits.clone().acquire_owned() => p,
+                let taken = tokio::select! {
+                    t = self.places.for_read() => t,
                     _ = self.stop.wait_for(|s| *s) => return,
                 };
-                let Ok(permit) = permit else { return };
-                permit.forget();
-                n = 1;
-                while let Ok(p) = self.permits.try_acquire() {
-                    p.forget();
-                    n += 1;
-                }
+                let Some(taken) = taken else { return };
+                taken
+            };
+            let n = taken.n;
+            if n == 0 {
+                // Nothing free for a probe, or what came back paid the overdraft.
+                continue;
             }
             let now = *self.liveness.borrow();
             if now.lapses > lapses {
@@ -217,14 +217,14 @@ impl Reader {
             let mut stop = self.stop.clone();
             let Some(read) = or_stop(&mut stop, reading).await else {
                 // Whatever the read took stays pending in the stream.
-                self.permits.add_permits(n);
+                self.places.give_back(taken, n);
                 return;
             };
             match read {
                 Err(e) => {
                     // A read may have been delivered and its reply lost: look for it.
                     check_orphans = true;
-                    self.permits.add_permits(n);
+                    self.places.give_back(taken, n);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot read the execution stream");
                     tokio::select! {
@@ -238,18 +238,18 @@ impl Reader {
                     if *self.stop.borrow() {
                         // Left pending: a live supervisor (or this one, restarted) takes
                         // them. Their places were never used.
-                        self.permits.add_permits(n);
+                        self.places.give_back(taken, n);
                         return;
                     }
                     if !probe {
                         busy_since = (entries.len() > 1).then(Instant::now);
                     }
                     let dispatches = self.prepare(entries).await;
-                    self.permits.add_permits(n - dispatches.len().min(n));
+                    self.places.give_back(taken, n - dispatches.len().min(n));
                     if !dispatches.is_empty() {
                         if let Err(unsent) = self.out.send(dispatches).await {
                             // Nobody runs them (the main loop is gone): left pending.
-                            self.permits.add_permits(unsent.0.len());
+                            self.places.permits.add_permits(unsent.0.len());
                             return;
                         }
                     }

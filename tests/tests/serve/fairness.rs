@@ -105,8 +105,8 @@ async fn a_small_organizations_execution_does_not_wait_for_a_big_ones_backlog() 
 }
 
 /// With `--queues critical,default` and the default queue full of 100 ms executions, a
-/// `critical` execution starts within about one execution's time: at most two default
-/// executions per worker start after it was submitted and before it starts.
+/// `critical` execution starts within about one execution's time: at most one default
+/// execution per worker starts after it was submitted and before it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_execution_starts_within_one_executions_time() {
     let mut s = TestServe::start(|cfg| {
@@ -122,12 +122,11 @@ async fn a_critical_execution_starts_within_one_executions_time() {
 
     let (submitted, started) = run_one(&s, &sleepy("urgent-1", None, Some("critical"), 1)).await;
     let overtaken = started_between(&s, "fill-", submitted, started).await;
-    // A reader place is given back only after its execution's commit, so when every
-    // place is taken a worker that ends just after the submit may start one more
-    // default execution from the local queue before the critical one is taken: at most
-    // one more per worker (seen in CI: 3 with 2 workers).
+    // Every place is held by the default queue's backlog: the reader's probe overdraws
+    // (warden::serve::places) and takes the critical one at once; each worker may end
+    // its current execution and start one more before the critical one is in its queue.
     assert!(
-        overtaken <= 2 * s.cfg.pool.workers as i64,
+        overtaken <= s.cfg.pool.workers as i64,
         "{overtaken} default executions started while the critical one waited {:.0} ms",
         (started - submitted) * 1000.0
     );
