@@ -59,10 +59,24 @@ pub async fn bench_mode(
             .map_err(|e| e.to_string())?;
     }
     workload.setup(&store).await?;
-    store.close().await;
-
     let mode_name = super::mode_name(mode);
     let prefix = format!("bench:{}:{mode_name}:", std::process::id());
+    // The modules workload: workers read the module cache through a proxy that counts
+    // their commands (the target is none per execution in the steady state). It fronts
+    // the workers' read-only user, as the supervisor would hand it out: a URL that can
+    // write is refused at start-up.
+    let proxy = match workload {
+        Workload::Modules => {
+            let url =
+                crate::modules::access::worker_url(store.pool(), &args.conn.redis_url, &prefix)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            CountingProxy::start(&url).await
+        }
+        _ => None,
+    };
+    store.close().await;
+
     let keys = Keys::new(prefix.clone());
     let client = IntakeClient::connect(&args.conn.redis_url, keys.clone())
         .await
@@ -71,12 +85,6 @@ pub async fn bench_mode(
     let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
     let mut pool = args.pool.to_config(run_dir);
     pool.isolation = mode;
-    // The modules workload: workers read the module cache through a proxy that counts
-    // their commands (the target is none per execution in the steady state).
-    let proxy = match workload {
-        Workload::Modules => CountingProxy::start(&args.conn.redis_url).await,
-        _ => None,
-    };
     if let Some(p) = &proxy {
         pool.redis_url = Some(p.url.clone());
     }
