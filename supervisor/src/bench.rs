@@ -110,6 +110,7 @@ pub async fn run(args: BenchArgs) -> Result<i32, CliError> {
             ("cache/ex", "module_cache_redis_commands_per_execution"),
             ("wrk rd/ex", "worker_redis_commands_per_execution"),
             ("sup MiB", "supervisor_rss_mib"),
+            ("sup µs/ex", "supervisor_cpu_us_per_execution"),
         ]
     };
     let mut header = format!("{:<8} {:<6}", "workload", "mode");
@@ -180,6 +181,19 @@ pub fn rss_bytes(pid: &str) -> u64 {
 
 pub fn self_rss_bytes() -> u64 {
     rss_bytes("self")
+}
+
+/// CPU time (user + system) this process has used so far, all threads: in service mode
+/// the supervisor and the bench's own client (its share is the same whatever the
+/// supervisor's flags). Much steadier on a busy machine than throughput.
+pub fn self_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 /// Summed RSS of this process's direct children (the templates).

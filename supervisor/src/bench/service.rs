@@ -110,11 +110,13 @@ pub async fn bench_mode(
     let (s1, x1) = stats(&mut side).await?;
     let worker_commands_before = proxy.as_ref().map(CountingProxy::commands);
     let t0 = Instant::now();
+    let cpu0 = super::self_cpu();
     let batch = ids("t", args.n);
     let submitted = Instant::now();
     submit(&client, &batch, workload, args.orgs).await?;
     let arrived = completions.wait(&batch, Duration::from_secs(600)).await?;
     let wall = t0.elapsed();
+    let cpu = super::self_cpu().saturating_sub(cpu0);
     let lat: Vec<Duration> = arrived
         .values()
         .map(|t| t.duration_since(submitted))
@@ -177,6 +179,8 @@ pub async fn bench_mode(
         "redis_round_trips_per_execution": report.redis.round_trips as f64 / (executions + warm.len() as f64),
         "supervisor_rss_mib": sup_rss as f64 / 1048576.0,
         "workers_rss_mib": workers_rss as f64 / 1048576.0,
+        // Under load: the supervisor's CPU (and the bench client's) per execution.
+        "supervisor_cpu_us_per_execution": cpu.as_secs_f64() * 1e6 / args.n.max(1) as f64,
     }))
 }
 
