@@ -29,7 +29,7 @@ pub const TRIVIAL: &str = "def run(x):\n    return {\"y\": x * 2}\n";
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Pool only, no services. Default: end to end through `serve`, PostgreSQL and Redis
-    /// (in a scratch database `<name>_bench` and a private key prefix).
+    /// (in a scratch database `<name>_bench_<pid>` and a private key prefix).
     #[arg(long)]
     pub local: bool,
     /// Executions per measurement.

@@ -239,7 +239,8 @@ async fn stats(conn: &mut PgConnection) -> Result<(i64, i64), String> {
     .map_err(|e| e.to_string())
 }
 
-/// `<db>_bench` next to the configured database, dropped and created afresh.
+/// `<db>_bench_<pid>` next to the configured database, dropped and created afresh (and
+/// those of benches no longer running dropped).
 pub(super) async fn scratch_database(url: &str) -> Result<String, String> {
     let (base, rest) = url
         .rsplit_once('/')
@@ -248,7 +249,10 @@ pub(super) async fn scratch_database(url: &str) -> Result<String, String> {
         Some((n, q)) => (n, format!("?{q}")),
         None => (rest, String::new()),
     };
-    let scratch = format!("{}_bench", if name.is_empty() { "warden" } else { name });
+    // One per bench process: two benches on one host (a helper's, the peers harness)
+    // must not drop each other's database mid-run.
+    let stem = format!("{}_bench", if name.is_empty() { "warden" } else { name });
+    let scratch = format!("{stem}_{}", std::process::id());
     let mut admin = PgConnection::connect(&format!("{base}/postgres{query}"))
         .await
         .map_err(|e| {
@@ -257,12 +261,25 @@ pub(super) async fn scratch_database(url: &str) -> Result<String, String> {
                 crate::store::redact_url(url)
             )
         })?;
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{scratch}\" WITH (FORCE)"
-    ))
-    .execute(&mut admin)
-    .await
-    .map_err(|e| e.to_string())?;
+    // This run's, left by an earlier workload, and those of benches no longer running.
+    let existing: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(format!("{stem}_"))
+            .fetch_all(&mut admin)
+            .await
+            .map_err(|e| e.to_string())?;
+    for db in existing {
+        let owner = db[stem.len() + 1..].parse::<u32>().ok();
+        let stale = owner.is_some_and(|pid| {
+            pid == std::process::id() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if stale {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let _ = admin.close().await;
     let scratch_url = format!("{base}/{scratch}{query}");
     Store::create_database_if_missing(&scratch_url)
