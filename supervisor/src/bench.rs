@@ -54,6 +54,12 @@ pub struct BenchArgs {
     /// throughput with and without.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// End to end: `serve --read-linger` (how long the reader gathers under load).
+    #[arg(long, default_value = "100ms", value_parser = crate::args::parse_duration)]
+    pub read_linger: std::time::Duration,
+    /// End to end: `serve --commit-delay` (at most one result transaction per interval).
+    #[arg(long, default_value = "50ms", value_parser = crate::args::parse_duration)]
+    pub commit_delay: std::time::Duration,
     #[command(flatten)]
     pub pool: PoolArgs,
     /// Set from the global connection flags (crate::args::ConnArgs).

@@ -167,7 +167,7 @@ impl ServeConfig {
             heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
             sweep_every: sweeper::SWEEP_EVERY,
             read_block: Duration::from_millis(200),
-            read_linger: Duration::from_millis(50),
+            read_linger: Duration::from_millis(100),
             secret_key: None,
             packages_root: crate::packages::DEFAULT_ROOT.into(),
             http: None,

@@ -92,6 +92,8 @@ pub async fn bench_mode(
     cfg.key_prefix = prefix.clone();
     cfg.consumer = format!("bench-{mode_name}");
     cfg.http = args.http;
+    cfg.read_linger = args.read_linger;
+    cfg.writer.max_delay = args.commit_delay;
     let mut side = PgConnection::connect(&db_url)
         .await
         .map_err(|e| format!("side connection: {e}"))?;

@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// meanwhile share it). After a quiet spell a result is committed at once.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub commit_delay: Duration,
+    /// Under load, the reader takes new entries when half its places (workers +
+    /// prefetch) are free, or at the latest this long after its last read: each read
+    /// is one transaction, so a longer linger means fewer transactions per execution.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub read_linger: Duration,
     /// Stream entries taken ahead of free workers (waiting in this supervisor's queue),
     /// so each batch's reads and writes cover many executions. Default: 64 per worker.
     #[arg(long)]
@@ -102,6 +107,7 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
     }
     cfg.writer.max_batch = args.commit_batch.max(1);
     cfg.writer.max_delay = args.commit_delay;
+    cfg.read_linger = args.read_linger;
     cfg.writer.max_pending = args.max_pending_results.max(1);
     cfg.drain_timeout = args.pool.drain_timeout;
     cfg.heartbeat_ttl = args
