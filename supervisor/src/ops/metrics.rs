@@ -3,7 +3,8 @@
 //! - **Events**, counted where they happen: an execution started (the main loop hands
 //!   it to the pool) or ended (the pool's `Finished`), its duration, a commit's size and
 //!   latency (the writer), executions deleted by retention. Each is an atomic increment
-//!   (plus, for the labelled two, one short lock to find the series); nothing waits.
+//!   (plus, for the labelled two, one short lock to find the pair's counters in a cache
+//!   looked up by `&str`: no allocation once a pair has been seen); nothing waits.
 //! - **State**, read only when `/metrics` is scraped ([`Sources`]): the pool's queue
 //!   and workers, template restarts, PostgreSQL and Redis errors and reconnects, the
 //!   module cache's generation and repairs. Those already live in atomics of the parts
@@ -16,7 +17,7 @@
 //! docs/operations.md lists every metric; a test there checks the list against
 //! [`Metrics::encode`]'s output.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -106,6 +107,11 @@ struct Inner {
     commit: CommitMetrics,
     retention_deleted: Counter,
     labels: Mutex<LabelCap>,
+    /// The counters of the pairs seen so far, by workflow then organization.
+    series: Mutex<HashMap<String, HashMap<String, Arc<PairSeries>>>>,
+    /// The counters every pair past the cap shares (not cached per pair: the cache
+    /// stays bounded by the cap).
+    other: OnceLock<Arc<PairSeries>>,
     state: Arc<StateCollector>,
 }
 
@@ -176,6 +182,8 @@ impl Metrics {
                 commit,
                 retention_deleted,
                 labels: Mutex::new(LabelCap::new(MAX_LABEL_SETS)),
+                series: Mutex::default(),
+                other: OnceLock::new(),
                 state,
             }),
         }
@@ -188,25 +196,22 @@ impl Metrics {
 
     /// An execution handed to the pool.
     pub fn started(&self, workflow: &str, org: Option<&str>) {
-        let (workflow, organization) = self.labels(workflow, org);
-        self.inner
-            .started
-            .get_or_create(&StartedLabels {
-                workflow,
-                organization,
-            })
-            .inc();
+        self.series(workflow, org).started.inc();
     }
 
     /// An execution that ended in the pool.
     pub fn ended(&self, status: Status, workflow: &str, org: Option<&str>, took: Duration) {
-        let (workflow, organization) = self.labels(workflow, org);
-        self.inner
-            .ended
-            .get_or_create(&EndedLabels {
-                status: status.as_str().to_string(),
-                workflow,
-                organization,
+        let pair = self.series(workflow, org);
+        pair.ended[status_index(status)]
+            .get_or_init(|| {
+                self.inner
+                    .ended
+                    .get_or_create(&EndedLabels {
+                        status: status.as_str().to_string(),
+                        workflow: pair.labels.0.clone(),
+                        organization: pair.labels.1.clone(),
+                    })
+                    .clone()
             })
             .inc();
         self.inner.duration.observe(took.as_secs_f64());
@@ -230,13 +235,70 @@ impl Metrics {
         out
     }
 
-    fn labels(&self, workflow: &str, org: Option<&str>) -> (String, String) {
+    /// The counters of a (workflow, organization) pair: from the cache, or made once
+    /// (under the cap's labels: its own, or [`OTHER`]'s).
+    fn series(&self, workflow: &str, org: Option<&str>) -> Arc<PairSeries> {
         let org = org.unwrap_or(NO_ORG);
-        self.inner
+        let mut cache = self.inner.series.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pair) = cache.get(workflow).and_then(|by_org| by_org.get(org)) {
+            return pair.clone();
+        }
+        let labels = self
+            .inner
             .labels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .admit(workflow, org)
+            .admit(workflow, org);
+        if labels.0 == OTHER && labels.1 == OTHER {
+            return self
+                .inner
+                .other
+                .get_or_init(|| Arc::new(self.pair_series(labels)))
+                .clone();
+        }
+        let pair = Arc::new(self.pair_series(labels));
+        cache
+            .entry(workflow.to_string())
+            .or_default()
+            .insert(org.to_string(), pair.clone());
+        pair
+    }
+
+    fn pair_series(&self, labels: (String, String)) -> PairSeries {
+        PairSeries {
+            started: self
+                .inner
+                .started
+                .get_or_create(&StartedLabels {
+                    workflow: labels.0.clone(),
+                    organization: labels.1.clone(),
+                })
+                .clone(),
+            ended: Default::default(),
+            labels,
+        }
+    }
+}
+
+/// One (workflow, organization) pair's counters (shared with the registry's families:
+/// a counter is a handle on one atomic).
+struct PairSeries {
+    /// The labels it counts under (its own, or [`OTHER`]'s past the cap).
+    labels: (String, String),
+    started: Counter,
+    /// By [`Status`] ([`status_index`]), made at the first execution ending so.
+    ended: [OnceLock<Counter>; 5],
+}
+
+/// Where a status's counter sits in [`PairSeries::ended`] (a new status is a compile
+/// error here, not an index out of bounds).
+fn status_index(status: Status) -> usize {
+    match status {
+        Status::Success => 0,
+        Status::Failed => 1,
+        Status::Timeout => 2,
+        Status::Cancelled => 3,
+        Status::Crashed => 4,
     }
 }
 
