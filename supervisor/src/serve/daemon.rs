@@ -274,7 +274,7 @@ impl Daemon {
             report: ServeReport::default(),
             to_writer: VecDeque::new(),
             status_tick: tokio::time::interval(Duration::from_secs(1)),
-            log_tick: tokio::time::interval(Duration::from_millis(20)),
+            log_tick: log_tick(),
             lapse_tx,
             lapse_rx,
             rate: RateWindow::default(),
@@ -293,7 +293,6 @@ impl Daemon {
     pub(super) async fn run(mut self) -> ServeReport {
         loop {
             let deadline = self.stop.deadline;
-            let mark_due = self.publisher.mark_due();
             tokio::select! {
                 request = self.stop.next_signal() => self.on_shutdown(request),
                 _ = sleep_until_opt(deadline), if self.draining.is_some() => {
@@ -314,8 +313,7 @@ impl Daemon {
                     self.on_writer_room(reservation);
                 }
                 Some(sig) = self.cancels.recv() => self.on_cancel(sig),
-                _ = self.log_tick.tick(), if self.publisher.has_logs() => self.publisher.flush_logs(),
-                _ = sleep_until_opt(mark_due), if mark_due.is_some() => self.publisher.flush_logs(),
+                _ = self.log_tick.tick(), if self.publisher.has_work() => self.publisher.flush_logs(),
                 _ = self.status_tick.tick() => self.on_status_tick(),
                 _ = tick_opt(&mut self.watchdog), if self.watchdog.is_some() => notify::watchdog(),
             }
@@ -945,6 +943,15 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The live-log flush's tick (20 ms). A tick missed while there was nothing to send
+/// is not made up in a burst: the flush waits for start marks too, and a burst of
+/// every tick missed since the last execution would spin the loop for nothing.
+fn log_tick() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -80,8 +80,9 @@ impl Publisher {
         self.logs.push(log);
     }
 
-    pub fn has_logs(&self) -> bool {
-        !self.logs.is_empty()
+    /// Lines or start marks wait: the flush's tick should run.
+    pub fn has_work(&self) -> bool {
+        !self.logs.is_empty() || !self.marks.is_empty()
     }
 
     /// Queues the start mark of an execution a worker just started (dropped while
@@ -110,15 +111,17 @@ impl Publisher {
         }
     }
 
-    /// When the oldest waiting mark is due to be sent on its own (`None`: no mark).
-    pub fn mark_due(&self) -> Option<Instant> {
-        self.marks.first().map(|m| m.queued + MARK_DELAY)
+    /// Whether the oldest waiting mark is due to be sent on its own.
+    fn mark_due(&self) -> bool {
+        self.marks
+            .first()
+            .is_some_and(|m| m.queued.elapsed() >= MARK_DELAY)
     }
 
-    /// Publishes the queued lines and start marks, unless the previous flush is still
-    /// in flight.
+    /// Publishes the queued lines and start marks (marks alone only once the oldest is
+    /// [`MARK_DELAY`] old), unless the previous flush is still in flight.
     pub fn flush_logs(&mut self) {
-        if busy(&self.logs_in_flight) || (self.logs.is_empty() && self.marks.is_empty()) {
+        if busy(&self.logs_in_flight) || (self.logs.is_empty() && !self.mark_due()) {
             return;
         }
         let batch = std::mem::take(&mut self.logs);
