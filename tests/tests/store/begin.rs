@@ -264,8 +264,16 @@ async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
     let mut wrong = back("other", false);
     wrong.stream_id = "2-other".into();
     assert_eq!(s.hand_back("sup-1", &[wrong]).await.unwrap(), 0);
+    // The row holds no start time while it runs: the hand-back carries the worker's.
+    let worker_start = chrono::DateTime::parse_from_rfc3339("2026-12-06T01:02:03.456789Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let cut_back = HandBack {
+        started_at: Some(worker_start),
+        ..back("cut", true)
+    };
     assert_eq!(
-        s.hand_back("sup-1", &[back("queued", false), back("cut", true)])
+        s.hand_back("sup-1", &[back("queued", false), cut_back])
             .await
             .unwrap(),
         2
@@ -278,7 +286,8 @@ async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
     assert!(queued.error_type.is_none());
     let cut = row("cut").await;
     assert_eq!(cut.status.to_string(), "pending");
-    assert!(cut.started_at.is_some() && cut.supervisor.is_none());
+    assert_eq!(cut.started_at, Some(worker_start));
+    assert!(cut.supervisor.is_none());
     assert_eq!(cut.error_type.as_deref(), Some("Interrupted"));
     assert!(
         cut.error_message.as_deref().unwrap().contains("attempt 1")
