@@ -89,6 +89,9 @@ pub(super) struct Daemon {
     to_writer: VecDeque<(Completed, bool)>,
     status_tick: tokio::time::Interval,
     log_tick: tokio::time::Interval,
+    /// Sends start marks left waiting (crate::serve::publisher); apart from `log_tick`
+    /// so that a mark never delays the first flush of an execution's log lines.
+    mark_tick: tokio::time::Interval,
     /// Entries peers took over during a heartbeat lapse, found off the loop.
     lapse_tx: mpsc::UnboundedSender<Vec<String>>,
     lapse_rx: mpsc::UnboundedReceiver<Vec<String>>,
@@ -274,7 +277,8 @@ impl Daemon {
             report: ServeReport::default(),
             to_writer: VecDeque::new(),
             status_tick: tokio::time::interval(Duration::from_secs(1)),
-            log_tick: log_tick(),
+            log_tick: tokio::time::interval(Duration::from_millis(20)),
+            mark_tick: mark_tick(),
             lapse_tx,
             lapse_rx,
             rate: RateWindow::default(),
@@ -313,7 +317,8 @@ impl Daemon {
                     self.on_writer_room(reservation);
                 }
                 Some(sig) = self.cancels.recv() => self.on_cancel(sig),
-                _ = self.log_tick.tick(), if self.publisher.has_work() => self.publisher.flush_logs(),
+                _ = self.log_tick.tick(), if self.publisher.has_logs() => self.publisher.flush_logs(),
+                _ = self.mark_tick.tick(), if self.publisher.has_marks() => self.publisher.flush_logs(),
                 _ = self.status_tick.tick() => self.on_status_tick(),
                 _ = tick_opt(&mut self.watchdog), if self.watchdog.is_some() => notify::watchdog(),
             }
@@ -945,11 +950,11 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// The live-log flush's tick (20 ms). A tick missed while there was nothing to send
-/// is not made up in a burst: the flush waits for start marks too, and a burst of
-/// every tick missed since the last execution would spin the loop for nothing.
-fn log_tick() -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+/// The start marks' tick (half [`super::publisher::MARK_DELAY`]). A tick missed while
+/// no mark waited is not made up in a burst (that would spin the loop once per tick
+/// missed since the last long execution).
+fn mark_tick() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(super::publisher::MARK_DELAY / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
 }

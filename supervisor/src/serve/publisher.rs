@@ -18,8 +18,10 @@
 //! line) or until it is [`MARK_DELAY`] old; the mark of an execution that ended before
 //! then is dropped (its start time arrives with its result). So only an execution that
 //! runs longer than [`MARK_DELAY`] without logging costs a pipeline of its own, off
-//! the main loop; `warden executions show` calls it queued for at most that long after
-//! it started.
+//! the main loop; `warden executions show` calls it queued for at most one and a half
+//! times that after it started (the main loop looks for due marks every half of it, on
+//! a tick of its own, so that a waiting mark never delays the first flush of an
+//! execution's log lines, which must reach Redis before its completion usually does).
 
 use std::time::Duration;
 
@@ -80,9 +82,12 @@ impl Publisher {
         self.logs.push(log);
     }
 
-    /// Lines or start marks wait: the flush's tick should run.
-    pub fn has_work(&self) -> bool {
-        !self.logs.is_empty() || !self.marks.is_empty()
+    pub fn has_logs(&self) -> bool {
+        !self.logs.is_empty()
+    }
+
+    pub fn has_marks(&self) -> bool {
+        !self.marks.is_empty()
     }
 
     /// Queues the start mark of an execution a worker just started (dropped while
