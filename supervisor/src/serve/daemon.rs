@@ -89,9 +89,6 @@ pub(super) struct Daemon {
     to_writer: VecDeque<(Completed, bool)>,
     status_tick: tokio::time::Interval,
     log_tick: tokio::time::Interval,
-    /// Sends start marks left waiting (crate::serve::publisher); apart from `log_tick`
-    /// so that a mark never delays the first flush of an execution's log lines.
-    mark_tick: tokio::time::Interval,
     /// Entries peers took over during a heartbeat lapse, found off the loop.
     lapse_tx: mpsc::UnboundedSender<Vec<String>>,
     lapse_rx: mpsc::UnboundedReceiver<Vec<String>>,
@@ -278,7 +275,6 @@ impl Daemon {
             to_writer: VecDeque::new(),
             status_tick: tokio::time::interval(Duration::from_secs(1)),
             log_tick: tokio::time::interval(Duration::from_millis(20)),
-            mark_tick: mark_tick(),
             lapse_tx,
             lapse_rx,
             rate: RateWindow::default(),
@@ -318,7 +314,6 @@ impl Daemon {
                 }
                 Some(sig) = self.cancels.recv() => self.on_cancel(sig),
                 _ = self.log_tick.tick(), if self.publisher.has_logs() => self.publisher.flush_logs(),
-                _ = self.mark_tick.tick(), if self.publisher.has_marks() => self.publisher.flush_logs(),
                 _ = self.status_tick.tick() => self.on_status_tick(),
                 _ = tick_opt(&mut self.watchdog), if self.watchdog.is_some() => notify::watchdog(),
             }
@@ -546,6 +541,9 @@ impl Daemon {
         st.queues = self.cfg.queues.clone();
         st.executions_queued = self.inflight.queued() as u32;
         self.publisher.status(st);
+        // Start marks left waiting (no log line took them along): sent at least once
+        // a second, with no timer of their own in the loop.
+        self.publisher.flush_logs();
     }
 
     /// Hands a finished execution on to the writer, through `to_writer` (the main loop
@@ -948,15 +946,6 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-/// The start marks' tick (half [`super::publisher::MARK_DELAY`]). A tick missed while
-/// no mark waited is not made up in a burst (that would spin the loop once per tick
-/// missed since the last long execution).
-fn mark_tick() -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(super::publisher::MARK_DELAY / 2);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -15,13 +15,15 @@
 //! "queued here" from "running since T" meanwhile is a start mark
 //! (crate::intake::StartMark), sent in the same pipeline as the log lines. To add no
 //! round trip for short executions, a mark waits for a flush that happens anyway (a log
-//! line) or until it is [`MARK_DELAY`] old; the mark of an execution that ended before
-//! then is dropped (its start time arrives with its result). So only an execution that
-//! runs longer than [`MARK_DELAY`] without logging costs a pipeline of its own, off
-//! the main loop; `warden executions show` calls it queued for at most one and a half
-//! times that after it started (the main loop looks for due marks every half of it, on
-//! a tick of its own, so that a waiting mark never delays the first flush of an
-//! execution's log lines, which must reach Redis before its completion usually does).
+//! line) or, once it is [`MARK_DELAY`] old, for the status tick (once a second); the
+//! mark of an execution that ended before then is dropped (its start time arrives with
+//! its result). So only an execution that runs longer than that without logging costs
+//! a pipeline of its own (one per second at most, for all such marks), off the main
+//! loop; `warden executions show` calls it queued for at most about a second after it
+//! started. Measured: a tick of the marks' own in the main loop's `select!` (every 50
+//! ms) halved the throughput under load (docs/architecture.md), and sharing the log
+//! tick let a mark take the first flush of a short execution's log lines, which then
+//! reached Redis after its completion.
 
 use std::time::Duration;
 
@@ -84,10 +86,6 @@ impl Publisher {
 
     pub fn has_logs(&self) -> bool {
         !self.logs.is_empty()
-    }
-
-    pub fn has_marks(&self) -> bool {
-        !self.marks.is_empty()
     }
 
     /// Queues the start mark of an execution a worker just started (dropped while

@@ -90,7 +90,7 @@ async fn a_queued_execution_is_pending_without_a_start_time_until_a_worker_start
     let first_started = time_of(&first["started_at"]);
 
     s.client
-        .submit(&TestServe::request("q-second", "sleep", r#"{"s": 1.5}"#))
+        .submit(&TestServe::request("q-second", "sleep", r#"{"s": 3.0}"#))
         .await
         .unwrap();
     // Taken by the supervisor (its row exists), waiting for the one worker.
