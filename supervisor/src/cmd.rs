@@ -11,6 +11,7 @@ pub mod config;
 pub mod executions;
 mod json;
 pub mod kv;
+mod live;
 pub mod logs;
 pub mod manual;
 pub mod migrate;

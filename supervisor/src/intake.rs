@@ -114,7 +114,7 @@ pub use entry::Entry;
 pub use keys::Keys;
 pub use lanes::{Lane, LaneDepth, DEFAULT_QUEUE};
 pub use liveness::{Heartbeat, Liveness};
-pub use messages::{Completion, Done, SupervisorStatus};
+pub use messages::{Completion, Done, StartMark, SupervisorStatus};
 pub use request::{ExecutionRequest, InvalidEntry, WorkflowRef};
 pub use stream::{ConsumerBacklog, Intake, RedisCalls};
 

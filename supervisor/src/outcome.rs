@@ -239,6 +239,8 @@ pub enum PoolEvent {
     Started {
         execution_id: ExecutionId,
         pid: u32,
+        /// When the pool sent it to the worker (the start its outcome records).
+        started_at: SystemTime,
     },
     Log(Log),
     /// The running execution asks something; answer with [`crate::pool::Pool::reply`].

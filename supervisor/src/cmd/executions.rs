@@ -10,6 +10,7 @@ use crate::store::executions::{ExecutionDetail, ExecutionSummary};
 use crate::store::{ExecutionFilter, ExecutionStatus};
 
 use super::json::{opt_time, time};
+use super::live::{self, Shown, Stored};
 
 #[derive(Debug, Subcommand)]
 pub enum ExecutionsCmd {
@@ -75,23 +76,48 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
                     limit,
                 })
                 .await?;
+            let stored: Vec<Stored> = rows
+                .iter()
+                .map(|r| Stored {
+                    id: r.id.as_str(),
+                    status: r.status,
+                    attempt: r.attempt,
+                    started_at: r.started_at,
+                    supervisor: r.supervisor.as_deref(),
+                })
+                .collect();
+            let shown = live::resolve(&conn, &stored).await;
+            drop(stored);
+            // `pending` and `running` are read together (a `running` row may still be
+            // queued): keep those shown with the status asked for.
+            let (rows, shown): (Vec<_>, Vec<_>) = rows
+                .into_iter()
+                .zip(shown)
+                .filter(|(_, s)| status.is_none_or(|want| s.status == want || s.start_unknown))
+                .unzip();
             if json {
-                super::json::print(&Value::Array(rows.iter().map(summary_json).collect()));
+                super::json::print(&Value::Array(
+                    rows.iter()
+                        .zip(&shown)
+                        .map(|(r, s)| summary_json(r, s))
+                        .collect(),
+                ));
                 store.close().await;
                 return Ok(0);
             }
             let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
-                .map(|r| {
+                .zip(shown)
+                .map(|(r, s)| {
                     vec![
                         r.id.to_string(),
                         r.org.unwrap_or_else(|| "-".into()),
                         r.workflow_name.unwrap_or_else(|| "-".into()),
-                        r.status.to_string(),
+                        status_text(&s),
                         r.attempt.to_string(),
                         time(r.queued_at),
-                        r.started_at.map(time).unwrap_or_else(|| "-".into()),
+                        s.started_at.map(time).unwrap_or_else(|| "-".into()),
                         r.duration_ms.map(|d| format!("{d:.1}")).unwrap_or_default(),
                         r.error_type.unwrap_or_default(),
                     ]
@@ -136,19 +162,31 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
                 }
                 return Ok(0);
             };
+            let e = &d.execution;
+            let shown = live::resolve(
+                &conn,
+                &[Stored {
+                    id: e.id.as_str(),
+                    status: e.status,
+                    attempt: e.attempt,
+                    started_at: e.started_at,
+                    supervisor: e.supervisor.as_deref(),
+                }],
+            )
+            .await
+            .remove(0);
             if json {
-                super::json::print(&detail_json(&d));
+                super::json::print(&detail_json(&d, &shown));
                 store.close().await;
                 return Ok(0);
             }
-            let e = &d.execution;
             println!("id:        {}", e.id);
             println!(
                 "workflow:  {}{}",
                 e.workflow_name.as_deref().unwrap_or("-"),
                 version_note(e.workflow_version, e.workflow_hash.as_deref())
             );
-            println!("status:    {} (attempt {})", e.status, e.attempt);
+            println!("status:    {} (attempt {})", status_text(&shown), e.attempt);
             if let Some(t) = e.next_attempt_at {
                 let what = if e.status == ExecutionStatus::Scheduled {
                     "starts at"
@@ -158,7 +196,10 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
                 println!("{what} {t}");
             }
             println!("queued:    {}", e.queued_at);
-            if let Some(t) = e.started_at {
+            if let (Some(t), Some(_)) = (e.taken_at, &shown.queued_on) {
+                println!("taken:     {t} (waiting for a worker)");
+            }
+            if let Some(t) = shown.started_at {
                 println!("started:   {t}");
             }
             if let Some(t) = e.completed_at {
@@ -237,16 +278,28 @@ pub async fn run(conn: ConnArgs, cmd: ExecutionsCmd) -> Result<i32, CliError> {
     Ok(code)
 }
 
+/// The status as shown: `pending (queued on S)` for a row taken but not started,
+/// `running (start unknown)` when Redis could not say.
+fn status_text(s: &Shown) -> String {
+    match (&s.queued_on, s.start_unknown) {
+        (Some(sup), _) => format!("{} (queued on {sup})", s.status),
+        (None, true) => format!("{} (start unknown: Redis unreachable)", s.status),
+        (None, false) => s.status.to_string(),
+    }
+}
+
 /// One `executions list --json` element.
-fn summary_json(r: &ExecutionSummary) -> Value {
+fn summary_json(r: &ExecutionSummary, s: &Shown) -> Value {
     json!({
         "id": r.id.as_str(),
         "org": r.org,
         "workflow": r.workflow_name,
-        "status": r.status.as_str(),
+        "status": s.status.as_str(),
+        "queued_on": s.queued_on,
+        "start_unknown": s.start_unknown,
         "attempt": r.attempt,
         "queued_at": time(r.queued_at),
-        "started_at": opt_time(r.started_at),
+        "started_at": opt_time(s.started_at),
         "completed_at": opt_time(r.completed_at),
         "duration_ms": r.duration_ms,
         "error_type": r.error_type,
@@ -254,7 +307,7 @@ fn summary_json(r: &ExecutionSummary) -> Value {
 }
 
 /// `executions show --json`.
-fn detail_json(d: &ExecutionDetail) -> Value {
+fn detail_json(d: &ExecutionDetail, s: &Shown) -> Value {
     let e = &d.execution;
     let logs: Vec<Value> = d
         .logs
@@ -299,10 +352,13 @@ fn detail_json(d: &ExecutionDetail) -> Value {
         "workflow_hash": e.workflow_hash,
         "org_id": e.org_id,
         "caller": e.caller,
-        "status": e.status.as_str(),
+        "status": s.status.as_str(),
+        "queued_on": s.queued_on,
+        "start_unknown": s.start_unknown,
         "attempt": e.attempt,
         "queued_at": time(e.queued_at),
-        "started_at": opt_time(e.started_at),
+        "taken_at": opt_time(e.taken_at),
+        "started_at": opt_time(s.started_at),
         "completed_at": opt_time(e.completed_at),
         "duration_ms": e.duration_ms,
         "cpu_seconds": e.cpu_seconds,

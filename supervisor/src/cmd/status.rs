@@ -1,5 +1,6 @@
 //! `warden status`: live supervisors (from the status each publishes every second),
-//! their workers, the stream's backlog, the work waiting per queue and organization,
+//! their workers (busy ones run an execution each) and the executions taken and queued
+//! for them, the stream's backlog, the work waiting per queue and organization,
 //! each consumer of the stream's group as live or dead (its heartbeat key present or not)
 //! with its unfinished entries, and the concurrency limits set, with the permits held
 //! under each (top 10 by use).
@@ -32,6 +33,7 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
                     s.workers_total.to_string(),
                     s.workers_busy.to_string(),
                     s.workers_total.saturating_sub(s.workers_busy).to_string(),
+                    s.executions_queued.to_string(),
                     s.executions_completed.to_string(),
                     format!("{:.1}", s.executions_per_sec),
                 ]
@@ -45,11 +47,12 @@ pub async fn run(conn: ConnArgs, json: bool) -> Result<i32, CliError> {
                     "workers",
                     "busy",
                     "idle",
+                    "queued",
                     "completed",
                     "execs/s"
                 ],
                 &rows,
-                &[1, 2, 3, 4, 5],
+                &[1, 2, 3, 4, 5, 6],
             )
         );
     }
@@ -189,6 +192,8 @@ fn overview_json(o: &crate::intake::client::Overview) -> Value {
                 "workers": s.workers_total,
                 "busy": s.workers_busy,
                 "idle": s.workers_total.saturating_sub(s.workers_busy),
+                // Taken from the stream, waiting in its local queue for a worker.
+                "queued": s.executions_queued,
                 "completed": s.executions_completed,
                 "executions_per_sec": s.executions_per_sec,
                 "started_at": super::json::time(s.started_at),

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::cancel;
 use super::keys::Keys;
-use super::messages::{Completion, LogLine, SupervisorStatus};
+use super::messages::{Completion, LogLine, StartMark, SupervisorStatus};
 use super::request::ExecutionRequest;
 use super::stream::{backlog, Backlog, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use super::{redact_url, IntakeError};
@@ -155,6 +155,31 @@ impl IntakeClient {
             .map_err(|e| {
                 IntakeError::redis(format!("publishing the completion of {}", completion.id), e)
             })
+    }
+
+    /// The start marks of these executions (crate::intake::messages::StartMark), in
+    /// order; `None` where a worker has not started it, or the mark expired (one `MGET`).
+    /// A mark that does not parse reads as `None`.
+    pub async fn start_marks(
+        &self,
+        execution_ids: &[&str],
+    ) -> Result<Vec<Option<StartMark>>, IntakeError> {
+        if execution_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = execution_ids
+            .iter()
+            .map(|id| self.keys.start_mark(id))
+            .collect();
+        let raw: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| IntakeError::redis("reading the executions' start marks", e))?;
+        Ok(raw
+            .into_iter()
+            .map(|v| v.and_then(|json| serde_json::from_str(&json).ok()))
+            .collect())
     }
 
     /// Asks for an execution to be cancelled (queued or running).

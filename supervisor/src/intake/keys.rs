@@ -69,6 +69,16 @@ impl Keys {
         format!("{}warden:execution:{execution_id}:logs", self.prefix)
     }
 
+    /// A string key saying that a worker started an execution's attempt, and when
+    /// ([`crate::intake::messages::StartMark`]): `{prefix}warden:execution:<id>:started`.
+    /// Its row says `running` with no `started_at` from the moment a supervisor takes
+    /// it until its result is committed, so this key is what tells "queued on that
+    /// supervisor" from "running since T" meanwhile. It expires with the attempt's
+    /// deadline (plus a minute).
+    pub fn start_mark(&self, execution_id: &str) -> String {
+        format!("{}warden:execution:{execution_id}:started", self.prefix)
+    }
+
     /// Pub/sub channel of cancel requests; the payload is an execution id:
     /// `{prefix}warden:cancel`.
     pub fn cancel_channel(&self) -> String {

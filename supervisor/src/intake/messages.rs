@@ -198,6 +198,21 @@ impl LogLine {
     }
 }
 
+/// "A worker started attempt `attempt` of this execution at `started_at`", stored as
+/// JSON at `warden:execution:<id>:started` (crate::intake::Keys::start_mark) by the
+/// supervisor's live-log flush (crate::serve::publisher), and read by `warden
+/// executions list|show` for a row that is `running` with no `started_at` yet:
+///
+/// ```json
+/// {"attempt":1,"started_at":"2026-12-06T01:02:03.456Z","supervisor":"host-1234"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartMark {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub supervisor: String,
+}
+
 /// What one supervisor says about itself every second or so, stored as JSON at
 /// `warden:supervisor:<consumer>` with a TTL of a few seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +234,10 @@ pub struct SupervisorStatus {
     /// queues).
     #[serde(default)]
     pub queues: Vec<String>,
+    /// Executions taken and waiting in its local queue for a worker (0 from
+    /// supervisors that predate the count).
+    #[serde(default)]
+    pub executions_queued: u32,
 }
 
 impl SupervisorStatus {
@@ -235,6 +254,7 @@ impl SupervisorStatus {
             started_at: DateTime::<Utc>::from(SystemTime::now()),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             queues: Vec::new(),
+            executions_queued: 0,
         }
     }
 }

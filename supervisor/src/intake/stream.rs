@@ -18,7 +18,7 @@ use warden_protocol::Log;
 use super::cancel::{self, CancelListener};
 use super::entry::{self, Entry, Field};
 use super::keys::Keys;
-use super::messages::{Completion, Done, LogLine, SupervisorStatus};
+use super::messages::{Completion, Done, LogLine, StartMark, SupervisorStatus};
 use super::request::{ExecutionRequest, InvalidEntry};
 use super::{redact_url, IntakeError};
 
@@ -481,12 +481,27 @@ impl Intake {
     }
 
     /// Appends log lines to their executions' live-log streams (one pipeline): `XADD`
-    /// per line, then one `PEXPIRE` per execution in the batch ([`LIVE_LOG_TTL`]).
-    pub async fn publish_logs(&self, batch: &[Log]) -> Result<(), IntakeError> {
-        if batch.is_empty() {
+    /// per line, then one `PEXPIRE` per execution in the batch ([`LIVE_LOG_TTL`]); in
+    /// the same pipeline, one `SET … PX` per start mark (the mark's key expires after
+    /// the given time: its attempt's deadline and a margin).
+    pub async fn publish_logs(
+        &self,
+        batch: &[Log],
+        marks: &[(String, StartMark, Duration)],
+    ) -> Result<(), IntakeError> {
+        if batch.is_empty() && marks.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        for (id, mark, ttl) in marks {
+            // Strings and numbers: serialising cannot fail.
+            pipe.cmd("SET")
+                .arg(self.keys.start_mark(id))
+                .arg(serde_json::to_string(mark).unwrap_or_default())
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .ignore();
+        }
         let mut streams: Vec<&str> = Vec::new();
         for log in batch {
             // Plain strings and numbers: serialising cannot fail.
@@ -512,7 +527,16 @@ impl Intake {
         }
         self.send_pipe::<()>(&mut self.writer.clone(), &pipe)
             .await
-            .map_err(|e| IntakeError::redis(format!("publishing {} log lines", batch.len()), e))
+            .map_err(|e| {
+                IntakeError::redis(
+                    format!(
+                        "publishing {} log lines and {} start marks",
+                        batch.len(),
+                        marks.len()
+                    ),
+                    e,
+                )
+            })
     }
 
     /// Stores this supervisor's status (expiring after [`STATUS_TTL`]) and registers it

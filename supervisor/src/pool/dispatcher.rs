@@ -588,9 +588,11 @@ impl Dispatcher {
         }
         match msg {
             FromWorker::Started(m) => {
+                let started_at = running.started_at;
                 self.emit(PoolEvent::Started {
                     execution_id: m.execution_id.into(),
                     pid: m.pid,
+                    started_at,
                 });
             }
             FromWorker::Log(log) => self.emit(PoolEvent::Log(log)),
@@ -1414,7 +1416,7 @@ mod tests {
         let actions = h.frame(1, started_frame);
         assert!(matches!(
             &actions[..],
-            [Action::Emit(PoolEvent::Started { execution_id, pid: 42 })] if execution_id == "b"
+            [Action::Emit(PoolEvent::Started { execution_id, pid: 42, .. })] if execution_id == "b"
         ));
         let log = FromWorker::Log(Log {
             execution_id: "b".into(),

@@ -403,7 +403,7 @@ impl Daemon {
             let (id, sid) = (d.job.execution_id.clone(), d.meta.stream_id.clone());
             if self.draining.is_some() {
                 // Prepared as intake stopped: never started, so it goes back.
-                self.hand_backs.give_back(id, sid, false);
+                self.hand_backs.give_back(id, sid, None);
                 self.permits.add_permits(1);
                 self.report.returned += 1;
                 continue;
@@ -421,7 +421,23 @@ impl Daemon {
 
     fn on_pool_event(&mut self, ev: PoolEvent) {
         match ev {
-            PoolEvent::Started { .. } => {}
+            PoolEvent::Started {
+                execution_id,
+                started_at,
+                ..
+            } => {
+                // Its row says `running` with no start time until the result is
+                // committed; the start mark says it left the queue (publisher.rs).
+                if let Some(meta) = self.inflight.mark_started(&execution_id) {
+                    let mark = crate::intake::StartMark {
+                        attempt: meta.attempt.unwrap_or(1),
+                        started_at: chrono::DateTime::<chrono::Utc>::from(started_at),
+                        supervisor: self.cfg.consumer.clone(),
+                    };
+                    let timeout = meta.timeout;
+                    self.publisher.started(execution_id.as_str(), mark, timeout);
+                }
+            }
             PoolEvent::Request(req) if Sdk::handles(&req.op) => {
                 // The org is what this supervisor dispatched, never what the request says.
                 match self.inflight.org_id(req.execution_id.as_str()) {
@@ -453,17 +469,23 @@ impl Daemon {
                 self.inflight.log(log);
             }
             PoolEvent::Finished(mut out) => {
+                self.publisher.ended(out.execution_id.as_str());
                 // Redacted and checked before it reaches the writer or the acker.
                 let org_id = self.inflight.org_id(&out.execution_id).flatten();
                 self.sdk.on_finished(&mut out, org_id);
                 self.finished(out);
             }
             PoolEvent::Interrupted(mut out) => {
+                self.publisher.ended(out.execution_id.as_str());
                 let org_id = self.inflight.org_id(&out.execution_id).flatten();
                 self.sdk.on_finished(&mut out, org_id);
-                self.interrupted(&out.execution_id);
+                let started_at = out.started_at.unwrap_or_else(std::time::SystemTime::now);
+                self.interrupted(&out.execution_id, started_at);
             }
-            PoolEvent::Returned { execution_id } => self.returned(&execution_id),
+            PoolEvent::Returned { execution_id } => {
+                self.publisher.ended(execution_id.as_str());
+                self.returned(&execution_id)
+            }
         }
     }
 
@@ -517,7 +539,11 @@ impl Daemon {
         st.executions_per_sec = self.rate.per_sec(self.report.executions);
         st.started_at = self.started;
         st.queues = self.cfg.queues.clone();
+        st.executions_queued = self.inflight.queued() as u32;
         self.publisher.status(st);
+        // Start marks left waiting (no log line took them along): sent at least once
+        // a second, with no timer of their own in the loop.
+        self.publisher.flush_logs();
     }
 
     /// Hands a finished execution on to the writer, through `to_writer` (the main loop
@@ -550,7 +576,7 @@ impl Daemon {
                 }
                 // The item carries its stream entry and completion on to the acker.
                 let last_seq = logs.iter().map(|l| l.seq).max();
-                let item = meta.into_completed(out, logs);
+                let item = (*meta).into_completed(out, logs);
                 if let Some(note) = super::inflight::retry_note(&item, last_seq) {
                     self.publisher.log(note);
                 }
@@ -572,23 +598,24 @@ impl Daemon {
     /// back to `pending` at the same attempt, its entry stays pending in the stream.
     fn returned(&mut self, id: &ExecutionId) {
         self.report.returned += 1;
-        self.give_back(id, false);
+        self.give_back(id, None);
     }
 
     /// An execution the drain's deadline (or a second signal) cut off: an interrupted
     /// attempt, run again elsewhere at attempt + 1; its logs are not kept.
-    fn interrupted(&mut self, id: &ExecutionId) {
+    fn interrupted(&mut self, id: &ExecutionId, started_at: std::time::SystemTime) {
         self.report.interrupted += 1;
-        self.give_back(id, true);
+        self.give_back(id, Some(started_at));
     }
 
-    fn give_back(&mut self, id: &ExecutionId, started: bool) {
+    /// `started_at`: when the attempt started (`None`: it never did).
+    fn give_back(&mut self, id: &ExecutionId, started_at: Option<std::time::SystemTime>) {
         let GiveBack { place, stream_id } = give_back_of(&mut self.inflight, id);
         if place {
             self.permits.add_permits(1);
         }
         if let Some(sid) = stream_id {
-            self.hand_backs.give_back(id.clone(), sid, started);
+            self.hand_backs.give_back(id.clone(), sid, started_at);
         }
     }
 
@@ -634,7 +661,7 @@ impl Daemon {
                     tokio::select! {
                         Some(batch) = dispatches.recv() => {
                             for d in batch {
-                                hand_backs.give_back(d.job.execution_id, d.meta.stream_id, false);
+                                hand_backs.give_back(d.job.execution_id, d.meta.stream_id, None);
                                 permits.add_permits(1);
                                 report.returned += 1;
                             }
@@ -650,7 +677,7 @@ impl Daemon {
         // What it sent just before it ended.
         while let Ok(batch) = dispatches.try_recv() {
             for d in batch {
-                hand_backs.give_back(d.job.execution_id, d.meta.stream_id, false);
+                hand_backs.give_back(d.job.execution_id, d.meta.stream_id, None);
                 permits.add_permits(1);
                 report.returned += 1;
             }
@@ -987,7 +1014,7 @@ enum RunEnd {
     Unknown { place: bool },
     /// To the writer, with what was kept about it.
     Record {
-        meta: Meta,
+        meta: Box<Meta>,
         logs: Vec<Log>,
         place: bool,
     },
@@ -1003,7 +1030,11 @@ fn end_of_run(inflight: &mut Inflight, id: &ExecutionId) -> RunEnd {
         return RunEnd::Lost { place };
     }
     match inflight.remove(id) {
-        Some((meta, logs)) => RunEnd::Record { meta, logs, place },
+        Some((meta, logs)) => RunEnd::Record {
+            meta: Box::new(meta),
+            logs,
+            place,
+        },
         None => RunEnd::Unknown { place },
     }
 }
@@ -1055,6 +1086,8 @@ mod tests {
             value: 0.0,
             attempt: Some(1),
             retry: None,
+            timeout: Duration::ZERO,
+            started: false,
         }
     }
 

@@ -36,13 +36,20 @@ impl HandBacks {
     }
 
     /// Gives back execution `id`, begun by stream entry `stream_id`.
-    pub fn give_back(&mut self, id: ExecutionId, stream_id: String, started: bool) {
+    /// `started_at`: when its attempt started (`None`: it never did).
+    pub fn give_back(
+        &mut self,
+        id: ExecutionId,
+        stream_id: String,
+        started_at: Option<std::time::SystemTime>,
+    ) {
         if let Some(tx) = &self.tx {
             self.queued += 1;
             let _ = tx.send(HandBack {
                 id,
                 stream_id,
-                started,
+                started: started_at.is_some(),
+                started_at: started_at.map(chrono::DateTime::<chrono::Utc>::from),
             });
         }
     }

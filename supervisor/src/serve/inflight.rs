@@ -28,6 +28,10 @@ pub struct Meta {
     pub attempt: Option<i32>,
     /// The retry policy it runs under (`None`: no retries).
     pub retry: Option<Arc<RetryPolicy>>,
+    /// Its deadline (how long its start mark is worth keeping: crate::serve::publisher).
+    pub timeout: std::time::Duration,
+    /// Whether a worker started it (otherwise it waits in the pool's queue).
+    pub started: bool,
 }
 
 impl Meta {
@@ -131,6 +135,18 @@ impl Inflight {
         }
     }
 
+    /// A worker started `id`: its facts, if it is in flight.
+    pub fn mark_started(&mut self, id: &ExecutionId) -> Option<&Meta> {
+        let (meta, _) = self.map.get_mut(id)?;
+        meta.started = true;
+        Some(meta)
+    }
+
+    /// How many executions in flight wait in the pool's queue (not started yet).
+    pub fn queued(&self) -> usize {
+        self.map.values().filter(|(m, _)| !m.started).count()
+    }
+
     pub fn remove(&mut self, id: &ExecutionId) -> Option<(Meta, Vec<Log>)> {
         self.map.remove(id)
     }
@@ -216,6 +232,8 @@ mod tests {
                     ..RetryPolicy::default()
                 })
             }),
+            timeout: std::time::Duration::ZERO,
+            started: false,
         }
     }
 

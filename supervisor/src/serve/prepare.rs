@@ -706,6 +706,8 @@ fn meta_for(sid: &str, req: &ExecutionRequest, wf: &Workflow) -> Meta {
         value: wf.value,
         attempt: None,
         retry: None,
+        timeout: Duration::ZERO,
+        started: false,
     }
 }
 
@@ -746,6 +748,7 @@ fn dispatch(
     let mut meta = meta_for(&sid, &req, wf);
     meta.attempt = Some(attempt);
     meta.retry = retry_policy_of(&req, wf);
+    meta.timeout = timeout;
     Dispatch {
         job: Job {
             execution_id: req.execution_id,

@@ -13,7 +13,14 @@
 //! | --- | --- | --- |
 //! | `pending`, `started_at` empty | handed back before it started | runs it, same attempt |
 //! | `pending`, `started_at` set, `error_type` `Interrupted` | its attempt was cut off by a shutdown | runs it, attempt + 1 |
-//! | `running` | running, or its supervisor died | runs it, attempt + 1 |
+//! | `running` | taken by `supervisor` at `taken_at`: queued there or running (see below), or its supervisor died | runs it, attempt + 1 |
+//!
+//! A `running` row has no `started_at` until its result is committed: most of a batch
+//! waits in the supervisor's local queue before a worker starts it, and writing each
+//! start would cost a statement per execution. The result statement writes the real
+//! start time; meanwhile the supervisor's start mark in Redis (crate::intake::StartMark)
+//! says whether, and when, a worker started it, and `warden executions` shows such a
+//! row `pending` (queued on that supervisor) until then.
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
@@ -178,6 +185,9 @@ pub struct HandBack {
     /// Whether it had started: then its attempt counts (the next run is attempt + 1)
     /// and the row says which supervisor's shutdown interrupted it.
     pub started: bool,
+    /// When it started (the row holds no start time while it runs: the result
+    /// statement writes it); `None` with `started`: now.
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// What [`Store::begin_batch`] says to do with one request.
@@ -240,6 +250,10 @@ pub struct ExecutionSummary {
     pub completed_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<f64>,
     pub error_type: Option<String>,
+    /// The supervisor that holds it (while `running`).
+    pub supervisor: Option<String>,
+    /// When a supervisor last took it from the stream.
+    pub taken_at: Option<DateTime<Utc>>,
 }
 
 /// A whole execution row.
@@ -274,6 +288,8 @@ pub struct ExecutionRecord {
     pub workflow_hash: Option<String>,
     /// While `retrying` or `scheduled`: when the next attempt is due.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When a supervisor last took it from the stream.
+    pub taken_at: Option<DateTime<Utc>>,
 }
 
 /// One attempt of an execution, as recorded when it ended.
@@ -470,7 +486,7 @@ impl Store {
              up AS (
                  INSERT INTO executions AS e (id, workflow_id, workflow_name, org_id, caller,
                                               status, params, queued_at, started_at,
-                                              supervisor, stream_id, requested_timeout_ms,
+                                              taken_at, supervisor, stream_id, requested_timeout_ms,
                                               requested_retries, next_attempt_at,
                                               workflow_version, workflow_hash, queue)
                  SELECT id,
@@ -480,7 +496,9 @@ impl Store {
                         -- Not due yet: waits for the due-work poller (crate::serve::due).
                         CASE WHEN later THEN 'scheduled' ELSE 'running' END::execution_status,
                         params::jsonb, COALESCE(queued_at, now()),
-                        CASE WHEN later THEN NULL ELSE now() END,
+                        -- Taken, not started: the result statement writes when a
+                        -- worker started it (crate::serve::publisher, start marks).
+                        NULL, CASE WHEN later THEN NULL ELSE now() END,
                         CASE WHEN later THEN NULL ELSE supervisor END, stream_id,
                         timeout_ms, retries, CASE WHEN later THEN not_before END,
                         workflow_version, workflow_hash, queue
@@ -493,7 +511,8 @@ impl Store {
                      attempt = CASE WHEN e.status IN ('retrying', 'scheduled')
                                       OR (e.status = 'pending' AND e.started_at IS NULL)
                                     THEN e.attempt ELSE e.attempt + 1 END,
-                     started_at = now(),
+                     started_at = NULL,
+                     taken_at = now(),
                      next_attempt_at = NULL,
                      -- The note of an interrupted attempt belongs to that attempt.
                      error_type = NULL,
@@ -623,16 +642,21 @@ impl Store {
         let ids: Vec<String> = items.iter().map(|h| strip_nul(h.id.as_str())).collect();
         let stream_ids: Vec<String> = items.iter().map(|h| strip_nul(&h.stream_id)).collect();
         let started: Vec<bool> = items.iter().map(|h| h.started).collect();
+        let started_at: Vec<Option<DateTime<Utc>>> = items.iter().map(|h| h.started_at).collect();
         let done = sqlx::query(
             "UPDATE executions e SET
                  status = 'pending',
                  supervisor = NULL,
-                 started_at = CASE WHEN i.started THEN e.started_at END,
+                 -- A started attempt keeps a start time, which is also what makes its
+                 -- next run attempt + 1 (begin_batch).
+                 started_at = CASE WHEN i.started
+                                   THEN COALESCE(i.started_at, e.started_at, now()) END,
                  error_type = CASE WHEN i.started THEN $5 END,
                  error_message = CASE WHEN i.started THEN format(
                      'attempt %s was interrupted by the shutdown of supervisor %s; \
                       it runs again on another supervisor', e.attempt, $4) END
-             FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS i(id, stream_id, started)
+             FROM UNNEST($1::text[], $2::text[], $3::bool[], $6::timestamptz[])
+                  AS i(id, stream_id, started, started_at)
              WHERE e.id = i.id AND e.status = 'running' AND e.supervisor = $4
                AND e.stream_id = i.stream_id",
         )
@@ -641,6 +665,7 @@ impl Store {
         .bind(&started)
         .bind(strip_nul(supervisor))
         .bind(INTERRUPTED)
+        .bind(&started_at)
         .execute(self.pool())
         .await
         .map_err(StoreError::query(
@@ -667,9 +692,12 @@ impl Store {
         sqlx::query_as(
             "SELECT e.id, e.workflow_name, e.org_id, o.name AS org, e.status::text AS status,
                     e.attempt, e.queued_at, e.started_at, e.completed_at, e.duration_ms,
-                    e.error_type
+                    e.error_type, e.supervisor, e.taken_at
              FROM executions e LEFT JOIN organizations o ON o.id = e.org_id
-             WHERE ($1::text IS NULL OR e.status = $1::execution_status)
+             WHERE ($1::text IS NULL OR e.status = $1::execution_status
+                    -- pending or running: a `running` row may still be queued on
+                    -- its supervisor (the caller tells which)
+                    OR ($1 IN ('pending', 'running') AND e.status IN ('pending', 'running')))
                AND ($2::text IS NULL OR e.workflow_name = $2)
                AND ($4::text IS NULL OR o.name = $4)
              ORDER BY e.queued_at DESC, e.id
@@ -714,7 +742,7 @@ impl Store {
                     params, result, error_type, error_message, traceback, queued_at,
                     started_at, completed_at, duration_ms, peak_memory_bytes, cpu_seconds,
                     exit_code, exit_signal, attempt, supervisor, stream_id, logs_dropped,
-                    next_attempt_at, workflow_version, workflow_hash
+                    next_attempt_at, workflow_version, workflow_hash, taken_at
              FROM executions WHERE id = $1",
         )
         .bind(id)

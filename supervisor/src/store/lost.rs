@@ -74,8 +74,12 @@ impl Store {
              WHERE status IN ('pending', 'running')
                AND (supervisor <> $1
                     OR (supervisor IS NULL AND status = 'pending' AND stream_id IS NOT NULL))
-               AND COALESCE(started_at, queued_at) < now() - make_interval(secs => $2)
-             ORDER BY COALESCE(started_at, queued_at)
+               -- A `running` row counts from when it was taken (it has no start
+               -- time until its result is committed).
+               AND COALESCE(CASE WHEN status = 'running' THEN taken_at END,
+                            started_at, queued_at) < now() - make_interval(secs => $2)
+             ORDER BY COALESCE(CASE WHEN status = 'running' THEN taken_at END,
+                               started_at, queued_at)
              LIMIT $3",
         )
         .bind(except)

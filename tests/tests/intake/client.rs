@@ -108,15 +108,18 @@ async fn logs_arrive_in_order_then_the_completion() {
 
     let entries = intake.read(1, Duration::ZERO).await.expect("read");
     intake
-        .publish_logs(&[
-            log("e-logs", 0, "one"),
-            log("e-other", 0, "not mine"),
-            log("e-logs", 1, "two"),
-        ])
+        .publish_logs(
+            &[
+                log("e-logs", 0, "one"),
+                log("e-other", 0, "not mine"),
+                log("e-logs", 1, "two"),
+            ],
+            &[],
+        )
         .await
         .expect("logs");
     intake
-        .publish_logs(&[log("e-logs", 2, "three")])
+        .publish_logs(&[log("e-logs", 2, "three")], &[])
         .await
         .expect("logs");
     intake

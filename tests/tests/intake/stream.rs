@@ -124,7 +124,7 @@ async fn a_blocking_read_wakes_up_for_a_new_entry() {
         .await
         .expect("submit");
     // A blocking read on its own connection must not delay the writer connection.
-    intake.publish_logs(&[]).await.expect("no-op");
+    intake.publish_logs(&[], &[]).await.expect("no-op");
     intake
         .ack_and_publish(&[Done {
             stream_id: "0-1".into(),

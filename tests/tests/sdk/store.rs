@@ -358,6 +358,7 @@ async fn deliveries_count_attempts_and_a_replay_leaves_a_finished_one_alone() {
         id: "e1".into(),
         stream_id: "1-e1".into(),
         started: false,
+        started_at: None,
     };
     assert_eq!(db.store.hand_back("s2", &[back]).await.unwrap(), 1);
     db.store.begin_batch(&[begin("e1", "s3")]).await.unwrap();

@@ -13,6 +13,8 @@
 //! - [`outages`]: Redis or PostgreSQL away, and shutting down then.
 //! - [`outcomes`]: each terminal state, bad input, cancellation, logs and metrics.
 //! - [`places`]: every way an execution ends gives its intake place back once.
+//! - [`queued`]: a taken execution is `pending`, with no start time, until a worker
+//!   starts it.
 //! - [`redis_wipe`]: Redis wiped under a running service.
 //! - [`systemd`]: `READY=1`, watchdog pings and `STOPPING=1` on `NOTIFY_SOCKET`.
 //! - [`versions`]: workflow versions, their history, and the version each execution ran.
@@ -32,6 +34,7 @@ mod logs;
 mod outages;
 mod outcomes;
 mod places;
+mod queued;
 mod redis_wipe;
 mod resilience;
 mod retries;

@@ -65,7 +65,8 @@ async fn begin_batch_runs_new_retries_non_terminal_and_skips_committed() {
     assert_eq!(a.status, ExecutionStatus::Running);
     assert_eq!(a.supervisor.as_deref(), Some("sup-2"));
     assert_eq!(a.params, Some(serde_json::json!({"n": 1})));
-    assert!(a.started_at.is_some());
+    // Taken, not started: the result statement writes the real start (issue 13).
+    assert!(a.started_at.is_none() && a.taken_at.is_some());
     // Params that are not JSON are kept, as a JSON string, rather than failing the batch.
     let d = s.show_execution("d").await.unwrap().unwrap().execution;
     assert_eq!(d.params, Some(serde_json::json!("not json")));
@@ -251,6 +252,7 @@ async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
         id: id.into(),
         stream_id: format!("1-{id}"),
         started,
+        started_at: None,
     };
     // Wrong supervisor, wrong entry: nothing.
     assert_eq!(
@@ -262,8 +264,16 @@ async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
     let mut wrong = back("other", false);
     wrong.stream_id = "2-other".into();
     assert_eq!(s.hand_back("sup-1", &[wrong]).await.unwrap(), 0);
+    // The row holds no start time while it runs: the hand-back carries the worker's.
+    let worker_start = chrono::DateTime::parse_from_rfc3339("2026-12-06T01:02:03.456789Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let cut_back = HandBack {
+        started_at: Some(worker_start),
+        ..back("cut", true)
+    };
     assert_eq!(
-        s.hand_back("sup-1", &[back("queued", false), back("cut", true)])
+        s.hand_back("sup-1", &[back("queued", false), cut_back])
             .await
             .unwrap(),
         2
@@ -276,7 +286,8 @@ async fn rows_handed_back_are_begun_again_at_the_right_attempt() {
     assert!(queued.error_type.is_none());
     let cut = row("cut").await;
     assert_eq!(cut.status.to_string(), "pending");
-    assert!(cut.started_at.is_some() && cut.supervisor.is_none());
+    assert_eq!(cut.started_at, Some(worker_start));
+    assert!(cut.supervisor.is_none());
     assert_eq!(cut.error_type.as_deref(), Some("Interrupted"));
     assert!(
         cut.error_message.as_deref().unwrap().contains("attempt 1")
@@ -326,6 +337,7 @@ async fn handed_back_rows_are_fenced_by_the_attempt_they_are_begun_at() {
         id: id.into(),
         stream_id: format!("1-{id}"),
         started,
+        started_at: None,
     };
     assert_eq!(
         s.hand_back("sup-1", &[back("queued", false), back("cut", true)])

@@ -46,10 +46,10 @@ async fn every_list_show_and_status_command_prints_one_json_document() {
         list,
         json!([
             {"id": "e-2", "org": null, "workflow": "other", "status": "pending", "attempt": 1,
-             "queued_at": "2026-12-01T11:00:00.000Z", "started_at": null, "completed_at": null,
+             "queued_on": null, "start_unknown": false, "queued_at": "2026-12-01T11:00:00.000Z", "started_at": null, "completed_at": null,
              "duration_ms": null, "error_type": null},
             {"id": "e-1", "org": "acme", "workflow": "report", "status": "success", "attempt": 1,
-             "queued_at": "2026-12-01T10:00:00.000Z", "started_at": "2026-12-01T10:00:01.000Z",
+             "queued_on": null, "start_unknown": false, "queued_at": "2026-12-01T10:00:00.000Z", "started_at": "2026-12-01T10:00:01.000Z",
              "completed_at": "2026-12-01T10:00:02.500Z", "duration_ms": 1500.0,
              "error_type": null},
         ])

@@ -8,6 +8,7 @@
 //! - [`cli_flags`]: completions, man pages, connection flags after a subcommand.
 //! - [`cli_json`]: `--json` on the list, show and status commands.
 //! - [`configs`]: config values.
+//! - [`queued_view`]: a taken, not started execution shown `pending` (start marks).
 //! - [`resilience`]: the writer under failure.
 //! - [`retention`]: deleting old ended executions (store, `executions prune`,
 //!   `serve --retention`).
@@ -21,6 +22,7 @@ mod cli_fixes;
 mod cli_flags;
 mod cli_json;
 mod configs;
+mod queued_view;
 mod resilience;
 mod retention;
 mod schema;
