@@ -29,6 +29,11 @@ pub struct Connection {
     /// one. Order is kept: whatever is sent next is written after them. Zeroed as it is
     /// written.
     held: Buffer,
+    /// Messages read while an execution ran that are for after it: in fork mode the
+    /// supervisor sends the next execution's `Modules` and `Execute` ahead, so the
+    /// template finds its next `Execute` without waiting for a round trip.
+    /// [`Connection::next`] returns these first, in order.
+    queued: std::collections::VecDeque<ToWorker>,
 }
 
 impl Connection {
@@ -51,6 +56,7 @@ impl Connection {
             stream,
             max_frame,
             held: Buffer::new(),
+            queued: std::collections::VecDeque::new(),
         })
     }
 
@@ -108,7 +114,36 @@ impl Connection {
         self.flush()
     }
 
-    /// The next message; `Ok(None)` when the supervisor closed the connection.
+    /// Keeps a message read during an execution for [`Connection::next`] after it.
+    pub fn queue(&mut self, msg: ToWorker) {
+        self.queued.push_back(msg);
+    }
+
+    /// Is a message waiting in [`Connection::queue`]?
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// The id of the `Execute` waiting in [`Connection::queue`], if any: a child forked
+    /// now inherits it (see `forked::Spare`).
+    pub fn queued_execution(&self) -> Option<&str> {
+        self.queued.iter().find_map(|m| match m {
+            ToWorker::Execute(e) => Some(e.execution_id.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The next message for the idle template: what [`Connection::queue`] kept, in
+    /// order, else the next one read.
+    pub fn next(&mut self, during: &'static str) -> Result<Option<ToWorker>, WorkerError> {
+        match self.queued.pop_front() {
+            Some(msg) => Ok(Some(msg)),
+            None => self.recv(during),
+        }
+    }
+
+    /// The next message read from the socket (never one [`Connection::queue`] kept);
+    /// `Ok(None)` when the supervisor closed the connection.
     /// The frame's bytes are zeroed once decoded (the message's own strings are the
     /// caller's to wipe: [`crate::wipe::to_worker`]).
     pub fn recv(&mut self, during: &'static str) -> Result<Option<ToWorker>, WorkerError> {

@@ -9,6 +9,8 @@
 //!          ─▶ poll { fd 3, child socket, pidfd }
 //!              fd 3:    Kill → killpg · Shutdown → killpg, exit after Ended · EOF → killpg, exit
 //!                       Reply (this execution) → queued for the child's socket
+//!                       Modules, Execute (the next execution's, sent ahead; one at
+//!                       most) → kept in the connection, handled after Ended
 //!              socket:  relay valid frames (Log, Request, Result); garbage → killpg,
 //!                       ProtocolError; writable → write what is queued (Execute, Replies)
 //!              pidfd:   child exited (left a zombie: its pgid stays reserved)
@@ -24,6 +26,11 @@
 //! [`interpreter::state`]) would run the execution against stale state, so it is
 //! discarded and a fresh child forked. The spare's warm-up counts in the execution's
 //! CPU and peak memory (about 0.1 ms, a few hundred KiB).
+//!
+//! A spare forked while the connection keeps an `Execute` sent ahead has a copy of it
+//! in its memory, so it runs that execution or none ([`Spare::usable`]); a child is
+//! never forked on demand while one is kept (only the module-cache refill could read
+//! one then, and the supervisor sends nothing ahead of such an execution).
 //!
 //! The template forks with CPython's fork protocol (`PyOS_BeforeFork` /
 //! `PyOS_AfterFork_*`, as `os.fork` does) while holding the GIL; being single-threaded,
@@ -82,6 +89,10 @@ pub struct Spare {
     /// When it was forked: right after the previous execution's `Ended`, so the time to
     /// the next `Execute` tells whether the slot is kept busy ([`warm_next`]).
     forked_at: Instant,
+    /// The execution whose `Execute` the template held (sent ahead by the supervisor,
+    /// `Connection::queue`) when it forked this child: the child's memory holds a copy,
+    /// so it may run that execution and no other.
+    holds: Option<String>,
 }
 
 /// How long a slot must have waited for its last `Execute` for the next spare to warm up.
@@ -99,7 +110,9 @@ fn warm_next(waited: Option<Duration>) -> bool {
 
 impl Spare {
     /// Forks the next child; `warm`: may it warm up while no `Execute` is waiting.
-    pub fn fork(runner: &Runner, max_frame: usize, warm: bool) -> io::Result<Spare> {
+    pub fn fork(runner: &Runner, conn: &Connection, warm: bool) -> io::Result<Spare> {
+        let max_frame = conn.max_frame();
+        let holds = conn.queued_execution().map(str::to_string);
         let state = interpreter::state();
         let forked_at = Instant::now();
         let (ours, theirs) = UnixStream::pair()?;
@@ -116,6 +129,7 @@ impl Spare {
             socket: ours,
             state,
             forked_at,
+            holds,
         };
         // A blocking socket could hang the template on a half-written frame.
         if let Err(err) = fds::set_nonblocking(spare.socket.as_raw_fd()) {
@@ -158,15 +172,19 @@ impl Spare {
         self.state == interpreter::state()
     }
 
-    /// The spare if it can run an execution now: alive and forked from the current
-    /// interpreter state. A dead one is reaped, a stale one killed and reaped.
-    fn usable(spare: Option<Spare>) -> Option<Spare> {
+    /// The spare if it can run `execution_id` now: alive, forked from the current
+    /// interpreter state, and holding no other execution's data. A dead one is reaped, a
+    /// stale one (or one forked while another execution's `Execute` was held) killed and
+    /// reaped.
+    fn usable(spare: Option<Spare>, execution_id: &str) -> Option<Spare> {
         let s = spare?;
         if s.exited() {
             s.reap_dead();
             return None;
         }
-        if s.state != interpreter::state() {
+        if s.state != interpreter::state()
+            || s.holds.as_deref().is_some_and(|id| id != execution_id)
+        {
             s.discard();
             return None;
         }
@@ -192,9 +210,17 @@ pub fn execute(
             s.discard();
         }
     }
-    let child = match Spare::usable(spare.take()) {
+    let child = match Spare::usable(spare.take(), &e.execution_id) {
         Some(s) => s,
-        None => match Spare::fork(runner, conn.max_frame(), false) {
+        // A child forked now would hold a copy of the next execution's Execute, sent
+        // ahead and read while this one waited for the supervisor to refill the module
+        // cache (`modules::sync`). The supervisor sends nothing ahead of an execution
+        // that uses workspace modules, so this is a supervisor bug: refuse.
+        None if conn.queued_execution().is_some() => {
+            let err = io::Error::other("the next execution's data is held by the template");
+            return not_started(conn, e, "cannot fork the execution's child", err);
+        }
+        None => match Spare::fork(runner, conn, false) {
             Ok(s) => s,
             Err(err) => return not_started(conn, e, "cannot fork the execution's child", err),
         },
@@ -260,7 +286,7 @@ pub fn execute(
     if next == Next::Continue {
         // The next execution's child, forked now, while the supervisor reads Ended.
         // If it fails, the next Execute tries again and reports why.
-        *spare = Spare::fork(runner, conn.max_frame(), warm)
+        *spare = Spare::fork(runner, conn, warm)
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
             .ok();
     }
@@ -403,10 +429,14 @@ impl Watch<'_> {
                 reap::kill_group(self.pid);
                 self.next = Next::Exit;
             }
+            // The next execution, sent ahead (one at most): run after this one.
+            Ok(Some(ToWorker::Execute(other))) if conn.queued_execution().is_none() => {
+                conn.queue(ToWorker::Execute(other));
+            }
             Ok(Some(ToWorker::Execute(mut other))) => {
                 eprintln!(
-                    "warden-worker: supervisor bug: Execute {:?} while {id:?} is running; \
-                     ignored",
+                    "warden-worker: supervisor bug: a second Execute {:?} sent ahead while \
+                     {id:?} is running; ignored",
                     other.execution_id
                 );
                 wipe::execute(&mut other);
@@ -414,12 +444,9 @@ impl Watch<'_> {
             Ok(Some(ToWorker::Welcome(_))) => {
                 eprintln!("warden-worker: ignoring an unexpected Welcome while running {id:?}")
             }
-            // The supervisor sends manifests to idle templates only. Ignored, an
-            // execution under that manifest finds it missing and fails its workspace
-            // imports rather than trusting what it cannot check.
-            Ok(Some(ToWorker::Modules(_))) => eprintln!(
-                "warden-worker: supervisor bug: a module manifest while {id:?} is running; ignored"
-            ),
+            // The manifest of the next execution, sent ahead with it: applied after this
+            // one, in order.
+            Ok(Some(msg @ ToWorker::Modules(_))) => conn.queue(msg),
             Ok(Some(ToWorker::Reply(reply))) => {
                 let mut reply = ToWorker::Reply(reply);
                 if matches!(&reply, ToWorker::Reply(r) if &r.execution_id == id) {

@@ -72,6 +72,19 @@ pub fn wait_for_reply(
     max_frame: usize,
     request: &Request,
 ) -> Result<ReplyOutcome, Interrupted> {
+    wait_for_reply_keeping(fd, side, max_frame, request, None)
+}
+
+/// [`wait_for_reply`], keeping in `later` (when given) the next execution's `Modules` and
+/// `Execute` that a fork-mode supervisor sends ahead (see `Connection::queue`): they are
+/// the template's to handle once this execution is over.
+pub fn wait_for_reply_keeping(
+    fd: RawFd,
+    side: Side,
+    max_frame: usize,
+    request: &Request,
+    mut later: Option<&mut Vec<ToWorker>>,
+) -> Result<ReplyOutcome, Interrupted> {
     let mut reader = FdReader(fd);
     loop {
         let msg = match frame_io::read::<ToWorker, _>(&mut reader, max_frame) {
@@ -96,6 +109,13 @@ pub fn wait_for_reply(
                 // A Kill racing with the end of an earlier execution.
             }
             ToWorker::Shutdown if side == Side::Template => return Err(Interrupted::Shutdown),
+            msg @ (ToWorker::Execute(_) | ToWorker::Modules(_))
+                if side == Side::Template && later.is_some() =>
+            {
+                if let Some(later) = later.as_mut() {
+                    later.push(msg);
+                }
+            }
             ToWorker::Execute(e) if side == Side::Template => eprintln!(
                 "warden-worker: supervisor bug: Execute {:?} while {:?} is running; ignored",
                 e.execution_id, request.execution_id

@@ -66,13 +66,13 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
     let mut spare = None;
     let mut code = CodeCache::default();
     if args.isolation == Isolation::Fork {
-        spare = forked::Spare::fork(&python.runner, conn.max_frame(), true)
+        spare = forked::Spare::fork(&python.runner, &conn, true)
             .inspect_err(|err| eprintln!("warden-worker: cannot fork a spare child: {err}"))
             .ok();
     }
     loop {
         wait_for_message(&conn, &mut spare);
-        let next = match conn.recv("waiting for work")? {
+        let next = match conn.next("waiting for work")? {
             // The supervisor closed the connection: nothing left to do.
             None => Next::Exit,
             Some(ToWorker::Execute(mut e)) => {
@@ -106,7 +106,7 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
                 // discarded by the next execution; fork its replacement now, while idle.
                 if let Some(stale) = spare.take_if(|s| !s.current()) {
                     stale.discard();
-                    spare = forked::Spare::fork(&python.runner, conn.max_frame(), true)
+                    spare = forked::Spare::fork(&python.runner, &conn, true)
                         .inspect_err(|err| {
                             eprintln!("warden-worker: cannot fork a spare child: {err}")
                         })
@@ -136,6 +136,9 @@ pub fn run(args: &Args) -> Result<(), WorkerError> {
 /// meanwhile (something outside killed it: no zombie is left, and the next execution
 /// forks a fresh child).
 fn wait_for_message(conn: &Connection, spare: &mut Option<forked::Spare>) {
+    if conn.has_queued() {
+        return;
+    }
     let Some(pidfd) = spare.as_ref().and_then(|s| s.pidfd()) else {
         return;
     };

@@ -35,17 +35,23 @@ fn closing_the_connection_during_an_execution_kills_the_child_and_exits() {
 }
 
 #[test]
-fn an_execute_while_busy_is_ignored() {
+fn an_execute_sent_ahead_runs_after_the_current_one_and_a_second_is_dropped() {
     let mut w = Worker::start();
-    w.start_execution(exec(
+    let first = w.start_execution(exec(
         "first",
         "import time\n\ndef run():\n    time.sleep(0.2)\n    return 1\n",
     ));
+    // The supervisor sends a fork-mode template its next job ahead (one at most).
     w.send(&ToWorker::Execute(trivial("second")));
+    w.send(&ToWorker::Execute(trivial("third")));
     let run = w.collect("first");
     assert_eq!(run.value(), json!(1));
-    // "second" was dropped, not queued: the next message is for the next execution.
-    assert_trivial_succeeds(&mut w, "third");
+    // "second" was kept and runs next without being sent again, in a child of its own.
+    let second = w.collect("second");
+    assert_eq!(second.value(), json!("ok"), "{second:#?}");
+    assert_ne!(second.started.as_ref().unwrap().pid, first.pid);
+    // "third" was dropped, not queued: the next message is for the next execution.
+    assert_trivial_succeeds(&mut w, "fourth");
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub struct PoolConfig {
     pub max_frame: usize,
     /// How long a template may take to start and say hello.
     pub start_timeout: Duration,
+    /// Fork mode: a busy template is sent its next job ahead only while its executions
+    /// run shorter than this (see the dispatcher's "Sent ahead"); zero: never.
+    pub ahead_if_under: Duration,
     /// After asking a template to kill its child, how long to wait for `Ended` before
     /// killing the template itself.
     pub kill_grace: Duration,
@@ -78,6 +81,7 @@ impl PoolConfig {
             worker_env: Vec::new(),
             max_frame: warden_protocol::frame::DEFAULT_MAX_FRAME,
             start_timeout: Duration::from_secs(20),
+            ahead_if_under: super::dispatcher::AHEAD_IF_UNDER,
             kill_grace: Duration::from_secs(2),
             redis_url: None,
             key_prefix: String::new(),

@@ -24,6 +24,19 @@
 //! Finalisation is driven by `Ended` (the last frame for an execution) or by the
 //! template's death: whichever comes, the execution gets exactly one end event.
 //!
+//! Sent ahead (fork mode): a busy slot whose executions are short gets the next queued
+//! job's `Execute` before its current one ends (at most one; [`Slot::ahead`]). The
+//! template keeps it and starts it right after the current one's `Ended`, instead of
+//! idling for the round trip to the supervisor and back, which with short executions
+//! is a large part of a slot's cycle. The job becomes the slot's running execution
+//! (its deadline starts) at that `Ended`; a cancel meanwhile kills it then; if the
+//! template dies first, the job goes back to the queue (it never started). A drain
+//! lets it run like the current one (it was dispatched); once the drain's deadline has
+//! passed it is killed as it starts. Nothing goes ahead of a long execution (it would
+//! wait behind it while another slot may free up: [`PoolConfig::ahead_if_under`]), of one that
+//! uses workspace modules (see `send_ahead`), nor in reuse mode (the next job's data
+//! would sit in the memory the current workflow runs in).
+//!
 //! The drain on shutdown: what is queued when it begins (or submitted during it) never
 //! started and is handed back at once (`PoolEvent::Returned`); what runs may finish
 //! until the drain's deadline, and what is still running then is killed and reported
@@ -71,6 +84,8 @@ pub(super) struct Shared {
     pub(super) packages_version: AtomicU64,
     /// Slots whose template was started with an older package set than that one.
     pub(super) packages_stale: AtomicUsize,
+    /// Jobs sent ahead (see the module comment).
+    pub(super) sent_ahead: AtomicU64,
 }
 
 /// Something that happened, for [`Dispatcher::step`].
@@ -133,7 +148,28 @@ struct Slot {
     manifest: u64,
     /// The package set the current template was started with (`Dispatcher::packages`).
     packages_version: u64,
+    /// Fork mode: the job whose `Execute` this busy slot's template already has, to run
+    /// after its current one (see the module comment, "Sent ahead").
+    ahead: Option<Ahead>,
+    /// How long the slot's last execution ran (dispatch or promotion to `Ended`): a job
+    /// is sent ahead only to a slot whose executions are short
+    /// ([`PoolConfig::ahead_if_under`]).
+    last_run: Option<Duration>,
 }
+
+/// A job sent ahead to a busy slot.
+struct Ahead {
+    job: Job,
+    /// Cancelled while it waited: killed as soon as it becomes the running one.
+    cancelled: bool,
+}
+
+/// The default of [`PoolConfig::ahead_if_under`]: a job is sent ahead only to a slot
+/// whose last execution, and whose current one so far, ran under this: for short executions the round trip between a template's
+/// `Ended` and its next `Execute` is a large part of the slot's cycle, while a job sent
+/// ahead of a long execution would only wait behind it (and behind nothing else: one
+/// ahead per slot at most).
+pub(super) const AHEAD_IF_UNDER: Duration = Duration::from_millis(10);
 
 enum SlotState {
     Starting,
@@ -185,6 +221,20 @@ impl KillState {
 }
 
 impl Running {
+    /// `job`, running from `now`: its deadline starts.
+    fn new(job: Job, now: Instant) -> Running {
+        let timeout = job.timeout;
+        Running {
+            job,
+            dispatched: now,
+            started_at: SystemTime::now(),
+            timeout,
+            deadline: now + timeout,
+            result: None,
+            kill: KillState::NotAsked,
+        }
+    }
+
     /// Killed because the drain ended, not for its own deadline or a cancel.
     fn interrupted(&self) -> bool {
         self.kill.reason() == Some(KillReason::Shutdown)
@@ -256,6 +306,8 @@ impl Dispatcher {
                 tenant: None,
                 manifest: 0,
                 packages_version: 0,
+                ahead: None,
+                last_run: None,
             });
         }
         let first = std::mem::take(&mut d.actions);
@@ -371,6 +423,16 @@ impl Dispatcher {
             self.finish(out);
             return;
         }
+        // Sent ahead: its template starts it after the current one; killed then.
+        if let Some(ahead) = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.ahead.as_mut())
+            .find(|a| a.job.execution_id == *id)
+        {
+            ahead.cancelled = true;
+            return;
+        }
         let found = self.slots.iter().position(|s| {
             matches!(&s.state, SlotState::Busy(r) if r.job.execution_id == *id && r.kill == KillState::NotAsked)
         });
@@ -456,18 +518,71 @@ impl Dispatcher {
         None
     }
 
-    /// Hands queued jobs to idle templates.
+    /// Hands queued jobs to idle templates, then (fork mode) one each ahead to busy
+    /// templates whose executions are short.
     fn dispatch(&mut self, now: Instant) {
         while !self.queue.is_empty() {
             let Some(slot) = self.pick_slot() else {
+                break;
+            };
+            let job = self.queue.pop_front().expect("queue is not empty");
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.hand_over(slot, &job);
+            self.slots[slot].state = SlotState::Busy(Box::new(Running::new(job, now)));
+        }
+        self.send_ahead(now);
+    }
+
+    /// Sends the queue's next jobs ahead to busy fork-mode templates (one each at most)
+    /// whose last execution and current one so far are short, preferring a template
+    /// whose last organization is the job's (its compiled-code cache).
+    fn send_ahead(&mut self, now: Instant) {
+        if self.cfg.isolation != Isolation::Fork || self.drain.is_some() {
+            return;
+        }
+        let current = self.packages_version;
+        let under = self.cfg.ahead_if_under;
+        let eligible = |s: &Slot| {
+            s.ahead.is_none()
+                // A stale template is replaced when it is next idle: keep that coming.
+                && s.packages_version == current
+                && s.last_run.is_some_and(|d| d < under)
+                && matches!(&s.state, SlotState::Busy(r)
+                    if r.kill == KillState::NotAsked
+                        // A template may wait for the supervisor to refill its module
+                        // cache before such a job, reading what comes meanwhile: it
+                        // must not be holding the next job then (it would be inherited
+                        // by this job's child).
+                        && r.job.modules_generation == 0
+                        && now.saturating_duration_since(r.dispatched) < under)
+        };
+        while let Some(front) = self.queue.front() {
+            let org = front.org.clone();
+            let candidates = || (0..self.slots.len()).filter(|&i| eligible(&self.slots[i]));
+            let Some(slot) = candidates()
+                .find(|&i| self.slots[i].tenant.as_ref() == Some(&org))
+                .or_else(|| candidates().min_by_key(|&i| self.slots[i].last_dispatch))
+            else {
                 return;
             };
+            let job = self.queue.pop_front().expect("queue is not empty");
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.hand_over(slot, &job);
+            self.shared.sent_ahead.fetch_add(1, Ordering::Relaxed);
+            self.slots[slot].ahead = Some(Ahead {
+                job,
+                cancelled: false,
+            });
+        }
+    }
+
+    /// Sends `job` to the slot's template (its module manifest first, when the template
+    /// lacks it).
+    fn hand_over(&mut self, slot: usize, job: &Job) {
+        {
             self.dispatches += 1;
             self.slots[slot].last_dispatch = self.dispatches;
-            let job = self.queue.pop_front().expect("queue is not empty");
             self.slots[slot].tenant = Some(job.org.clone());
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            let timeout = job.timeout;
             let modules_manifest = match &job.modules_manifest {
                 Some(m) => {
                     if self.slots[slot].manifest != m.id {
@@ -497,17 +612,8 @@ impl Dispatcher {
                 code: warden_protocol::Code::None,
             });
             // If the template task is gone its Gone event is on the way and will
-            // finalise this execution as crashed.
+            // finalise this execution as crashed (or, sent ahead, requeue it).
             self.send(slot, msg);
-            self.slots[slot].state = SlotState::Busy(Box::new(Running {
-                job,
-                dispatched: now,
-                started_at: SystemTime::now(),
-                timeout,
-                deadline: now + timeout,
-                result: None,
-                kill: KillState::NotAsked,
-            }));
         }
     }
 
@@ -610,9 +716,11 @@ impl Dispatcher {
                     unreachable!("checked above")
                 };
                 let interrupted = running.interrupted();
+                self.slots[slot].last_run = Some(now.saturating_duration_since(running.dispatched));
                 let out = outcome_from_ended(*running, ended.clone(), now);
                 self.end(out, interrupted);
                 self.after_execution(slot, &ended);
+                self.promote_ahead(slot, now);
             }
             FromWorker::Hello(_) | FromWorker::Compiled(_) => unreachable!("handled above"),
         }
@@ -641,6 +749,47 @@ impl Dispatcher {
         }
     }
 
+    /// After an `Ended`: the job sent ahead to the slot (its template starts it now)
+    /// becomes its running execution. Killed at once when it was cancelled meanwhile,
+    /// or when the drain's deadline has passed.
+    fn promote_ahead(&mut self, slot: usize, now: Instant) {
+        let Some(ahead) = self.slots[slot].ahead.take() else {
+            return;
+        };
+        self.slots[slot].state = SlotState::Busy(Box::new(Running::new(ahead.job, now)));
+        let drain_over = self.drain.as_ref().is_some_and(|d| now >= d.deadline);
+        if ahead.cancelled {
+            self.kill_running(slot, KillReason::Cancelled, now);
+        } else if drain_over {
+            if let Some(d) = &mut self.drain {
+                d.abandoned += 1;
+            }
+            self.kill_running(slot, KillReason::Shutdown, now);
+        }
+    }
+
+    /// A job sent ahead to a template that is gone never started: back to the queue, or
+    /// (shutting down) handed back.
+    fn requeue_ahead(&mut self, slot: usize) {
+        let Some(ahead) = self.slots[slot].ahead.take() else {
+            return;
+        };
+        if self.drain.is_some() {
+            self.hand_back(ahead.job.execution_id);
+        } else if ahead.cancelled {
+            let out = ExecutionOutcome::not_run(
+                &ahead.job.execution_id,
+                Status::Cancelled,
+                "Cancelled",
+                "cancelled before it started",
+            );
+            self.finish(out);
+        } else {
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
+            self.queue.push_back(ahead.job);
+        }
+    }
+
     fn protocol_violation(&mut self, slot: usize, what: &str) {
         tracing::warn!(slot, what, "worker broke the protocol; killing it");
         self.actions.push(Action::Template {
@@ -660,6 +809,8 @@ impl Dispatcher {
     ) {
         let state = std::mem::replace(&mut self.slots[slot].state, SlotState::Down(None));
         let retiring = matches!(state, SlotState::Retiring);
+        self.slots[slot].last_run = None;
+        self.requeue_ahead(slot);
         if let SlotState::Busy(running) = state {
             let interrupted = running.interrupted();
             let out = outcome_from_template_death(*running, &reason, exit_code, exit_signal, now);
@@ -1229,6 +1380,110 @@ mod tests {
             assert!(self.frame(slot, success(id)).is_empty());
             self.frame(slot, ended(id, ExitKind::Exited(0)))
         }
+    }
+
+    /// One fork-mode worker that ran `a` for 1 ms and now runs `b` (from 1 ms on).
+    fn running_after_a_short_one() -> Harness {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        assert_eq!(executes(&h.submit(job("a", None))), [(0, "a".to_string())]);
+        assert!(executes(&h.submit(job("b", None))).is_empty());
+        h.at(0.001);
+        assert_eq!(executes(&h.succeed(0, "a")), [(0, "b".to_string())]);
+        h
+    }
+
+    #[test]
+    fn after_a_short_execution_the_next_job_is_sent_ahead_and_runs_when_the_current_ends() {
+        let mut h = running_after_a_short_one();
+        // b's template gets c now, while b runs: one ahead, no more.
+        assert_eq!(executes(&h.submit(job("c", None))), [(0, "c".to_string())]);
+        assert!(executes(&h.submit(job("d", None))).is_empty());
+        assert_eq!(h.d.shared.queued.load(Ordering::Relaxed), 1);
+        assert_eq!(h.d.shared.sent_ahead.load(Ordering::Relaxed), 1);
+        // b ends: c is the running one (its frames count, its deadline starts now), and
+        // d goes ahead in turn.
+        h.at(0.002);
+        let acts = h.succeed(0, "b");
+        assert_eq!(finished(&acts).len(), 1);
+        assert_eq!(executes(&acts), [(0, "d".to_string())]);
+        assert!(h.frame(0, success("c")).is_empty());
+        h.at(0.003);
+        let acts = h.frame(0, ended("c", ExitKind::Exited(0)));
+        let out = finished(&acts);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].execution_id.as_str(), "c");
+        assert_eq!(out[0].status, Status::Success);
+        assert_eq!(out[0].duration, Duration::from_millis(1));
+        // d's deadline runs from c's Ended, not from when it was sent.
+        h.at(0.003 + TIMEOUT.as_secs_f64() - 0.0005);
+        assert!(child_kills(&h.tick()).is_empty());
+        h.at(0.003 + TIMEOUT.as_secs_f64());
+        assert_eq!(child_kills(&h.tick()), [(0, "d".to_string())]);
+    }
+
+    #[test]
+    fn nothing_is_sent_ahead_of_long_executions_nor_in_reuse_mode() {
+        let mut h = Harness::ready(config(1, Isolation::Fork));
+        h.submit(job("a", None));
+        h.submit(job("b", None));
+        h.at(AHEAD_IF_UNDER.as_secs_f64());
+        assert_eq!(executes(&h.succeed(0, "a")), [(0, "b".to_string())]);
+        assert!(executes(&h.submit(job("c", None))).is_empty());
+
+        // Short executions, but the current one has already run long.
+        let mut h = running_after_a_short_one();
+        h.at(0.001 + AHEAD_IF_UNDER.as_secs_f64());
+        assert!(executes(&h.submit(job("c", None))).is_empty());
+
+        let mut h = Harness::ready(config(1, Isolation::Reuse));
+        h.submit(job("a", None));
+        h.submit(job("b", None));
+        h.at(0.001);
+        assert_eq!(executes(&h.succeed(0, "a")), [(0, "b".to_string())]);
+        assert!(executes(&h.submit(job("c", None))).is_empty());
+    }
+
+    #[test]
+    fn a_job_sent_ahead_to_a_template_that_dies_goes_back_to_the_queue_never_lost() {
+        let mut h = running_after_a_short_one();
+        h.submit(job("c", None));
+        let acts = h.gone(0, true, Some(libc::SIGKILL));
+        // b crashed with its template; c never started: queued again, run by the next
+        // template.
+        let out = finished(&acts);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].execution_id.as_str(), "b");
+        assert_eq!(out[0].status, Status::Crashed);
+        assert!(returned(&acts).is_empty());
+        assert_eq!(executes(&h.hello(0)), [(0, "c".to_string())]);
+    }
+
+    #[test]
+    fn a_job_cancelled_while_sent_ahead_is_killed_as_it_starts() {
+        let mut h = running_after_a_short_one();
+        h.submit(job("c", None));
+        assert!(h.step(Event::Cancel("c".into())).is_empty());
+        h.at(0.002);
+        let acts = h.succeed(0, "b");
+        assert_eq!(child_kills(&acts), [(0, "c".to_string())]);
+        let acts = h.frame(0, ended("c", ExitKind::Signaled(libc::SIGKILL)));
+        let out = finished(&acts);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Cancelled);
+    }
+
+    #[test]
+    fn a_job_sent_ahead_during_a_drain_is_killed_once_the_deadline_passed() {
+        let mut h = running_after_a_short_one();
+        h.submit(job("c", None));
+        // Drain with no time left: b is killed, then c as soon as it is the running one.
+        let acts = h.step(Event::Shutdown(Duration::ZERO));
+        assert_eq!(child_kills(&acts), [(0, "b".to_string())]);
+        let acts = h.frame(0, ended("b", ExitKind::Signaled(libc::SIGKILL)));
+        assert_eq!(interrupted(&acts).len(), 1);
+        assert_eq!(child_kills(&acts), [(0, "c".to_string())]);
+        let acts = h.frame(0, ended("c", ExitKind::Signaled(libc::SIGKILL)));
+        assert_eq!(interrupted(&acts)[0].execution_id.as_str(), "c");
     }
 
     #[test]

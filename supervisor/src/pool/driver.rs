@@ -46,6 +46,9 @@ pub struct PoolStats {
     pub packages_version: u64,
     /// Templates still running with an older package set than the last one given.
     pub packages_stale: usize,
+    /// Jobs sent to a busy fork-mode template ahead of its current execution's end
+    /// (`dispatcher`, "Sent ahead").
+    pub sent_ahead: u64,
 }
 
 /// What a [`Pool`] handle asks of the driver task.
@@ -201,6 +204,7 @@ impl Pool {
             queued: s.queued.load(Ordering::Relaxed),
             completed: s.completed.load(Ordering::Relaxed),
             templates_started: s.templates_started.load(Ordering::Relaxed),
+            sent_ahead: s.sent_ahead.load(Ordering::Relaxed),
             last_spawn_to_ready_us: s.last_spawn_to_ready_us.load(Ordering::Relaxed),
             packages_version: s.packages_version.load(Ordering::Relaxed),
             packages_stale: s.packages_stale.load(Ordering::Relaxed),

@@ -10,6 +10,7 @@
 //! space and reports every marker it finds.
 
 use std::io::Read;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use warden::Status;
@@ -323,4 +324,72 @@ async fn compiled_code_is_handed_down_within_the_organization_and_nothing_else_i
         "the victim's own organization should inherit its compiled code (the source's \
          string constant) and nothing else: {report:?}"
     );
+}
+
+/// Fork mode sends a busy template its next job ahead when executions are short
+/// (`warden::pool` dispatcher, "Sent ahead"): the template holds the victim's `Execute`
+/// while the attacker just before it runs. The attacker's child was forked before that
+/// and must find none of it; the victim still runs, with all its data, after it.
+#[tokio::test]
+async fn an_execution_finds_nothing_of_the_one_sent_ahead_of_it() {
+    let token = random_token();
+    // "Short" generously: a debug build on a busy machine may take more than the
+    // default's 10 ms for a trivial execution.
+    let mut p = TestPool::start(|cfg| cfg.ahead_if_under = Duration::from_secs(2)).await;
+    // Short executions first: nothing goes ahead of a slot's first or of a long one.
+    for i in 0..3 {
+        let f = p.run(&format!("warm-{i}"), OTHER, r#"{"n": 1}"#).await;
+        assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+    }
+    let ahead_before = p.pool.stats().sent_ahead;
+    // Back to back: the filler runs, the attacker goes ahead of its end, and the victim
+    // ahead of the attacker's as soon as the attacker starts.
+    p.submit("filler", OTHER, r#"{"n": 1}"#, None);
+    let needles: serde_json::Map<String, Value> = KINDS
+        .iter()
+        .map(|(kind, _)| (kind.to_string(), shifted(&format!("{kind}{token}")).into()))
+        .collect();
+    let params = json!({ "needles": needles, "control": shifted(&format!("ctl{token}")) });
+    p.submit("attacker", ATTACKER, &params.to_string(), None);
+    let mut victim = job(
+        "victim",
+        &victim_source(&token),
+        &json!({ "p": format!("par{token}"), "padding": "x".repeat(20_000) }).to_string(),
+        None,
+    );
+    victim.context_json = json!({
+        "org": {"id": 1, "name": "victim-org"},
+        "config": {"org": {"values": {"color": format!("ctx{token}")}, "secrets": ["api_token"]}},
+    })
+    .to_string();
+    assert!(p.pool.submit(victim).is_ok());
+
+    let mut reports = None;
+    for _ in 0..3 {
+        let f = p.finished_answering(answer_secret(&token)).await;
+        assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
+        match f.outcome.execution_id.as_str() {
+            "attacker" => {
+                let report: Value =
+                    serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+                reports = Some(report.as_object().unwrap().clone());
+            }
+            "victim" => {
+                let result: Value =
+                    serde_json::from_str(f.outcome.result_json.as_deref().unwrap()).unwrap();
+                assert_eq!(result["secret"], json!(format!("sec{token}")));
+                assert_eq!(result["p"], json!(format!("par{token}")));
+            }
+            other => assert_eq!(other, "filler"),
+        }
+    }
+    // Both really went ahead (else this test proves nothing about it).
+    assert_eq!(
+        p.pool.stats().sent_ahead - ahead_before,
+        2,
+        "the attacker and the victim were not both sent ahead"
+    );
+    let report = reports.expect("the attacker finished");
+    assert_eq!(report["control"], json!(true), "{report:?}");
+    assert_nothing_found(&report);
 }

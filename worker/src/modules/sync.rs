@@ -139,7 +139,18 @@ pub fn prepare(
             source: err.into(),
         })?;
     let conn_fd = std::os::fd::AsRawFd::as_raw_fd(conn);
-    match exchange::wait_for_reply(conn_fd, Side::Template, conn.max_frame(), &request) {
+    let mut later = Vec::new();
+    let reply = exchange::wait_for_reply_keeping(
+        conn_fd,
+        Side::Template,
+        conn.max_frame(),
+        &request,
+        Some(&mut later),
+    );
+    for msg in later {
+        conn.queue(msg);
+    }
+    match reply {
         Ok(ReplyOutcome::Ok { .. }) => match load(py, &source, Some(e.modules_generation)) {
             Ok(Loaded::Snapshot(s)) => {
                 finder::replace(py, s);
