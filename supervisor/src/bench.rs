@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "100ms", value_parser = crate::args::parse_duration)]
     pub read_linger: std::time::Duration,
     /// End to end: `serve --commit-delay` (at most one result transaction per interval).
-    #[arg(long, default_value = "50ms", value_parser = crate::args::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = crate::args::parse_duration)]
     pub commit_delay: std::time::Duration,
     #[command(flatten)]
     pub pool: PoolArgs,

@@ -31,7 +31,7 @@ pub struct ServeArgs {
     pub commit_batch: usize,
     /// Under load, at most one result transaction per this interval (results arriving
     /// meanwhile share it). After a quiet spell a result is committed at once.
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub commit_delay: Duration,
     /// Under load, the reader takes new entries when half its places (workers +
     /// prefetch) are free, or at the latest this long after its last read: each read
