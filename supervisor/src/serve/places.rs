@@ -2,9 +2,9 @@
 //! running or queued in the pool: workers + prefetch), with a small overdraft for the
 //! fairness probe.
 //!
-//! A place is given back only after its execution's result is committed and its entry
-//! acknowledged (crate::serve::daemon), so under a backlog every place is taken most of
-//! the time, by the backlog's lane. A probe (crate::serve::prepare) looks for work of the
+//! A place is given back when its execution's result goes to the writer
+//! (crate::serve::daemon), and the reader fills it again at its next read, so under a
+//! backlog every place is taken most of the time, by the backlog's lane. A probe (crate::serve::prepare) looks for work of the
 //! lanes that have little here — another organization's lone request, a more urgent
 //! queue's — and must not wait for a place to come back, or the local queue's backlog
 //! starts first. So when no place is free a probe may *overdraw*: take up to `overdraft`
