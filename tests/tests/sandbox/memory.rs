@@ -13,7 +13,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use warden::Status;
+use warden::{Job, Status};
 use warden_protocol::{Reply, ReplyOutcome, Request};
 use warden_tests::pool::{job, TestPool};
 
@@ -166,16 +166,12 @@ fn answer_secret(token: &str) -> impl FnMut(&Request) -> Reply + '_ {
     }
 }
 
-/// Runs the victim, `between` unrelated executions, then the attacker, all on the one
-/// template of a one-worker fork-mode pool, and returns what the attacker reported.
-async fn victim_then_attacker(between: usize) -> serde_json::Map<String, Value> {
-    let token = random_token();
-    let mut p = TestPool::start(|_| {}).await;
-
+/// The victim's job: its params (padded: a larger Execute than a few lines of source, as
+/// real ones are) and context carry the token's markers.
+fn victim_job(token: &str) -> Job {
     let mut victim = job(
         "victim",
-        &victim_source(&token),
-        // Padding: a larger Execute than a few lines of source, as real ones are.
+        &victim_source(token),
         &json!({ "p": format!("par{token}"), "padding": "x".repeat(20_000) }).to_string(),
         None,
     );
@@ -184,7 +180,16 @@ async fn victim_then_attacker(between: usize) -> serde_json::Map<String, Value> 
         "config": {"org": {"values": {"color": format!("ctx{token}")}, "secrets": ["api_token"]}},
     })
     .to_string();
-    assert!(p.pool.submit(victim).is_ok());
+    victim
+}
+
+/// Runs the victim, `between` unrelated executions, then the attacker, all on the one
+/// template of a one-worker fork-mode pool, and returns what the attacker reported.
+async fn victim_then_attacker(between: usize) -> serde_json::Map<String, Value> {
+    let token = random_token();
+    let mut p = TestPool::start(|_| {}).await;
+
+    assert!(p.pool.submit(victim_job(&token)).is_ok());
     let f = p.finished_answering(answer_secret(&token)).await;
     assert_eq!(f.outcome.status, Status::Success, "{:?}", f.outcome.error);
     // Every marker really went through the template.
@@ -351,18 +356,7 @@ async fn an_execution_finds_nothing_of_the_one_sent_ahead_of_it() {
         .collect();
     let params = json!({ "needles": needles, "control": shifted(&format!("ctl{token}")) });
     p.submit("attacker", ATTACKER, &params.to_string(), None);
-    let mut victim = job(
-        "victim",
-        &victim_source(&token),
-        &json!({ "p": format!("par{token}"), "padding": "x".repeat(20_000) }).to_string(),
-        None,
-    );
-    victim.context_json = json!({
-        "org": {"id": 1, "name": "victim-org"},
-        "config": {"org": {"values": {"color": format!("ctx{token}")}, "secrets": ["api_token"]}},
-    })
-    .to_string();
-    assert!(p.pool.submit(victim).is_ok());
+    assert!(p.pool.submit(victim_job(&token)).is_ok());
 
     let mut reports = None;
     for _ in 0..3 {
