@@ -21,7 +21,7 @@ use super::service::{ids, scratch_database, Completions};
 use super::workload::Workload;
 use super::{latencies, mode_name, pct, BenchArgs};
 use crate::intake::{ExecutionRequest, IntakeClient, Keys, WorkflowRef};
-use crate::serve::{serve, ServeConfig, Shutdown};
+use crate::serve::{serve, Shutdown};
 use crate::store::{Store, WorkflowSpec};
 
 /// The small organization's executions per run, one every [`SMALL_EVERY`].
@@ -116,12 +116,14 @@ async fn run(
     let client = IntakeClient::connect(&args.conn.redis_url, keys.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
-    let mut pool = args.pool.to_config(run_dir);
-    pool.isolation = mode;
-    let mut cfg = ServeConfig::new(pool, db_url.to_owned(), args.conn.redis_url.clone());
-    cfg.key_prefix = prefix;
-    cfg.consumer = format!("bench-fairness-{name}");
+    let (cfg, _guard) = super::service::serve_config(
+        args,
+        mode,
+        db_url,
+        &prefix,
+        format!("bench-fairness-{name}"),
+        None,
+    )?;
     let (signals, handle) = {
         let (tx, rx) = watch::channel(None);
         (tx, tokio::spawn(serve(cfg, rx)))

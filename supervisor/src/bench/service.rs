@@ -82,18 +82,14 @@ pub async fn bench_mode(
         .await
         .map_err(|e| e.to_string())?;
 
-    let (run_dir, _guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
-    let mut pool = args.pool.to_config(run_dir);
-    pool.isolation = mode;
-    if let Some(p) = &proxy {
-        pool.redis_url = Some(p.url.clone());
-    }
-    let mut cfg = ServeConfig::new(pool, db_url.clone(), args.conn.redis_url.clone());
-    cfg.key_prefix = prefix.clone();
-    cfg.consumer = format!("bench-{mode_name}");
-    cfg.http = args.http;
-    cfg.read_linger = args.read_linger;
-    cfg.writer.max_delay = args.commit_delay;
+    let (cfg, _guard) = serve_config(
+        args,
+        mode,
+        &db_url,
+        &prefix,
+        format!("bench-{mode_name}"),
+        proxy.as_ref().map(|p| p.url.clone()),
+    )?;
     let mut side = PgConnection::connect(&db_url)
         .await
         .map_err(|e| format!("side connection: {e}"))?;
@@ -184,6 +180,33 @@ pub async fn bench_mode(
         // Under load: the supervisor's CPU (and the bench client's) per execution.
         "supervisor_cpu_us_per_execution": cpu.as_secs_f64() * 1e6 / args.n.max(1) as f64,
     }))
+}
+
+/// The supervisor a bench run measures: the pool as the bench's flags say, in `mode`,
+/// under its own key prefix and consumer name, with the end-to-end flags (`--http`,
+/// `--read-linger`, `--commit-delay`); `workers_redis`: the workers' Redis URL when it is
+/// not the supervisor's own read-only user. The guard keeps a temporary run directory.
+pub(super) fn serve_config(
+    args: &BenchArgs,
+    mode: Isolation,
+    db_url: &str,
+    prefix: &str,
+    consumer: String,
+    workers_redis: Option<String>,
+) -> Result<(ServeConfig, Option<tempfile::TempDir>), String> {
+    let (run_dir, guard) = args.pool.run_dir().map_err(|e| e.to_string())?;
+    let mut pool = args.pool.to_config(run_dir);
+    pool.isolation = mode;
+    if workers_redis.is_some() {
+        pool.redis_url = workers_redis;
+    }
+    let mut cfg = ServeConfig::new(pool, db_url.to_owned(), args.conn.redis_url.clone());
+    cfg.key_prefix = prefix.to_owned();
+    cfg.consumer = consumer;
+    cfg.http = args.http;
+    cfg.read_linger = args.read_linger;
+    cfg.writer.max_delay = args.commit_delay;
+    Ok((cfg, guard))
 }
 
 /// The organizations a run spreads over: none (the global workflow) for one.
