@@ -258,7 +258,7 @@ impl Intake {
             return Ok(Vec::new());
         }
         let max = max.min(MAX_READ);
-        let (entries, wake) = self.take_once(max, queues, skip).await?;
+        let (entries, wake) = self.take_once(max, queues, skip, !block.is_zero()).await?;
         if !entries.is_empty() || block.is_zero() || wake.is_empty() {
             return Ok(entries);
         }
@@ -278,7 +278,7 @@ impl Intake {
         self.send_read(&cmd, block)
             .await?
             .map_err(|e| IntakeError::redis(self.taking_context(), e))?;
-        Ok(self.take_once(max, queues, skip).await?.0)
+        Ok(self.take_once(max, queues, skip, false).await?.0)
     }
 
     async fn take_once(
@@ -286,6 +286,7 @@ impl Intake {
         max: usize,
         queues: &[String],
         skip: &[Lane],
+        wake: bool,
     ) -> Result<(Vec<Entry>, Vec<(String, String)>), IntakeError> {
         let keys = self.keys();
         let mut inv = TAKE.prepare_invoke();
@@ -305,7 +306,8 @@ impl Intake {
             .arg(keys.permits())
             .arg(keys.running_base())
             .arg(keys.heartbeat(""))
-            .arg(keys.permits_bell());
+            .arg(keys.permits_bell())
+            .arg(if wake { "1" } else { "0" });
         self.count(1, 1);
         let reply: Value = inv
             .invoke_async(&mut self.writer_conn())

@@ -7,11 +7,13 @@
 --       nskip, lane key * nskip              (lanes not to take from this time)
 --       limits, permits, running base, heartbeat base, permits bell
 --                                            (concurrency limits: crate::intake::limits)
+--       wake                                 ('1': the caller blocks when nothing came,
+--                                            so return the ids to block on)
 -- Returns {entries, wake, healed}:
 --   entries: [[id, [field, value, ...]], ...] as XREADGROUP gives them, pending on the
 --            consumer;
---   wake:    when entries is empty, [key, last id, ...] of the stream and every bell, for
---            an XREAD BLOCK that wakes on anything new; else empty;
+--   wake:    when entries is empty and wake is '1', [key, last id, ...] of the stream
+--            and every bell, for an XREAD BLOCK that wakes on anything new; else empty;
 --   healed:  1 when the stream or group was missing and was created (from id 0).
 local stream, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local budget = tonumber(ARGV[4])
@@ -29,6 +31,7 @@ for _ = 1, tonumber(ARGV[at]) do
 end
 local limits_key, permits_key = ARGV[at + 1], ARGV[at + 2]
 local running_base, heartbeat_base, permits_bell = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+local want_wake = ARGV[at + 6] == '1'
 
 local healed = 0
 local function read(count)
@@ -57,18 +60,19 @@ local left = budget - #out
 -- 2. Move entries from the lanes, queue by queue, organization by organization in turn.
 local moved = 0
 
--- Moves one lane entry to the stream; returns its new stream id.
-local function move(lane, e)
+-- Copies one lane entry to the stream; returns its new stream id. The caller removes
+-- it from the lane.
+local function copy(e)
   local fields = e[2]
   fields[#fields + 1] = 'enqueued'
   fields[#fields + 1] = e[1]
-  local id = redis.call('XADD', stream, '*', unpack(fields))
-  redis.call('XDEL', lane, e[1])
-  return id
+  return redis.call('XADD', stream, '*', unpack(fields))
 end
 
 -- Takes up to `want` entries of a lane, oldest first; returns how many, and whether
 -- the lane may have more (true) or is empty (false). Without limits, that is all.
+-- What it took is the lane's head: a lane it emptied is deleted by the caller, else
+-- one XTRIM (and an XDEL of its last entry) removes the head, whatever its length.
 local function take_plain(lane, want)
   local got = redis.call('XRANGE', lane, '-', '+', 'COUNT', want)
   for _, e in ipairs(got) do
@@ -76,9 +80,15 @@ local function take_plain(lane, want)
       -- Beyond what unpack takes; the parser dead-letters it.
       e[2] = {'invalid', 'the entry had more than 1000 fields'}
     end
-    move(lane, e)
+    copy(e)
   end
-  return #got, #got == want
+  local more = #got == want
+  if more then
+    local last = got[#got][1]
+    redis.call('XTRIM', lane, 'MINID', last)
+    redis.call('XDEL', lane, last)
+  end
+  return #got, more
 end
 
 -- Concurrency limits: none set, one HLEN and nothing else.
@@ -217,7 +227,8 @@ if limited then
           end
         end
         if fits then
-          local id = move(lane, e)
+          local id = copy(e)
+          redis.call('XDEL', lane, e[1])
           took = took + 1
           if #keys > 0 then
             local permit = {consumer}
@@ -300,7 +311,7 @@ if moved > 0 then
 end
 
 local wake = {}
-if #out == 0 then
+if #out == 0 and want_wake then
   local info = redis.call('XINFO', 'STREAM', stream)
   for k = 1, #info, 2 do
     if info[k] == 'last-generated-id' then

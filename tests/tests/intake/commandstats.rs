@@ -17,7 +17,7 @@ use warden_tests::redis::TestRedis;
 
 /// Rounds to try before concluding the extra calls are ours, not someone else's.
 const ROUNDS: usize = 20;
-const MEASURED: [&str; 15] = [
+const MEASURED: [&str; 16] = [
     "evalsha",
     "eval",
     "hlen",
@@ -30,6 +30,7 @@ const MEASURED: [&str; 15] = [
     "mget",
     "xack",
     "xdel",
+    "xtrim",
     "set",
     "publish",
     "pexpire",
@@ -47,9 +48,10 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
     let client = t.client().await;
     // The take is one script (crate::intake::lanes): a read of the stream's direct
     // entries (none), the default queue's organizations and its turn, one XRANGE of the
-    // lane, the batch moved to the stream (XADD + XDEL each), and the read that delivers
-    // it. The lane still holds its organization (it gave exactly what was asked): the
-    // next take finds it empty. Concurrency limits (none here) cost the take one
+    // lane, the batch copied to the stream (an XADD each), the lane's head trimmed (one
+    // XTRIM and one XDEL, whatever the batch's size), and the read that delivers it. The
+    // lane still holds its organization (it gave exactly what was asked): the next take
+    // finds it empty. Concurrency limits (none here) cost the take one
     // `HLEN`, and the acknowledgement the release script (`EVAL`), which stops at its own
     // `HLEN`.
     let expected: HashMap<&str, u64> = [
@@ -64,7 +66,8 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
         ("zrem", 0),
         ("mget", 1),
         ("xack", 1),
-        ("xdel", N as u64 + 1),
+        ("xdel", 2),
+        ("xtrim", 1),
         ("set", N as u64),
         ("publish", N as u64),
         ("pexpire", N as u64),

@@ -75,6 +75,36 @@ async fn a_take_shares_its_places_among_organizations() {
     assert_eq!(lanes[0].waiting, 993);
 }
 
+/// A lane gives its entries in order, each once, however the takes cut it: what a take
+/// moves is trimmed off the lane's head (one XTRIM, not one XDEL per entry), and what
+/// it leaves stays, down to the last entry, after which the lane is gone.
+#[tokio::test]
+async fn takes_cut_a_lane_without_losing_or_repeating_an_entry() {
+    let t = TestRedis::new();
+    let client = t.client().await;
+    let intake = t.intake("sup-a").await;
+    client
+        .submit_many(&many("a", 10, Some("o"), None))
+        .await
+        .expect("submit");
+    let mut got = Vec::new();
+    for (want, left) in [(3, 7), (1, 6), (4, 2), (3, 0)] {
+        let batch = intake.read(want, Duration::ZERO).await.expect("take");
+        assert_eq!(batch.len(), want.min(got.len().abs_diff(10)));
+        got.extend(ids(&batch));
+        let lanes = client.status().await.expect("status").lanes;
+        let waiting: u64 = lanes.iter().map(|l| l.waiting).sum();
+        assert_eq!(waiting, left, "after taking {}: {lanes:?}", got.len());
+    }
+    assert_eq!(got, (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>());
+    assert!(intake
+        .read(5, Duration::ZERO)
+        .await
+        .expect("take")
+        .is_empty());
+    assert_eq!(intake.stream_backlog().await.expect("backlog").pending, 10);
+}
+
 /// Organizations take turns across takes and across consumers: the turn is kept in
 /// Redis, so two supervisors taking one place at a time alternate between two
 /// organizations instead of both serving the first.
