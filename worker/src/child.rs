@@ -35,6 +35,7 @@ pub fn run(
     runner: &Runner,
     socket_fd: RawFd,
     template_pid: nix::unistd::Pid,
+    scratch: &std::path::Path,
     max_frame: usize,
     warm: bool,
 ) -> ! {
@@ -54,17 +55,21 @@ pub fn run(
     if std_output::redirect().is_err() {
         exit(EXIT_OUTPUT_LOST);
     }
-    // Its own uid and gid (when the supervisor gave it some), its own scratch directory,
+    // Its own uid and gid (when the supervisor gave it some), its own scratch directory
+    // (Python's HOME and TMPDIR already point there: `point_python_at`, in the template),
     // then the seccomp filter: from there on nothing this process runs can reach its
     // template, the host's services or the kernel's namespaces. A child that cannot
     // confine itself runs no workflow.
     let confined = sandbox::become_child_user()
         .map_err(|e| format!("cannot switch to the children's uid: {e}"))
         .and_then(|()| {
-            sandbox::enter_scratch(&sandbox::scratch_root())
-                .map_err(|e| format!("cannot create the execution's directory: {e}"))
+            sandbox::enter_scratch(scratch).map_err(|e| {
+                format!(
+                    "cannot create the execution's directory {}: {e}",
+                    scratch.display()
+                )
+            })
         })
-        .and_then(|dir| point_python_at(py, &dir))
         .and_then(|()| seccomp::deny_unix_sockets());
     // Idle time is spent taking the faults the execution would otherwise take, when the
     // slot is idle (`warm`, see `forked::warm_next`); an Execute that is already waiting
@@ -119,8 +124,10 @@ fn execute(
     }
 }
 
-/// `HOME`, `TMPDIR` and `tempfile`'s cached directory become the execution's own.
-fn point_python_at(py: Python<'_>, dir: &std::path::Path) -> Result<(), String> {
+/// `HOME`, `TMPDIR` and `tempfile`'s cached directory become the next child's own
+/// directory. Run by the template right before it forks that child
+/// ([`sandbox::next_scratch`] says why there).
+pub fn point_python_at(py: Python<'_>, dir: &std::path::Path) -> Result<(), String> {
     use pyo3::types::PyAnyMethods;
     let dir = dir.display().to_string();
     let set = || -> pyo3::PyResult<()> {

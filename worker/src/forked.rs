@@ -39,6 +39,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::unistd::{setpgid, Pid};
@@ -93,6 +94,8 @@ pub struct Spare {
     /// `Connection::queue`) when it forked this child: the child's memory holds a copy,
     /// so it may run that execution and no other.
     holds: Option<String>,
+    /// Its working directory ([`sandbox::next_scratch`]), removed after it.
+    scratch: PathBuf,
 }
 
 /// How long a slot must have waited for its last `Execute` for the next spare to warm up.
@@ -117,7 +120,15 @@ impl Spare {
         let forked_at = Instant::now();
         let (ours, theirs) = UnixStream::pair()?;
         let template_pid = Pid::this();
-        let pid = fork_child(runner, theirs.as_raw_fd(), template_pid, max_frame, warm)?;
+        let scratch = sandbox::next_scratch();
+        let pid = fork_child(
+            runner,
+            theirs.as_raw_fd(),
+            template_pid,
+            &scratch,
+            max_frame,
+            warm,
+        )?;
         drop(theirs);
         // Also set from the child; doing it here too closes the window in which a Kill
         // would find the child still in the template's group. EACCES/ESRCH mean the
@@ -130,6 +141,7 @@ impl Spare {
             state,
             forked_at,
             holds,
+            scratch,
         };
         // A blocking socket could hang the template on a half-written frame.
         if let Err(err) = fds::set_nonblocking(spare.socket.as_raw_fd()) {
@@ -143,7 +155,7 @@ impl Spare {
     pub fn discard(self) {
         reap::kill_group(self.pid);
         let _ = reap::reap(self.pid);
-        sandbox::clean_after(self.pid);
+        sandbox::clean_after(&self.scratch);
     }
 
     /// Has it died (killed from outside, say)? It stays unreaped (a zombie, so its pid
@@ -159,7 +171,7 @@ impl Spare {
     /// in its process group to kill.
     pub fn reap_dead(self) {
         let _ = reap::reap(self.pid);
-        sandbox::clean_after(self.pid);
+        sandbox::clean_after(&self.scratch);
     }
 
     /// Its pidfd, to watch while idle; `None` without pidfd support.
@@ -241,6 +253,7 @@ pub fn execute(
         }
     };
     let pid = child.pid;
+    let scratch = child.scratch;
     let mut watch = Watch {
         e: &*e,
         pid,
@@ -292,7 +305,7 @@ pub fn execute(
     }
     // Its child is reaped and its escapees swept: nothing it wrote may outlive it (done
     // while the spare warms up; see `sandbox::clean_after`).
-    sandbox::clean_after(pid);
+    sandbox::clean_after(&scratch);
     Ok(next)
 }
 
@@ -301,17 +314,27 @@ fn fork_child(
     runner: &Runner,
     socket_fd: RawFd,
     template_pid: Pid,
+    scratch: &Path,
     max_frame: usize,
     warm: bool,
 ) -> io::Result<Pid> {
     Python::attach(|py| {
+        child::point_python_at(py, scratch).map_err(io::Error::other)?;
         // SAFETY: the CPython fork protocol, called with the GIL held as os.fork does.
         // The template is single-threaded, so no lock can be held by another thread.
         unsafe { pyo3::ffi::PyOS_BeforeFork() };
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
-            child::run(py, runner, socket_fd, template_pid, max_frame, warm);
+            child::run(
+                py,
+                runner,
+                socket_fd,
+                template_pid,
+                scratch,
+                max_frame,
+                warm,
+            );
         }
         let err = io::Error::last_os_error();
         unsafe { pyo3::ffi::PyOS_AfterFork_Parent() };

@@ -92,6 +92,12 @@ pub fn spawn(opts: &Options) -> Spawned {
     }
     if let Some(uid) = opts.uid {
         cmd.uid(uid).gid(uid);
+        // The default scratch root (`/tmp/scratch`) belongs to whichever test's worker
+        // made it first, often root's: a worker of another uid gets a root of its own.
+        let scratch = format!("/tmp/warden-test-scratch-{uid}");
+        std::fs::create_dir_all(&scratch).expect("scratch root");
+        std::os::unix::fs::chown(&scratch, Some(uid), Some(uid)).expect("chown scratch root");
+        cmd.arg("--scratch-dir").arg(scratch);
     }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
