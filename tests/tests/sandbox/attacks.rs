@@ -297,11 +297,18 @@ def run(private):
             written.append(d)
         except OSError:
             pass
-    return {"cwd": os.getcwd(), "written": written}
+    return {"cwd": os.getcwd(), "written": written, "own": places[:3]}
 "#;
     let params = format!("{{\"private\": {private}}}");
     let first = result_of(&mut p, "writer", write, &params).await;
     let written: Vec<String> = serde_json::from_value(first["written"].clone()).unwrap();
+    // HOME and TMPDIR (set by the template before it forked the child) are the
+    // directory the child made and entered.
+    let own = &first["own"];
+    assert!(
+        own[0] == first["cwd"] && own[1] == own[0] && own[2] == own[0],
+        "{own}"
+    );
     assert!(
         written.len() >= 3,
         "cwd, TMPDIR and HOME are writable: {written:?}"
