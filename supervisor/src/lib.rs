@@ -129,8 +129,9 @@ pub mod testing {
     /// The pool's default worker uid base, and the answer to a request nobody serves.
     pub use crate::pool::{config::default_uid_base, unavailable};
 
-    /// The per-organization Redis user name the sandbox grants.
-    pub use crate::modules::access::user_name;
+    /// The per-organization Redis user name the sandbox grants, and its removal (what
+    /// `warden bench` does for the prefix of each run).
+    pub use crate::modules::access::{remove_user, user_name};
 
     /// The SDK's config cache, read through by the worker-request handler.
     pub use crate::sdk::cache::ConfigCache;

@@ -131,17 +131,19 @@ impl Default for TestRedis {
 }
 
 impl Drop for TestRedis {
-    /// Best effort: deletes every key under the prefix (blocking client, so it works
-    /// from any context, runtime or not).
+    /// Best effort: deletes every key under the prefix and the workers' ACL user a
+    /// service under it made (blocking client, so it works from any context, runtime or
+    /// not).
     fn drop(&mut self) {
         let keys = self.scan_keys();
-        if keys.is_empty() {
-            return;
-        }
         if let Ok(mut conn) = self.client.get_connection() {
             for chunk in keys.chunks(500) {
                 let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
             }
+            let _: Result<i64, _> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(warden::testing::user_name(&self.prefix))
+                .query(&mut conn);
         }
     }
 }

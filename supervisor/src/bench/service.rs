@@ -146,6 +146,7 @@ pub async fn bench_mode(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    forget_workers_user(&args.conn.redis_url, &prefix).await;
     let executions = (args.n + args.sequential) as f64;
     // Each `stats` call is 2 statements of our own (flush + read), each a transaction.
     let own_xacts = 2.0;
@@ -207,6 +208,14 @@ pub(super) fn serve_config(
     cfg.read_linger = args.read_linger;
     cfg.writer.max_delay = args.commit_delay;
     Ok((cfg, guard))
+}
+
+/// Deletes the workers' Redis user `serve` made for a bench run's prefix (used once).
+/// A failure only leaves the user behind: said, not fatal.
+pub(super) async fn forget_workers_user(redis_url: &str, prefix: &str) {
+    if let Err(e) = crate::modules::access::remove_user(redis_url, prefix).await {
+        tracing::warn!(error = %e, "cannot delete the bench run's workers' Redis user");
+    }
 }
 
 /// The organizations a run spreads over: none (the global workflow) for one.

@@ -79,6 +79,25 @@ pub async fn worker_url(db: &PgPool, admin_url: &str, prefix: &str) -> Result<St
     with_user(admin_url, &user, &password)
 }
 
+/// Deletes the workers' user of `prefix` from the Redis at `admin_url`: for a prefix used
+/// once (each `warden bench` run has its own), whose user would otherwise stay in Redis
+/// for good. A supervisor never calls this: its workers' user outlives it.
+pub async fn remove_user(admin_url: &str, prefix: &str) -> Result<(), AccessError> {
+    let client = redis::Client::open(admin_url)
+        .map_err(|e| AccessError::Url(crate::store::redact_url(admin_url), e.to_string()))?;
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(AccessError::Acl)?;
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(user_name(prefix))
+        .query_async(&mut con)
+        .await
+        .map_err(AccessError::Acl)?;
+    Ok(())
+}
+
 /// Refuses a workers' URL that can write: tries to `SET` a key workers may not touch.
 pub async fn check_read_only(url: &str, prefix: &str) -> Result<(), AccessError> {
     let shown = crate::store::redact_url(url);

@@ -109,6 +109,16 @@ async fn the_workers_redis_user_reads_module_keys_and_nothing_else() {
         );
     }
     s.stop().await;
+    // A prefix used once (each `warden bench` run's) has its user deleted afterwards:
+    // it logs in no more.
+    warden::testing::remove_user(&warden_tests::redis::redis_url(), &s.redis.prefix)
+        .await
+        .expect("ACL DELUSER");
+    let gone = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
+    assert!(gone.is_err(), "the deleted user still logs in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
