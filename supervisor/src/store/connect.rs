@@ -100,6 +100,17 @@ impl Store {
             }
             Err(source) => return Err(connect_error(&options, &url_redacted, source)),
         };
+        // `connect_with` opens one connection and leaves the rest of `min_connections` to
+        // a background task: open the whole budget now, so that it is all there when this
+        // returns (nothing is opened later, in the middle of the work) or its failure said.
+        let mut held = Vec::with_capacity(connections as usize);
+        for _ in 0..connections {
+            match pool.acquire().await {
+                Ok(conn) => held.push(conn),
+                Err(source) => return Err(connect_error(&options, &url_redacted, source)),
+            }
+        }
+        drop(held);
         tracing::info!(url = %url_redacted, connections, "database pool opened");
         Ok(Store {
             pool,
