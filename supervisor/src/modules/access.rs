@@ -46,12 +46,7 @@ pub fn user_name(prefix: &str) -> String {
 pub async fn worker_url(db: &PgPool, admin_url: &str, prefix: &str) -> Result<String, AccessError> {
     let password = password(db).await?;
     let user = user_name(prefix);
-    let client = redis::Client::open(admin_url)
-        .map_err(|e| AccessError::Url(crate::store::redact_url(admin_url), e.to_string()))?;
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(AccessError::Acl)?;
+    let mut con = admin_connection(admin_url).await?;
     let mut cmd = redis::cmd("ACL");
     cmd.arg("SETUSER")
         .arg(&user)
@@ -83,12 +78,7 @@ pub async fn worker_url(db: &PgPool, admin_url: &str, prefix: &str) -> Result<St
 /// once (each `warden bench` run has its own), whose user would otherwise stay in Redis
 /// for good. A supervisor never calls this: its workers' user outlives it.
 pub async fn remove_user(admin_url: &str, prefix: &str) -> Result<(), AccessError> {
-    let client = redis::Client::open(admin_url)
-        .map_err(|e| AccessError::Url(crate::store::redact_url(admin_url), e.to_string()))?;
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(AccessError::Acl)?;
+    let mut con = admin_connection(admin_url).await?;
     let _: i64 = redis::cmd("ACL")
         .arg("DELUSER")
         .arg(user_name(prefix))
@@ -96,6 +86,17 @@ pub async fn remove_user(admin_url: &str, prefix: &str) -> Result<(), AccessErro
         .await
         .map_err(AccessError::Acl)?;
     Ok(())
+}
+
+/// A connection to the Redis at `admin_url` (the supervisor's own URL), for `ACL`.
+async fn admin_connection(
+    admin_url: &str,
+) -> Result<redis::aio::MultiplexedConnection, AccessError> {
+    redis::Client::open(admin_url)
+        .map_err(|e| AccessError::Url(crate::store::redact_url(admin_url), e.to_string()))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(AccessError::Acl)
 }
 
 /// Refuses a workers' URL that can write: tries to `SET` a key workers may not touch.
