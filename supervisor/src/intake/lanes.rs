@@ -17,8 +17,15 @@
 //!    queue, shared by every supervisor, starts each call at the next organization, and
 //!    the places the supervisor has free are shared evenly among the organizations with
 //!    work (an organization with less than its share gives the rest to the others);
-//! 3. reads the moved entries as this consumer, so they are pending on it exactly as a
-//!    direct `XREADGROUP` would have left them.
+//! 3. counts what the stream now holds for the group's next read (what was there
+//!    undelivered, plus what it moved), never more than the free places.
+//!
+//! The same pipeline's next command is this consumer's own `XREADGROUP COUNT <places>`,
+//! which delivers those entries, so they are pending on it exactly as before queues.
+//! (The script used to read them itself; a client's read costs Redis 2.2 µs per entry,
+//! a script's 5.5: docs/architecture.md, "Costs". Between the two commands another
+//! supervisor's read may deliver some of them to itself: each read still takes at most
+//! its own places, and what is left is the next read's.)
 //!
 //! From the execution stream on nothing changed: acknowledgement after commit, takeover
 //! of a dead supervisor's pending entries, the sweeper, cancel markers, duplicates. The
@@ -281,6 +288,10 @@ impl Intake {
         Ok(self.take_once(max, queues, skip, false).await?.0)
     }
 
+    /// One round trip: the take script (which moves the lanes' entries to the stream)
+    /// and, right after it in the same pipeline, this consumer's `XREADGROUP`, which
+    /// delivers them. Returns the entries and, when there were none and `wake` asked for
+    /// them, the ids to block on.
     async fn take_once(
         &self,
         max: usize,
@@ -289,53 +300,103 @@ impl Intake {
         wake: bool,
     ) -> Result<(Vec<Entry>, Vec<(String, String)>), IntakeError> {
         let keys = self.keys();
-        let mut inv = TAKE.prepare_invoke();
-        inv.arg(keys.stream())
+        let mut script = redis::cmd("EVALSHA");
+        script
+            .arg(TAKE.get_hash())
+            .arg(0)
+            .arg(keys.stream())
             .arg(keys.group())
             .arg(self.consumer())
             .arg(max)
             .arg(queues.len());
         for queue in queues {
-            inv.arg(keys.queue_base(queue));
+            script.arg(keys.queue_base(queue));
         }
-        inv.arg(skip.len());
+        script.arg(skip.len());
         for lane in skip {
-            inv.arg(keys.lane(&lane.queue, lane.org.as_deref()));
+            script.arg(keys.lane(&lane.queue, lane.org.as_deref()));
         }
-        inv.arg(keys.limits())
+        script
+            .arg(keys.limits())
             .arg(keys.permits())
             .arg(keys.running_base())
             .arg(keys.heartbeat(""))
             .arg(keys.permits_bell())
             .arg(if wake { "1" } else { "0" });
-        self.count(1, 1);
-        let reply: Value = inv
-            .invoke_async(&mut self.writer_conn())
-            .await
-            .map_err(|e| {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.add_command(script);
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(keys.group())
+            .arg(self.consumer())
+            .arg("COUNT")
+            .arg(max)
+            .arg("STREAMS")
+            .arg(keys.stream())
+            .arg(">");
+        self.count(1, 2);
+        let mut conn = self.writer_conn();
+        let replies: Vec<redis::RedisResult<Value>> =
+            pipe.query_async(&mut conn).await.map_err(|e| {
                 self.count_error();
-                if is_nogroup(&e) {
-                    tracing::warn!("the execution stream's group vanished during a take");
-                }
                 IntakeError::redis(self.taking_context(), e)
             })?;
         let unexpected = |detail: String| IntakeError::UnexpectedReply {
             context: self.taking_context(),
             detail,
         };
+        let [took, read]: [redis::RedisResult<Value>; 2] = replies
+            .try_into()
+            .map_err(|r: Vec<_>| unexpected(format!("expected 2 replies, got {}", r.len())))?;
+        let wake = match took {
+            Ok(reply) => self.took(reply).map_err(unexpected)?,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis restarted or its scripts were flushed: load it for the next call.
+                // What the read brought is still this consumer's; no wake ids, so a
+                // blocking take calls again at once.
+                self.count(1, 1);
+                TAKE.prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| IntakeError::redis(self.taking_context(), e))?;
+                if matches!(&read, Err(e) if is_nogroup(e)) {
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                Vec::new()
+            }
+            Err(e) => {
+                self.count_error();
+                if is_nogroup(&e) {
+                    tracing::warn!("the execution stream's group vanished during a take");
+                }
+                // The read may have delivered entries: the caller looks for them.
+                return Err(IntakeError::redis(self.taking_context(), e));
+            }
+        };
+        let read = read.map_err(|e| {
+            self.count_error();
+            IntakeError::redis(self.taking_context(), e)
+        })?;
+        let decoded = entry::decode_read(read).map_err(unexpected)?;
+        Ok((decoded.entries, wake))
+    }
+
+    /// The script's reply: `[ready, wake ids, healed]`; returns the wake ids.
+    fn took(&self, reply: Value) -> Result<Vec<(String, String)>, String> {
         let Value::Array(mut parts) = reply else {
-            return Err(unexpected(format!("expected an array, got {reply:?}")));
+            return Err(format!("expected an array, got {reply:?}"));
         };
         if parts.len() != 3 {
-            return Err(unexpected(format!("expected 3 parts, got {}", parts.len())));
+            return Err(format!("expected 3 parts, got {}", parts.len()));
         }
         if matches!(parts[2], Value::Int(1)) {
             tracing::warn!(
-                stream = keys.stream(),
+                stream = self.keys().stream(),
                 "stream or consumer group was gone (Redis flushed or restarted?); re-created it"
             );
         }
-        let wake = match parts.swap_remove(1) {
+        Ok(match parts.swap_remove(1) {
             Value::Array(items) => items
                 .chunks(2)
                 .filter_map(|pair| match pair {
@@ -347,15 +408,7 @@ impl Intake {
                 })
                 .collect(),
             _ => Vec::new(),
-        };
-        let entries = parts.swap_remove(0);
-        // The shape of a one-stream XREADGROUP reply, so one decoder serves both.
-        let as_read = Value::Array(vec![Value::Array(vec![
-            Value::BulkString(keys.stream().into_bytes()),
-            entries,
-        ])]);
-        let decoded = entry::decode_read(as_read).map_err(unexpected)?;
-        Ok((decoded.entries, wake))
+        })
     }
 
     fn taking_context(&self) -> String {

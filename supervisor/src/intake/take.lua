@@ -9,11 +9,15 @@
 --                                            (concurrency limits: crate::intake::limits)
 --       wake                                 ('1': the caller blocks when nothing came,
 --                                            so return the ids to block on)
--- Returns {entries, wake, healed}:
---   entries: [[id, [field, value, ...]], ...] as XREADGROUP gives them, pending on the
---            consumer;
---   wake:    when entries is empty and wake is '1', [key, last id, ...] of the stream
---            and every bell, for an XREAD BLOCK that wakes on anything new; else empty;
+-- Returns {ready, wake, healed}:
+--   ready:   how many entries the stream now has for the group's next read: the ones
+--            that were there undelivered (added directly, or moved by a call whose read
+--            has not run yet) plus the ones moved now, at most `budget`. The caller
+--            delivers them with its own XREADGROUP COUNT budget, sent in the same
+--            pipeline right after this script: a client's read costs Redis less than half
+--            of what this script's read cost (docs/architecture.md, "Costs");
+--   wake:    when ready is 0 and wake is '1', [key, last id, ...] of the stream and
+--            every bell, for an XREAD BLOCK that wakes on anything new; else empty;
 --   healed:  1 when the stream or group was missing and was created (from id 0).
 local stream, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local budget = tonumber(ARGV[4])
@@ -34,28 +38,39 @@ local running_base, heartbeat_base, permits_bell = ARGV[at + 3], ARGV[at + 4], A
 local want_wake = ARGV[at + 6] == '1'
 
 local healed = 0
-local function read(count)
-  local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'NOGROUP', 1, true) then
-      return redis.error_reply(r.err)
-    end
+
+-- 1. Entries of the stream the group has not been given yet (added directly by clients
+-- that predate queues, or by tests) go first: the caller's read delivers them before
+-- anything moved now, so only the rest of the budget is moved.
+local function undelivered()
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if type(groups) == 'table' and groups.err then
     redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
     healed = 1
-    r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+    return 0
   end
-  if not r then
-    return {}
+  for _, g in ipairs(groups) do
+    local info = {}
+    for k = 1, #g - 1, 2 do
+      info[g[k]] = g[k + 1]
+    end
+    if info['name'] == group then
+      local lag = info['lag']
+      if type(lag) == 'number' then
+        return math.min(lag, budget)
+      end
+      -- Redis cannot always tell (after deletions): count them, up to the budget.
+      local last = info['last-delivered-id']
+      return #redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', budget)
+    end
   end
-  return r[1][2]
+  redis.call('XGROUP', 'CREATE', stream, group, '0')
+  healed = 1
+  return math.min(redis.call('XLEN', stream), budget)
 end
 
--- 1. Entries added to the stream directly come first (they were never queued).
-local out = read(budget)
-if out.err then
-  return out
-end
-local left = budget - #out
+local ready = undelivered()
+local left = budget - ready
 
 -- 2. Move entries from the lanes, queue by queue, organization by organization in turn.
 local moved = 0
@@ -299,19 +314,10 @@ for _, base in ipairs(queues) do
   end
 end
 
--- 3. Deliver what was moved to this consumer: nothing else is new in the stream now.
-if moved > 0 then
-  local r = read(moved)
-  if r.err then
-    return r
-  end
-  for _, e in ipairs(r) do
-    out[#out + 1] = e
-  end
-end
+ready = ready + moved
 
 local wake = {}
-if #out == 0 and want_wake then
+if ready == 0 and want_wake then
   local info = redis.call('XINFO', 'STREAM', stream)
   for k = 1, #info, 2 do
     if info[k] == 'last-generated-id' then
@@ -332,4 +338,4 @@ if #out == 0 and want_wake then
     wake[#wake + 1] = last[1] and last[1][1] or '0-0'
   end
 end
-return {out, wake, healed}
+return {ready, wake, healed}

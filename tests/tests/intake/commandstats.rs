@@ -17,8 +17,9 @@ use warden_tests::redis::TestRedis;
 
 /// Rounds to try before concluding the extra calls are ours, not someone else's.
 const ROUNDS: usize = 20;
-const MEASURED: [&str; 16] = [
+const MEASURED: [&str; 17] = [
     "evalsha",
+    "xinfo|groups",
     "eval",
     "hlen",
     "xreadgroup",
@@ -46,19 +47,20 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
     let t = TestRedis::new();
     let intake = t.intake("sup-a").await;
     let client = t.client().await;
-    // The take is one script (crate::intake::lanes): a read of the stream's direct
-    // entries (none), the default queue's organizations and its turn, one XRANGE of the
-    // lane, the batch copied to the stream (an XADD each), the lane's head trimmed (one
-    // XTRIM and one XDEL, whatever the batch's size), and the read that delivers it. The
-    // lane still holds its organization (it gave exactly what was asked): the next take
-    // finds it empty. Concurrency limits (none here) cost the take one
-    // `HLEN`, and the acknowledgement the release script (`EVAL`), which stops at its own
-    // `HLEN`.
+    // The take is one script (crate::intake::lanes) and, in the same pipeline, the read
+    // that delivers what it moved. The script: the group's count of undelivered entries
+    // (`XINFO GROUPS`; none), the default queue's organizations and its turn, one XRANGE
+    // of the lane, the batch copied to the stream (an XADD each), the lane's head trimmed
+    // (one XTRIM and one XDEL, whatever the batch's size). The lane still holds its
+    // organization (it gave exactly what was asked): the next take finds it empty.
+    // Concurrency limits (none here) cost the take one `HLEN`, and the acknowledgement
+    // the release script (`EVAL`), which stops at its own `HLEN`.
     let expected: HashMap<&str, u64> = [
         ("evalsha", 1),
+        ("xinfo|groups", 1),
         ("eval", 1),
         ("hlen", 2),
-        ("xreadgroup", 2),
+        ("xreadgroup", 1),
         ("zrange", 1),
         ("incr", 1),
         ("xrange", 1),
@@ -101,7 +103,7 @@ async fn one_batch_of_100_costs_what_the_counters_say() {
         let after = command_calls(&t).await;
 
         assert_eq!(ours.round_trips, 3);
-        assert_eq!(ours.commands, 5 + 3 * N as u64);
+        assert_eq!(ours.commands, 6 + 3 * N as u64);
         for cmd in MEASURED {
             let delta = after
                 .get(cmd)

@@ -105,6 +105,107 @@ async fn takes_cut_a_lane_without_losing_or_repeating_an_entry() {
     assert_eq!(intake.stream_backlog().await.expect("backlog").pending, 10);
 }
 
+/// Adds entries to the execution stream directly (as clients that predate queues do);
+/// returns their stream ids.
+async fn add_direct(t: &TestRedis, ids: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        let sid: String = redis::cmd("XADD")
+            .arg(t.keys().stream())
+            .arg("*")
+            .arg(&[("id", *id), ("workflow", "1")])
+            .query_async(&mut t.conn().await)
+            .await
+            .expect("xadd");
+        out.push(sid);
+    }
+    out
+}
+
+/// The take script moves only what the caller's read (the next command of its pipeline)
+/// will deliver within the places: entries already in the stream and not yet delivered
+/// count against them, whether Redis knows how many there are (the group's `lag`) or
+/// not (a deleted entry among them makes it unknown, and the script counts them).
+#[tokio::test]
+async fn undelivered_entries_of_the_stream_count_against_the_places() {
+    for with_deleted in [false, true] {
+        let t = TestRedis::new();
+        let client = t.client().await;
+        let intake = t.intake("sup-a").await;
+        client
+            .submit_many(&many("a", 10, Some("o"), None))
+            .await
+            .expect("submit");
+        if with_deleted {
+            let sids = add_direct(&t, &["d0", "gone", "d1", "d2"]).await;
+            let _: i64 = redis::cmd("XDEL")
+                .arg(t.keys().stream())
+                .arg(&sids[1])
+                .query_async(&mut t.conn().await)
+                .await
+                .expect("xdel");
+        } else {
+            add_direct(&t, &["d0", "d1", "d2"]).await;
+        }
+        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(t.keys().stream())
+            .query_async(&mut t.conn().await)
+            .await
+            .expect("xinfo");
+        let lag_known = matches!(groups[0].get("lag"), Some(redis::Value::Int(3)));
+        assert_eq!(lag_known, !with_deleted, "this round's case: {groups:?}");
+        let got = intake.read(5, Duration::ZERO).await.expect("take");
+        let direct = ["d0", "d1", "d2"];
+        let lane: Vec<String> = (0..5 - direct.len()).map(|i| format!("a{i}")).collect();
+        let want: Vec<String> = direct.iter().map(|s| s.to_string()).chain(lane).collect();
+        assert_eq!(ids(&got), want, "with a deleted entry: {with_deleted}");
+        let waiting: u64 = client
+            .status()
+            .await
+            .expect("status")
+            .lanes
+            .iter()
+            .map(|l| l.waiting)
+            .sum();
+        assert_eq!(waiting, 10 - (5 - direct.len()) as u64);
+        // Nothing was moved beyond the places: the stream holds no undelivered entry.
+        let rest = intake.read(100, Duration::ZERO).await.expect("take");
+        assert_eq!(rest.len() as u64, waiting);
+    }
+}
+
+/// Redis restarted, or its scripts were flushed: the take's `EVALSHA` fails with
+/// NOSCRIPT while the read after it still runs. What that read delivered is returned,
+/// the script is loaded again, and the next take moves the lanes' entries: each entry
+/// is taken once, none is left behind.
+#[tokio::test]
+async fn a_take_after_redis_lost_its_scripts_loads_the_script_again() {
+    let t = TestRedis::new();
+    let client = t.client().await;
+    let intake = t.intake("sup-a").await;
+    client
+        .submit_many(&many("a", 4, Some("o"), None))
+        .await
+        .expect("submit");
+    add_direct(&t, &["d0"]).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut t.conn().await)
+        .await
+        .expect("script flush");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let batch = intake
+            .read(10, Duration::from_millis(50))
+            .await
+            .expect("a take after SCRIPT FLUSH is not an error");
+        got.extend(ids(&batch));
+    }
+    assert_eq!(got, ["d0", "a0", "a1", "a2", "a3"]);
+    assert_eq!(intake.stream_backlog().await.expect("backlog").pending, 5);
+}
+
 /// Organizations take turns across takes and across consumers: the turn is kept in
 /// Redis, so two supervisors taking one place at a time alternate between two
 /// organizations instead of both serving the first.

@@ -590,9 +590,9 @@ async fn steady_state_round_trips_per_batch_are_constant() {
 
         let cost = intake.calls() - before;
         assert_eq!(cost.round_trips, 3, "batch of {n}: {cost:?}");
-        // The take script + MGET + XACK + XDEL + the permits' release script, plus SET,
-        // PUBLISH and PEXPIRE (its live-log stream) per completion.
-        assert_eq!(cost.commands, 5 + 3 * n as u64, "batch of {n}: {cost:?}");
+        // The take script and its XREADGROUP + MGET + XACK + XDEL + the permits' release
+        // script, plus SET, PUBLISH and PEXPIRE (its live-log stream) per completion.
+        assert_eq!(cost.commands, 6 + 3 * n as u64, "batch of {n}: {cost:?}");
     }
     assert_eq!(xlen(&t).await, 0);
 }
