@@ -158,7 +158,7 @@ async fn run(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    super::service::forget_workers_user(&args.conn.redis_url, &prefix).await;
+    super::service::forget_run(&args.conn.redis_url, &prefix).await;
 
     let started: Vec<(String, f64)> = sqlx::query_as(
         "SELECT id, (result->>'started')::float8 FROM executions WHERE id = ANY($1) AND status = 'success'",

@@ -146,7 +146,7 @@ pub async fn bench_mode(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    forget_workers_user(&args.conn.redis_url, &prefix).await;
+    forget_run(&args.conn.redis_url, &prefix).await;
     let executions = (args.n + args.sequential) as f64;
     // Each `stats` call is 2 statements of our own (flush + read), each a transaction.
     let own_xacts = 2.0;
@@ -210,11 +210,46 @@ pub(super) fn serve_config(
     Ok((cfg, guard))
 }
 
-/// Deletes the workers' Redis user `serve` made for a bench run's prefix (used once).
-/// A failure only leaves the user behind: said, not fatal.
-pub(super) async fn forget_workers_user(redis_url: &str, prefix: &str) {
+/// Deletes what a bench run left in Redis once its serve has stopped: the workers' Redis
+/// user `serve` made for the run's prefix, and every key under the prefix (completions
+/// and live logs, about two per execution, the stream and the lanes). The keys used to
+/// stay until their TTL: 1.2 million had piled up on one machine, and Redis spent CPU
+/// expiring them during later runs. A failure only leaves them behind: said, not fatal.
+pub(super) async fn forget_run(redis_url: &str, prefix: &str) {
     if let Err(e) = crate::modules::access::remove_user(redis_url, prefix).await {
         tracing::warn!(error = %e, "cannot delete the bench run's workers' Redis user");
+    }
+    if let Err(e) = delete_keys(redis_url, prefix).await {
+        tracing::warn!(error = %e, prefix, "cannot delete the bench run's Redis keys");
+    }
+}
+
+/// `SCAN MATCH <prefix>*` and `UNLINK` of what it finds; returns how many were deleted.
+/// The prefix is the bench's own (`bench:<pid>:<mode>:`), with no glob characters.
+async fn delete_keys(redis_url: &str, prefix: &str) -> redis::RedisResult<u64> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{prefix}*");
+    let (mut cursor, mut deleted) = (0u64, 0u64);
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            deleted += redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<u64>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
 }
 
