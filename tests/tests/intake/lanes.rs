@@ -259,13 +259,7 @@ async fn queues_are_served_in_priority_order_and_only_those_served() {
         .submit_many(&many("h", 4, None, Some("heavy")))
         .await
         .expect("submit");
-    let _: String = redis::cmd("XADD")
-        .arg(t.keys().stream())
-        .arg("*")
-        .arg(&[("id", "direct-1"), ("workflow", "1")])
-        .query_async(&mut t.conn().await)
-        .await
-        .expect("xadd");
+    add_direct(&t, &["direct-1"]).await;
 
     let served = queues(&["critical", "default"]);
     let got = intake
