@@ -333,6 +333,25 @@ mod tests {
         assert_eq!(std::fs::read_dir(&stale).unwrap().count(), 0);
     }
 
+    /// `scripts/sandbox-cost` measures the sandbox against this code with the layers
+    /// removed by a patch: a change to the lines it touches must update it too.
+    #[test]
+    fn the_measurement_patch_without_the_sandbox_still_applies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new("patch")
+            .args(["--dry-run", "--batch", "--forward", "-p1", "-d"])
+            .arg(&root)
+            .arg("-i")
+            .arg(root.join("scripts/lib/without-sandbox.patch"))
+            .output()
+            .expect("run patch (Debian's patch package)");
+        assert!(
+            out.status.success(),
+            "scripts/lib/without-sandbox.patch no longer applies; update it to remove the same layers: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     #[test]
     fn each_child_gets_a_directory_of_its_own() {
         let a = next_scratch();
