@@ -86,7 +86,33 @@ impl TestRedis {
             .expect("connect intake client")
     }
 
-    /// Every key under this prefix.
+    /// Adds one entry to this prefix's execution stream with exactly `fields` (names and
+    /// values in order, any bytes), the way a client that bypasses `IntakeClient` would;
+    /// returns its stream id.
+    pub async fn add_to_stream<K, V>(&self, fields: &[(K, V)]) -> String
+    where
+        (K, V): redis::ToRedisArgs,
+    {
+        redis::cmd("XADD")
+            .arg(self.keys().stream())
+            .arg("*")
+            .arg(fields)
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("XADD to the execution stream")
+    }
+
+    /// Deletes one entry from this prefix's execution stream (`XDEL`), the way an
+    /// operator or a trim would behind the supervisors' backs.
+    pub async fn delete_from_stream(&self, stream_id: &str) {
+        let _: i64 = redis::cmd("XDEL")
+            .arg(self.keys().stream())
+            .arg(stream_id)
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("XDEL from the execution stream");
+    }
+
     /// The server's `calls` per command (`INFO commandstats`), for tests that check what
     /// reaches Redis: other tests' commands can only add to it.
     pub async fn command_calls(&self) -> std::collections::HashMap<String, u64> {
@@ -104,6 +130,7 @@ impl TestRedis {
             .collect()
     }
 
+    /// Every key under this prefix.
     pub fn scan_keys(&self) -> Vec<String> {
         let Ok(mut conn) = self.client.get_connection() else {
             return Vec::new();

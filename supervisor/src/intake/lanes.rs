@@ -336,12 +336,13 @@ impl Intake {
             .arg(keys.stream())
             .arg(">");
         self.count(1, 2);
+        let failed = |e| {
+            self.count_error();
+            IntakeError::redis(self.taking_context(), e)
+        };
         let mut conn = self.writer_conn();
         let replies: Vec<redis::RedisResult<Value>> =
-            pipe.query_async(&mut conn).await.map_err(|e| {
-                self.count_error();
-                IntakeError::redis(self.taking_context(), e)
-            })?;
+            pipe.query_async(&mut conn).await.map_err(failed)?;
         let unexpected = |detail: String| IntakeError::UnexpectedReply {
             context: self.taking_context(),
             detail,
@@ -366,18 +367,14 @@ impl Intake {
                 Vec::new()
             }
             Err(e) => {
-                self.count_error();
                 if is_nogroup(&e) {
                     tracing::warn!("the execution stream's group vanished during a take");
                 }
                 // The read may have delivered entries: the caller looks for them.
-                return Err(IntakeError::redis(self.taking_context(), e));
+                return Err(failed(e));
             }
         };
-        let read = read.map_err(|e| {
-            self.count_error();
-            IntakeError::redis(self.taking_context(), e)
-        })?;
+        let read = read.map_err(failed)?;
         let decoded = entry::decode_read(read).map_err(unexpected)?;
         Ok((decoded.entries, wake))
     }

@@ -110,14 +110,7 @@ async fn takes_cut_a_lane_without_losing_or_repeating_an_entry() {
 async fn add_direct(t: &TestRedis, ids: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for id in ids {
-        let sid: String = redis::cmd("XADD")
-            .arg(t.keys().stream())
-            .arg("*")
-            .arg(&[("id", *id), ("workflow", "1")])
-            .query_async(&mut t.conn().await)
-            .await
-            .expect("xadd");
-        out.push(sid);
+        out.push(t.add_to_stream(&[("id", *id), ("workflow", "1")]).await);
     }
     out
 }
@@ -138,12 +131,7 @@ async fn undelivered_entries_of_the_stream_count_against_the_places() {
             .expect("submit");
         if with_deleted {
             let sids = add_direct(&t, &["d0", "gone", "d1", "d2"]).await;
-            let _: i64 = redis::cmd("XDEL")
-                .arg(t.keys().stream())
-                .arg(&sids[1])
-                .query_async(&mut t.conn().await)
-                .await
-                .expect("xdel");
+            t.delete_from_stream(&sids[1]).await;
         } else {
             add_direct(&t, &["d0", "d1", "d2"]).await;
         }

@@ -333,12 +333,7 @@ async fn a_takeover_gives_back_the_permits_of_entries_that_are_gone() {
     client.submit_many(&requests).await.expect("submit");
     let got = a.read(10, Duration::ZERO).await.expect("take");
     assert_eq!(ids(&got), ["l0", "l1"]);
-    let _: i64 = redis::cmd("XDEL")
-        .arg(t.keys().stream())
-        .arg(&got[0].stream_id)
-        .query_async(&mut t.conn().await)
-        .await
-        .expect("XDEL");
+    t.delete_from_stream(&got[0].stream_id).await;
     del(&t, t.keys().heartbeat("sup-a")).await;
     let taken = b.take_over(10).await.expect("take over");
     assert_eq!(ids(&taken.entries), ["l1"]);

@@ -12,13 +12,7 @@ use warden_tests::redis::TestRedis;
 
 /// Adds one entry with arbitrary (possibly non-UTF-8) fields, bypassing validation.
 async fn xadd_raw(t: &TestRedis, fields: &[(&[u8], &[u8])]) -> String {
-    let mut conn = t.conn().await;
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(t.keys().stream()).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(*v);
-    }
-    cmd.query_async(&mut conn).await.expect("XADD")
+    t.add_to_stream(fields).await
 }
 
 #[tokio::test]

@@ -342,12 +342,7 @@ async fn a_restarted_supervisor_recovers_what_it_left_pending() {
         // `a` dies here without acknowledging.
     };
     // Meanwhile someone deletes one of its entries from the stream.
-    let _: i64 = redis::cmd("XDEL")
-        .arg(t.keys().stream())
-        .arg(&before[0])
-        .query_async(&mut t.conn().await)
-        .await
-        .expect("XDEL");
+    t.delete_from_stream(&before[0]).await;
 
     let a2 = t.intake("sup-a").await;
     let recovered = a2.recover_own(100).await.expect("recover");

@@ -138,26 +138,14 @@ async fn unknown_workflow_and_malformed_messages_are_recorded_and_dead_lettered(
     // Raw entries no client library would produce.
     let mut conn = s.redis.conn().await;
     let stream = s.redis.keys().stream();
-    let _: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("id")
-        .arg("bad-params")
-        .arg("workflow")
-        .arg("double")
-        .arg("params")
-        .arg("[1, 2]")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("garbage")
-        .arg("\u{1}\u{2}")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    s.redis
+        .add_to_stream(&[
+            ("id", "bad-params"),
+            ("workflow", "double"),
+            ("params", "[1, 2]"),
+        ])
+        .await;
+    s.redis.add_to_stream(&[("garbage", "\u{1}\u{2}")]).await;
     assert_eq!(s.wait_terminal("bad-params").await, "failed");
     // The loop goes on: a good request after the garbage still runs.
     assert_eq!(

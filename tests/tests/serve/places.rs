@@ -80,16 +80,6 @@ async fn wait_running(s: &TestServe, id: &str) {
     panic!("{id} never started");
 }
 
-async fn xadd(s: &TestServe, fields: &[(&str, &str)]) -> String {
-    let mut conn = s.redis.conn().await;
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(s.redis.keys().stream()).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(*v);
-    }
-    cmd.query_async(&mut conn).await.unwrap()
-}
-
 #[tokio::test]
 async fn every_kind_of_end_gives_its_place_back() {
     let mut s = TestServe::start(two_places).await;
@@ -141,13 +131,11 @@ async fn every_kind_of_end_gives_its_place_back() {
     assert_both_places_free(&s, "cancel of a queued execution").await;
 
     // Malformed entries, with an id and without; an unknown workflow.
-    xadd(
-        &s,
-        &[("id", "bad-1"), ("workflow", "sleep"), ("params", "[1, 2]")],
-    )
-    .await;
+    s.redis
+        .add_to_stream(&[("id", "bad-1"), ("workflow", "sleep"), ("params", "[1, 2]")])
+        .await;
     assert_eq!(s.wait_terminal("bad-1").await, "failed");
-    xadd(&s, &[("garbage", "\u{1}")]).await;
+    s.redis.add_to_stream(&[("garbage", "\u{1}")]).await;
     let c = s.run("nope-1", "no-such-flow", "{}").await;
     assert_eq!(c.status, Status::Failed);
     assert_both_places_free(&s, "malformed entries and an unknown workflow").await;

@@ -133,15 +133,11 @@ async fn cancel_refuses_unknown_and_finished_ids() {
     // Running (recorded) and queued (only in the stream) are cancelled as before.
     let running = ok(run(&db, &redis, &["cancel", "run-1"]));
     assert_eq!(running, "cancel requested for run-1\n");
-    let mut conn = redis.conn().await;
-    let _: String = redis::cmd("XADD")
-        .arg(redis.keys().stream())
-        .arg("*")
-        .arg(&["id", "queued-1", "workflow", "wf", "params", "{}"])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis
+        .add_to_stream(&[("id", "queued-1"), ("workflow", "wf"), ("params", "{}")])
+        .await;
     let queued = ok(run(&db, &redis, &["cancel", "queued-1"]));
+    let mut conn = redis.conn().await;
     assert_eq!(queued, "cancel requested for queued-1\n");
     let flagged: Option<String> = redis::cmd("GET")
         .arg(redis.keys().cancelled("queued-1"))
